@@ -1,0 +1,683 @@
+"""Load and validate cookieguard's YAML configuration.
+
+The whole schema (SPEC section 5) lives here: YAML is read once, `${VAR}` references are
+expanded, and every value is checked and turned into frozen dataclasses. All problems are
+collected with their key path and reported together; nothing downstream re-checks config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_CONFIG_PATH = "config/cookieguard.yaml"
+CONFIG_ENV_VAR = "COOKIEGUARD_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` holds one `key.path: message` per mistake."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"config error: {p}" for p in problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema, as frozen dataclasses
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    kind: str  # cognito | oidc
+    client_id: str
+    client_secret: str | None = field(default=None, repr=False)
+    timeout_s: float = 5.0
+    jwks_url: str | None = None
+    # cognito
+    user_pool_id: str | None = None
+    region: str | None = None
+    api: str = "get_tokens_from_refresh_token"  # or initiate_auth
+    endpoint: str | None = None
+    # oidc
+    issuer: str | None = None
+    token_endpoint: str | None = None
+    client_auth: str = "client_secret_basic"
+
+    @property
+    def cognito_issuer(self) -> str:
+        return f"https://cognito-idp.{self.region}.amazonaws.com/{self.user_pool_id}"
+
+    @property
+    def cognito_endpoint(self) -> str:
+        return self.endpoint or f"https://cognito-idp.{self.region}.amazonaws.com/"
+
+
+@dataclass(frozen=True)
+class CookieNames:
+    access_token: str = "access_token"
+    refresh_token: str = "refresh_token"
+    id_token: str | None = None
+
+
+@dataclass(frozen=True)
+class CookieAttributes:
+    secure: bool = True
+    same_site: str | None = "Lax"  # Lax | Strict | None (the string "None" is sent as such)
+    path: str = "/"
+    max_age_s: int = 31536000
+    http_only: bool = False
+    domain: str | None = None
+
+
+@dataclass(frozen=True)
+class CookiesConfig:
+    layout: str = "amplify"  # amplify | named
+    names: CookieNames = field(default_factory=CookieNames)
+    attributes: CookieAttributes = field(default_factory=CookieAttributes)
+
+
+@dataclass(frozen=True)
+class RefreshConfig:
+    before_expiry_s: float = 300.0
+    grace_s: float = 60.0
+    on_rejected: str = "clear"  # clear | pass | login
+    login_url: str = "/login"
+    backoff_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    signature: bool = True
+    audience: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    kind: str = "memory"  # memory | redis
+    url: str = "redis://127.0.0.1:6379/0"
+    encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    max_entries: int = 100_000
+    lock_lease_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Route:
+    match: str
+    upstream: str
+    refresh: bool = True
+    preserve_host: bool = True
+    timeout_s: float | None = None  # read timeout override for this route
+    regex: re.Pattern[str] | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.match
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    upstream_connect_s: float = 5.0
+    upstream_read_s: float = 60.0
+    drain_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "json"  # json | console
+    access_log: bool = False
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str
+    listen_port: int
+    upstream: str | None
+    admin_prefix: str
+    provider: ProviderConfig | None
+    cookies: CookiesConfig
+    refresh: RefreshConfig
+    verify: VerifyConfig
+    store: StoreConfig
+    routes: tuple[Route, ...]
+    timeouts: TimeoutsConfig
+    logging: LoggingConfig
+    metrics: MetricsConfig
+    source: str = "<memory>"
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment expansion and value parsers
+# ---------------------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string of a loaded YAML tree."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{path}: environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def parse_duration(value: Any) -> float:
+    """`500ms`, `30s`, `5m`, `1h`, `30d` (or a bare number of seconds) -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("not a duration (use e.g. 500ms, 30s, 5m, 1h, 30d)")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 30s, 5m, 1h, 30d)")
+
+
+def _is_http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """Reads one mapping of the YAML tree, recording problems under its key path."""
+
+    def __init__(self, data: Any, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.error("", f"must be a mapping, got {_kind(data)}")
+            data = {}
+        self.data: dict[str, Any] = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, message: str) -> None:
+        where = self.key(name) if name else (self.path or "<root>")
+        self.problems.append(f"{where}: {message}")
+
+    def has(self, name: str) -> bool:
+        return name in self.data and self.data[name] is not None
+
+    def get(self, name: str, parse: Callable[[Any], T], default: T) -> T:
+        self.seen.add(name)
+        if name not in self.data or self.data[name] is None:
+            return default
+        try:
+            return parse(self.data[name])
+        except (ValueError, TypeError) as exc:
+            self.error(name, str(exc))
+            return default
+
+    def section(self, name: str) -> _Section:
+        self.seen.add(name)
+        return _Section(self.data.get(name), self.key(name), self.problems)
+
+    def finish(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                self.error(str(name), "unknown key")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, bool) or isinstance(value, dict | list):
+        raise ValueError(f"must be a string, got {_kind(value)}")
+    return str(value)
+
+
+def _nonempty_str(value: Any) -> str:
+    s = _str(value)
+    if not s:
+        raise ValueError("must not be empty")
+    return s
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        s = _str(value)
+        if s not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {s!r}")
+        return s
+
+    return parse
+
+
+def _url(value: Any) -> str:
+    s = _str(value)
+    if not _is_http_url(s):
+        raise ValueError(f"not an http(s) URL: {s!r}")
+    return s.rstrip("/") if urlsplit(s).path in ("", "/") else s
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _listen(value: Any) -> tuple[str, int]:
+    s = _str(value)
+    m = re.match(r"^(?:\[([0-9a-fA-F:]+)\]|([^:\[\]]*)):(\d{1,5})$", s)
+    if not m or not 0 <= int(m.group(3)) <= 65535:
+        raise ValueError(f"must be host:port, e.g. 0.0.0.0:8080, got {s!r}")
+    return (m.group(1) or m.group(2) or "0.0.0.0", int(m.group(3)))
+
+
+def _admin_prefix(value: Any) -> str:
+    s = _str(value).rstrip("/")
+    if not s.startswith("/") or " " in s:
+        raise ValueError(f"must be an absolute path such as /.cookieguard, got {s!r}")
+    return s
+
+
+def _encryption_keys(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list):
+        items = [_str(v).strip() for v in value]
+    else:
+        items = [k.strip() for k in _str(value).split(",")]
+    keys = tuple(k for k in items if k)
+    from cryptography.fernet import Fernet  # only needed when keys are configured
+
+    for i, key in enumerate(keys):
+        try:
+            Fernet(key.encode())
+        except (ValueError, TypeError):
+            # Never echo the key itself: it is a secret.
+            raise ValueError(
+                f"key #{i + 1} is not a Fernet key (32 bytes, url-safe base64, 44 characters; "
+                "`cookieguard keygen` prints one)"
+            ) from None
+    return keys
+
+
+_SAME_SITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
+
+
+def _same_site(value: Any) -> str | None:
+    if value is None:
+        return None
+    s = _str(value)
+    if s.lower() not in _SAME_SITE:
+        raise ValueError(f"must be one of Lax, Strict, None, got {s!r}")
+    return _SAME_SITE[s.lower()]
+
+
+_POOL_ID = re.compile(r"^([a-z]{2}(?:-[a-z]+)+-\d+)_[0-9A-Za-z]+$")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loader
+# ---------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read a YAML file and return the validated configuration, or raise ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror or exc}"]) from None
+    return parse_config(text, env=env, source=str(path))
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "<memory>") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"<file>: invalid YAML at {where}: {problem}"]) from None
+    problems: list[str] = []
+    data = expand_env(data, os.environ if env is None else env, "", problems)
+    root = _Section(data, "", problems)
+    config = _build(root, source)
+    root.finish()
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
+    return config
+
+
+def _build(root: _Section, source: str) -> Config | None:
+    listen_host, listen_port = root.get("listen", _listen, ("0.0.0.0", 8080))
+    upstream = root.get("upstream", _url, None)
+    admin_prefix = root.get("admin_prefix", _admin_prefix, "/.cookieguard")
+    provider = _build_provider(root)
+    cookies = _build_cookies(root, provider)
+    refresh = _build_refresh(root)
+    verify = _build_verify(root, provider)
+    store = _build_store(root)
+    routes = _build_routes(root, upstream, admin_prefix)
+    timeouts = _build_timeouts(root)
+    logging_ = _build_logging(root)
+    metrics_s = root.section("metrics")
+    metrics = MetricsConfig(enabled=metrics_s.get("enabled", _bool, True))
+    metrics_s.finish()
+    return Config(
+        listen_host=listen_host,
+        listen_port=listen_port,
+        upstream=upstream,
+        admin_prefix=admin_prefix,
+        provider=provider,
+        cookies=cookies,
+        refresh=refresh,
+        verify=verify,
+        store=store,
+        routes=routes,
+        timeouts=timeouts,
+        logging=logging_,
+        metrics=metrics,
+        source=source,
+    )
+
+
+def _build_provider(root: _Section) -> ProviderConfig | None:
+    if not root.has("provider"):
+        root.seen.add("provider")
+        return None
+    s = root.section("provider")
+    kind = s.get("kind", _one_of("cognito", "oidc"), "")
+    if not kind:
+        if not s.has("kind"):
+            s.error("kind", "required (cognito or oidc)")
+        s.seen.update(s.data)  # the other keys cannot be judged without a kind
+        return None
+    client_id = s.get("client_id", _nonempty_str, "")
+    if not client_id and not s.has("client_id"):
+        s.error("client_id", "required")
+    secret = s.get("client_secret", _str, "") or None
+    timeout_s = s.get("timeout", _positive_duration, 5.0)
+    jwks_url = s.get("jwks_url", _url, None)
+    if kind == "cognito":
+        pool_id = s.get("user_pool_id", _nonempty_str, "")
+        region = None
+        if not s.has("user_pool_id"):
+            s.error("user_pool_id", "required for kind cognito (e.g. us-east-1_AbCdEf123)")
+        elif pool_id:
+            m = _POOL_ID.match(pool_id)
+            if m:
+                region = m.group(1)
+            else:
+                s.error("user_pool_id", f"not a Cognito user pool id (<region>_<id>): {pool_id!r}")
+        api = s.get("api", _one_of("get_tokens_from_refresh_token", "initiate_auth"), "get_tokens_from_refresh_token")
+        endpoint = s.get("endpoint", _url, None)
+        for oidc_only in ("issuer", "token_endpoint", "client_auth"):
+            if s.has(oidc_only):
+                s.seen.add(oidc_only)
+                s.error(oidc_only, "only valid for kind oidc")
+        s.finish()
+        return ProviderConfig(
+            kind=kind,
+            client_id=client_id,
+            client_secret=secret,
+            timeout_s=timeout_s,
+            jwks_url=jwks_url,
+            user_pool_id=pool_id or None,
+            region=region,
+            api=api,
+            endpoint=endpoint,
+        )
+    issuer = s.get("issuer", _url, None)
+    token_endpoint = s.get("token_endpoint", _url, None)
+    default_auth = "client_secret_basic" if secret else "none"
+    client_auth = s.get("client_auth", _one_of("client_secret_basic", "client_secret_post", "none"), default_auth)
+    if not issuer and not token_endpoint and not (s.has("issuer") or s.has("token_endpoint")):
+        s.error("token_endpoint", "kind oidc needs token_endpoint or issuer")
+    if client_auth != "none" and not secret:
+        s.error("client_secret", f"required with client_auth {client_auth}")
+    for cognito_only in ("user_pool_id", "api", "endpoint"):
+        if s.has(cognito_only):
+            s.seen.add(cognito_only)
+            s.error(cognito_only, "only valid for kind cognito")
+    s.finish()
+    return ProviderConfig(
+        kind=kind,
+        client_id=client_id,
+        client_secret=secret,
+        timeout_s=timeout_s,
+        jwks_url=jwks_url,
+        issuer=issuer,
+        token_endpoint=token_endpoint,
+        client_auth=client_auth,
+    )
+
+
+def _build_cookies(root: _Section, provider: ProviderConfig | None) -> CookiesConfig:
+    s = root.section("cookies")
+    layout = s.get("layout", _one_of("amplify", "named"), "amplify")
+    names = CookieNames()
+    if s.has("names"):
+        n = s.section("names")
+        names = CookieNames(
+            access_token=n.get("access_token", _cookie_name, "access_token"),
+            refresh_token=n.get("refresh_token", _cookie_name, "refresh_token"),
+            id_token=n.get("id_token", _cookie_name, None),
+        )
+        n.finish()
+        if layout == "amplify":
+            s.error("names", "only valid with layout named (amplify cookie names come from the client id)")
+    else:
+        s.seen.add("names")
+    a = s.section("attributes")
+    max_age = a.get("max_age", parse_duration, 31536000.0)
+    attributes = CookieAttributes(
+        secure=a.get("secure", _bool, True),
+        same_site=a.get("same_site", _same_site, "Lax"),
+        path=a.get("path", _cookie_path, "/"),
+        max_age_s=int(max_age),
+        http_only=a.get("http_only", _bool, False),
+        domain=a.get("domain", _cookie_domain, None),
+    )
+    a.finish()
+    if attributes.same_site == "None" and not attributes.secure:
+        a.error("same_site", "None requires secure: true (browsers reject SameSite=None without Secure)")
+    s.finish()
+    if layout == "amplify" and provider is not None and provider.kind == "oidc":
+        s.error("layout", "amplify layout needs provider.kind cognito (use layout named for oidc)")
+    return CookiesConfig(layout=layout, names=names, attributes=attributes)
+
+
+_TOKEN_CHARS = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+
+
+def _cookie_name(value: Any) -> str:
+    s = _nonempty_str(value)
+    if not _TOKEN_CHARS.match(s):
+        raise ValueError(f"not a valid cookie name: {s!r}")
+    return s
+
+
+def _cookie_path(value: Any) -> str:
+    s = _str(value)
+    if not s.startswith("/") or any(c in s for c in ";\r\n"):
+        raise ValueError(f"must be an absolute path without ';', got {s!r}")
+    return s
+
+
+def _cookie_domain(value: Any) -> str:
+    s = _nonempty_str(value)
+    if not re.match(r"^\.?[A-Za-z0-9.-]+$", s):
+        raise ValueError(f"not a domain name: {s!r}")
+    return s
+
+
+def _login_url(value: Any) -> str:
+    s = _nonempty_str(value)
+    # Same-site only: an absolute path, not a scheme-relative //host (no open redirect).
+    if not s.startswith("/") or s.startswith("//") or s.startswith("/\\") or any(c in s for c in "\r\n"):
+        raise ValueError(f"must be a same-site absolute path such as /login, got {s!r}")
+    return s
+
+
+def _build_refresh(root: _Section) -> RefreshConfig:
+    s = root.section("refresh")
+    cfg = RefreshConfig(
+        before_expiry_s=s.get("before_expiry", parse_duration, 300.0),
+        grace_s=s.get("grace", parse_duration, 60.0),
+        on_rejected=s.get("on_rejected", _one_of("clear", "pass", "login"), "clear"),
+        login_url=s.get("login_url", _login_url, "/login"),
+        backoff_s=s.get("backoff", parse_duration, 5.0),
+    )
+    s.finish()
+    return cfg
+
+
+def _build_verify(root: _Section, provider: ProviderConfig | None) -> VerifyConfig:
+    s = root.section("verify")
+    cfg = VerifyConfig(
+        signature=s.get("signature", _bool, True),
+        audience=s.get("audience", _nonempty_str, None),
+    )
+    if cfg.audience is not None and provider is not None and provider.kind == "cognito":
+        s.error("audience", "only valid with provider.kind oidc (Cognito tokens are checked against client_id)")
+    s.finish()
+    return cfg
+
+
+def _build_store(root: _Section) -> StoreConfig:
+    s = root.section("store")
+    kind = s.get("kind", _one_of("memory", "redis"), "memory")
+    url = s.get("url", _redis_url, "redis://127.0.0.1:6379/0")
+    cfg = StoreConfig(
+        kind=kind,
+        url=url,
+        encryption_keys=s.get("encryption_key", _encryption_keys, ()),
+        max_entries=s.get("max_entries", _positive_int, 100_000),
+        lock_lease_s=s.get("lock_lease", _positive_duration, 5.0),
+    )
+    s.finish()
+    return cfg
+
+
+def _redis_url(value: Any) -> str:
+    s = _str(value)
+    if urlsplit(s).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("not a redis:// , rediss:// or unix:// URL")
+    return s
+
+
+def _build_routes(root: _Section, default_upstream: str | None, admin_prefix: str) -> tuple[Route, ...]:
+    root.seen.add("routes")
+    raw = root.data.get("routes")
+    if raw is None:
+        raw = [{"match": "/"}]
+    if not isinstance(raw, list) or not raw:
+        root.error("routes", "must be a non-empty list of routes")
+        return ()
+    routes: list[Route] = []
+    for i, item in enumerate(raw):
+        s = _Section(item, f"routes[{i}]", root.problems)
+        match = s.get("match", _nonempty_str, "")
+        if not s.has("match"):
+            s.error("match", "required (a path prefix such as /api/, or regex:<pattern>)")
+        regex = None
+        if match.startswith("regex:"):
+            try:
+                regex = re.compile(match[len("regex:") :])
+            except re.error as exc:
+                s.error("match", f"invalid regular expression: {exc}")
+        elif match and not match.startswith("/"):
+            s.error("match", f"a path prefix must start with /, got {match!r} (or use regex:)")
+        upstream = s.get("upstream", _url, None) or default_upstream
+        if upstream is None and not s.has("upstream"):
+            s.error("upstream", "no upstream for this route and no top-level upstream")
+        route = Route(
+            match=match,
+            upstream=upstream or "",
+            refresh=s.get("refresh", _bool, True),
+            preserve_host=s.get("preserve_host", _bool, True),
+            timeout_s=s.get("timeout", _positive_duration, None),
+            regex=regex,
+        )
+        s.finish()
+        routes.append(route)
+    return tuple(routes)
+
+
+def _build_timeouts(root: _Section) -> TimeoutsConfig:
+    s = root.section("timeouts")
+    cfg = TimeoutsConfig(
+        upstream_connect_s=s.get("upstream_connect", _positive_duration, 5.0),
+        upstream_read_s=s.get("upstream_read", _positive_duration, 60.0),
+        drain_s=s.get("drain", _positive_duration, 10.0),
+    )
+    s.finish()
+    return cfg
+
+
+def _build_logging(root: _Section) -> LoggingConfig:
+    s = root.section("logging")
+    cfg = LoggingConfig(
+        level=s.get("level", _one_of("debug", "info", "warning", "error"), "info"),
+        format=s.get("format", _one_of("json", "console"), "json"),
+        access_log=s.get("access_log", _bool, False),
+    )
+    s.finish()
+    return cfg
+
+
+def config_path_from(arg: str | None, env: Mapping[str, str] | None = None) -> str:
+    """--config wins, then $COOKIEGUARD_CONFIG, then the default path."""
+    env = os.environ if env is None else env
+    return arg or env.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
