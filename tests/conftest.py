@@ -1,0 +1,3 @@
+"""Shared fixtures. Fixture modules under tests/support/ are registered here."""
+
+pytest_plugins: list[str] = []
