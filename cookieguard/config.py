@@ -268,7 +268,7 @@ def _kind(value: Any) -> str:
 
 
 def _str(value: Any) -> str:
-    if isinstance(value, bool) or isinstance(value, dict | list):
+    if isinstance(value, bool | dict | list):
         raise ValueError(f"must be a string, got {_kind(value)}")
     return str(value)
 
@@ -354,9 +354,7 @@ def _encryption_keys(value: Any) -> tuple[str, ...]:
 _SAME_SITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
 
 
-def _same_site(value: Any) -> str | None:
-    if value is None:
-        return None
+def _same_site(value: Any) -> str:
     s = _str(value)
     if s.lower() not in _SAME_SITE:
         raise ValueError(f"must be one of Lax, Strict, None, got {s!r}")
@@ -460,7 +458,9 @@ def _build_provider(root: _Section) -> ProviderConfig | None:
                 region = m.group(1)
             else:
                 s.error("user_pool_id", f"not a Cognito user pool id (<region>_<id>): {pool_id!r}")
-        api = s.get("api", _one_of("get_tokens_from_refresh_token", "initiate_auth"), "get_tokens_from_refresh_token")
+        api = s.get(
+            "api", _one_of("get_tokens_from_refresh_token", "initiate_auth"), "get_tokens_from_refresh_token"
+        )
         endpoint = s.get("endpoint", _url, None)
         for oidc_only in ("issuer", "token_endpoint", "client_auth"):
             if s.has(oidc_only):
@@ -481,7 +481,9 @@ def _build_provider(root: _Section) -> ProviderConfig | None:
     issuer = s.get("issuer", _url, None)
     token_endpoint = s.get("token_endpoint", _url, None)
     default_auth = "client_secret_basic" if secret else "none"
-    client_auth = s.get("client_auth", _one_of("client_secret_basic", "client_secret_post", "none"), default_auth)
+    client_auth = s.get(
+        "client_auth", _one_of("client_secret_basic", "client_secret_post", "none"), default_auth
+    )
     if not issuer and not token_endpoint and not (s.has("issuer") or s.has("token_endpoint")):
         s.error("token_endpoint", "kind oidc needs token_endpoint or issuer")
     if client_auth != "none" and not secret:
@@ -590,7 +592,9 @@ def _build_verify(root: _Section, provider: ProviderConfig | None) -> VerifyConf
         audience=s.get("audience", _nonempty_str, None),
     )
     if cfg.audience is not None and provider is not None and provider.kind == "cognito":
-        s.error("audience", "only valid with provider.kind oidc (Cognito tokens are checked against client_id)")
+        s.error(
+            "audience", "only valid with provider.kind oidc (Cognito tokens are checked against client_id)"
+        )
     s.finish()
     return cfg
 
@@ -640,7 +644,7 @@ def _build_routes(root: _Section, default_upstream: str | None, admin_prefix: st
         elif match and not match.startswith("/"):
             s.error("match", f"a path prefix must start with /, got {match!r} (or use regex:)")
         upstream = s.get("upstream", _url, None) or default_upstream
-        if upstream is None and not s.has("upstream"):
+        if upstream is None and not s.has("upstream") and not root.has("upstream"):
             s.error("upstream", "no upstream for this route and no top-level upstream")
         route = Route(
             match=match,

@@ -1,0 +1,43 @@
+# The way in: `make run` (cookieguard's main job) and `make test` (the whole suite).
+# Both build .venv (and the test IdP's node_modules) themselves when missing.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OIDC_DIR := tests/oidc_provider
+PYTEST_ARGS ?=
+
+.PHONY: run test lint fmt clean venv node
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,demo,speed]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+node: $(OIDC_DIR)/node_modules/.package-lock.json
+
+$(OIDC_DIR)/node_modules/.package-lock.json: $(OIDC_DIR)/package-lock.json
+	cd $(OIDC_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(STAMP)
+	$(PY) examples/run_local.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cookieguard tests bench examples
+	$(VENV)/bin/ruff format --check cookieguard tests bench examples
+	$(VENV)/bin/mypy
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format cookieguard tests bench examples
+	$(VENV)/bin/ruff check --fix cookieguard tests bench examples
+
+test: $(STAMP) node lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(OIDC_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

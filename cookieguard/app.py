@@ -1,0 +1,94 @@
+"""Assemble the aiohttp application and serve it with a bounded graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from .admin import Admin
+from .config import Config
+from .logs import get_logger
+from .metrics import Metrics
+from .proxy import Proxy
+
+# Browsers send cookies up to 4096 bytes each and many of them; aiohttp's 8 KB header field
+# limit would turn a large but legitimate Cookie header into a 400.
+MAX_FIELD_SIZE = 64 * 1024
+MAX_LINE_SIZE = 16 * 1024
+
+PROXY_KEY = web.AppKey("proxy", Proxy)
+
+
+def build_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=0)
+    metrics = Metrics()
+    admin = Admin(metrics)
+    admin.add_routes(app, config.admin_prefix)
+
+    async def upstream_client(app: web.Application) -> AsyncIterator[None]:
+        # One pooled client for the app's lifetime. DummyCookieJar: the proxy must never remember
+        # one user's cookies and send them for another. No auto headers, no decompression: the
+        # upstream's bytes pass through as they are.
+        session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        app[PROXY_KEY] = Proxy(config, session, metrics)
+        yield
+        await session.close()
+
+    app.cleanup_ctx.append(upstream_client)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await request.app[PROXY_KEY].handle(request)
+
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, drain in-flight requests, and return."""
+    log = get_logger()
+    app = build_app(config)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=config.timeouts.drain_s,
+        handler_cancellation=True,  # a client that goes away cancels its upstream request
+        max_field_size=MAX_FIELD_SIZE,
+        max_line_size=MAX_LINE_SIZE,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.listen_host, config.listen_port, backlog=1024)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    addresses = [f"{s[0]}:{s[1]}" for s in _bound_addresses(runner)]
+    log.info("listening", listen=addresses, admin_prefix=config.admin_prefix)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("draining", drain_timeout_s=config.timeouts.drain_s)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def _bound_addresses(runner: web.AppRunner) -> list[tuple[str, int]]:
+    out = []
+    for server in runner.sites:
+        srv = getattr(server, "_server", None)
+        for sock in getattr(srv, "sockets", None) or ():
+            out.append(sock.getsockname()[:2])
+    return out

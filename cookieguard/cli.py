@@ -1,0 +1,118 @@
+"""The `cookieguard` command: run, check, keygen (explain and demo join later)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_path_from, load_config
+from .logs import configure_logging, get_logger
+from .routing import describe_routes
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cookieguard",
+        description="A sidecar reverse proxy that keeps your app's users signed in.",
+    )
+    parser.add_argument("--version", action="version", version=f"cookieguard {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    config_help = f"YAML config (default: $COOKIEGUARD_CONFIG, else {DEFAULT_CONFIG_PATH})"
+
+    run = verbs.add_parser("run", help="run the proxy")
+    run.add_argument("--config", "-c", help=config_help)
+    check = verbs.add_parser("check", help="validate a config and print the effective routes")
+    check.add_argument("--config", "-c", help=config_help)
+    verbs.add_parser("keygen", help="print a new store encryption key")
+
+    args = parser.parse_args(argv)
+    if args.verb == "run":
+        return _run(args.config)
+    if args.verb == "check":
+        return _check(args.config)
+    if args.verb == "keygen":
+        from cryptography.fernet import Fernet
+
+        print(Fernet.generate_key().decode())
+        return 0
+    parser.print_help()
+    return EXIT_CONFIG
+
+
+def _load(path_arg: str | None) -> Config | None:
+    path = config_path_from(path_arg)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{exc}\n({len(exc.problems)} problem(s) in {path})", file=sys.stderr)
+        return None
+
+
+def _check(path_arg: str | None) -> int:
+    config = _load(path_arg)
+    if config is None:
+        return EXIT_CONFIG
+    print(f"config ok: {config.source}")
+    print(f"listen: {config.listen}   admin: {config.admin_prefix}/{{healthz,readyz,metrics}}")
+    if config.provider is None:
+        print("provider: none (plain reverse proxy, no token refresh)")
+    else:
+        p = config.provider
+        where = p.cognito_endpoint if p.kind == "cognito" else (p.token_endpoint or f"{p.issuer} (discovery)")
+        secret = "set" if p.client_secret else "none"
+        print(f"provider: {p.kind} client_id={p.client_id} client_secret={secret} endpoint={where}")
+    print(f"cookies: layout {config.cookies.layout}   store: {config.store.kind}")
+    for warning in config_warnings(config):
+        print(f"WARNING: {warning}")
+    print("routes (first match wins):")
+    for line in describe_routes(config.routes):
+        print(line)
+    return 0
+
+
+def config_warnings(config: Config) -> list[str]:
+    warnings = []
+    if config.store.kind == "redis" and not config.store.encryption_keys:
+        warnings.append(
+            "store.kind is redis but store.encryption_key is empty: refreshed tokens are stored in "
+            "Redis unencrypted (set COOKIEGUARD_STORE_KEY from `cookieguard keygen`)"
+        )
+    if config.provider is not None and not config.verify.signature:
+        warnings.append("verify.signature is false: token claims are trusted without checking signatures")
+    return warnings
+
+
+def _run(path_arg: str | None) -> int:
+    config = _load(path_arg)
+    if config is None:
+        return EXIT_CONFIG
+    configure_logging(config.logging.level, config.logging.format)
+    log = get_logger()
+    log.info(
+        "config_loaded",
+        path=config.source,
+        routes=len(config.routes),
+        provider=config.provider.kind if config.provider else None,
+        layout=config.cookies.layout,
+        store=config.store.kind,
+    )
+    for warning in config_warnings(config):
+        log.warning("config_warning", message=warning)
+    from .app import serve
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Prometheus metrics, one registry per app instance (no global default registry).
+
+Labels never carry a user, a session or a token: only the route's match string, the HTTP status
+and the refresh outcome, all of bounded cardinality.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.refresh_total = Counter(
+            "cookieguard_refresh_total",
+            "Token refresh attempts and joins, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.refresh_duration = Histogram(
+            "cookieguard_refresh_duration_seconds",
+            "Time spent calling the identity provider to refresh tokens.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests_total = Counter(
+            "cookieguard_requests_total",
+            "Proxied requests, by route and response status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.upstream_duration = Histogram(
+            "cookieguard_upstream_duration_seconds",
+            "Time until the upstream's response headers arrived.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.sessions_in_flight = Gauge(
+            "cookieguard_sessions_in_flight",
+            "Refreshes currently running against the identity provider.",
+            registry=self.registry,
+        )
+        self.store_degraded = Gauge(
+            "cookieguard_store_degraded",
+            "1 while the shared store is unreachable and refreshes coordinate per replica only.",
+            registry=self.registry,
+        )
+        for outcome in ("refreshed", "joined", "reused", "rejected", "failed"):
+            self.refresh_total.labels(outcome=outcome)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
