@@ -1,3 +1,5 @@
 """Shared fixtures. Fixture modules under tests/support/ are registered here."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.support.oidc_idp",
+]
