@@ -79,9 +79,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         ready.set()
     await stop.wait()
     log.info("draining", drain_timeout_s=config.timeouts.drain_s)
+    # The handlers stay installed while draining: a second SIGTERM (an orchestrator repeating
+    # itself) must not kill requests that are still finishing. The drain itself is bounded.
+    await runner.cleanup()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
-    await runner.cleanup()
     log.info("stopped")
 
 

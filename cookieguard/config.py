@@ -236,6 +236,8 @@ class _Section:
 
     def error(self, name: str, message: str) -> None:
         where = self.key(name) if name else (self.path or "<root>")
+        if any(p.startswith(f"{where}: environment variable") for p in self.problems):
+            return  # the unset variable is the mistake to report, not the empty value it left
         self.problems.append(f"{where}: {message}")
 
     def has(self, name: str) -> bool:
