@@ -279,7 +279,7 @@ async def test_client_disconnect_cancels_the_upstream_request(
 ) -> None:
     upstream = await start_upstream(aiohttp_server)
     proxy = cookieguard_process(base_config(str(upstream.make_url(""))))
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
     await asyncio.sleep(0.3)  # let the request reach the upstream
