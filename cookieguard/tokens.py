@@ -1,0 +1,558 @@
+"""Reading JWT claims and verifying tokens (SPEC section 4 "Token checks").
+
+Two layers:
+
+* A pure core. `read_claims` decodes a JWT's header and payload *without* verifying anything and
+  never raises; it is memoised per token string, because the proxy sees the same few thousand
+  tokens over and over and the fast path (SPEC section 2) must cost one dict lookup, not base64 +
+  JSON. `check_claims` judges verified claims against what the configured client expects.
+* An I/O shell, `TokenVerifier`, which fetches the IdP's JWKS with the proxy's aiohttp session
+  (PyJWT's `PyJWKClient` uses blocking urllib and would stall the event loop) and verifies
+  signatures with PyJWT.
+
+`TokenVerifier.check` answers with a `TokenCheck` whose `status` is one of:
+
+* `VALID`: signature, issuer, audience/client and token use check out. Expiry is *not* required to
+  be in the future: deciding to refresh needs the claims of expired tokens too.
+* `INVALID`: forged, malformed, or meant for another client or issuer. Do not trust it: treat the
+  token as absent (refresh it if there is a refresh token, else there is no session).
+* `OPAQUE`: an OIDC access token that is not a JWT, which is allowed. Its expiry is the
+  `expires_in` of the token response that produced it, kept in the session.
+* `UNKNOWN`: cannot be verified right now (the JWKS could not be fetched, or a key we have never
+  seen may be one the IdP just rotated in while its JWKS endpoint is down). `claims` holds the
+  *unverified* claims. The proxy must never sign a user out because of this: it may use the
+  unverified expiry to decide whether to refresh (the refresh itself is judged by the IdP, so a
+  forged expiry can at worst cause or skip one refresh), must not report the claims as a verified
+  identity, and otherwise forwards the request unchanged. UNKNOWN is never cached, so the same token
+  is verified as soon as the JWKS is back.
+
+No token ever appears in a log line, an exception message or a repr from this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import functools
+import hashlib
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import aiohttp
+import jwt
+import structlog
+
+from cookieguard.config import ProviderConfig, VerifyConfig
+
+TokenKind = Literal["access", "id"]
+
+# Tokens travel in cookies, and aiohttp refuses header fields over 8 KiB, so anything larger is
+# not a token we could have been sent; refusing it early also bounds what the caches can pin.
+MAX_TOKEN_CHARS: Final = 16_384
+CLAIMS_CACHE_SIZE: Final = 10_000
+RESULTS_CACHE_SIZE: Final = 10_000
+
+# Tolerated clock difference with the IdP for `nbf`/`iat`. Generous on purpose: rejecting a token
+# the IdP has just issued, because our clock is behind, would sign the user out.
+CLOCK_LEEWAY_S: Final = 300.0
+# An unknown `kid` may mean the IdP rotated its keys; look again, but at most this often, so a
+# stream of tokens with made-up `kid`s cannot make us hammer the IdP.
+JWKS_REFETCH_INTERVAL_S: Final = 60.0
+# After a failed fetch, try again sooner: until we have keys, every token is UNKNOWN.
+JWKS_RETRY_AFTER_FAILURE_S: Final = 5.0
+# Keys are re-read this often even without an unknown `kid`, so a key the IdP withdrew stops
+# verifying new tokens. If that re-read fails, the keys we have keep working.
+JWKS_MAX_AGE_S: Final = 3600.0
+MAX_JWKS_BYTES: Final = 1 << 20
+
+# Only public-key algorithms. `none` and HS* are never accepted: an HS256 token "signed" with
+# the IdP's public key as HMAC secret is the classic algorithm-confusion forgery.
+ASYMMETRIC_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K", "EdDSA"}
+)
+
+# ---------------------------------------------------------------------------------------------
+# The pure core: claims
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """The claims cookieguard looks at, from a JWT's payload and header. Holds no token."""
+
+    exp: float | None = None
+    iat: float | None = None
+    nbf: float | None = None
+    sub: str | None = None
+    username: str | None = None  # `username` (Cognito access), `cognito:username` (Cognito id)
+    client_id: str | None = None  # Cognito access tokens name their client here, not in `aud`
+    aud: tuple[str, ...] = ()  # always a tuple: `"x"` and `["x"]` mean the same (RFC 7519 4.1.3)
+    azp: str | None = None
+    iss: str | None = None
+    token_use: str | None = None  # Cognito: "access" | "id"
+    # From the JOSE header:
+    alg: str | None = None
+    kid: str | None = None
+    typ: str | None = None  # e.g. "at+jwt" for RFC 9068 access tokens
+
+
+def decode_claims(token: str) -> Claims | None:
+    """Decode a JWT's header and payload without verifying it; None for anything not a JWT.
+
+    Never raises: cookies are attacker-controlled, and a bad one must mean "no session", not 500.
+    Uncached; the proxy calls `read_claims`.
+    """
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        return None
+    parts = token.split(".")
+    if len(parts) != 3:  # a JWS in compact form; 5 parts is a JWE, which we cannot read
+        return None
+    header = _decode_json_segment(parts[0])
+    payload = _decode_json_segment(parts[1]) if header is not None else None
+    if payload is None or header is None:
+        return None
+    return claims_from(payload, header)
+
+
+def _decode_json_segment(segment: str) -> dict[str, Any] | None:
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(raw)
+    except (ValueError, binascii.Error, RecursionError):
+        # ValueError covers non-ASCII text, bad UTF-8, bad JSON and absurdly long integers.
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def claims_from(payload: dict[str, Any], header: dict[str, Any]) -> Claims:
+    """Pick the claims we use out of a decoded payload and header, ignoring ill-typed values."""
+    username = _string(payload.get("username"))
+    if username is None:
+        username = _string(payload.get("cognito:username"))
+    if username is None:
+        username = _string(payload.get("preferred_username"))
+    aud = payload.get("aud")
+    if isinstance(aud, str):
+        auds: tuple[str, ...] = (aud,)
+    elif isinstance(aud, list):
+        auds = tuple(a for a in aud if isinstance(a, str))
+    else:
+        auds = ()
+    return Claims(
+        exp=_number(payload.get("exp")),
+        iat=_number(payload.get("iat")),
+        nbf=_number(payload.get("nbf")),
+        sub=_string(payload.get("sub")),
+        username=username,
+        client_id=_string(payload.get("client_id")),
+        aud=auds,
+        azp=_string(payload.get("azp")),
+        iss=_string(payload.get("iss")),
+        token_use=_string(payload.get("token_use")),
+        alg=_string(header.get("alg")),
+        kid=_string(header.get("kid")),
+        typ=_string(header.get("typ")),
+    )
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+@functools.lru_cache(maxsize=CLAIMS_CACHE_SIZE)
+def _read_claims_cached(token: str) -> Claims | None:
+    return decode_claims(token)
+
+
+def read_claims(token: str) -> Claims | None:
+    """`decode_claims`, memoised per token string (an LRU of CLAIMS_CACHE_SIZE entries).
+
+    This is the fast path's one JWT decode. The memo holds only what `decode_claims` derives from
+    the string itself (no clock, no keys), so it is safe to share across the process.
+    """
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        return None  # also keeps huge strings out of the memo
+    return _read_claims_cached(token)
+
+
+def session_id(refresh_token: str) -> str:
+    """The `session` log field (SPEC section 6): names a session without revealing its token."""
+    return hashlib.sha256(refresh_token.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def clock_drift_ms(claims: Claims, now_s: float) -> int:
+    """Amplify's `clockDrift` cookie: `iat*1000 - now_ms`; 0 when the token has no `iat`."""
+    if claims.iat is None:
+        return 0
+    return round(claims.iat * 1000 - now_s * 1000)
+
+
+NOT_YET_VALID: Final = "not_yet_valid"
+
+
+@dataclass(frozen=True, slots=True)
+class Expectations:
+    """What a verified token must say to be ours. Built once per (provider, kind)."""
+
+    issuers: tuple[str, ...] | None  # None: not checked
+    token_use: str | None = None  # Cognito
+    client_id: str | None = None  # Cognito access tokens: the `client_id` claim
+    audience: str | None = None  # `aud` must contain it
+    authorized_party: str | None = None  # `azp`, when present, must equal it (OIDC Core 3.1.3.7)
+
+
+def expectations_for(provider: ProviderConfig, verify: VerifyConfig, kind: TokenKind) -> Expectations:
+    """Translate the configuration into the checks for one kind of token."""
+    if provider.kind == "cognito":
+        issuer = (provider.cognito_issuer,)
+        if kind == "access":
+            # Cognito access tokens have no `aud`; they name their app client in `client_id`.
+            return Expectations(issuers=issuer, token_use="access", client_id=provider.client_id)
+        return Expectations(issuers=issuer, token_use="id", audience=provider.client_id)
+    # OIDC. With only `token_endpoint` configured we do not know the issuer, so `iss` cannot be
+    # checked; the JWKS (which the operator pointed us at) still has to have signed the token.
+    issuers: tuple[str, ...] | None = None
+    if provider.issuer:
+        # The config loader drops a trailing "/" from a bare-host URL, but issuers such as
+        # Auth0's end in "/", and `iss` must match the issuer string exactly (OIDC Discovery 4.3).
+        bare = provider.issuer.rstrip("/")
+        issuers = (bare, bare + "/")
+    if kind == "access":
+        # Access tokens are meant for an API, not for us: their `aud` is the API's, if anything.
+        return Expectations(issuers=issuers, audience=verify.audience)
+    return Expectations(issuers=issuers, audience=provider.client_id, authorized_party=provider.client_id)
+
+
+def check_claims(
+    claims: Claims, expect: Expectations, now_s: float, leeway_s: float = CLOCK_LEEWAY_S
+) -> str | None:
+    """The reason verified claims are not acceptable, or None when they are. Expiry may be past."""
+    if expect.issuers is not None and claims.iss not in expect.issuers:
+        return "wrong_issuer"
+    if expect.token_use is not None and claims.token_use != expect.token_use:
+        return "wrong_token_use"
+    if expect.client_id is not None and claims.client_id != expect.client_id:
+        return "wrong_client"
+    if expect.audience is not None and expect.audience not in claims.aud:
+        return "wrong_audience"
+    if expect.authorized_party is not None and claims.azp not in (None, expect.authorized_party):
+        return "wrong_audience"
+    if claims.exp is None:
+        return "no_exp"  # without an expiry there is nothing to base a refresh decision on
+    if (claims.nbf is not None and claims.nbf > now_s + leeway_s) or (
+        claims.iat is not None and claims.iat > now_s + leeway_s
+    ):
+        return NOT_YET_VALID
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Check results
+# ---------------------------------------------------------------------------------------------
+
+
+class TokenStatus(enum.Enum):
+    VALID = "valid"
+    INVALID = "invalid"
+    OPAQUE = "opaque"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCheck:
+    """The verdict on one token. See the module docstring for what the proxy does with each.
+
+    `claims`: verified for VALID (or merely decoded when `verify.signature` is off), unverified for
+    UNKNOWN, None otherwise. `reason` is a short code for logs and metrics, never token content:
+    ok, unverified, opaque, not_a_jwt, alg_not_allowed, unknown_kid, jwks_unavailable,
+    bad_signature, malformed, wrong_issuer, wrong_token_use, wrong_client, wrong_audience, no_exp,
+    not_yet_valid.
+    """
+
+    status: TokenStatus
+    claims: Claims | None = None
+    reason: str = "ok"
+
+    @property
+    def is_valid(self) -> bool:
+        return self.status is TokenStatus.VALID
+
+
+_OPAQUE: Final = TokenCheck(TokenStatus.OPAQUE, reason="opaque")
+_NOT_A_JWT: Final = TokenCheck(TokenStatus.INVALID, reason="not_a_jwt")
+# Verdicts that can change without the token changing, so they are not cached.
+_UNCACHED_REASONS: Final = frozenset({"unknown_kid", NOT_YET_VALID})
+
+
+class JwksError(ValueError):
+    """The JWKS endpoint answered, but not with a usable key set."""
+
+
+class _JwksUnavailable(Exception):
+    """No key can be had for this token right now (internal: becomes TokenStatus.UNKNOWN)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The I/O shell: JWKS and signatures
+# ---------------------------------------------------------------------------------------------
+
+
+class TokenVerifier:
+    """Verifies access and id tokens for one provider, caching keys and verdicts.
+
+    One per proxy, sharing the proxy's IdP `ClientSession`. Not thread-safe: it lives on one event
+    loop, like the rest of the proxy.
+    """
+
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        verify: VerifyConfig,
+        session: aiohttp.ClientSession,
+        *,
+        jwks_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = RESULTS_CACHE_SIZE,
+        refetch_interval_s: float = JWKS_REFETCH_INTERVAL_S,
+        retry_after_failure_s: float = JWKS_RETRY_AFTER_FAILURE_S,
+        max_age_s: float = JWKS_MAX_AGE_S,
+    ) -> None:
+        self.provider = provider
+        self.verify = verify
+        self._session = session
+        self._clock = clock
+        self._cache_size = cache_size
+        self._refetch_interval_s = refetch_interval_s
+        self._retry_after_failure_s = retry_after_failure_s
+        self._max_age_s = max_age_s
+        if jwks_url is None:
+            jwks_url = provider.jwks_url
+        if jwks_url is None and provider.kind == "cognito":
+            jwks_url = f"{provider.cognito_issuer}/.well-known/jwks.json"
+        if jwks_url is None and verify.signature:
+            raise ValueError(
+                "verify.signature is true but no JWKS URL is known: set provider.jwks_url, or "
+                "provider.issuer so it can be discovered"
+            )
+        self.jwks_url = jwks_url
+        self._expect: dict[TokenKind, Expectations] = {
+            "access": expectations_for(provider, verify, "access"),
+            "id": expectations_for(provider, verify, "id"),
+        }
+        self._results: dict[TokenKind, OrderedDict[str, TokenCheck]] = {
+            "access": OrderedDict(),
+            "id": OrderedDict(),
+        }
+        # Claim checks are ours (check_claims, with the injected clock); PyJWT checks the signature.
+        self._jwt = jwt.PyJWT(
+            options={
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": False,
+                "verify_iss": False,
+                "verify_sub": False,
+                "verify_jti": False,
+            }
+        )
+        # JWKS state
+        self._keys_by_kid: dict[str, jwt.PyJWK] = {}
+        self._keys: tuple[jwt.PyJWK, ...] = ()
+        self._keys_fetched_at: float | None = None  # last successful fetch
+        self._last_attempt_at: float | None = None
+        self._last_attempt_failed = False
+        self._fetch_task: asyncio.Task[None] | None = None
+        # Counters, for tests and metrics.
+        self.jwks_fetches = 0
+        self.signature_checks = 0
+
+    def __repr__(self) -> str:
+        return f"TokenVerifier(kind={self.provider.kind!r}, jwks_url={self.jwks_url!r})"
+
+    @property
+    def jwks_available(self) -> bool:
+        """Whether we hold keys (for readyz-style reporting)."""
+        return bool(self._keys)
+
+    def peek(self, token: str, kind: TokenKind) -> TokenCheck | None:
+        """The cached verdict for this token, if any, without awaiting: the hot path's fast lane."""
+        results = self._results[kind]
+        hit = results.get(token)
+        if hit is not None:
+            results.move_to_end(token)
+        return hit
+
+    async def check(self, token: str, *, kind: TokenKind) -> TokenCheck:
+        """Judge one token. Never raises for anything the token or the IdP can do."""
+        hit = self.peek(token, kind)
+        if hit is not None:
+            return hit
+        result = await self._judge(token, kind)
+        if (
+            result.status is not TokenStatus.UNKNOWN
+            and result.reason not in _UNCACHED_REASONS
+            and len(token) <= MAX_TOKEN_CHARS
+        ):
+            results = self._results[kind]
+            results[token] = result
+            if len(results) > self._cache_size:
+                results.popitem(last=False)
+        return result
+
+    async def _judge(self, token: str, kind: TokenKind) -> TokenCheck:
+        claims = read_claims(token)
+        if claims is None:
+            # RFC 6749 access tokens are opaque strings unless the IdP says otherwise; Cognito's
+            # are always JWTs, and id tokens are JWTs by definition (OIDC Core 2).
+            opaque_allowed = kind == "access" and self.provider.kind == "oidc"
+            return _OPAQUE if opaque_allowed else _NOT_A_JWT
+        if not self.verify.signature:
+            return TokenCheck(TokenStatus.VALID, claims, "unverified")
+        if claims.alg not in ASYMMETRIC_ALGORITHMS:
+            # Decided before any key lookup: a forged `alg` must not cost a JWKS fetch.
+            return TokenCheck(TokenStatus.INVALID, reason="alg_not_allowed")
+        try:
+            key = await self._key_for(claims.kid, claims.alg)
+        except _JwksUnavailable:
+            return TokenCheck(TokenStatus.UNKNOWN, claims, "jwks_unavailable")
+        if key is None:
+            return TokenCheck(TokenStatus.INVALID, reason="unknown_kid")
+        self.signature_checks += 1
+        try:
+            decoded = self._jwt.decode_complete(token, key=key, algorithms=[key.algorithm_name])
+        except jwt.InvalidSignatureError:
+            return TokenCheck(TokenStatus.INVALID, reason="bad_signature")
+        except jwt.InvalidAlgorithmError:
+            return TokenCheck(TokenStatus.INVALID, reason="alg_not_allowed")
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
+            return TokenCheck(TokenStatus.INVALID, reason="malformed")
+        # Judge the payload PyJWT verified, not our own decoding of the same bytes.
+        verified = claims_from(decoded["payload"], decoded["header"])
+        problem = check_claims(verified, self._expect[kind], self._clock())
+        if problem is not None:
+            return TokenCheck(TokenStatus.INVALID, reason=problem)
+        return TokenCheck(TokenStatus.VALID, verified)
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def _find_key(self, kid: str | None, alg: str | None) -> jwt.PyJWK | None:
+        if kid is not None:
+            return self._keys_by_kid.get(kid)
+        # No `kid` (some small IdPs): acceptable only when exactly one key could have signed it.
+        candidates = [k for k in self._keys if k.algorithm_name == alg]
+        return candidates[0] if len(candidates) == 1 else None
+
+    def _is_stale(self, now: float) -> bool:
+        return self._keys_fetched_at is None or now - self._keys_fetched_at >= self._max_age_s
+
+    def _may_fetch(self, now: float) -> bool:
+        if self._last_attempt_at is None:
+            return True
+        wait = self._retry_after_failure_s if self._last_attempt_failed else self._refetch_interval_s
+        return now - self._last_attempt_at >= wait
+
+    async def _key_for(self, kid: str | None, alg: str | None) -> jwt.PyJWK | None:
+        """The key for this `kid`, None if the IdP has no such key, or raise _JwksUnavailable."""
+        key = self._find_key(kid, alg)
+        if key is not None and not self._is_stale(self._clock()):
+            return key
+        await self._refresh_keys()
+        # Look again: this fetch, or one another request started, may have brought the key.
+        key = self._find_key(kid, alg)
+        if key is not None:
+            return key  # possibly from an old key set, if the re-read failed: better than nothing
+        if self._last_attempt_failed:
+            # We could not ask the IdP; a key we have not seen may be one it just rotated in.
+            raise _JwksUnavailable
+        return None
+
+    async def _refresh_keys(self) -> None:
+        """Fetch the JWKS unless rate-limited; concurrent callers share one fetch."""
+        if self._fetch_task is None or self._fetch_task.done():
+            now = self._clock()
+            if not self._may_fetch(now):
+                return
+            self._last_attempt_at = now
+            self._fetch_task = asyncio.create_task(self._fetch_jwks())
+        task = self._fetch_task
+        # Shielded: a browser hanging up must not cancel the fetch everyone else is waiting for.
+        await asyncio.shield(task)
+        if self._fetch_task is task:
+            self._fetch_task = None
+
+    async def _fetch_jwks(self) -> None:
+        assert self.jwks_url is not None
+        self.jwks_fetches += 1
+        status: int | None = None
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.provider.timeout_s)
+            async with self._session.get(self.jwks_url, timeout=timeout) as response:
+                status = response.status
+                if status != 200:
+                    raise JwksError(f"HTTP {status}")
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise JwksError("too large")
+            keys = parse_jwks(json.loads(body))
+        except Exception as exc:
+            # Whatever went wrong (network, TLS, HTTP, JSON, keys), the IdP's keys are unavailable:
+            # that must show up as UNKNOWN, never as a signed-out user or a 500.
+            self._last_attempt_failed = True
+            error = str(exc) if isinstance(exc, JwksError) else type(exc).__name__
+            structlog.get_logger("cookieguard").warning(
+                "jwks_fetch", outcome="failed", url=self.jwks_url, status=status, error=error
+            )
+            return
+        self._keys = keys
+        self._keys_by_kid = {k.key_id: k for k in keys if k.key_id is not None}
+        self._keys_fetched_at = self._clock()
+        self._last_attempt_failed = False
+        structlog.get_logger("cookieguard").info(
+            "jwks_fetch", outcome="fetched", url=self.jwks_url, keys=len(keys)
+        )
+
+    async def close(self) -> None:
+        """Cancel a JWKS fetch still running (on shutdown)."""
+        task, self._fetch_task = self._fetch_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+
+
+def parse_jwks(document: Any) -> tuple[jwt.PyJWK, ...]:
+    """The signature keys of a JWKS document; raises JwksError when there is none we may use."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise JwksError("not a JWKS document")
+    usable = [
+        k
+        for k in document["keys"]
+        # Symmetric keys have no business in a public key set, and encryption keys sign nothing.
+        if isinstance(k, dict) and k.get("kty") != "oct" and k.get("use", "sig") == "sig"
+    ]
+    try:
+        key_set = jwt.PyJWKSet(usable)  # skips keys it cannot use (unknown kty, bad numbers)
+    except jwt.PyJWTError:
+        raise JwksError("no usable keys") from None
+    keys = tuple(k for k in key_set.keys if k.algorithm_name in ASYMMETRIC_ALGORITHMS)
+    if not keys:
+        raise JwksError("no usable keys")
+    return keys
