@@ -11,9 +11,14 @@ from aiohttp import web
 
 from .admin import Admin
 from .config import Config
+from .cookies import make_layout
 from .logs import get_logger
 from .metrics import Metrics
-from .proxy import Proxy
+from .providers import make_provider
+from .proxy import Auth, Proxy
+from .refresh import Refresher
+from .store import Store, StoreUnavailable, make_store
+from .tokens import TokenVerifier
 
 # Browsers send cookies up to 4096 bytes each and many of them; aiohttp's 8 KB header field
 # limit would turn a large but legitimate Cookie header into a 400.
@@ -28,6 +33,7 @@ def build_app(config: Config) -> web.Application:
     metrics = Metrics()
     admin = Admin(metrics)
     admin.add_routes(app, config.admin_prefix)
+    auth_holder: list[Auth | None] = [None]
 
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
         # One pooled client for the app's lifetime. DummyCookieJar: the proxy must never remember
@@ -40,10 +46,51 @@ def build_app(config: Config) -> web.Application:
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True),
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        app[PROXY_KEY] = Proxy(config, session, metrics)
+        app[PROXY_KEY] = Proxy(config, session, metrics, auth_holder[0])
         yield
         await session.close()
 
+    async def identity_provider(app: web.Application) -> AsyncIterator[None]:
+        if config.provider is None:
+            yield
+            return
+        # A separate pool for the IdP: upstream traffic never queues IdP calls behind it.
+        idp = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=config.provider.timeout_s),
+            connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+        )
+        store = make_store(config.store)
+        provider = make_provider(config.provider, idp)
+        verifier = None
+        if config.verify.signature:
+            jwks_url = config.provider.jwks_url
+            if jwks_url is None and config.provider.kind == "oidc":
+                jwks_url = await _discover_jwks_url(provider)
+            verifier = TokenVerifier(config.provider, config.verify, idp, jwks_url=jwks_url)
+
+        def idp_call(starting: bool) -> None:
+            metrics.sessions_in_flight.inc() if starting else metrics.sessions_in_flight.dec()
+
+        refresher = Refresher(
+            provider,
+            store,
+            config.refresh,
+            config.store,
+            idp_timeout_s=config.provider.timeout_s,
+            on_idp_call=idp_call,
+        )
+        auth_holder[0] = Auth(
+            layout=make_layout(config.cookies, config.provider.client_id),
+            refresher=refresher,
+            verifier=verifier,
+        )
+        admin.checks["store"] = _store_check(store)
+        yield
+        await store.close()
+        await idp.close()
+
+    app.cleanup_ctx.append(identity_provider)
     app.cleanup_ctx.append(upstream_client)
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -85,6 +132,29 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     log.info("stopped")
+
+
+async def _discover_jwks_url(provider: object) -> str | None:
+    resolve = getattr(provider, "resolve_jwks_url", None)
+    if resolve is None:
+        return None
+    try:
+        url: str | None = await resolve()
+    except Exception as exc:  # an IdP outage at start-up must not stop the proxy
+        get_logger().warning("jwks_discovery_failed", error=type(exc).__name__)
+        return None
+    return url
+
+
+def _store_check(store: Store):  # type: ignore[no-untyped-def]
+    async def check() -> dict[str, str] | None:
+        try:
+            await store.ping()
+        except StoreUnavailable:
+            return {"status": "unavailable", "kind": store.kind}
+        return None
+
+    return check
 
 
 def _bound_addresses(runner: web.AppRunner) -> list[tuple[str, int]]:

@@ -1,14 +1,15 @@
 """The life of a proxied request, top to bottom.
 
-match route -> (session repair, when the route refreshes) -> forward to the upstream, streaming
-both bodies -> merge cookieguard's Set-Cookie into the upstream's response -> answer.
+match route -> read the session from the app's cookies -> decide -> refresh if due (single-flight)
+-> rewrite the Cookie header -> forward, streaming both bodies -> merge cookieguard's Set-Cookie
+into whatever the upstream answers -> respond.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -17,9 +18,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Config, Route
+from .cookies import FreshTokens, Layout, Session, SetCookie, parse_cookie_header
+from .decide import Action, is_navigation, needs_refresh
 from .logs import get_logger
+from .merge import merge_set_cookies
 from .metrics import Metrics
+from .refresh import FAILED, REFRESHED, REJECTED, Refresher, RefreshResult
 from .routing import Router
+from .tokens import TokenStatus, TokenVerifier, read_claims, session_id
 
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
 HOP_BY_HOP = frozenset(
@@ -47,13 +53,29 @@ class Forwarding:
     """What session repair decided about one request before it is forwarded."""
 
     cookie_header: str | None = None  # None: forward the client's Cookie header as it came
-    set_cookies: list[str] = field(default_factory=list)  # already merged-ready Set-Cookie values
+    set_cookies: list[SetCookie] = field(default_factory=list)  # ours, merged after the upstream answers
     response: web.StreamResponse | None = None  # answer without forwarding (e.g. 401, 302 to login)
 
 
+UNCHANGED = Forwarding()
+
+
+@dataclass
+class Auth:
+    """What session repair needs; absent when no provider is configured."""
+
+    layout: Layout
+    refresher: Refresher
+    verifier: TokenVerifier | None  # None: verify.signature is false
+    wall_clock: Callable[[], float] = time.time
+
+
 class Proxy:
-    def __init__(self, config: Config, upstream: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, upstream: aiohttp.ClientSession, metrics: Metrics, auth: Auth | None = None
+    ) -> None:
         self.config = config
+        self.auth = auth
         self.router = Router(config.routes)
         self.upstream = upstream
         self.metrics = metrics
@@ -78,7 +100,8 @@ class Proxy:
         elif _is_websocket(request):
             response = await self.forward_websocket(request, route)
         else:
-            response = await self.forward(request, route, Forwarding())
+            fwd = await self.repair_session(request, route) if route.refresh and self.auth else UNCHANGED
+            response = await self.forward(request, route, fwd)
         if route is not None:
             self.metrics.requests_total.labels(route=route.match, status=str(response.status)).inc()
         if self.access_log:
@@ -91,6 +114,122 @@ class Proxy:
                 route=route.match if route else None,
             )
         return response
+
+    async def repair_session(self, request: web.Request, route: Route) -> Forwarding:
+        """Read the app's auth cookies; when the access token is due, refresh it (once per session)."""
+        assert self.auth is not None
+        header = request.headers.get("Cookie")
+        if not header:
+            return UNCHANGED
+        cookies = parse_cookie_header(header)
+        session = self.auth.layout.read(cookies)
+        if session is None or not session.refresh_token:
+            return UNCHANGED
+        access_expires_at, trusted = await self._access_expiry(session)
+        if not trusted:
+            return UNCHANGED  # a token that fails verification is no session: never refresh it
+        now = self.auth.wall_clock()
+        action = needs_refresh(
+            has_refresh_token=True,
+            access_expires_at=access_expires_at,
+            now_s=now,
+            before_expiry_s=self.config.refresh.before_expiry_s,
+            clock_drift_ms=session.clock_drift_ms,
+        )
+        if action is Action.FORWARD:
+            return UNCHANGED
+        result = await self.auth.refresher.refresh(
+            session.refresh_token, username=session.user, device_key=session.device_key
+        )
+        fresh = self._fresh_tokens(session, result, now)
+        self._log_refresh(route, session, result, access_expires_at, fresh)
+        if fresh is not None:
+            return Forwarding(
+                cookie_header=self.auth.layout.cookie_header(cookies, session, fresh),
+                set_cookies=self.auth.layout.set_cookies(session, fresh, self.config.cookies.attributes),
+            )
+        if result.outcome != REJECTED or self.config.refresh.on_rejected == "pass":
+            return UNCHANGED  # IdP trouble never signs a user out: forward as the request came
+        clear = self.auth.layout.clear_cookies(session, self.config.cookies.attributes)
+        if self.config.refresh.on_rejected == "login":
+            return Forwarding(response=self._sign_in_again(request, clear))
+        return Forwarding(
+            cookie_header=self.auth.layout.stripped_cookie_header(cookies, session), set_cookies=clear
+        )
+
+    async def _access_expiry(self, session: Session) -> tuple[float | None, bool]:
+        """(expiry of the access token, whether the session can be trusted)."""
+        assert self.auth is not None
+        token = session.access_token
+        if not token:
+            return None, True  # absent but refreshable
+        verifier = self.auth.verifier
+        if verifier is None:
+            claims = read_claims(token)
+            return (claims.exp if claims else None), claims is not None
+        check = verifier.peek(token, "access") or await verifier.check(token, kind="access")
+        if check.status is TokenStatus.INVALID:
+            return None, False
+        if check.status is TokenStatus.OPAQUE:
+            # An opaque token's lifetime is known only from a token response we saw ourselves;
+            # one we never saw is treated as not due (the app's own login just issued it).
+            return self.auth.refresher.opaque_expiry(token) or float("inf"), True
+        # VALID, or UNKNOWN (the JWKS cannot be fetched right now: the IdP will judge the refresh).
+        return (check.claims.exp if check.claims else None), True
+
+    def _fresh_tokens(self, session: Session, result: RefreshResult, now: float) -> FreshTokens | None:
+        tokens = result.tokens
+        if tokens is None or session.refresh_token is None:
+            return None
+        claims = read_claims(tokens.access_token)
+        if claims is None and tokens.expires_in_s is not None:
+            self.auth.refresher.note_opaque_expiry(tokens.access_token, now + tokens.expires_in_s)  # type: ignore[union-attr]
+        drift = round(claims.iat * 1000 - now * 1000) if claims and claims.iat else session.clock_drift_ms
+        return FreshTokens(
+            access_token=tokens.access_token,
+            id_token=tokens.id_token or session.id_token,
+            refresh_token=tokens.refresh_token or session.refresh_token,
+            clock_drift_ms=drift,
+        )
+
+    def _sign_in_again(self, request: web.Request, clear: list[SetCookie]) -> web.StreamResponse:
+        if is_navigation(request.headers):
+            response: web.StreamResponse = web.Response(
+                status=302, headers={"Location": self.config.refresh.login_url}
+            )
+        else:
+            response = web.json_response({"error": "session_expired"}, status=401)
+        for cookie in clear:
+            response.headers.add("Set-Cookie", cookie.header())
+        response.headers["Cache-Control"] = "private, no-store"
+        return response
+
+    def _log_refresh(
+        self,
+        route: Route,
+        session: Session,
+        result: RefreshResult,
+        old_exp: float | None,
+        fresh: FreshTokens | None,
+    ) -> None:
+        self.metrics.refresh_total.labels(outcome=result.outcome).inc()
+        if result.outcome == REFRESHED:
+            self.metrics.refresh_duration.observe(result.duration_ms / 1000)
+        new_claims = read_claims(fresh.access_token) if fresh else None
+        log = self.log.warning if result.outcome == FAILED else self.log.info
+        log(
+            "token_refresh",
+            outcome=result.outcome,
+            route=route.match,
+            session=session_id(session.refresh_token or ""),
+            user=session.user,
+            old_exp=int(old_exp) if old_exp else None,
+            new_exp=int(new_claims.exp) if new_claims and new_claims.exp else None,
+            duration_ms=result.duration_ms,
+            idp_status=result.idp_status,
+            error=result.error,
+            rotated=bool(result.tokens and result.tokens.rotated),
+        )
 
     async def forward(self, request: web.Request, route: Route, fwd: Forwarding) -> web.StreamResponse:
         if fwd.response is not None:
@@ -119,11 +258,12 @@ class Proxy:
             upstream.release()
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, set_cookies: list[str]
+        self, request: web.Request, upstream: aiohttp.ClientResponse, ours: list[SetCookie]
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        set_cookies = merge_set_cookies(upstream.headers.getall("Set-Cookie", ()), ours) if ours else []
         response.headers.extend(response_headers(upstream.headers.items(), set_cookies))
-        if set_cookies:
+        if ours:
             # No shared cache may store a response that carries a user's tokens.
             response.headers["Cache-Control"] = "private, no-store"
         await response.prepare(request)

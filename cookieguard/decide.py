@@ -1,0 +1,42 @@
+"""Pure decisions of the request pipeline: is it time to refresh, is this a navigation."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+
+class Action(enum.Enum):
+    FORWARD = "forward"  # nothing to do: no session, or a token far from expiry
+    REFRESH = "refresh"  # absent-but-refreshable, expired, or within before_expiry of expiry
+
+
+def needs_refresh(
+    *,
+    has_refresh_token: bool,
+    access_expires_at: float | None,
+    now_s: float,
+    before_expiry_s: float,
+    clock_drift_ms: int = 0,
+) -> Action:
+    """SPEC 2. `access_expires_at` is None when there is no usable access token.
+
+    Amplify keeps `clockDrift` = server time - browser time (ms) and judges expiry on the
+    server's clock; the proxy does the same so both agree on when a token is due.
+    """
+    if not has_refresh_token:
+        return Action.FORWARD
+    if access_expires_at is None:
+        return Action.REFRESH
+    server_now = now_s + clock_drift_ms / 1000.0
+    if access_expires_at - server_now <= before_expiry_s:
+        return Action.REFRESH
+    return Action.FORWARD
+
+
+def is_navigation(headers: Mapping[str, str]) -> bool:
+    """A top-level page load (gets a redirect to sign in) vs a background fetch (gets a 401)."""
+    mode = headers.get("Sec-Fetch-Mode")
+    if mode is not None and mode.lower() != "navigate":
+        return False
+    return "text/html" in headers.get("Accept", "")

@@ -1,0 +1,70 @@
+"""The in-process store: a single replica needs nothing else.
+
+Bounded: results and locks expire, and at most `max_entries` results are kept (least recently
+used evicted first), so any number of distinct sessions passing through keeps memory bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+
+class MemoryStore:
+    kind = "memory"
+
+    def __init__(self, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.clock = clock
+        self._results: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._locks: dict[str, tuple[float, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    async def get_result(self, key: str) -> bytes | None:
+        entry = self._results.get(key)
+        if entry is None:
+            return None
+        expires_at, value = entry
+        if expires_at <= self.clock():
+            del self._results[key]
+            return None
+        self._results.move_to_end(key)
+        return value
+
+    async def put_result(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._results[key] = (self.clock() + ttl_s, value)
+        self._results.move_to_end(key)
+        while len(self._results) > self.max_entries:
+            self._results.popitem(last=False)
+
+    async def acquire(self, key: str, owner: str, lease_s: float) -> bool:
+        now = self.clock()
+        held = self._locks.get(key)
+        if held is not None and held[0] > now and held[1] != owner:
+            return False
+        self._locks[key] = (now + lease_s, owner)
+        if len(self._locks) > self.max_entries:
+            self._locks = {k: v for k, v in self._locks.items() if v[0] > now}
+        return True
+
+    async def extend(self, key: str, owner: str, lease_s: float) -> bool:
+        held = self._locks.get(key)
+        if held is None or held[1] != owner or held[0] <= self.clock():
+            return False
+        self._locks[key] = (self.clock() + lease_s, owner)
+        return True
+
+    async def release(self, key: str, owner: str) -> None:
+        held = self._locks.get(key)
+        if held is not None and held[1] == owner:
+            del self._locks[key]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._results.clear()
+        self._locks.clear()

@@ -1,0 +1,75 @@
+"""The refresh decision and the navigation test: pure functions over plain data."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cookieguard.decide import Action, is_navigation, needs_refresh
+
+NOW = 1_800_000_000.0
+
+
+def decide(
+    exp: float | None, *, rt: bool = True, before: float = 300, drift_ms: int = 0, now: float = NOW
+) -> Action:
+    return needs_refresh(
+        has_refresh_token=rt,
+        access_expires_at=exp,
+        now_s=now,
+        before_expiry_s=before,
+        clock_drift_ms=drift_ms,
+    )
+
+
+def test_far_from_expiry_forwards() -> None:
+    assert decide(NOW + 3600) is Action.FORWARD
+
+
+def test_within_before_expiry_refreshes() -> None:
+    assert decide(NOW + 299) is Action.REFRESH
+    assert decide(NOW + 300) is Action.REFRESH
+    assert decide(NOW + 301) is Action.FORWARD
+
+
+def test_expired_refreshes() -> None:
+    assert decide(NOW - 10) is Action.REFRESH
+
+
+def test_absent_access_token_with_refresh_token_refreshes() -> None:
+    assert decide(None) is Action.REFRESH
+
+
+def test_without_refresh_token_nothing_can_be_done() -> None:
+    assert decide(None, rt=False) is Action.FORWARD
+    assert decide(NOW - 10, rt=False) is Action.FORWARD
+
+
+def test_clock_drift_is_applied_like_amplify() -> None:
+    # The server's clock is 10 minutes ahead of ours: a token with 8 minutes left by our clock
+    # has already passed before_expiry on the server's.
+    assert decide(NOW + 480, drift_ms=600_000) is Action.REFRESH
+    assert decide(NOW + 480, drift_ms=-600_000) is Action.FORWARD
+
+
+@given(
+    exp=st.floats(min_value=0, max_value=4e9),
+    t1=st.floats(min_value=0, max_value=4e9),
+    dt=st.floats(min_value=0, max_value=1e8),
+    before=st.floats(min_value=0, max_value=86400),
+    drift=st.integers(min_value=-(10**8), max_value=10**8),
+)
+def test_decision_is_monotonic_in_time(exp: float, t1: float, dt: float, before: float, drift: int) -> None:
+    """Once a token is due, it stays due as time goes on."""
+    if decide(exp, now=t1, before=before, drift_ms=drift) is Action.REFRESH:
+        assert decide(exp, now=t1 + dt, before=before, drift_ms=drift) is Action.REFRESH
+
+
+def test_navigation_vs_background() -> None:
+    html = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    assert is_navigation({"Accept": html, "Sec-Fetch-Mode": "navigate"})
+    assert is_navigation({"Accept": html})  # older browsers send no Sec-Fetch-* headers
+    assert not is_navigation({"Accept": html, "Sec-Fetch-Mode": "cors"})
+    assert not is_navigation({"Accept": "application/json", "Sec-Fetch-Mode": "navigate"})
+    assert not is_navigation({"Accept": "*/*"})
+    assert not is_navigation({})
