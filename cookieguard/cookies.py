@@ -306,7 +306,7 @@ class Layout(Protocol):
         ...
 
 
-def stripped_cookie_header(cookies: Sequence[tuple[str, str]], names: frozenset[str]) -> str:
+def _without(cookies: Sequence[tuple[str, str]], names: frozenset[str]) -> str:
     return format_cookie_header([(n, v) for n, v in cookies if n not in names])
 
 
@@ -420,7 +420,7 @@ class AmplifyLayout:
         return format_cookie_header(out)
 
     def stripped_cookie_header(self, cookies: Sequence[tuple[str, str]], session: Session) -> str:
-        return stripped_cookie_header(cookies, session.cookie_names)
+        return _without(cookies, session.cookie_names)
 
     def set_cookies(self, session: Session, tokens: FreshTokens, attrs: CookieAttributes) -> list[SetCookie]:
         user = self._user(session)
@@ -563,7 +563,7 @@ class NamedLayout:
         return format_cookie_header(out)
 
     def stripped_cookie_header(self, cookies: Sequence[tuple[str, str]], session: Session) -> str:
-        return stripped_cookie_header(cookies, session.cookie_names)
+        return _without(cookies, session.cookie_names)
 
     def set_cookies(self, session: Session, tokens: FreshTokens, attrs: CookieAttributes) -> list[SetCookie]:
         written: list[SetCookie] = []
