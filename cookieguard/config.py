@@ -159,6 +159,10 @@ class Config:
     source: str = "<memory>"
 
     @property
+    def provider_is_oidc(self) -> bool:
+        return self.provider is not None and self.provider.kind == "oidc"
+
+    @property
     def listen(self) -> str:
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
         return f"{host}:{self.listen_port}"

@@ -18,18 +18,25 @@ def needs_refresh(
     now_s: float,
     before_expiry_s: float,
     clock_drift_ms: int = 0,
+    access_issued_at: float | None = None,
 ) -> Action:
     """SPEC 2. `access_expires_at` is None when there is no usable access token.
 
     Amplify keeps `clockDrift` = server time - browser time (ms) and judges expiry on the
     server's clock; the proxy does the same so both agree on when a token is due.
+
+    The refresh window is at most half the token's lifetime: with `before_expiry: 5m` and an IdP
+    issuing 5-minute tokens, every request would otherwise refresh again.
     """
     if not has_refresh_token:
         return Action.FORWARD
     if access_expires_at is None:
         return Action.REFRESH
+    window = before_expiry_s
+    if access_issued_at is not None and access_expires_at > access_issued_at:
+        window = min(window, (access_expires_at - access_issued_at) / 2)
     server_now = now_s + clock_drift_ms / 1000.0
-    if access_expires_at - server_now <= before_expiry_s:
+    if access_expires_at - server_now <= window:
         return Action.REFRESH
     return Action.FORWARD
 

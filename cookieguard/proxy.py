@@ -8,6 +8,7 @@ into whatever the upstream answers -> respond.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,9 +56,23 @@ class Forwarding:
     cookie_header: str | None = None  # None: forward the client's Cookie header as it came
     set_cookies: list[SetCookie] = field(default_factory=list)  # ours, merged after the upstream answers
     response: web.StreamResponse | None = None  # answer without forwarding (e.g. 401, 302 to login)
+    outcome: str | None = None  # the refresh outcome, when a refresh was attempted
 
 
 UNCHANGED = Forwarding()
+
+
+@dataclass
+class SessionCheck:
+    """What the session endpoint reports. Holds no token: Set-Cookie headers only."""
+
+    authenticated: bool
+    user: str | None = None
+    expires_at: float | None = None  # the access token's `exp`, epoch seconds
+    refreshed: bool = False
+    # ok | refreshed | no_session | expired | rejected | invalid_token | refresh_unavailable | no_provider
+    reason: str = "ok"
+    set_cookies: list[str] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -125,13 +140,15 @@ class Proxy:
         session = self.auth.layout.read(cookies)
         if session is None or not session.refresh_token:
             return UNCHANGED
-        access_expires_at, trusted = await self._access_expiry(session)
-        if not trusted:
+        lifetime = await self._access_lifetime(session)
+        if lifetime is None:
             return UNCHANGED  # a token that fails verification is no session: never refresh it
+        issued_at, access_expires_at = lifetime
         now = self.auth.wall_clock()
         action = needs_refresh(
             has_refresh_token=True,
             access_expires_at=access_expires_at,
+            access_issued_at=issued_at,
             now_s=now,
             before_expiry_s=self.config.refresh.before_expiry_s,
             clock_drift_ms=session.clock_drift_ms,
@@ -147,43 +164,104 @@ class Proxy:
             return Forwarding(
                 cookie_header=self.auth.layout.cookie_header(cookies, session, fresh),
                 set_cookies=self.auth.layout.set_cookies(session, fresh, self.config.cookies.attributes),
+                outcome=result.outcome,
             )
         if result.outcome != REJECTED or self.config.refresh.on_rejected == "pass":
-            return UNCHANGED  # IdP trouble never signs a user out: forward as the request came
+            # IdP trouble never signs a user out: forward as the request came
+            return Forwarding(outcome=result.outcome)
         clear = self.auth.layout.clear_cookies(session, self.config.cookies.attributes)
         if self.config.refresh.on_rejected == "login":
-            return Forwarding(response=self._sign_in_again(request, clear))
+            return Forwarding(response=self._sign_in_again(request, clear), outcome=result.outcome)
         return Forwarding(
-            cookie_header=self.auth.layout.stripped_cookie_header(cookies, session), set_cookies=clear
+            cookie_header=self.auth.layout.stripped_cookie_header(cookies, session),
+            set_cookies=clear,
+            outcome=result.outcome,
         )
 
-    async def _access_expiry(self, session: Session) -> tuple[float | None, bool]:
-        """(expiry of the access token, whether the session can be trusted)."""
+    async def check_session(self, request: web.Request) -> SessionCheck:
+        """The session endpoint: repair the session exactly as a proxied request would, then report.
+
+        The request is never forwarded; the Set-Cookie headers session repair decided on (fresh
+        tokens, or expired auth cookies for a dead session) go back to the browser with the report.
+        """
+        if self.auth is None:
+            return SessionCheck(authenticated=False, reason="no_provider")
+        fwd = await self.repair_session(request, self._session_route)
+        if fwd.response is not None:  # on_rejected: login; the answer carries the expired cookies
+            return SessionCheck(
+                authenticated=False,
+                reason="rejected",
+                set_cookies=fwd.response.headers.getall("Set-Cookie", []),
+            )
+        set_cookies = [cookie.header() for cookie in fwd.set_cookies]
+        header = fwd.cookie_header if fwd.cookie_header is not None else request.headers.get("Cookie", "")
+        session = self.auth.layout.read(parse_cookie_header(header)) if header else None
+        if session is None:
+            reason = "rejected" if fwd.outcome == REJECTED else "no_session"
+            return SessionCheck(authenticated=False, reason=reason, set_cookies=set_cookies)
+        lifetime = await self._access_lifetime(session)
+        if lifetime is None:
+            return SessionCheck(authenticated=False, user=session.user, reason="invalid_token")
+        expires_at = lifetime[1]
+        if expires_at == float("inf"):
+            expires_at = None  # an opaque token cookieguard never saw issued: its expiry is unknown
+        expired = expires_at is not None and expires_at <= self.auth.wall_clock()
+        if fwd.outcome == FAILED and session.refresh_token:
+            # The IdP could not answer: the session is not over, it will be refreshed later.
+            return SessionCheck(True, session.user, expires_at, reason="refresh_unavailable")
+        if fwd.outcome == REJECTED:  # on_rejected: pass; the token lives until it expires
+            return SessionCheck(not expired, session.user, expires_at, reason="rejected")
+        if expired or (expires_at is None and not session.access_token):
+            return SessionCheck(False, session.user, expires_at, reason="expired")
+        refreshed = bool(set_cookies)
+        return SessionCheck(
+            True,
+            session.user,
+            expires_at,
+            refreshed=refreshed,
+            reason="refreshed" if refreshed else "ok",
+            set_cookies=set_cookies,
+        )
+
+    @functools.cached_property
+    def _session_route(self) -> Route:
+        # Refreshes made for the session endpoint are logged and counted under its own path.
+        return Route(match=f"{self.config.admin_prefix}/session", upstream="")
+
+    async def _access_lifetime(self, session: Session) -> tuple[float | None, float | None] | None:
+        """(issued_at, expires_at) of the access token; (None, None) when it is absent; None when
+        it fails verification (then the session is not trusted and never refreshed)."""
         assert self.auth is not None
         token = session.access_token
         if not token:
-            return None, True  # absent but refreshable
+            return None, None  # absent but refreshable
         verifier = self.auth.verifier
         if verifier is None:
             claims = read_claims(token)
-            return (claims.exp if claims else None), claims is not None
+            if claims is None:
+                return self._opaque_lifetime(token) if self.config.provider_is_oidc else None
+            return claims.iat, claims.exp
         check = verifier.peek(token, "access") or await verifier.check(token, kind="access")
         if check.status is TokenStatus.INVALID:
-            return None, False
+            return None
         if check.status is TokenStatus.OPAQUE:
-            # An opaque token's lifetime is known only from a token response we saw ourselves;
-            # one we never saw is treated as not due (the app's own login just issued it).
-            return self.auth.refresher.opaque_expiry(token) or float("inf"), True
+            return self._opaque_lifetime(token)
         # VALID, or UNKNOWN (the JWKS cannot be fetched right now: the IdP will judge the refresh).
-        return (check.claims.exp if check.claims else None), True
+        return (check.claims.iat, check.claims.exp) if check.claims else (None, None)
+
+    def _opaque_lifetime(self, token: str) -> tuple[float | None, float | None]:
+        # An opaque token's lifetime is known only from a token response we saw ourselves (SPEC 4:
+        # expires_in); one we never saw is treated as not due: the app's own login just issued it.
+        assert self.auth is not None
+        return self.auth.refresher.opaque_lifetime(token) or (None, float("inf"))
 
     def _fresh_tokens(self, session: Session, result: RefreshResult, now: float) -> FreshTokens | None:
         tokens = result.tokens
         if tokens is None or session.refresh_token is None:
             return None
         claims = read_claims(tokens.access_token)
-        if claims is None and tokens.expires_in_s is not None:
-            self.auth.refresher.note_opaque_expiry(tokens.access_token, now + tokens.expires_in_s)  # type: ignore[union-attr]
+        if claims is None and tokens.expires_in_s is not None and self.auth is not None:
+            self.auth.refresher.note_opaque_lifetime(tokens.access_token, now, now + tokens.expires_in_s)
         drift = round(claims.iat * 1000 - now * 1000) if claims and claims.iat else session.clock_drift_ms
         return FreshTokens(
             access_token=tokens.access_token,
@@ -223,7 +301,7 @@ class Proxy:
             route=route.match,
             session=session_id(session.refresh_token or ""),
             user=session.user,
-            old_exp=int(old_exp) if old_exp else None,
+            old_exp=int(old_exp) if old_exp and old_exp != float("inf") else None,
             new_exp=int(new_claims.exp) if new_claims and new_claims.exp else None,
             duration_ms=result.duration_ms,
             idp_status=result.idp_status,

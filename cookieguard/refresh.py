@@ -66,7 +66,7 @@ class Refresher:
         self.on_idp_call = on_idp_call  # metrics hook: True when a call starts, False when it ends
         self._in_flight: dict[str, asyncio.Task[RefreshResult]] = {}
         self._backoff: OrderedDict[str, float] = OrderedDict()
-        self._opaque_expiry: OrderedDict[str, float] = OrderedDict()
+        self._opaque_lifetimes: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     @property
     def in_flight(self) -> int:
@@ -154,14 +154,14 @@ class Refresher:
             if not await self.store.extend(key, owner, self.lease_s):
                 return
 
-    def note_opaque_expiry(self, access_token: str, expires_at: float) -> None:
-        """Remember when an opaque access token we received expires (SPEC 4: from expires_in)."""
-        self._opaque_expiry[store_key(access_token)] = expires_at
-        while len(self._opaque_expiry) > self.max_entries:
-            self._opaque_expiry.popitem(last=False)
+    def note_opaque_lifetime(self, access_token: str, issued_at: float, expires_at: float) -> None:
+        """Remember the lifetime of an opaque access token we received (SPEC 4: expires_in)."""
+        self._opaque_lifetimes[store_key(access_token)] = (issued_at, expires_at)
+        while len(self._opaque_lifetimes) > self.max_entries:
+            self._opaque_lifetimes.popitem(last=False)
 
-    def opaque_expiry(self, access_token: str) -> float | None:
-        return self._opaque_expiry.get(store_key(access_token))
+    def opaque_lifetime(self, access_token: str) -> tuple[float, float] | None:
+        return self._opaque_lifetimes.get(store_key(access_token))
 
     def _remember_backoff(self, key: str, seconds: float) -> None:
         self._backoff[key] = self.clock() + seconds

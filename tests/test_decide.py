@@ -73,3 +73,23 @@ def test_navigation_vs_background() -> None:
     assert not is_navigation({"Accept": "application/json", "Sec-Fetch-Mode": "navigate"})
     assert not is_navigation({"Accept": "*/*"})
     assert not is_navigation({})
+
+
+def test_the_window_is_at_most_half_the_token_lifetime() -> None:
+    """With 5-minute tokens and before_expiry 5m, refreshing on every request would follow."""
+
+    def due(left_s: float, lifetime_s: float) -> Action:
+        exp = NOW + left_s
+        return needs_refresh(
+            has_refresh_token=True,
+            access_expires_at=exp,
+            access_issued_at=exp - lifetime_s,
+            now_s=NOW,
+            before_expiry_s=300,
+        )
+
+    assert due(left_s=299, lifetime_s=300) is Action.FORWARD  # just issued
+    assert due(left_s=151, lifetime_s=300) is Action.FORWARD
+    assert due(left_s=149, lifetime_s=300) is Action.REFRESH
+    assert due(left_s=299, lifetime_s=3600) is Action.REFRESH  # long-lived: before_expiry rules
+    assert due(left_s=-60, lifetime_s=-120) is Action.REFRESH  # nonsense lifetimes: plain expiry

@@ -58,8 +58,9 @@ def expiring_user(
     make_cognito_user: Callable[..., CognitoUser],
     known_secrets: KnownSecrets,
 ) -> CognitoUser:
-    """A signed-in user whose access token is due (60 s left, before_expiry is 5 min)."""
-    cognito_idp.access_token_lifetime_s = 60
+    """A signed-in user whose access and id tokens expired a minute ago (the emulator mints them
+    with a negative lifetime), with a live refresh token."""
+    cognito_idp.access_token_lifetime_s = -60
     user = make_cognito_user(cognito_pool)
     cognito_idp.access_token_lifetime_s = 3600  # refreshed tokens live an hour
     known_secrets.add(user.refresh_token, user.access_token, user.id_token, cognito_pool.client_secret)
@@ -111,12 +112,15 @@ async def test_every_response_carries_fresh_tokens_and_the_app_saw_them(
     guard = cookieguard_process(guard_config(expiring_user.pool, str(app.make_url(""))))
     layout = names(expiring_user)
     access_name = layout.cookie_name(expiring_user.username, "accessToken")
-    async with aiohttp.ClientSession() as s, s.request(
-        method,
-        f"{guard.url}{path}",
-        headers={"Cookie": cookie_header(browser_cookies(expiring_user))},
-        allow_redirects=False,
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(
+            method,
+            f"{guard.url}{path}",
+            headers={"Cookie": cookie_header(browser_cookies(expiring_user))},
+            allow_redirects=False,
+        ) as resp,
+    ):
         assert resp.status == status
         body = await resp.read()
         set_cookies = resp.headers.getall("Set-Cookie", [])
@@ -231,7 +235,7 @@ async def test_both_cognito_apis_with_and_without_client_secret(
     with_secret: bool,
 ) -> None:
     pool = make_cognito_pool(with_secret=with_secret)
-    cognito_idp.access_token_lifetime_s = 60
+    cognito_idp.access_token_lifetime_s = -60
     user = make_cognito_user(pool, "jane+test@example.com")
     cognito_idp.access_token_lifetime_s = 3600
     known_secrets.add(user.refresh_token, pool.client_secret)
