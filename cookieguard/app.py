@@ -131,6 +131,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     await runner.cleanup()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)  # we are on our way out: a repeated signal must not kill us
     log.info("stopped")
 
 

@@ -44,6 +44,7 @@ class CookieguardProcess:
         self.stderr_lines: list[str] = []
         self._cond = threading.Condition()
         self.port: int | None = None
+        self.signalled = False
         STARTED.append(self)
 
     @property
@@ -116,13 +117,15 @@ class CookieguardProcess:
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None
+        self.signalled = True
         self.proc.send_signal(sig)
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if not self.signalled:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
