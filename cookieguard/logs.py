@@ -72,10 +72,46 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=True,
     )
-    # aiohttp and asyncio log through the standard library; route their warnings to stderr
-    # in plain text, without request details that could carry cookies.
+    # aiohttp and asyncio log through the standard library. aiohttp's server logs a malformed
+    # request with the offending header line (a Cookie header full of tokens) in the message:
+    # those records are turned into structured events that name the error class only.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("aiohttp.access").disabled = True
+    for name in ("aiohttp.server", "aiohttp.web", "aiohttp.client", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _StructuredRedactingFilter) for f in logger.filters):
+            logger.addFilter(_StructuredRedactingFilter())
+
+
+class _StructuredRedactingFilter(logging.Filter):
+    """Replace a stdlib log record by a structlog event without its message or exception text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        fields: dict[str, Any] = {"logger": record.name}
+        if exc is not None:
+            fields["error"] = type(exc).__name__
+            status = getattr(exc, "code", None)
+            if isinstance(status, int):
+                fields["status"] = status
+            tb = exc.__traceback__
+            frames = []
+            while tb is not None:  # where it happened, never what the values were
+                frames.append(f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}")
+                tb = tb.tb_next
+            fields["at"] = frames[-3:]
+        else:
+            fields["message"] = record.getMessage()  # scrubbed by the redact processor
+        event = (
+            "bad_request"
+            if exc is not None and type(exc).__module__.startswith("aiohttp.http")
+            else "internal_error"
+        )
+        level = "info" if event == "bad_request" else record.levelname.lower()
+        if level not in ("debug", "info", "warning", "error"):
+            level = "error"
+        getattr(get_logger(), level)(event, **fields)
+        return False
 
 
 def get_logger() -> Any:
