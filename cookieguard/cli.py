@@ -29,6 +29,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = verbs.add_parser("check", help="validate a config and print the effective routes")
     check.add_argument("--config", "-c", help=config_help)
     verbs.add_parser("keygen", help="print a new store encryption key")
+    demo = verbs.add_parser(
+        "demo",
+        help="see the bug and the fix: an app with the redirect bug, a local Cognito IdP, cookieguard",
+        description=(
+            "Runs, on 127.0.0.1: an app whose middleware drops refreshed cookies on a redirect, "
+            "a local Cognito-compatible IdP (moto, the `demo` extra) with rotating refresh tokens and "
+            "short-lived access tokens, and cookieguard in front of the app. Drives a scripted browser "
+            "both ways past several token expiries and prints what happened. Exit 0 when cookieguard "
+            "kept the user signed in."
+        ),
+    )
+    demo.add_argument(
+        "--serve", action="store_true", help="leave the app and cookieguard running for a browser"
+    )
+    demo.add_argument("--short", action="store_true", help="fewer, shorter steps (2 expiries of 3 s tokens)")
+    demo.add_argument(
+        "--expiries", type=_positive_int, metavar="N", help="access-token expiries to go through (default 3)"
+    )
+    demo.add_argument("--token-lifetime", type=_positive_int, metavar="SECONDS", help="access-token lifetime")
+    demo.add_argument("--port", type=int, help="cookieguard's port with --serve (default 8080; 0: any)")
+    demo.add_argument("--app-port", type=int, help="the app's port with --serve (default 3000; 0: any)")
 
     args = parser.parse_args(argv)
     if args.verb == "run":
@@ -40,8 +61,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(Fernet.generate_key().decode())
         return 0
+    if args.verb == "demo":
+        return _demo(args)
     parser.print_help()
     return EXIT_CONFIG
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, run_demo, serve_demo
+
+    if args.serve:
+        settings = DemoSettings(
+            token_lifetime_s=args.token_lifetime or 30,
+            port=8080 if args.port is None else args.port,
+            app_port=3000 if args.app_port is None else args.app_port,
+        )
+        return serve_demo(settings)
+    settings = DemoSettings(
+        expiries=args.expiries or (2 if args.short else 3),
+        token_lifetime_s=args.token_lifetime or (3 if args.short else 5),
+    )
+    return run_demo(settings)
 
 
 def _load(path_arg: str | None) -> Config | None:
