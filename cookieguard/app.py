@@ -17,7 +17,7 @@ from .metrics import Metrics
 from .providers import make_provider
 from .proxy import Auth, Proxy
 from .refresh import Refresher
-from .store import Store, StoreUnavailable, make_store
+from .store import FallbackStore, Store, StoreUnavailable, make_store
 from .tokens import TokenVerifier
 
 # Browsers send cookies up to 4096 bytes each and many of them; aiohttp's 8 KB header field
@@ -60,7 +60,7 @@ def build_app(config: Config) -> web.Application:
             timeout=aiohttp.ClientTimeout(total=config.provider.timeout_s),
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
         )
-        store = make_store(config.store)
+        store = make_store(config.store, on_degraded=metrics.store_degraded.set)
         provider = make_provider(config.provider, idp)
         verifier = None
         if config.verify.signature:
@@ -85,7 +85,7 @@ def build_app(config: Config) -> web.Application:
             refresher=refresher,
             verifier=verifier,
         )
-        admin.checks["store"] = _store_check(store)
+        admin.checks["store"] = store.readiness if isinstance(store, FallbackStore) else _store_check(store)
         yield
         await store.close()
         await idp.close()

@@ -1,12 +1,23 @@
 """Shared fixtures. Fixture modules under tests/support/ are registered here."""
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
 
 pytest.register_assert_rewrite("tests.support")
+
+# Property tests run 10,000 examples each in CI (CI=true) and a quick 200 locally.
+settings.register_profile(
+    "ci", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 pytest_plugins = [
     "tests.support.no_secrets",
     "tests.support.proxy_process",
     "tests.support.oidc_idp",
     "tests.support.cognito_idp",
+    "tests.support.redis_server",
 ]

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..config import StoreConfig
 from .base import Store, StoreUnavailable
+from .fallback import FallbackStore
 from .memory import MemoryStore
 
-__all__ = ["MemoryStore", "Store", "StoreUnavailable", "make_store"]
+__all__ = ["FallbackStore", "MemoryStore", "Store", "StoreUnavailable", "make_store"]
 
 
-def make_store(config: StoreConfig) -> Store:
+def make_store(config: StoreConfig, on_degraded: Callable[[bool], None] | None = None) -> Store:
+    """The configured store. Redis comes wrapped in a `FallbackStore`: when Redis cannot be
+    reached the replica coordinates locally (`on_degraded(True)`) until it is back."""
     if config.kind == "redis":
-        from .redis import RedisStore  # type: ignore[import-not-found,unused-ignore]
+        from .redis import RedisStore
 
-        store: Store = RedisStore(config)
-        return store
+        local = MemoryStore(max_entries=config.max_entries)
+        return FallbackStore(RedisStore(config), local, on_degraded)
     return MemoryStore(max_entries=config.max_entries)
