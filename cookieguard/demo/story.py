@@ -397,6 +397,10 @@ async def _serve(stack: _Stack, settings: DemoSettings, say: _Narrator) -> int:
         )
         await _stop_pair(stack)
         return EXIT_FIX_FAILED
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         # Browsers do not separate cookies by port: the direct app is shown under another host
         # name so that its cookies and cookieguard's never mix in one browser.
@@ -412,14 +416,11 @@ async def _serve(stack: _Stack, settings: DemoSettings, say: _Narrator) -> int:
         say.line(f"  IdP (moto's Cognito server): {stack.pool.endpoint}")
         say.line(f"  cookieguard admin: {stack.guard_url}/.cookieguard/healthz, /.cookieguard/metrics")
         say.line("  cookies are written without `Secure` because the demo runs on plain http")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         say.line("cookieguard demo: stopping")
     finally:
+        # The handlers stay while stopping: a second Ctrl-C must not interrupt the cleanup.
         await _stop_pair(stack)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
     return EXIT_OK
