@@ -1,28 +1,50 @@
-"""Admin endpoints under `admin_prefix`: healthz, readyz, metrics. Never proxied upstream."""
+"""Admin endpoints under `admin_prefix`: healthz, readyz, metrics, session. Never proxied upstream."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from .metrics import Metrics
+from .proxy import SessionCheck
 
 # A readiness check returns None when its dependency is fine, else a short reason.
 ReadinessCheck = Callable[[], Awaitable[dict[str, str] | None]]
+# Session repair for the session endpoint (the proxy's `check_session`), set once it exists.
+SessionChecker = Callable[[web.Request], Awaitable[SessionCheck]]
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
 class Admin:
-    def __init__(self, metrics: Metrics, checks: dict[str, ReadinessCheck] | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        checks: dict[str, ReadinessCheck] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.metrics = metrics
         self.checks: dict[str, ReadinessCheck] = dict(checks or {})
+        self.check_session: SessionChecker | None = None
+        self.clock = clock
 
     def add_routes(self, app: web.Application, prefix: str) -> None:
         app.router.add_get(f"{prefix}/healthz", self.healthz, allow_head=True)
         app.router.add_get(f"{prefix}/readyz", self.readyz, allow_head=True)
         app.router.add_get(f"{prefix}/metrics", self.metrics_endpoint)
+        app.router.add_get(f"{prefix}/session", self.session, allow_head=False)
+        # Nothing under the prefix is ever proxied: other methods get 405, other paths 404.
+        for name, allowed in (
+            ("healthz", "GET, HEAD"),
+            ("readyz", "GET, HEAD"),
+            ("metrics", "GET"),
+            ("session", "GET"),
+        ):
+            app.router.add_route("*", f"{prefix}/{name}", _method_not_allowed(allowed))
+        app.router.add_route("*", prefix + "/{tail:.*}", _not_found)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n", headers=_NO_STORE)
@@ -45,3 +67,50 @@ class Admin:
         return web.Response(
             body=self.metrics.render(), headers={"Content-Type": Metrics.content_type, **_NO_STORE}
         )
+
+    async def session(self, request: web.Request) -> web.Response:
+        """The browser's session health check (SPEC 6). Never a token; cookies only in Set-Cookie.
+
+        Meant for `fetch(prefix + "/session", {credentials: "include"})` from the app's own pages,
+        which share cookieguard's origin, so no CORS headers are sent (and none are needed). A due
+        access token is refreshed exactly as for a proxied request, so polling keeps the session
+        alive; the fresh tokens (or, for a dead session, the expired auth cookies) come back as
+        Set-Cookie. Always 200 with JSON, except 404 when no provider is configured.
+        """
+        check = await self.check_session(request) if self.check_session is not None else None
+        if check is None or check.reason == "no_provider":
+            return web.json_response(
+                {"error": "no provider configured: cookieguard does not manage sessions"},
+                status=404,
+                headers=_NO_STORE,
+            )
+        response = web.json_response(session_report(check, self.clock()), headers=_NO_STORE)
+        for header in check.set_cookies:
+            response.headers.add("Set-Cookie", header)
+        return response
+
+
+def session_report(check: SessionCheck, now_s: float) -> dict[str, object]:
+    """The session endpoint's JSON: SPEC 6's fields, plus `reason` (a short code, never content)."""
+    expires_at = int(check.expires_at) if check.expires_at is not None else None
+    return {
+        "authenticated": check.authenticated,
+        "user": check.user,
+        "expires_at": expires_at,
+        "expires_in": max(0, expires_at - int(now_s)) if expires_at is not None else None,
+        "refreshed": check.refreshed,
+        "reason": check.reason,
+    }
+
+
+def _method_not_allowed(allowed: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(
+            status=405, text="cookieguard: method not allowed\n", headers={"Allow": allowed, **_NO_STORE}
+        )
+
+    return handler
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return web.Response(status=404, text="cookieguard: no such endpoint\n", headers=_NO_STORE)

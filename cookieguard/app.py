@@ -47,6 +47,7 @@ def build_app(config: Config) -> web.Application:
             timeout=aiohttp.ClientTimeout(total=None),
         )
         app[PROXY_KEY] = Proxy(config, session, metrics, auth_holder[0])
+        admin.check_session = app[PROXY_KEY].check_session
         yield
         await session.close()
 
