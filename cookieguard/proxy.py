@@ -187,18 +187,21 @@ class Proxy:
         if self.auth is None:
             return SessionCheck(authenticated=False, reason="no_provider")
         fwd = await self.repair_session(request, self._session_route)
-        if fwd.response is not None:  # on_rejected: login; the answer carries the expired cookies
-            return SessionCheck(
-                authenticated=False,
-                reason="rejected",
-                set_cookies=fwd.response.headers.getall("Set-Cookie", []),
-            )
+        if fwd.outcome == REJECTED and self.config.refresh.on_rejected != "pass":
+            # The session is over; the answer carries the expired auth cookies (with `login`
+            # they sit on the 401/302 repair_session prepared, which is not sent from here).
+            if fwd.response is not None:
+                set_cookies = fwd.response.headers.getall("Set-Cookie", [])
+            else:
+                set_cookies = [cookie.header() for cookie in fwd.set_cookies]
+            before = self.auth.layout.read(parse_cookie_header(request.headers.get("Cookie", "")))
+            user = before.user if before else None
+            return SessionCheck(False, user, reason="rejected", set_cookies=set_cookies)
         set_cookies = [cookie.header() for cookie in fwd.set_cookies]
         header = fwd.cookie_header if fwd.cookie_header is not None else request.headers.get("Cookie", "")
         session = self.auth.layout.read(parse_cookie_header(header)) if header else None
         if session is None:
-            reason = "rejected" if fwd.outcome == REJECTED else "no_session"
-            return SessionCheck(authenticated=False, reason=reason, set_cookies=set_cookies)
+            return SessionCheck(authenticated=False, reason="no_session")
         lifetime = await self._access_lifetime(session)
         if lifetime is None:
             return SessionCheck(authenticated=False, user=session.user, reason="invalid_token")

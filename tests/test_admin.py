@@ -281,7 +281,7 @@ async def test_a_revoked_session_is_not_authenticated(
     )
     assert status == 200 and body["refreshed"] is False and body["reason"] == "rejected"
     expired = {line.split("=", 1)[0] for line in set_cookies if "Max-Age=0" in line}
-    assert body["authenticated"] is False
+    assert body["authenticated"] is False and body["user"] == expiring_user.username
     if mode == "pass":
         # The operator asked cookieguard to leave the cookies alone; the token is still expired.
         assert set_cookies == [] and body["expires_in"] == 0 and body["user"] == expiring_user.username
