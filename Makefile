@@ -25,7 +25,7 @@ $(OIDC_DIR)/node_modules/.package-lock.json: $(OIDC_DIR)/package-lock.json
 	touch $@
 
 run: $(STAMP)
-	$(PY) examples/run_local.py
+	$(PY) -m cookieguard demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cookieguard tests bench examples

@@ -346,6 +346,9 @@ def run_demo(settings: DemoSettings, out: TextIO | None = None) -> int:
     say.line("verdict")
     say.line(f"  direct:              {direct.verdict()}")
     say.line(f"  through cookieguard: {guarded.verdict()}")
+    say.line(
+        "  (lost: tokens the IdP issued that never reached the browser; counted at the IdP and in the jar)"
+    )
     if guarded.app_refreshes:
         say.line(f"  (behind cookieguard the app still refreshed {guarded.app_refreshes} time(s) itself)")
     if direct.signed_in:
