@@ -41,3 +41,12 @@ test: $(STAMP) node lint
 
 clean:
 	rm -rf $(VENV) $(OIDC_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+
+# cookieguard vs nginx vs a bare aiohttp proxy on 127.0.0.1 (bench/README.md); ~8 minutes.
+# Installs nginx and wrk from Debian's packages when missing. BENCH_ARGS e.g. "--upstream aiohttp".
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(STAMP)
+	@if ! command -v wrk >/dev/null || ! { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
+		apt-get update && apt-get install -y nginx wrk; fi
+	$(PY) bench/run.py $(BENCH_ARGS)

@@ -1,0 +1,835 @@
+"""`make bench`: cookieguard against nginx and a bare aiohttp proxy, in one run, on 127.0.0.1.
+
+Starts an upstream (nginx serving a 1 KB body, or `--upstream aiohttp`), an nginx reverse proxy
+(1 worker, keep-alive to the upstream), a bare aiohttp pass-through (bench/bare_proxy.py) and
+cookieguard (`python -m cookieguard run`, uvloop when installed), plus the Cognito emulator in a
+process of its own. Measures, interleaved, 3 rounds, medians:
+
+- `plain` (no cookies), `session` (a ~3.5 KB Amplify cookie header with real RS256 tokens from
+  the emulator, an hour from expiry, signature verification on) and `static` (the same cookies on
+  a `refresh: false` route) with wrk at 64 connections: req/s and CPU µs per request of the proxy
+  process (utime+stime from /proc over the run);
+- `latency`: wrk at 1 connection, session cookies, p50/p99;
+- `storm`: 1,000 distinct expired sessions at once; IdP calls counted at the emulator, failed
+  requests counted, p99 of other (fresh) sessions' requests during the storm vs without it;
+- `rss`: a second cookieguard after 100,000 distinct sessions (ES256 tokens signed with a local
+  key, JWKS served by the upstream) and with 1,000 open keep-alive connections.
+
+Prints a table, writes bench/out/latest.json, and ends with
+`bench: session rps_ratio=… cpu_ratio=… p50_added_ms=… p99_added_ms=…`.
+Every process it starts is stopped by its PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT))
+
+from cookieguard.cookies import AmplifyLayout, encode_uri_component  # noqa: E402
+
+ANALYTICS = {
+    "_ga": "GA1.1.1234567890.1732512345",
+    "_ga_8XKQ2W3E4R": "GS1.1.1732512345.7.1.1732514567.0.0.0",
+    "_gid": "GA1.2.987654321.1732512345",
+    "_fbp": "fb.1.1732512345678.1234567890",
+    "_hjSessionUser_3141592": "eyJpZCI6IjdjOTdmNGUxLTJmYjctNTI0Ny1hYTMyLTBjZjM5YjE5ZmQ1YyIsImNyZWF0ZWQi"
+    "OjE3MzI1MTIzNDU2NzgsImV4aXN0aW5nIjp0cnVlfQ==",
+    "ajs_anonymous_id": "c0a9f3e2-5b7d-4e1f-9a8b-6c5d4e3f2a1b",
+    "AMP_MKTG_a1b2c3d4e5": "JTdCJTIycmVmZXJyZXIlMjIlM0ElMjJodHRwcyUzQSUyRiUyRnd3dy5nb29nbGUuY29tJTJGJTIy"
+    "JTJDJTIycmVmZXJyaW5nX2RvbWFpbiUyMiUzQSUyMnd3dy5nb29nbGUuY29tJTIyJTdE",
+    "AMP_a1b2c3d4e5": "JTdCJTIyZGV2aWNlSWQlMjIlM0ElMjI0ZjNlMmQxYy1iYTk4LTQ3NjUtODM0Mi0xZjBlZGNiYTk4"
+    "NzYlMjIlMkMlMjJzZXNzaW9uSWQlMjIlM0ExNzMyNTEyMzQ1Njc4JTJDJTIyb3B0T3V0JTIyJTNBZmFsc2UlN0Q=",
+    "intercom-device-id-x1y2z3": "0b6c9e7a-3d2f-4a1b-8c9d-7e6f5a4b3c2d",
+    "intercom-session-x1y2z3": "",
+    "__stripe_mid": "4a3b2c1d-9e8f-7a6b-5c4d-3e2f1a0b9c8d7e6f5a",
+    "cookieconsent_status": "dismiss",
+    "NEXT_LOCALE": "en",
+    "theme": "dark",
+    "_uetsid": "5f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    "_uetvid": "0f1e2d3c4b5a69788796a5b4c3d2e1f5",
+    "_clck": "1x2y3z4%7C2%7Cfr2%7C0%7C1790",
+    "_clsk": "abc123def456%7C1732514567890%7C3%7C1%7Cq.clarity.ms%2Fcollect",
+    "_gcl_au": "1.1.1234567890.1732512345",
+    "__hssc": "123456789.3.1732512345678",
+    "hubspotutk": "0123456789abcdef0123456789abcdef",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self) -> None:
+        if self.popen.poll() is not None:
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait(timeout=5)
+
+
+@dataclass
+class Bench:
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], **kwargs: Any) -> Proc:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, **kwargs)
+        proc = Proc(name, popen)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                proc.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, proc: Proc, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; see its log")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{proc.name} did not answer {url} within {timeout_s}s")
+
+
+def cpu_s(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return rss / 1024, hwm / 1024
+
+
+def start_idp(bench: Bench) -> tuple[Proc, Callable[..., dict[str, Any]]]:
+    log = open(bench.workdir / "idp.log", "wb")  # noqa: SIM115
+    popen = subprocess.Popen(
+        [PY, "bench/idp.py"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT
+    )
+    proc = Proc("idp", popen)
+    bench.procs.append(proc)
+    assert popen.stdin is not None and popen.stdout is not None
+    stdin, stdout = popen.stdin, popen.stdout
+
+    def ask(**cmd: Any) -> dict[str, Any]:
+        stdin.write((json.dumps(cmd) + "\n").encode())
+        stdin.flush()
+        line = stdout.readline()
+        if not line:
+            raise RuntimeError("the emulator process exited; see idp.log")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    return proc, ask
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------
+
+NGINX_COMMON = """
+worker_processes 1;
+master_process off;
+daemon off;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/tmp-{name};
+  proxy_temp_path {dir}/tmp-{name};
+  fastcgi_temp_path {dir}/tmp-{name};
+  uwsgi_temp_path {dir}/tmp-{name};
+  scgi_temp_path {dir}/tmp-{name};
+  large_client_header_buffers 4 32k;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  {body}
+}}
+"""
+
+NGINX_UPSTREAM = """
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    root {dir}/www;
+    location = /jwks.json {{ default_type application/json; }}
+    location / {{ default_type text/html; try_files /body.html =404; }}
+  }}
+"""
+
+NGINX_PROXY = """
+  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 10000000; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+"""
+
+
+def nginx_conf(workdir: Path, name: str, body: str) -> Path:
+    (workdir / f"tmp-{name}").mkdir(exist_ok=True)
+    path = workdir / f"{name}.conf"
+    path.write_text(NGINX_COMMON.format(dir=workdir, name=name, body=body))
+    return path
+
+
+def cookieguard_conf(workdir: Path, name: str, port: int, upstream_port: int, pool: dict[str, str]) -> Path:
+    path = workdir / f"{name}.yaml"
+    path.write_text(
+        f"""listen: 127.0.0.1:{port}
+upstream: http://127.0.0.1:{upstream_port}
+provider:
+  kind: cognito
+  user_pool_id: {pool["user_pool_id"]}
+  client_id: {pool["client_id"]}
+  endpoint: {pool["endpoint"]}
+  jwks_url: {pool["jwks_url"]}
+verify:
+  signature: true
+routes:
+  - match: /static/
+    refresh: false
+  - match: /
+logging:
+  level: warning
+  format: json
+  access_log: false
+"""
+    )
+    return path
+
+
+def amplify_header(client_id: str, user: str, access: str, id_token: str, refresh: str) -> str:
+    layout = AmplifyLayout(client_id)
+    pairs = [(layout.last_auth_user_name, encode_uri_component(user))]
+    for key, value in (("accessToken", access), ("idToken", id_token), ("refreshToken", refresh)):
+        pairs.append((layout.cookie_name(user, key), encode_uri_component(value)))
+    pairs.append((layout.cookie_name(user, "clockDrift"), "0"))
+    pairs.extend(ANALYTICS.items())
+    return "; ".join(f"{k}={v}" for k, v in pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# wrk
+# ---------------------------------------------------------------------------------------------
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+@dataclass
+class Run:
+    rps: float
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_us: float | None = None
+
+
+def wrk(url: str, connections: int, duration_s: float, cookie: str | None, pid: int | None) -> Run:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", "--timeout", "5s"]
+    if cookie:
+        argv += ["-H", f"Cookie: {cookie}"]
+    before = cpu_s(pid) if pid else 0.0
+    out = subprocess.run(
+        [*argv, url], capture_output=True, text=True, timeout=duration_s + 30, check=True
+    ).stdout
+    after = cpu_s(pid) if pid else 0.0
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"(?m)^\s+50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"(?m)^\s+99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(g) for g in m.groups())
+    cpu = (after - before) * 1e6 / requests if pid and requests else None
+    return Run(rps, requests, p50, p99, errors, cpu)
+
+
+def med(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Python clients: the storm and the 100k sessions
+# ---------------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def fresh_load(
+    url: str, cookies: list[str], stop: asyncio.Event, out: list[tuple[float, float]], workers: int = 4
+) -> None:
+    """Fresh sessions asking one after another: (start time, latency ms) of each request."""
+    connector = aiohttp.TCPConnector(limit=workers)
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as client:
+
+        async def worker(n: int) -> None:
+            i = n
+            deadline = time.monotonic() + 120  # bounded whatever happens
+            while not stop.is_set() and time.monotonic() < deadline:
+                started = time.perf_counter()
+                async with client.get(url, headers={"Cookie": cookies[i % len(cookies)]}) as r:
+                    await r.read()
+                out.append((time.monotonic(), (time.perf_counter() - started) * 1000))
+                i += workers
+
+        await asyncio.gather(*(worker(n) for n in range(workers)))
+
+
+async def storm(url: str, cookies: list[str]) -> tuple[int, float]:
+    """All sessions at once; (failed requests, seconds). Failed: not 200, or no fresh accessToken."""
+    connector = aiohttp.TCPConnector(limit=len(cookies))
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout
+    ) as client:
+
+        async def one(cookie: str) -> bool:
+            try:
+                async with client.get(url, headers={"Cookie": cookie}) as r:
+                    await r.read()
+                    fresh = any(".accessToken=" in c for c in r.headers.getall("Set-Cookie", ()))
+                    return r.status == 200 and fresh
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        started = time.monotonic()
+        ok = await asyncio.gather(*(one(c) for c in cookies))
+        return ok.count(False), time.monotonic() - started
+
+
+async def measure_storm(
+    url: str, fresh: list[str], expired: list[str], baseline_s: float
+) -> dict[str, float]:
+    base: list[tuple[float, float]] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(fresh_load(url, fresh, stop, base))
+    await asyncio.sleep(baseline_s)
+    stop.set()
+    await task
+    during: list[tuple[float, float]] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(fresh_load(url, fresh, stop, during))
+    await asyncio.sleep(0.5)
+    t0 = time.monotonic()
+    failed, took_s = await storm(url, expired)
+    t1 = time.monotonic()
+    stop.set()
+    await task
+    window = [lat for t, lat in during if t0 <= t <= t1]
+    return {
+        "failed": failed,
+        "storm_s": took_s,
+        "fresh_p50_base_ms": pct([lat for _, lat in base], 0.50),
+        "fresh_p99_base_ms": pct([lat for _, lat in base], 0.99),
+        "fresh_p50_storm_ms": pct(window, 0.50),
+        "fresh_p99_storm_ms": pct(window, 0.99),
+        "fresh_requests_storm": len(window),
+    }
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class LocalSigner:
+    """ES256 tokens shaped like Cognito's, signed with a key of our own (RSA signing of 100,000
+    tokens would take minutes here; verifying ES256 costs cookieguard about what RS256 does)."""
+
+    def __init__(self, user_pool_id: str, client_id: str) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        numbers = self.key.public_key().public_numbers()
+        self.jwks = {
+            "keys": [
+                {
+                    "kty": "EC",
+                    "crv": "P-256",
+                    "kid": "bench",
+                    "alg": "ES256",
+                    "use": "sig",
+                    "x": b64url(numbers.x.to_bytes(32, "big")),
+                    "y": b64url(numbers.y.to_bytes(32, "big")),
+                }
+            ]
+        }
+        self.iss = f"https://cognito-idp.us-east-1.amazonaws.com/{user_pool_id}"
+        self.client_id = client_id
+        self.header = b64url(json.dumps({"kid": "bench", "alg": "ES256"}).encode())
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        signing_input = f"{self.header}.{b64url(json.dumps(claims, separators=(',', ':')).encode())}"
+        r, s = decode_dss_signature(self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        return f"{signing_input}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def access_token(self, user: str, now: int) -> str:
+        sub = str(uuid.uuid4())
+        return self.sign(
+            {
+                "sub": sub,
+                "iss": self.iss,
+                "client_id": self.client_id,
+                "origin_jti": str(uuid.uuid4()),
+                "event_id": str(uuid.uuid4()),
+                "token_use": "access",
+                "scope": "aws.cognito.signin.user.admin",
+                "auth_time": now,
+                "exp": now + 3600,
+                "iat": now,
+                "jti": str(uuid.uuid4()),
+                "username": user,
+            }
+        )
+
+
+async def many_sessions(url: str, headers: list[str], concurrency: int = 64) -> tuple[int, float]:
+    """Every header once, `concurrency` at a time; (non-200 answers, seconds)."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    bad = 0
+    next_index = 0
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as client:
+
+        async def worker() -> None:
+            nonlocal bad, next_index
+            while next_index < len(headers):
+                i = next_index
+                next_index += 1
+                async with client.get(url, headers={"Cookie": headers[i]}) as r:
+                    await r.read()
+                    bad += r.status != 200
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return bad, time.monotonic() - started
+
+
+async def open_keepalive(port: int, count: int) -> list[asyncio.StreamWriter]:
+    """`count` connections, each with one request answered and left open (keep-alive)."""
+    writers = []
+    request = b"GET /app/page HTTP/1.1\r\nHost: bench\r\n\r\n"
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+        await reader.readexactly(length)
+        writers.append(writer)
+    return writers
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--upstream", choices=("nginx", "aiohttp"), default="nginx")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--sessions", type=int, default=100_000, help="sessions seen for the RSS figure")
+    parser.add_argument("--keepalive", type=int, default=1000, help="open connections for the RSS figure")
+    parser.add_argument("--skip", default="", help="comma list of phases to skip: matrix,latency,storm,rss")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"bench: {tool} not found (make bench installs it with apt-get)", file=sys.stderr)
+            return 2
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+    workdir = Path(tempfile.mkdtemp(prefix="cookieguard-bench-"))
+    bench = Bench(workdir)
+    try:
+        results = run(bench, nginx, args, skip)
+    finally:
+        bench.stop_all()
+    out = ROOT / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    shutil.rmtree(workdir, ignore_errors=True)
+    print_report(results)
+    return 0
+
+
+def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> dict[str, Any]:
+    wd = bench.workdir
+    results: dict[str, Any] = {"machine": machine(), "args": vars(args)}
+    started = time.monotonic()
+    log = lambda msg: print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)  # noqa: E731
+
+    idp_proc, ask = start_idp(bench)
+    pool = ask(cmd="pool")
+    log("emulator up; minting sessions")
+    fresh = ask(cmd="sessions", prefix="fresh", users=9, per_user=1, lifetime=3600)["sessions"]
+    cookie_of = lambda s: amplify_header(pool["client_id"], s["user"], s["access"], s["id"], s["refresh"])  # noqa: E731
+    session_cookie = cookie_of(fresh[0])
+    results["session_cookie_bytes"] = len(session_cookie)
+
+    # Upstream: 1 KB body (+ the JWKS of the local signer for the RSS phase)
+    (wd / "www").mkdir()
+    (wd / "www" / "body.html").write_bytes((b"<p>" + b"x" * 1017 + b"</p>\n")[:1024])
+    signer = LocalSigner("us-east-1_BenchRss1", "benchrssclient0000000000000")
+    (wd / "www" / "jwks.json").write_text(json.dumps(signer.jwks))
+    up_port = free_port()
+    if args.upstream == "nginx":
+        conf = nginx_conf(wd, "upstream", NGINX_UPSTREAM.format(port=up_port, dir=wd))
+        upstream = bench.start("upstream", [nginx, "-p", str(wd), "-c", str(conf)])
+    else:
+        upstream = bench.start(
+            "upstream", [PY, "bench/upstream_app.py", str(up_port), str(wd / "www" / "body.html")]
+        )
+    jwks_url = f"http://127.0.0.1:{up_port}/jwks.json"
+    wait_http(f"http://127.0.0.1:{up_port}/", upstream)
+
+    ngx_port, bare_port, bare_aio_port, cg_port = free_port(), free_port(), free_port(), free_port()
+    conf = nginx_conf(wd, "proxy", NGINX_PROXY.format(port=ngx_port, upstream=up_port))
+    ngx = bench.start("nginx", [nginx, "-p", str(wd), "-c", str(conf)])
+    up_url = f"http://127.0.0.1:{up_port}"
+    bare = bench.start("bare", [PY, "bench/bare_proxy.py", str(bare_port), up_url, "uvloop"])
+    bare_aio = bench.start("bare-asyncio", [PY, "bench/bare_proxy.py", str(bare_aio_port), up_url, "asyncio"])
+    cg_conf = cookieguard_conf(wd, "cookieguard", cg_port, up_port, pool)
+    cg = bench.start("cookieguard", [PY, "-m", "cookieguard", "run", "--config", str(cg_conf)])
+    for port, proc in ((ngx_port, ngx), (bare_port, bare), (bare_aio_port, bare_aio), (cg_port, cg)):
+        wait_http(f"http://127.0.0.1:{port}/", proc)
+    log(f"processes up (upstream: {args.upstream}); session cookie {len(session_cookie)} bytes")
+
+    contenders = {
+        "direct": (up_port, upstream.pid),
+        "nginx": (ngx_port, ngx.pid),
+        "bare": (bare_port, bare.pid),
+        "bare-asyncio": (bare_aio_port, bare_aio.pid),
+        "cookieguard": (cg_port, cg.pid),
+    }
+    mixes = {
+        "plain": ("/app/page", None),
+        "session": ("/app/page", session_cookie),
+        "static": ("/static/app.js", session_cookie),
+    }
+    # bare on the default event loop matters only for the session mix's "faster than" claim
+    in_mix = {"bare-asyncio": {"session"}}
+    # Warm-up: connections, the JWKS fetch, the token caches.
+    for port, _pid in contenders.values():
+        for path, cookie in mixes.values():
+            wrk(f"http://127.0.0.1:{port}{path}", args.connections, 1, cookie, None)
+    log("warm-up done")
+
+    runs: dict[str, dict[str, list[Run]]] = {}
+    if "matrix" not in skip:
+        for rnd in range(args.rounds):
+            for mix, (path, cookie) in mixes.items():
+                for name, (port, pid) in contenders.items():
+                    if mix not in in_mix.get(name, {mix}):
+                        continue
+                    r = wrk(f"http://127.0.0.1:{port}{path}", args.connections, args.duration, cookie, pid)
+                    runs.setdefault(mix, {}).setdefault(name, []).append(r)
+            log(f"throughput round {rnd + 1}/{args.rounds} done")
+    results["throughput"] = {
+        mix: {
+            name: {
+                "rps": med([r.rps for r in rs]),
+                "cpu_us": med([r.cpu_us for r in rs]),
+                "p50_ms": med([r.p50_ms for r in rs]),
+                "p99_ms": med([r.p99_ms for r in rs]),
+                "errors": sum(r.errors for r in rs),
+                "rps_rounds": [round(r.rps) for r in rs],
+            }
+            for name, rs in by_name.items()
+        }
+        for mix, by_name in runs.items()
+    }
+
+    lat: dict[str, list[Run]] = {}
+    if "latency" not in skip:
+        for rnd in range(args.rounds):
+            for name in ("direct", "nginx", "bare", "cookieguard"):
+                port, pid = contenders[name]
+                r = wrk(f"http://127.0.0.1:{port}/app/page", 1, args.duration, session_cookie, pid)
+                lat.setdefault(name, []).append(r)
+            log(f"latency round {rnd + 1}/{args.rounds} done")
+    results["latency"] = {
+        name: {
+            "p50_ms": med([r.p50_ms for r in rs]),
+            "p99_ms": med([r.p99_ms for r in rs]),
+            "cpu_us": med([r.cpu_us for r in rs]),
+            "errors": sum(r.errors for r in rs),
+        }
+        for name, rs in lat.items()
+    }
+
+    for proc in (bare, bare_aio):  # they have done their part; free the CPU for what follows
+        proc.stop()
+
+    if "storm" not in skip:
+        t = time.monotonic()
+        expired = ask(cmd="sessions", prefix="storm", users=50, per_user=20, lifetime=-60)["sessions"]
+        ask(cmd="lifetime", value=3600)
+        log(f"storm: 1,000 expired sessions minted in {time.monotonic() - t:.1f}s")
+        calls_before = ask(cmd="calls")["calls"]
+        cpu_before = cpu_s(cg.pid)
+        storm_result = asyncio.run(
+            measure_storm(
+                f"http://127.0.0.1:{cg_port}/app/page",
+                [cookie_of(s) for s in fresh[1:]],
+                [cookie_of(s) for s in expired],
+                baseline_s=args.duration,
+            )
+        )
+        storm_result["idp_calls"] = ask(cmd="calls")["calls"] - calls_before
+        storm_result["cookieguard_cpu_s"] = cpu_s(cg.pid) - cpu_before
+        results["storm"] = storm_result
+        log(f"storm done: {storm_result}")
+    results["cookieguard_rss_mb_after_matrix"] = rss_mb(cg.pid)[0]
+    cg.stop()
+    ngx.stop()
+
+    if "rss" not in skip:
+        rss_port = free_port()
+        rss_pool = {
+            "user_pool_id": "us-east-1_BenchRss1",
+            "client_id": signer.client_id,
+            "endpoint": pool["endpoint"],
+            "jwks_url": jwks_url,
+        }
+        conf = cookieguard_conf(wd, "cookieguard-rss", rss_port, up_port, rss_pool)
+        cg_rss = bench.start("cookieguard-rss", [PY, "-m", "cookieguard", "run", "--config", str(conf)])
+        wait_http(f"http://127.0.0.1:{rss_port}/", cg_rss)
+        rss_start = rss_mb(cg_rss.pid)[0]
+        t = time.monotonic()
+        now = int(time.time())
+        shared_id = signer.sign(
+            {"token_use": "id", "iss": signer.iss, "aud": signer.client_id, "exp": now + 3600}
+        )
+        headers = []
+        for i in range(args.sessions):
+            user = f"user{i}@example.com"
+            headers.append(
+                amplify_header(
+                    signer.client_id, user, signer.access_token(user, now), shared_id, uuid.uuid4().hex
+                )
+            )
+        log(f"rss: {args.sessions:,} sessions signed in {time.monotonic() - t:.1f}s")
+        cpu_before = cpu_s(cg_rss.pid)
+        bad, took_s = asyncio.run(many_sessions(f"http://127.0.0.1:{rss_port}/app/page", headers))
+        cpu_new_session_us = (cpu_s(cg_rss.pid) - cpu_before) * 1e6 / len(headers)
+        del headers
+        log(f"rss: {args.sessions:,} sessions sent in {took_s:.1f}s ({bad} not 200)")
+
+        async def hold() -> tuple[float, float]:
+            writers = await open_keepalive(rss_port, args.keepalive)
+            await asyncio.sleep(0.5)
+            figures = rss_mb(cg_rss.pid)
+            for w in writers:
+                w.close()
+            return figures
+
+        rss_now, rss_peak = asyncio.run(hold())
+        results["rss"] = {
+            "sessions": args.sessions,
+            "keepalive": args.keepalive,
+            "not_200": bad,
+            "rss_start_mb": rss_start,
+            "rss_mb": rss_now,
+            "rss_peak_mb": rss_peak,
+            "rps_new_sessions": args.sessions / took_s,
+            "cpu_us_new_session": cpu_new_session_us,
+        }
+        log(f"rss: {results['rss']}")
+        cg_rss.stop()
+    idp_proc.stop()
+    results["took_s"] = time.monotonic() - started
+    return results
+
+
+def machine() -> dict[str, str]:
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "nproc": str(os.cpu_count()),
+        "uname": " ".join(platform.uname()),
+        "python": platform.python_version(),
+        "uvloop": _version("uvloop"),
+        "aiohttp": _version("aiohttp"),
+        "nginx": subprocess.run(
+            [shutil.which("nginx") or "/usr/sbin/nginx", "-v"], capture_output=True, text=True
+        ).stderr.strip(),
+    }
+
+
+def _version(module: str) -> str:
+    try:
+        return str(__import__(module).__version__)
+    except ImportError:
+        return "not installed"
+
+
+def _f(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def print_report(res: dict[str, Any]) -> None:
+    m = res["machine"]
+    print()
+    print(f"cookieguard bench  {m['date']}  nproc={m['nproc']}  python {m['python']}  uvloop {m['uvloop']}")
+    print(f"  {m['uname']}")
+    print(
+        f"  upstream={res['args']['upstream']}  wrk -t1 -c{res['args']['connections']} "
+        f"-d{res['args']['duration']:g}s x {res['args']['rounds']} rounds (medians); "
+        f"session cookie {res.get('session_cookie_bytes')} bytes"
+    )
+    tp = res.get("throughput", {})
+    if tp:
+        print()
+        print(
+            f"{'mix':<8} {'contender':<13} {'req/s':>8} {'x nginx':>8} {'cpu µs/req':>11} {'p50 ms':>7} "
+            f"{'p99 ms':>7} {'errors':>6}"
+        )
+        for mix, by_name in tp.items():
+            ngx = by_name.get("nginx", {}).get("rps")
+            for name, r in by_name.items():
+                print(
+                    f"{mix:<8} {name:<13} {_f(r['rps']):>8} {_f(ratio(r['rps'], ngx), 2):>8} "
+                    f"{_f(r['cpu_us']):>11} {_f(r['p50_ms'], 2):>7} {_f(r['p99_ms'], 2):>7} {r['errors']:>6}"
+                )
+    lat = res.get("latency", {})
+    if lat:
+        print()
+        print("latency (1 connection, session cookies)   p50 ms  p99 ms  p50 added  p99 added (over direct)")
+        d = lat.get("direct", {})
+        for name, r in lat.items():
+            added50 = r["p50_ms"] - d["p50_ms"] if d else None
+            added99 = r["p99_ms"] - d["p99_ms"] if d else None
+            print(
+                f"  {name:<39} {_f(r['p50_ms'], 3):>7} {_f(r['p99_ms'], 3):>7} {_f(added50, 3):>10} "
+                f"{_f(added99, 3):>10}"
+            )
+    if "storm" in res:
+        s = res["storm"]
+        print()
+        print(
+            f"refresh storm: 1,000 expired sessions at once -> IdP calls {s['idp_calls']}, "
+            f"failed {s['failed']}, "
+            f"{s['storm_s']:.1f}s; fresh sessions p99 {s['fresh_p99_storm_ms']:.1f} ms during vs "
+            f"{s['fresh_p99_base_ms']:.1f} ms without "
+            f"({s['fresh_p99_storm_ms'] / s['fresh_p99_base_ms']:.1f}x; "
+            f"p50 {s['fresh_p50_storm_ms']:.1f} vs {s['fresh_p50_base_ms']:.1f} ms)"
+        )
+    if "rss" in res:
+        r = res["rss"]
+        print(
+            f"rss: {r['rss_mb']:.1f} MB with {r['keepalive']:,} keep-alive connections "
+            f"after {r['sessions']:,} "
+            f"sessions (start {r['rss_start_mb']:.1f} MB, peak {r['rss_peak_mb']:.1f} MB); new sessions "
+            f"{r['rps_new_sessions']:,.0f} req/s, {r['cpu_us_new_session']:.0f} µs CPU each, "
+            f"{r['not_200']} not 200"
+        )
+    print(f"took {res.get('took_s', 0):.0f}s")
+    session = tp.get("session", {})
+    cg, ngx, bare = session.get("cookieguard", {}), session.get("nginx", {}), session.get("bare", {})
+    rps_ratio = ratio(cg.get("rps"), ngx.get("rps"))
+    cpu_ratio = ratio(cg.get("cpu_us"), bare.get("cpu_us"))
+    p50 = p99 = None
+    if "cookieguard" in lat and "nginx" in lat:
+        p50 = lat["cookieguard"]["p50_ms"] - lat["nginx"]["p50_ms"]
+        p99 = lat["cookieguard"]["p99_ms"] - lat["nginx"]["p99_ms"]
+    print(
+        f"bench: session rps_ratio={_f(rps_ratio, 3)} cpu_ratio={_f(cpu_ratio, 3)} "
+        f"p50_added_ms={_f(p50, 3)} p99_added_ms={_f(p99, 3)}"
+    )
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    sys.exit(main())
