@@ -1,4 +1,4 @@
-"""The `cookieguard` command: run, check, keygen (explain and demo join later)."""
+"""The `cookieguard` command: run, check, keygen, explain, demo."""
 
 from __future__ import annotations
 
@@ -29,6 +29,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = verbs.add_parser("check", help="validate a config and print the effective routes")
     check.add_argument("--config", "-c", help=config_help)
     verbs.add_parser("keygen", help="print a new store encryption key")
+    explain = verbs.add_parser(
+        "explain",
+        help="read a Cookie header and say what cookieguard sees and would do (offline)",
+        description=(
+            "Reads a Cookie header (argument, or stdin; e.g. pasted from the browser's dev tools, with "
+            "or without `Cookie:`) and prints the user, the auth cookies present, each token's expiry, "
+            "and what cookieguard would do and why. Offline: no IdP call, no signature check. Never "
+            "prints a token."
+        ),
+    )
+    explain.add_argument("cookie", nargs="?", help="the Cookie header; '-' or absent: read stdin")
+    explain.add_argument("--config", "-c", help=config_help)
+    explain.add_argument("--client-id", help="the app client id (amplify layout), overriding the config's")
     demo = verbs.add_parser(
         "demo",
         help="see the bug and the fix: an app with the redirect bug, a local Cognito IdP, cookieguard",
@@ -63,8 +76,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.verb == "demo":
         return _demo(args)
+    if args.verb == "explain":
+        return _explain(args)
     parser.print_help()
     return EXIT_CONFIG
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from .config import parse_config
+    from .explain import cookie_header_from, explain
+
+    path = config_path_from(args.config)
+    if args.config is None and not os.path.exists(path):
+        # No config to hand (e.g. on a laptop): the defaults, with the client id from the cookies.
+        config = parse_config("upstream: http://127.0.0.1:3000\n", source="(built-in defaults)")
+    else:
+        loaded = _load(args.config)
+        if loaded is None:
+            return EXIT_CONFIG
+        config = loaded
+    if args.cookie is not None and args.cookie != "-":
+        text = args.cookie
+    else:
+        if sys.stdin.isatty():
+            print("paste the Cookie header, then Ctrl-D:", file=sys.stderr)
+        text = sys.stdin.read()
+    header = cookie_header_from(text)
+    if not header:
+        print("explain: no Cookie header given (pass it as an argument or on stdin)", file=sys.stderr)
+        return EXIT_CONFIG
+    for line in explain(header, config, now_s=time.time(), client_id=args.client_id):
+        print(line)
+    return 0
 
 
 def _positive_int(text: str) -> int:

@@ -1,0 +1,237 @@
+"""`cookieguard explain`: what the proxy sees in a `Cookie` header, and what it would do.
+
+Offline and pure: no IdP call, no JWKS fetch, no signature check. Claims are read from the
+tokens' payloads and checked against the configuration (issuer, client, token use), so the verdict
+is the proxy's own (`needs_refresh`, the same refresh window) except for the signature.
+
+It never prints a token or a cookie value: only cookie names, lengths and a few claims (`sub`,
+`username`, `client_id`, `token_use`, `iss`, `iat`, `exp`), and the session id (the first 12 hex
+digits of sha256 of the refresh token, as in the logs).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from .config import Config
+from .cookies import AMPLIFY_PREFIX, LAST_AUTH_USER, Session, make_layout, parse_cookie_header, percent_decode
+from .decide import Action, needs_refresh
+from .tokens import Claims, check_claims, expectations_for, read_claims, session_id
+
+_AMPLIFY_KEYS = ("accessToken", "idToken", "refreshToken", "clockDrift", "deviceKey", "signInDetails")
+_HEADER_PREFIX = re.compile(r"^\s*cookie\s*:\s*", re.IGNORECASE)
+
+
+def cookie_header_from(text: str) -> str:
+    """The header value from what a person pastes: with or without `Cookie:`, wrapped or not."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    joined = " ".join(lines)
+    header = _HEADER_PREFIX.sub("", joined)
+    # Wrapped lines split at `; ` join back with a space; a double `;` would only add empty pieces.
+    return header.strip()
+
+
+def amplify_client_ids(cookies: Sequence[tuple[str, str]]) -> list[str]:
+    """Client ids named by `CognitoIdentityServiceProvider.<clientId>.LastAuthUser` cookies."""
+    found: list[str] = []
+    for name, _ in cookies:
+        parts = percent_decode(name).split(".")
+        is_last_auth_user = len(parts) == 3 and parts[0] == AMPLIFY_PREFIX and parts[2] == LAST_AUTH_USER
+        if is_last_auth_user and parts[1] not in found:
+            found.append(parts[1])
+    return found
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # forward | refresh | no session
+    why: str
+
+
+def explain(
+    header: str,
+    config: Config,
+    *,
+    now_s: float,
+    tz: tzinfo | None = None,
+    client_id: str | None = None,
+) -> list[str]:
+    """The lines `cookieguard explain` prints for one Cookie header."""
+    cookies = parse_cookie_header(header)
+    out = ["cookieguard explain: offline (no IdP call, no signature check; claims are read, not verified)"]
+    client_id = client_id or (config.provider.client_id if config.provider else None)
+    layout_name = config.cookies.layout
+    if layout_name == "amplify" and not client_id:
+        found = amplify_client_ids(cookies)
+        if len(found) == 1:
+            client_id = found[0]
+            out.append(f"client id: {client_id} (from the cookie names; the config has no provider)")
+        elif found:
+            out.append(
+                f"cookies for {len(found)} app clients: {', '.join(found)}; choose one with --client-id"
+            )
+            return out
+    elif client_id:
+        out.append(f"client id: {client_id}")
+    before_expiry = _relative(config.refresh.before_expiry_s)
+    out.append(f"config: {config.source}  layout: {layout_name}  before_expiry: {before_expiry}")
+    out.append(f"cookies in the header: {len(cookies)}")
+    if layout_name == "amplify" and not client_id:
+        out += _verdict_lines(
+            Verdict("forward", "no auth cookies (no CognitoIdentityServiceProvider.*.LastAuthUser)")
+        )
+        return out
+    layout = make_layout(config.cookies, client_id)
+    session = layout.read(cookies)
+    if session is None:
+        out.append("user: none")
+        out += _verdict_lines(Verdict("forward", "no session: none of this app's auth cookies are present"))
+        return out
+
+    out.append(f"user: {session.user}" if session.user else "user: (not stored in cookies by this layout)")
+    out.append("auth cookies:")
+    values = dict(cookies)
+    for name in sorted(session.cookie_names):
+        size = len(values.get(name, ""))
+        out.append(f"  {name}  ({size} char{'' if size == 1 else 's'})")
+    if layout_name == "amplify" and session.user:
+        present = {percent_decode(n) for n in session.cookie_names}
+        prefix = f"{AMPLIFY_PREFIX}.{client_id}.{session.user}."
+        missing = [k for k in _AMPLIFY_KEYS[:3] if prefix + k not in present]
+        if missing:
+            out.append(f"  missing: {', '.join(missing)}")
+    if session.clock_drift_ms:
+        out.append(f"clock drift (server - browser): {session.clock_drift_ms} ms")
+
+    access = read_claims(session.access_token) if session.access_token else None
+    out += _token_lines("access token", session.access_token, access, now_s, tz)
+    out += _token_lines("id token", session.id_token, read_claims(session.id_token or ""), now_s, tz)
+    if session.refresh_token:
+        out.append(
+            f"refresh token: {len(session.refresh_token)} chars, session {session_id(session.refresh_token)}"
+        )
+    else:
+        out.append("refresh token: absent")
+    out += _verdict_lines(_decide(session, access, config, now_s))
+    if config.provider is not None and config.verify.signature:
+        out.append("note: the proxy also verifies the signature against the IdP's keys (not done here)")
+    return out
+
+
+def _decide(session: Session, access: Claims | None, config: Config, now_s: float) -> Verdict:
+    if not session.refresh_token:
+        if access is not None and access.exp is not None and access.exp <= now_s:
+            return Verdict(
+                "forward", "no refresh token, and the access token has expired: the user must sign in"
+            )
+        return Verdict("forward", "no refresh token: cookieguard cannot refresh this session")
+    if session.access_token and access is None:
+        if config.provider_is_oidc:
+            return Verdict(
+                "forward",
+                "the access token is not a JWT (opaque): its expiry is known only from a token response "
+                "cookieguard saw itself, so it refreshes it only when that lifetime runs out",
+            )
+        return Verdict(
+            "forward",
+            "the access token is not a JWT: treated as no session (never refreshed, passed through)",
+        )
+    if access is not None and config.provider is not None and config.verify.signature:
+        problem = check_claims(access, expectations_for(config.provider, config.verify, "access"), now_s)
+        if problem is not None and problem != "not_yet_valid":
+            return Verdict(
+                "forward", f"the access token fails the claim checks ({problem}): treated as no session"
+            )
+    expires_at = access.exp if access else None
+    action = needs_refresh(
+        has_refresh_token=True,
+        access_expires_at=expires_at,
+        access_issued_at=access.iat if access else None,
+        now_s=now_s,
+        before_expiry_s=config.refresh.before_expiry_s,
+        clock_drift_ms=session.clock_drift_ms,
+    )
+    if expires_at is None:
+        return Verdict("refresh", "no access token, but a refresh token: cookieguard refreshes")
+    server_now = now_s + session.clock_drift_ms / 1000
+    left = expires_at - server_now
+    window = config.refresh.before_expiry_s
+    capped = access is not None and access.iat is not None and expires_at > access.iat
+    if capped and access is not None and access.iat is not None:
+        window = min(window, (expires_at - access.iat) / 2)
+    window_text = f"the {_relative(window)} refresh window" + (
+        " (refresh.before_expiry)"
+        if window == config.refresh.before_expiry_s
+        else " (half the token's lifetime)"
+    )
+    if action is Action.REFRESH:
+        if left <= 0:
+            return Verdict("refresh", f"the access token expired {_relative(-left)} ago")
+        return Verdict("refresh", f"the access token expires in {_relative(left)}, within {window_text}")
+    return Verdict(
+        "forward",
+        f"the access token is fresh: it expires in {_relative(left)}, outside {window_text}; "
+        f"refresh due in {_relative(left - window)}",
+    )
+
+
+def _verdict_lines(verdict: Verdict) -> list[str]:
+    return [f"verdict: {verdict.action.upper()}: {verdict.why}"]
+
+
+def _token_lines(
+    label: str, token: str | None, claims: Claims | None, now_s: float, tz: tzinfo | None
+) -> list[str]:
+    if not token:
+        return [f"{label}: absent"]
+    if claims is None:
+        return [f"{label}: {len(token)} chars, not a JWT (no claims to read)"]
+    fields = [
+        f"{key}={value}"
+        for key, value in (
+            ("sub", claims.sub),
+            ("username", claims.username),
+            ("client_id", claims.client_id),
+            ("aud", ",".join(claims.aud) or None),
+            ("token_use", claims.token_use),
+            ("iss", claims.iss),
+        )
+        if value
+    ]
+    lines = [f"{label}: JWT, {len(token)} chars" + (f", {' '.join(fields)}" if fields else "")]
+    if claims.iat is not None:
+        lines.append(f"  issued   {_when(claims.iat, now_s, tz, 'issued')}")
+    if claims.exp is not None:
+        lines.append(f"  expires  {_when(claims.exp, now_s, tz, 'expires')}")
+    else:
+        lines.append("  expires  never (no exp claim)")
+    return lines
+
+
+def _when(epoch_s: float, now_s: float, tz: tzinfo | None, what: str) -> str:
+    """`2026-11-25 13:00:00 CET (expires in 4 min)`, or `(expired 2 h ago)`, in local time."""
+    local = datetime.fromtimestamp(epoch_s, tz=tz) if tz else datetime.fromtimestamp(epoch_s).astimezone()
+    stamp = local.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    delta = epoch_s - now_s
+    if delta > 0:
+        relative = f"{what} in {_relative(delta)}"
+    else:
+        relative = f"{'expired' if what == 'expires' else what} {_relative(-delta)} ago"
+    return f"{stamp} ({relative})"
+
+
+def _relative(seconds: float) -> str:
+    """A human duration: 45 s, 4 min, 2 h 5 min, 3 d 4 h."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        h, m = divmod(s // 60, 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    d, h = divmod(s // 3600, 24)
+    return f"{d} d {h} h" if h else f"{d} d"
