@@ -41,24 +41,21 @@ def test_short_demo_shows_the_bug_directly_and_the_fix_through_cookieguard() -> 
     )
     assert direct is not None, out
     assert direct.group(1) == "1"  # the first expiry already signs the user out
-    assert (
-        int(direct.group(2)) == 2 and direct.group(3) == "1"
-    )  # one refresh lost, then the spent token rejected
-    assert direct.group(4) == "1"
+    # The refresh on `/` is lost in the redirect, the next one uses the spent token: rejected.
+    # (A stalled machine may add a refresh on the dashboard before the first expiry; it is delivered.)
+    assert int(direct.group(2)) >= 2 and direct.group(3) == "1" and direct.group(4) == "1"
 
     guarded = re.search(
         r"^  through cookieguard: signed in after (\d+) expiries, (\d+) refreshes, (\d+) lost$", out, re.M
     )
     assert guarded is not None, out
-    assert guarded.groups() == ("2", "2", "0")  # one refresh per expiry, every one delivered
+    assert guarded.group(1) == "2" and int(guarded.group(2)) >= 2 and guarded.group(3) == "0"
 
     # The story says why, step by step.
     assert "the app refreshed at the IdP, then its redirect dropped the new cookies" in out
     assert "RefreshTokenReuseException" in out
-    assert (
-        out.count("cookieguard refreshed at the IdP; the app got a fresh token and had nothing to refresh")
-        == 2
-    )
+    fixed = "cookieguard refreshed at the IdP; the app got a fresh token and had nothing to refresh"
+    assert out.count(fixed) == int(guarded.group(2))
     assert "SIGNED OUT" in out
     assert "behind cookieguard the app still refreshed" not in out
     assert "without `Secure`" in out

@@ -210,9 +210,8 @@ class _Story:
         guard_before = await self._guard_outcomes() if through_guard else {}
 
         signed_in = await self.navigate(
-            browser, "sign in", "POST", "/login", {"username": DEMO_USER, "password": DEMO_PASSWORD}
+            browser, result, "sign in", "POST", "/login", {"username": DEMO_USER, "password": DEMO_PASSWORD}
         )
-        held = browser.refresh_token_id(client_id)
         self.say.line(f"  {'':<9} => {'signed in' if signed_in else 'NOT signed in'}")
         for n in range(1, expiries + 1):
             exp = browser.access_token_exp(client_id)
@@ -221,11 +220,7 @@ class _Story:
             wait_s = max(0.0, exp + EXPIRY_MARGIN_S - time.time())
             self.say.line(f"  ... waiting {wait_s:.1f} s until the access token has expired")
             await asyncio.sleep(wait_s)
-            signed_in = await self.navigate(browser, f"expiry {n}", "GET", "/")
-            now_held = browser.refresh_token_id(client_id)
-            if now_held is not None and now_held != held:
-                result.delivered += 1
-                held = now_held
+            signed_in = await self.navigate(browser, result, f"expiry {n}", "GET", "/")
             if not signed_in:
                 result.signed_in, result.signed_out_at = False, n
                 self.say.line(f"  {'':<9} => SIGNED OUT: the user has to sign in again")
@@ -245,16 +240,29 @@ class _Story:
         return result
 
     async def navigate(
-        self, browser: ScriptedBrowser, label: str, method: str, path: str, form: dict[str, str] | None = None
+        self,
+        browser: ScriptedBrowser,
+        result: PhaseResult,
+        label: str,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
     ) -> bool:
         """Request `path` and follow redirects like a browser; True if it ends signed in."""
+        client_id = self.stack.pool.client_id
         hop: Hop | None = None
         for _ in range(MAX_REDIRECTS):
             idp_before = self.stack.emulator.refresh_calls
             events_before = len(self.stack.app.events)
+            held = browser.refresh_token_id(client_id)
             hop = await browser.request(method, path, form)
             idp_calls = self.stack.emulator.refresh_calls - idp_before
-            self.say.hop(label, hop, _explain(self.stack.app.events[events_before:], idp_calls))
+            events = self.stack.app.events[events_before:]
+            now_held = browser.refresh_token_id(client_id)
+            signing_in = any(e.action == "signed_in" for e in events)
+            if now_held is not None and now_held != held and not signing_in:
+                result.delivered += 1  # a refreshed (rotated) refresh token reached the browser
+            self.say.hop(label, hop, _explain(events, idp_calls))
             label = ""
             if hop.location is None or hop.status not in (301, 302, 303, 307, 308):
                 break
