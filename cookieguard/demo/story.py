@@ -40,7 +40,8 @@ MAX_REDIRECTS = 5
 
 EXIT_OK = 0
 EXIT_FIX_FAILED = 1
-EXIT_UNAVAILABLE = 3
+EXIT_CANNOT_LISTEN = 1
+EXIT_UNAVAILABLE = 3  # the `demo` extra (moto) is not installed
 
 
 @dataclass(frozen=True)
@@ -407,7 +408,7 @@ async def _serve(stack: _Stack, settings: DemoSettings, say: _Narrator) -> int:
             file=sys.stderr,
         )
         await _stop_pair(stack)
-        return EXIT_FIX_FAILED
+        return EXIT_CANNOT_LISTEN
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
