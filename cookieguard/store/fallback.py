@@ -6,8 +6,9 @@ none: users stay signed in, and an IdP with reuse detection sees at most N refre
 request. The transition is logged once each way (`store_degraded`, `store_recovered`), exposed as
 the `cookieguard_store_degraded` gauge (through `on_change`) and in `readyz` (still ready).
 
-While degraded, the shared store is probed at most every `probe_every_s`, by one caller at a time;
-everybody else goes straight to the local store, so a dead Redis costs no request a timeout.
+While degraded, the shared store is probed at most every `probe_every_s`, by one caller at a time
+(a background task, or a request or readyz that comes first); everybody else goes straight to the
+local store, so a dead Redis costs no request a timeout.
 
 A lock taken in the shared store stays tied to it: its lease is renewed and released there. If
 the shared store dies while a refresh runs, the refresh carries on under a local lock and its
@@ -16,6 +17,7 @@ result is kept locally, so the requests waiting for it are still answered.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -47,6 +49,7 @@ class FallbackStore:
         self._next_probe = 0.0
         self._probing = False
         self._in_primary: dict[tuple[str, str], bool] = {}  # held locks: (key, owner) -> where
+        self._prober: asyncio.Task[None] | None = None
         self.log = get_logger()
 
     async def get_result(self, key: str) -> bytes | None:
@@ -125,6 +128,8 @@ class FallbackStore:
         return None
 
     async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
         with contextlib.suppress(StoreUnavailable):
             await self.primary.close()
         await self.local.close()
@@ -159,3 +164,11 @@ class FallbackStore:
         self.log.warning("store_degraded", kind=self.kind, error=str(exc), fallback="local single-flight")
         if self.on_change:
             self.on_change(True)
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe_until_back())
+
+    async def _probe_until_back(self) -> None:
+        """Recover with no traffic too, so the metric and readyz do not wait for a request."""
+        while self.degraded:
+            await asyncio.sleep(max(0.05, self._next_probe - self.clock()))
+            await self._primary_usable()
