@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 OIDC_DIR := tests/oidc_provider
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt clean venv node
+.PHONY: run test lint fmt clean venv node redis
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(OIDC_DIR)/node_modules/.package-lock.json: $(OIDC_DIR)/package-lock.json
 	cd $(OIDC_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The tests run a real Redis (tests/support/redis_server.py); install Debian's when it is missing.
+redis:
+	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+
 run: $(STAMP)
 	$(PY) -m cookieguard demo
 
@@ -36,7 +40,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format cookieguard tests bench examples
 	$(VENV)/bin/ruff check --fix cookieguard tests bench examples
 
-test: $(STAMP) node lint
+test: $(STAMP) node redis lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
