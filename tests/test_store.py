@@ -31,6 +31,7 @@ from cookieguard.refresh import Refresher, RefreshResult, store_key
 from cookieguard.store import FallbackStore, MemoryStore, Store, StoreUnavailable, make_store
 from cookieguard.store.redis import RedisStore
 from tests.support.no_secrets import KnownSecrets
+from tests.support.proxy_process import CookieguardProcess, run_cli
 from tests.support.redis_server import RedisServer
 
 KEY = Fernet.generate_key().decode()
@@ -516,3 +517,31 @@ async def test_the_refresh_path_stays_bounded_for_many_sessions() -> None:
     for n in range(sessions):
         assert (await replica.refresh(f"R{n}")).outcome == "refreshed"
     assert len(store) == cap and not store._locks and replica.in_flight == 0
+
+
+# --- Redis without an encryption key: warned loudly --------------------------------------
+
+
+def redis_yaml(url: str, key: str | None) -> str:
+    store = f"store: {{kind: redis, url: '{url}'" + (f", encryption_key: '{key}'" if key else "") + "}"
+    return f"listen: 127.0.0.1:0\nupstream: http://127.0.0.1:9\n{store}\n"
+
+
+def test_check_warns_when_redis_has_no_encryption_key(tmp_path: Any, known_secrets: KnownSecrets) -> None:
+    known_secrets.add(KEY)
+    path = tmp_path / "cookieguard.yaml"
+    path.write_text(redis_yaml("redis://127.0.0.1:6379/0", None))
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 0
+    assert "WARNING: store.kind is redis but store.encryption_key is empty" in result.stdout
+    path.write_text(redis_yaml("redis://127.0.0.1:6379/0", KEY))
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 0 and "encryption_key" not in result.stdout
+
+
+async def test_startup_warns_when_redis_has_no_encryption_key(
+    redis_server: RedisServer, cookieguard_process: Callable[..., CookieguardProcess]
+) -> None:
+    guard = cookieguard_process(redis_yaml(redis_server.url, None))
+    warning = await asyncio.to_thread(guard.wait_for_event, "config_warning")
+    assert warning["level"] == "warning" and "unencrypted" in warning["message"]
