@@ -371,7 +371,11 @@ async def test_redis_dying_mid_refresh_degrades_to_local_and_recovers(
         await provider.started.wait()
         assert await store.primary.get_result("x") is None  # the lock was taken in Redis
         redis_server.stop()
-        await asyncio.sleep(LEASE_S)  # the keeper's next lease renewal hits the dead Redis
+
+        async def noticed() -> bool:  # the keeper's next lease renewal hits the dead Redis
+            return store.degraded
+
+        await wait_until(noticed)
         provider.gate.set()
         results = await asyncio.gather(*requests)
         # Everybody waiting on the refresh that lost Redis under it is answered.
@@ -387,8 +391,9 @@ async def test_redis_dying_mid_refresh_degrades_to_local_and_recovers(
         assert (await replica.refresh("R1")).outcome == "reused"
         # While degraded, this replica still makes one refresh per session.
         provider.gate.clear()
+        provider.started.clear()
         burst = [asyncio.ensure_future(replica.refresh("R9")) for _ in range(10)]
-        await asyncio.sleep(0.05)
+        await provider.started.wait()
         provider.gate.set()
         assert sorted(r.outcome for r in await asyncio.gather(*burst)) == ["joined"] * 9 + ["refreshed"]
         assert len(events(no_secrets_in_logs, "store_degraded")) == 1

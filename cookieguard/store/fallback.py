@@ -130,6 +130,8 @@ class FallbackStore:
     async def close(self) -> None:
         if self._prober is not None:
             self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
         with contextlib.suppress(StoreUnavailable):
             await self.primary.close()
         await self.local.close()
