@@ -48,6 +48,7 @@ __all__ = [
     "make_layout",
     "parse_cookie_header",
     "percent_decode",
+    "select_cookies",
     "split_into_cookies",
 ]
 
@@ -81,6 +82,39 @@ def parse_cookie_header(header: str) -> list[tuple[str, str]]:
             pairs.append((name.rstrip(" \t"), value.lstrip(" \t")))
         else:
             pairs.append(("", piece))
+    return pairs
+
+
+def select_cookies(header: str, prefixes: Sequence[str]) -> list[tuple[str, str]]:
+    """`parse_cookie_header(header)` restricted to names starting with one of `prefixes`.
+
+    The same pairs in the same order, but only the pieces that can match are looked at: the hot
+    path reads a few auth cookies out of a header that is mostly analytics cookies, and a header
+    without any of the prefixes costs one substring search per prefix.
+    """
+    starts: list[int] = []
+    for prefix in prefixes:
+        at = header.find(prefix)
+        while at >= 0:
+            # A match counts only at the start of a piece: after `;` (or the header's start) and
+            # the spaces and tabs parse_cookie_header strips; elsewhere it is inside a value.
+            before = at - 1
+            while before >= 0 and header[before] in " \t":
+                before -= 1
+            if before < 0 or header[before] == ";":
+                starts.append(at)
+            at = header.find(prefix, at + 1)
+    if not starts:
+        return []
+    pairs: list[tuple[str, str]] = []
+    for start in sorted(set(starts)):
+        end = header.find(";", start)
+        piece = (header[start:] if end < 0 else header[start:end]).strip(" \t")
+        if _has_line_break(piece):
+            continue
+        name, eq, value = piece.partition("=")
+        if eq:  # without `=` the name is empty (see parse_cookie_header): never one of ours
+            pairs.append((name.rstrip(" \t"), value.lstrip(" \t")))
     return pairs
 
 
@@ -285,6 +319,10 @@ class SetCookie:
 
 
 class Layout(Protocol):
+    def relevant_cookies(self, header: str) -> list[tuple[str, str]]:
+        """The pairs of a `Cookie` header that `read` looks at (all of them would do too)."""
+        ...
+
     def read(self, cookies: Sequence[tuple[str, str]]) -> Session | None:
         """The session in these cookies, or None when there are no auth cookies at all."""
         ...
@@ -331,6 +369,7 @@ LAST_AUTH_USER = "LastAuthUser"
 _AMPLIFY_SESSION_KEYS = (ACCESS_TOKEN, ID_TOKEN, REFRESH_TOKEN, CLOCK_DRIFT, "signInDetails", "oauthMetadata")
 _AMPLIFY_READ_KEYS = (*_AMPLIFY_SESSION_KEYS, DEVICE_KEY)
 _CLOCK_DRIFT = re.compile(r"[+-]?\d{1,15}")
+_KEY_MEMO_SIZE = 4096  # (cookie name, user) pairs; cleared when full, a few KB per hundred users
 
 
 class AmplifyLayout:
@@ -339,6 +378,8 @@ class AmplifyLayout:
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
         self._prefix = f"{AMPLIFY_PREFIX}.{client_id}."
+        self._prefixes = (self._prefix,)
+        self._keys: dict[tuple[str, str], str | None] = {}
         self.last_auth_user_name = js_cookie_name(f"{AMPLIFY_PREFIX}.{client_id}.{LAST_AUTH_USER}")
         if not is_valid_cookie_name(self.last_auth_user_name):
             raise ValueError(f"client id {client_id!r} cannot be part of a cookie name")
@@ -347,7 +388,22 @@ class AmplifyLayout:
         """The name Amplify writes for one of a user's keys (e.g. accessToken)."""
         return js_cookie_name(f"{self._prefix}{user}.{key}")
 
+    def relevant_cookies(self, header: str) -> list[tuple[str, str]]:
+        return select_cookies(header, self._prefixes)
+
     def _key_of(self, raw_name: str, user: str) -> str | None:
+        # The same few names come back on every request: decoding them is worth remembering.
+        memo_key = (raw_name, user)
+        try:
+            return self._keys[memo_key]
+        except KeyError:
+            pass
+        if len(self._keys) >= _KEY_MEMO_SIZE:
+            self._keys.clear()
+        key = self._keys[memo_key] = self._decode_key(raw_name, user)
+        return key
+
+    def _decode_key(self, raw_name: str, user: str) -> str | None:
         # Matching on the decoded name (as js-cookie's reader does) finds the cookie whether it
         # was written by js-cookie in the browser (`(` as %28) or by the server side (raw `(`).
         decoded = percent_decode(raw_name)
@@ -497,6 +553,9 @@ class NamedLayout:
         for base in self._bases:
             if not is_valid_cookie_name(base):
                 raise ValueError(f"not a cookie name: {base!r}")
+
+    def relevant_cookies(self, header: str) -> list[tuple[str, str]]:
+        return select_cookies(header, self._bases)
 
     def _base_of(self, name: str) -> str | None:
         for base in self._bases:

@@ -136,8 +136,8 @@ class Proxy:
         header = request.headers.get("Cookie")
         if not header:
             return UNCHANGED
-        cookies = parse_cookie_header(header)
-        session = self.auth.layout.read(cookies)
+        # Only the auth cookies are parsed here; the whole header only when it must be rewritten.
+        session = self.auth.layout.read(self.auth.layout.relevant_cookies(header))
         if session is None or not session.refresh_token:
             return UNCHANGED
         lifetime = await self._access_lifetime(session)
@@ -160,6 +160,7 @@ class Proxy:
         )
         fresh = self._fresh_tokens(session, result, now)
         self._log_refresh(route, session, result, access_expires_at, fresh)
+        cookies = parse_cookie_header(header)
         if fresh is not None:
             return Forwarding(
                 cookie_header=self.auth.layout.cookie_header(cookies, session, fresh),
