@@ -26,6 +26,7 @@ from cookieguard.cookies import (
     percent_decode,
     split_into_cookies,
 )
+from tests.support.properties import core_property
 
 CLIENT_ID = "3n4b5urk1ft4fl3mg5e62d9ado"
 PREFIX = f"CognitoIdentityServiceProvider.{CLIENT_ID}"
@@ -156,6 +157,7 @@ def test_format_drops_pairs_with_line_breaks() -> None:
     assert format_cookie_header([("a", "1"), ("b", "x\r\ny"), ("c\n", "2"), ("d", "4")]) == "a=1; d=4"
 
 
+@core_property
 @given(st.text(alphabet=st.characters(exclude_categories=())))
 def test_parse_never_raises(header: str) -> None:
     for name, value in parse_cookie_header(header):

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cookieguard.decide import Action, is_navigation, needs_refresh
+from tests.support.properties import core_property
 
 NOW = 1_800_000_000.0
 
@@ -52,6 +53,7 @@ def test_clock_drift_is_applied_like_amplify() -> None:
     assert decide(NOW + 480, drift_ms=-600_000) is Action.FORWARD
 
 
+@core_property
 @given(
     exp=st.floats(min_value=0, max_value=4e9),
     t1=st.floats(min_value=0, max_value=4e9),

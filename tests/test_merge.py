@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from cookieguard.config import CookieAttributes
 from cookieguard.cookies import SetCookie
 from cookieguard.merge import _parse_scope, merge_set_cookies, set_cookie_key
+from tests.support.properties import core_property
 
 AT = "CognitoIdentityServiceProvider.3n4b5urk1ft4fl3mg5e62d9ado.user+tag%40example.com.accessToken"
 RT = "CognitoIdentityServiceProvider.3n4b5urk1ft4fl3mg5e62d9ado.user+tag%40example.com.refreshToken"
@@ -142,6 +143,7 @@ def scope_matches(upstream: tuple[str, str | None, str | None], key: tuple[str, 
     return name == key[0] and domain in (None, key[1]) and path in (None, key[2])
 
 
+@core_property
 @given(st.lists(upstream_headers(), max_size=6), st.lists(our_cookies, max_size=8))
 def test_merge_never_doubles_ours_and_never_overrides_upstream(
     upstream: list[str], cookies: list[SetCookie]
