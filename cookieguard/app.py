@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -28,7 +29,8 @@ MAX_LINE_SIZE = 16 * 1024
 PROXY_KEY = web.AppKey("proxy", Proxy)
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+    """`clock` is the wall clock token expiry is judged by (tests move it forward)."""
     app = web.Application(client_max_size=0)
     metrics = Metrics()
     admin = Admin(metrics)
@@ -68,7 +70,7 @@ def build_app(config: Config) -> web.Application:
             jwks_url = config.provider.jwks_url
             if jwks_url is None and config.provider.kind == "oidc":
                 jwks_url = await _discover_jwks_url(provider)
-            verifier = TokenVerifier(config.provider, config.verify, idp, jwks_url=jwks_url)
+            verifier = TokenVerifier(config.provider, config.verify, idp, jwks_url=jwks_url, clock=clock)
 
         def idp_call(starting: bool) -> None:
             metrics.sessions_in_flight.inc() if starting else metrics.sessions_in_flight.dec()
@@ -82,6 +84,7 @@ def build_app(config: Config) -> web.Application:
             on_idp_call=idp_call,
         )
         auth_holder[0] = Auth(
+            wall_clock=clock,
             layout=make_layout(config.cookies, config.provider.client_id),
             refresher=refresher,
             verifier=verifier,

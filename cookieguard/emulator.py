@@ -138,6 +138,7 @@ class CognitoEmulator:
         self._default_lifetime_s = access_token_lifetime_s
         self.access_token_lifetime_s = access_token_lifetime_s
         self.delay_s = 0.0
+        self.clock_offset_s = 0.0  # tokens are minted as if the clock were this far ahead
         self.fail_next: list[int | str] = []
         self.retry_after_s: float | None = None
         self._lock = threading.Lock()
@@ -319,6 +320,7 @@ class CognitoEmulator:
             self._calls.clear()
             self.fail_next.clear()
             self.delay_s = 0.0
+            self.clock_offset_s = 0.0
             self.retry_after_s = None
             self.access_token_lifetime_s = self._default_lifetime_s
 
@@ -480,12 +482,38 @@ def _make_create_jwt(original: Any) -> Any:
         expires_in: int | None = None,
         extra_data: dict[str, Any] | None = None,
     ) -> Any:
+        emulator = _hooks.emulator_for_pool(pool.id)
         if expires_in is None:
-            emulator = _hooks.emulator_for_pool(pool.id)
             expires_in = emulator.access_token_lifetime_s if emulator else _MOTO_DEFAULT_LIFETIME_S
-        return original(pool, client_id, username, token_use, expires_in, extra_data)
+        offset = emulator.clock_offset_s if emulator else 0.0
+        if not offset:
+            return original(pool, client_id, username, token_use, expires_in, extra_data)
+        # Mint under a shifted clock: moto reads `time.time()` of its models module for iat/exp.
+        import moto.cognitoidp.models as models
+
+        with _SHIFT_LOCK:
+            real_time = getattr(models, "time")  # noqa: B009 - moto does not re-export it
+            setattr(models, "time", _ShiftedTime(real_time.time, offset))  # noqa: B010
+            try:
+                return original(pool, client_id, username, token_use, expires_in, extra_data)
+            finally:
+                setattr(models, "time", real_time)  # noqa: B010
 
     return create_jwt
+
+
+_SHIFT_LOCK = threading.Lock()
+
+
+class _ShiftedTime:
+    """Stands in for the `time` module inside moto's models while a token is minted."""
+
+    def __init__(self, real: Any, offset_s: float) -> None:
+        self._real = real
+        self._offset_s = offset_s
+
+    def time(self) -> float:
+        return float(self._real()) + self._offset_s
 
 
 def _make_initiate_auth(original: Any) -> Any:

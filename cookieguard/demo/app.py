@@ -63,6 +63,7 @@ class DemoApp:
     cookie_attributes: CookieAttributes = field(default_factory=CookieAttributes)
     on_event: Callable[[AppEvent], None] | None = None
     events: list[AppEvent] = field(default_factory=list)
+    clock: Callable[[], float] = time.time  # wall clock; tests move it forward
 
     def __post_init__(self) -> None:
         self.layout = AmplifyLayout(self.pool.client_id)
@@ -114,7 +115,7 @@ class DemoApp:
         """Amplify's cookies for a token result, as Set-Cookie header values; and the new expiry."""
         access_token = result["AccessToken"]
         claims = read_claims(access_token)
-        drift = clock_drift_ms(claims, time.time()) if claims is not None else 0
+        drift = clock_drift_ms(claims, self.clock()) if claims is not None else 0
         tokens = FreshTokens(
             access_token=access_token,
             id_token=result.get("IdToken"),
@@ -143,7 +144,7 @@ class DemoApp:
             claims = read_claims(session.access_token or "")
             exp = claims.exp if claims is not None and claims.exp is not None else 0.0
             # Amplify's isTokenExpired: now + clockDrift + tolerance > expiresAt.
-            if time.time() + self.refresh_tolerance_s < exp:
+            if self.clock() + self.refresh_tolerance_s < exp:
                 user = session.user
             elif session.refresh_token:
                 body = {"ClientId": self.pool.client_id, "RefreshToken": session.refresh_token}
@@ -186,7 +187,7 @@ class DemoApp:
         user, exp = request[USER_KEY], request[EXPIRES_KEY]
         left = (
             f"<p>Your access token expires at {time.strftime('%H:%M:%S', time.localtime(exp))}"
-            f" (in {max(0, round(exp - time.time()))} s). After that, open "
+            f" (in {max(0, round(exp - self.clock()))} s). After that, open "
             '<a href="/">Home</a>: the middleware refreshes the tokens, then redirects here.</p>'
         )
         return _page(
