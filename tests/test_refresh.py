@@ -205,3 +205,14 @@ async def test_backoff_and_results_are_bounded(entries: int) -> None:
     for n in range(100):
         await store.put_result(f"k{n}", b"v", 60)
     assert len(store) == entries
+
+
+async def test_memory_follows_the_grace_window_not_the_cap() -> None:
+    """Results outlive `grace` only until the next write: the store does not fill up to its cap."""
+    now = [0.0]
+    store = MemoryStore(max_entries=100_000, clock=lambda: now[0])
+    for n in range(1000):
+        now[0] = n * 1.0
+        await store.put_result(f"k{n}", b"v", ttl_s=60)
+    assert len(store) == 60
+    assert await store.get_result("k999") == b"v" and await store.get_result("k900") is None

@@ -1,7 +1,10 @@
 """The in-process store: a single replica needs nothing else.
 
-Bounded: results and locks expire, and at most `max_entries` results are kept (least recently
-used evicted first), so any number of distinct sessions passing through keeps memory bounded.
+Bounded: results and locks expire, and at most `max_entries` results are kept (oldest evicted
+first), so any number of distinct sessions passing through keeps memory bounded. Results are
+kept in the order they were written; since they share one lifetime (`refresh.grace`), that is
+also the order they expire in, and each write drops the expired ones at the front: memory
+follows the sessions refreshed in the last `grace`, not the cap.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ class MemoryStore:
         if expires_at <= self.clock():
             del self._results[key]
             return None
-        self._results.move_to_end(key)
         return value
 
     async def put_result(self, key: str, value: bytes, ttl_s: float) -> None:
-        self._results[key] = (self.clock() + ttl_s, value)
+        now = self.clock()
+        self._results[key] = (now + ttl_s, value)
         self._results.move_to_end(key)
-        while len(self._results) > self.max_entries:
-            self._results.popitem(last=False)
+        results = self._results
+        while results and (len(results) > self.max_entries or next(iter(results.values()))[0] <= now):
+            results.popitem(last=False)
 
     async def acquire(self, key: str, owner: str, lease_s: float) -> bool:
         now = self.clock()
