@@ -150,7 +150,7 @@ def _check(path_arg: str | None) -> int:
     if config is None:
         return EXIT_CONFIG
     print(f"config ok: {config.source}")
-    print(f"listen: {config.listen}   admin: {config.admin_prefix}/{{healthz,readyz,metrics}}")
+    print(f"listen: {config.listen}   admin: {config.admin_prefix}/{{healthz,readyz,metrics,session}}")
     if config.provider is None:
         print("provider: none (plain reverse proxy, no token refresh)")
     else:
