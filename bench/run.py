@@ -235,7 +235,9 @@ def nginx_conf(workdir: Path, name: str, body: str) -> Path:
     return path
 
 
-def cookieguard_conf(workdir: Path, name: str, port: int, upstream_port: int, pool: dict[str, str]) -> Path:
+def cookieguard_conf(
+    workdir: Path, name: str, port: int, upstream_port: int, pool: dict[str, str], idp_timeout: str = "30s"
+) -> Path:
     path = workdir / f"{name}.yaml"
     path.write_text(
         f"""listen: 127.0.0.1:{port}
@@ -246,6 +248,9 @@ provider:
   client_id: {pool["client_id"]}
   endpoint: {pool["endpoint"]}
   jwks_url: {pool["jwks_url"]}
+  # The emulator answers ~70 refreshes/s on a busy 2-core box; with the default 5s, a
+  # 1,000-session storm times out in cookieguard's IdP queue (bench/README.md, "refresh storm").
+  timeout: {idp_timeout}
 verify:
   signature: true
 routes:
@@ -511,6 +516,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--sessions", type=int, default=100_000, help="sessions seen for the RSS figure")
     parser.add_argument("--keepalive", type=int, default=1000, help="open connections for the RSS figure")
+    parser.add_argument("--idp-timeout", default="30s", help="cookieguard's provider.timeout")
     parser.add_argument("--skip", default="", help="comma list of phases to skip: matrix,latency,storm,rss")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -572,7 +578,7 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
     up_url = f"http://127.0.0.1:{up_port}"
     bare = bench.start("bare", [PY, "bench/bare_proxy.py", str(bare_port), up_url, "uvloop"])
     bare_aio = bench.start("bare-asyncio", [PY, "bench/bare_proxy.py", str(bare_aio_port), up_url, "asyncio"])
-    cg_conf = cookieguard_conf(wd, "cookieguard", cg_port, up_port, pool)
+    cg_conf = cookieguard_conf(wd, "cookieguard", cg_port, up_port, pool, args.idp_timeout)
     cg = bench.start("cookieguard", [PY, "-m", "cookieguard", "run", "--config", str(cg_conf)])
     for port, proc in ((ngx_port, ngx), (bare_port, bare), (bare_aio_port, bare_aio), (cg_port, cg)):
         wait_http(f"http://127.0.0.1:{port}/", proc)

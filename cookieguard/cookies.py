@@ -85,36 +85,34 @@ def parse_cookie_header(header: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def select_cookies(header: str, prefixes: Sequence[str]) -> list[tuple[str, str]]:
+def select_cookies(header: str, prefixes: tuple[str, ...]) -> list[tuple[str, str]]:
     """`parse_cookie_header(header)` restricted to names starting with one of `prefixes`.
 
-    The same pairs in the same order, but only the pieces that can match are looked at: the hot
-    path reads a few auth cookies out of a header that is mostly analytics cookies, and a header
-    without any of the prefixes costs one substring search per prefix.
+    The same pairs in the same order, but only pieces that start with a prefix are split into
+    name and value: the hot path reads a few auth cookies out of a header that is mostly
+    analytics cookies, and a header holding none of the prefixes costs a substring search each.
     """
-    starts: list[int] = []
+    first, last = len(header), -1
     for prefix in prefixes:
         at = header.find(prefix)
-        while at >= 0:
-            # A match counts only at the start of a piece: after `;` (or the header's start) and
-            # the spaces and tabs parse_cookie_header strips; elsewhere it is inside a value.
-            before = at - 1
-            while before >= 0 and header[before] in " \t":
-                before -= 1
-            if before < 0 or header[before] == ";":
-                starts.append(at)
-            at = header.find(prefix, at + 1)
-    if not starts:
+        if at >= 0:
+            first = min(first, at)
+            last = max(last, header.rfind(prefix))
+    if last < 0:
         return []
+    # Every piece that can match lies between the first and the last occurrence: split only the
+    # whole pieces around them (the app's auth cookies usually sit together, written at sign-in).
+    end = header.find(";", last)
     pairs: list[tuple[str, str]] = []
-    for start in sorted(set(starts)):
-        end = header.find(";", start)
-        piece = (header[start:] if end < 0 else header[start:end]).strip(" \t")
-        if _has_line_break(piece):
+    for piece in header[header.rfind(";", 0, first) + 1 : len(header) if end < 0 else end].split(";"):
+        piece = piece.strip(" \t")
+        # A name is a prefix of its piece, so a piece not starting with a prefix cannot match.
+        if not piece.startswith(prefixes) or _has_line_break(piece):
             continue
         name, eq, value = piece.partition("=")
-        if eq:  # without `=` the name is empty (see parse_cookie_header): never one of ours
-            pairs.append((name.rstrip(" \t"), value.lstrip(" \t")))
+        name = name.rstrip(" \t")
+        if eq and name.startswith(prefixes):  # without `=` the name is empty: never one of ours
+            pairs.append((name, value.lstrip(" \t")))
     return pairs
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from prometheus_client import Counter
 from yarl import URL
 
 from .config import Config, Route
@@ -96,6 +97,7 @@ class Proxy:
         self.metrics = metrics
         self.log = get_logger()
         self.access_log = config.logging.access_log
+        self._requests_counters: dict[tuple[str, int], Counter] = {}
         self._timeouts: dict[str, aiohttp.ClientTimeout] = {
             r.match: aiohttp.ClientTimeout(
                 total=None,
@@ -118,7 +120,7 @@ class Proxy:
             fwd = await self.repair_session(request, route) if route.refresh and self.auth else UNCHANGED
             response = await self.forward(request, route, fwd)
         if route is not None:
-            self.metrics.requests_total.labels(route=route.match, status=str(response.status)).inc()
+            self._count_request(route.match, response.status)
         if self.access_log:
             self.log.info(
                 "access",
@@ -129,6 +131,15 @@ class Proxy:
                 route=route.match if route else None,
             )
         return response
+
+    def _count_request(self, route: str, status: int) -> None:
+        # prometheus-client's labels() costs a lock and a few allocations per call; the children
+        # are few (routes x statuses seen), so look each up once.
+        counter = self._requests_counters.get((route, status))
+        if counter is None:
+            counter = self.metrics.requests_total.labels(route=route, status=str(status))
+            self._requests_counters[(route, status)] = counter
+        counter.inc()
 
     async def repair_session(self, request: web.Request, route: Route) -> Forwarding:
         """Read the app's auth cookies; when the access token is due, refresh it (once per session)."""
