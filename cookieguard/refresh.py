@@ -4,6 +4,10 @@ the result kept for `refresh.grace` so late requests reuse it instead of spendin
 Outcomes (SPEC 6): `refreshed` (this request called the IdP), `joined` (it waited for a refresh
 already under way), `reused` (it found a result from the grace window), `rejected` (the IdP said
 the session is over), `failed` (the IdP could not answer: keep the session, back off).
+
+A rejection counts only while the reject-storm guard (guard.py) believes it: when nearly every
+session is being rejected at once, the configuration is wrong, not the sessions, and rejections
+become `failed` with error `reject_storm`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import RefreshConfig, StoreConfig
+from .guard import RejectStormGuard, StormChange
+from .logs import get_logger
 from .providers.base import Provider, RefreshRejected, RefreshUnavailable, TokenSet
 from .store.base import Store
 from .store.crypto import Sealer
@@ -25,6 +31,7 @@ from .store.crypto import Sealer
 REFRESHED, JOINED, REUSED, REJECTED, FAILED = "refreshed", "joined", "reused", "rejected", "failed"
 _POLL_S = 0.05
 _MAX_BACKOFF_S = 300.0
+REJECT_STORM = "reject_storm"
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class Refresher:
         idp_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         on_idp_call: Callable[[bool], None] | None = None,
+        guard: RejectStormGuard | None = None,
     ) -> None:
         self.provider = provider
         self.store = store
@@ -64,6 +72,7 @@ class Refresher:
         self.sealer = Sealer(store_config.encryption_keys)
         self.max_entries = store_config.max_entries
         self.on_idp_call = on_idp_call  # metrics hook: True when a call starts, False when it ends
+        self.guard = guard or RejectStormGuard(max_sessions=store_config.max_entries)
         self._in_flight: dict[str, asyncio.Task[RefreshResult]] = {}
         self._backoff: OrderedDict[str, float] = OrderedDict()
         self._opaque_lifetimes: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -126,6 +135,17 @@ class Refresher:
         try:
             tokens = await self.provider.refresh(refresh_token, username=username, device_key=device_key)
         except RefreshRejected as exc:
+            self._note_storm(self.guard.record(key, rejected=True, now=self.clock()))
+            if self.guard.storming:
+                # Not believed: forward unchanged, store nothing, and back off like any IdP trouble.
+                self._remember_backoff(key, self.config.backoff_s)
+                return RefreshResult(
+                    FAILED,
+                    error=REJECT_STORM,
+                    idp_status=exc.status,
+                    duration_ms=_ms(started),
+                    retry_after_s=self.config.backoff_s,
+                )
             result = RefreshResult(REJECTED, error=exc.code, idp_status=exc.status, duration_ms=_ms(started))
             await self.store.put_result(key, self._seal(result), self.config.grace_s)
             return result
@@ -143,6 +163,7 @@ class Refresher:
             keeper.cancel()
             if self.on_idp_call:
                 self.on_idp_call(False)
+        self._note_storm(self.guard.record(key, rejected=False, now=self.clock()))
         result = RefreshResult(REFRESHED, tokens=tokens, duration_ms=_ms(started))
         await self.store.put_result(key, self._seal(result), self.config.grace_s)
         return result
@@ -162,6 +183,17 @@ class Refresher:
 
     def opaque_lifetime(self, access_token: str) -> tuple[float, float] | None:
         return self._opaque_lifetimes.get(store_key(access_token))
+
+    @staticmethod
+    def _note_storm(change: StormChange | None) -> None:
+        if change is not None:
+            get_logger().warning(
+                REJECT_STORM,
+                state="started" if change.started else "ended",
+                rejected_sessions=change.rejected_sessions,
+                sessions=change.sessions,
+                window_s=change.window_s,
+            )
 
     def _remember_backoff(self, key: str, seconds: float) -> None:
         self._backoff[key] = self.clock() + seconds

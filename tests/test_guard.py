@@ -1,0 +1,172 @@
+"""The reject-storm guard (cookieguard/guard.py): pure, on an injected clock, and its hook in the
+refresher. The end-to-end proof against moto with a wrong client secret is in tests/test_faults.py.
+"""
+
+from __future__ import annotations
+
+from structlog.testing import capture_logs
+
+from cookieguard.config import RefreshConfig, StoreConfig
+from cookieguard.guard import MIN_REJECTED_RATIO, MIN_REJECTED_SESSIONS, WINDOW_S, RejectStormGuard
+from cookieguard.providers.base import RefreshRejected
+from cookieguard.refresh import Refresher, store_key
+from cookieguard.store.memory import MemoryStore
+from tests.test_refresh import Clock, ScriptedProvider
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    assert (WINDOW_S, MIN_REJECTED_SESSIONS, MIN_REJECTED_RATIO) == (60.0, 20, 0.9)
+
+
+def test_a_storm_starts_at_the_twentieth_distinct_rejected_session() -> None:
+    guard = RejectStormGuard()
+    changes = [guard.record(f"s{n}", rejected=True, now=100.0 + n) for n in range(19)]
+    assert changes == [None] * 19 and not guard.storming
+    change = guard.record("s19", rejected=True, now=119.0)
+    assert change is not None and change.started
+    assert (change.rejected_sessions, change.sessions, change.window_s) == (20, 20, 60.0)
+    assert guard.storming
+    # Once per transition: more rejections change nothing.
+    assert guard.record("s20", rejected=True, now=120.0) is None
+
+
+def test_one_session_rejected_many_times_counts_once() -> None:
+    guard = RejectStormGuard()
+    for n in range(100):
+        assert guard.record("the-same-dead-session", rejected=True, now=float(n) / 10) is None
+    assert guard.rejected_sessions == 1 and not guard.storming
+
+
+def test_successes_keep_the_ratio_below_the_threshold() -> None:
+    guard = RejectStormGuard()
+    # 30 dead sessions among 10 good ones: 75 % rejected, below 90 %.
+    for n in range(10):
+        guard.record(f"good{n}", rejected=False, now=1.0)
+    for n in range(30):
+        assert guard.record(f"dead{n}", rejected=True, now=2.0) is None
+    assert not guard.storming and guard.rejected_sessions == 30 and guard.sessions == 40
+
+
+def test_the_ratio_is_inclusive_at_ninety_percent() -> None:
+    guard = RejectStormGuard()
+    for n in range(3):
+        guard.record(f"good{n}", rejected=False, now=1.0)
+    changes = [guard.record(f"dead{n}", rejected=True, now=2.0) for n in range(27)]
+    assert changes[-1] is not None and changes[-1].started  # 27 / 30 = 0.9
+    assert [c for c in changes if c is not None] == [changes[-1]]
+
+
+def test_the_storm_ends_when_successes_bring_the_ratio_down() -> None:
+    guard = RejectStormGuard()
+    for n in range(20):
+        guard.record(f"dead{n}", rejected=True, now=10.0)
+    assert guard.storming
+    changes = [guard.record(f"good{n}", rejected=False, now=11.0) for n in range(3)]
+    # 20 / 22 is still >= 90 %; 20 / 23 is not.
+    assert changes[:2] == [None, None]
+    assert changes[2] is not None and not changes[2].started
+    assert (changes[2].rejected_sessions, changes[2].sessions) == (20, 23)
+    assert not guard.storming
+
+
+def test_a_session_that_refreshes_again_stops_counting_as_rejected() -> None:
+    guard = RejectStormGuard()
+    for n in range(20):
+        guard.record(f"s{n}", rejected=True, now=1.0)
+    assert guard.storming
+    change = guard.record("s0", rejected=False, now=2.0)  # its latest verdict is what counts
+    assert change is not None and not change.started
+    assert guard.rejected_sessions == 19
+
+
+def test_the_window_slides_on_the_injected_clock() -> None:
+    guard = RejectStormGuard()
+    for n in range(20):
+        guard.record(f"old{n}", rejected=True, now=float(n))  # t = 0 .. 19
+    assert guard.storming
+    assert guard.check(now=59.5) is None  # all still within 60 s
+    change = guard.check(now=60.0)  # the t=0 verdict leaves the window: 19 sessions
+    assert change is not None and not change.started and guard.rejected_sessions == 19
+    assert guard.check(now=200.0) is None and guard.sessions == 0
+
+
+def test_slow_rejections_spread_over_more_than_the_window_never_storm() -> None:
+    guard = RejectStormGuard()
+    for n in range(500):  # a dead session every 4 s: 15 per window
+        assert guard.record(f"s{n}", rejected=True, now=n * 4.0) is None
+    assert not guard.storming
+
+
+def test_memory_is_bounded() -> None:
+    guard = RejectStormGuard(max_sessions=1000)
+    for n in range(5000):
+        guard.record(f"s{n}", rejected=n % 2 == 0, now=1.0)
+    assert guard.sessions == 1000 and guard.rejected_sessions == 500
+
+
+# -- the hook in the refresher ---------------------------------------------------------------
+
+
+def _refresher(provider: ScriptedProvider, store: MemoryStore, clock: Clock) -> Refresher:
+    return Refresher(
+        provider,
+        store,
+        RefreshConfig(backoff_s=5.0),
+        StoreConfig(lock_lease_s=0.3),
+        clock=clock,
+    )
+
+
+async def test_in_a_storm_rejections_become_failed_are_not_stored_and_back_off() -> None:
+    provider = ScriptedProvider(answers=[RefreshRejected("NotAuthorizedException", status=400)] * 25)
+    store, clock = MemoryStore(), Clock()
+    refresher = _refresher(provider, store, clock)
+    with capture_logs() as logs:
+        results = [await refresher.refresh(f"R{n}") for n in range(25)]
+    assert [r.outcome for r in results] == ["rejected"] * 19 + ["failed"] * 6
+    assert {r.error for r in results[19:]} == {"reject_storm"}
+    assert all(r.idp_status == 400 for r in results)
+    # The rejections before the storm are remembered for grace; the ones in it are not.
+    assert await store.get_result(store_key("R0")) is not None
+    assert await store.get_result(store_key("R19")) is None
+    # A storm session backs off like any IdP trouble: no call until the backoff has passed.
+    again = await refresher.refresh("R19")
+    assert (again.outcome, again.error, len(provider.calls)) == ("failed", "backoff", 25)
+    storms = [e for e in logs if e["event"] == "reject_storm"]
+    assert storms == [
+        {
+            "event": "reject_storm",
+            "log_level": "warning",
+            "state": "started",
+            "rejected_sessions": 20,
+            "sessions": 20,
+            "window_s": 60.0,
+        }
+    ]
+
+
+async def test_successes_end_the_storm_and_rejections_count_again() -> None:
+    rejected = RefreshRejected("NotAuthorizedException", status=400)
+    provider = ScriptedProvider(answers=[rejected] * 20)  # then successes (the script's default)
+    clock = Clock()
+    refresher = _refresher(provider, MemoryStore(), clock)
+    with capture_logs() as logs:
+        for n in range(20):
+            await refresher.refresh(f"dead{n}")
+        assert refresher.guard.storming
+        for n in range(3):
+            assert (await refresher.refresh(f"good{n}")).outcome == "refreshed"
+        assert not refresher.guard.storming
+        provider.answers = [rejected]
+        assert (await refresher.refresh("one-more-dead")).outcome == "rejected"
+    assert [e["state"] for e in logs if e["event"] == "reject_storm"] == ["started", "ended"]
+
+
+async def test_transient_failures_do_not_count_either_way() -> None:
+    from cookieguard.providers.base import RefreshUnavailable
+
+    provider = ScriptedProvider(answers=[RefreshUnavailable("http_503", status=503)] * 50)
+    refresher = _refresher(provider, MemoryStore(), Clock())
+    for n in range(50):
+        assert (await refresher.refresh(f"R{n}")).outcome == "failed"
+    assert refresher.guard.sessions == 0 and not refresher.guard.storming
