@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import socket
 import threading
 import time
@@ -116,8 +117,10 @@ class CognitoEmulator:
     `access_token_lifetime_s` (lifetime of newly minted access and id tokens), `delay_s` (latency
     added to every refresh call), `fail_next` (one entry is consumed per refresh call: an int is an
     HTTP status answered with a gateway-like body, JSON for 500 and 429, HTML otherwise; a str is a
-    Cognito error code answered as HTTP 400), `retry_after_s` (sent as Retry-After with injected
-    failures). A refresh call is `GetTokensFromRefreshToken` or `InitiateAuth` with a refresh flow.
+    Cognito error code answered as HTTP 400), `fail_ratio` (when `fail_next` is empty, that share
+    of refresh calls, drawn from an RNG seeded with `fail_seed`, is answered with `fail_with`),
+    `retry_after_s` (sent as Retry-After with injected failures); `injected_failures` counts them.
+    A refresh call is `GetTokensFromRefreshToken` or `InitiateAuth` with a refresh flow.
     """
 
     def __init__(
@@ -140,6 +143,11 @@ class CognitoEmulator:
         self.delay_s = 0.0
         self.clock_offset_s = 0.0  # tokens are minted as if the clock were this far ahead
         self.fail_next: list[int | str] = []
+        self.fail_ratio = 0.0
+        self.fail_with: int | str = 500
+        self.fail_seed = 0
+        self._rng = random.Random(self.fail_seed)
+        self.injected_failures = 0
         self.retry_after_s: float | None = None
         self._lock = threading.Lock()
         self._calls_changed = threading.Condition(self._lock)
@@ -319,6 +327,8 @@ class CognitoEmulator:
         with self._lock:
             self._calls.clear()
             self.fail_next.clear()
+            self.fail_ratio, self.fail_with, self.injected_failures = 0.0, 500, 0
+            self._rng.seed(self.fail_seed)
             self.delay_s = 0.0
             self.clock_offset_s = 0.0
             self.retry_after_s = None
@@ -335,6 +345,9 @@ class CognitoEmulator:
             self._calls.append(call)
             self._calls_changed.notify_all()
             failure = self.fail_next.pop(0) if self.fail_next else None
+            if failure is None and self.fail_ratio > 0 and self._rng.random() < self.fail_ratio:
+                failure = self.fail_with
+            self.injected_failures += failure is not None
             delay_s, retry_after_s = self.delay_s, self.retry_after_s
         if delay_s > 0:
             time.sleep(delay_s)  # a server thread per request: this delays only this call
