@@ -1,16 +1,27 @@
 """The reject-storm guard (cookieguard/guard.py): pure, on an injected clock, and its hook in the
-refresher. The end-to-end proof against moto with a wrong client secret is in tests/test_faults.py.
+refresher, and end to end: `cookieguard run` with a wrong client secret against moto.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
 from structlog.testing import capture_logs
 
 from cookieguard.config import RefreshConfig, StoreConfig
+from cookieguard.emulator import CognitoEmulator, PoolInfo
 from cookieguard.guard import MIN_REJECTED_RATIO, MIN_REJECTED_SESSIONS, WINDOW_S, RejectStormGuard
 from cookieguard.providers.base import RefreshRejected
 from cookieguard.refresh import Refresher, store_key
 from cookieguard.store.memory import MemoryStore
+from tests.support.apps import seen_by, start_buggy_app
+from tests.support.cognito_idp import CognitoUser
+from tests.support.no_secrets import KnownSecrets
+from tests.support.proxy_process import CookieguardProcess
+from tests.test_faults import cookie_header, guard_config
 from tests.test_refresh import Clock, ScriptedProvider
 
 
@@ -170,3 +181,61 @@ async def test_transient_failures_do_not_count_either_way() -> None:
     for n in range(50):
         assert (await refresher.refresh(f"R{n}")).outcome == "failed"
     assert refresher.guard.sessions == 0 and not refresher.guard.storming
+
+
+# -- end to end: a wrong client secret against moto -------------------------------------------
+
+STORM_USERS = MIN_REJECTED_SESSIONS + 5
+
+
+async def test_a_wrong_client_secret_stops_clearing_users_after_the_threshold(
+    aiohttp_server: Any,
+    cookieguard_process: Callable[..., CookieguardProcess],
+    cognito_idp: CognitoEmulator,
+    make_cognito_pool: Callable[..., PoolInfo],
+    make_cognito_user: Callable[..., CognitoUser],
+    known_secrets: KnownSecrets,
+) -> None:
+    pool = make_cognito_pool(with_secret=True)
+    cognito_idp.access_token_lifetime_s = -60
+    users = [make_cognito_user(pool) for _ in range(STORM_USERS)]
+    cognito_idp.access_token_lifetime_s = 3600
+    for user in users:
+        known_secrets.add(user.refresh_token, user.access_token, user.id_token)
+    typo = (pool.client_secret or "")[:-1] + "x"  # an operator's typo
+    known_secrets.add(pool.client_secret, typo)
+    app = await start_buggy_app(aiohttp_server)
+    guard = cookieguard_process(guard_config(pool, str(app.make_url("")), provider={"client_secret": typo}))
+
+    cleared = []
+    async with aiohttp.ClientSession() as s:
+        for user in users:  # one after the other: the order of the IdP's verdicts is known
+            header = cookie_header(user)
+            async with s.get(f"{guard.url}/page", headers={"Cookie": header}) as resp:
+                assert resp.status == 200
+                expired = [c for c in resp.headers.getall("Set-Cookie", []) if "Max-Age=0" in c]
+            cleared.append(bool(expired))
+            if not expired:
+                assert seen_by(app)[-1]["cookie"] == header  # forwarded exactly as it came
+        # A storm session asks again at once: it is backing off, the IdP is not called.
+        async with s.get(f"{guard.url}/page", headers={"Cookie": cookie_header(users[-1])}) as resp:
+            assert resp.status == 200 and "Set-Cookie" not in resp.headers
+    below = MIN_REJECTED_SESSIONS - 1
+    assert cleared == [True] * below + [False] * (STORM_USERS - below)
+    assert cognito_idp.refresh_calls == STORM_USERS
+    events = await asyncio.to_thread(
+        guard.wait_for_event,
+        "token_refresh",
+        10,
+        lambda _: len(guard.events("token_refresh")) >= STORM_USERS + 1,
+    )
+    events = guard.events("token_refresh")
+    assert [(e["outcome"], e["error"]) for e in events] == (
+        [("rejected", "NotAuthorizedException")] * below
+        + [("failed", "reject_storm")] * (STORM_USERS - below)
+        + [("failed", "backoff")]
+    )
+    storms = guard.events("reject_storm")
+    assert len(storms) == 1
+    assert storms[0]["level"] == "warning" and storms[0]["state"] == "started"
+    assert (storms[0]["rejected_sessions"], storms[0]["sessions"]) == (MIN_REJECTED_SESSIONS,) * 2
