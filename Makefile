@@ -54,3 +54,28 @@ bench: $(STAMP)
 	@if ! command -v wrk >/dev/null || ! { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
 		apt-get update && apt-get install -y nginx wrk; fi
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# A real browser against the Next.js + Amplify example, directly and through cookieguard
+# (examples/nextjs-amplify/README.md); about 4 minutes, not part of `make test`. Installs Debian's
+# chromium when missing, the example's npm packages from its lockfile, and builds it.
+E2E_APP := examples/nextjs-amplify
+E2E_SOURCES := $(wildcard $(E2E_APP)/*.ts $(E2E_APP)/*.json $(E2E_APP)/app/*.tsx $(E2E_APP)/app/*/*.tsx)
+.PHONY: e2e
+e2e: $(STAMP) $(E2E_APP)/.next/BUILD_ID
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	$(PY) -m pytest $(E2E_APP)/e2e -p no:cacheprovider -v -s
+
+$(E2E_APP)/node_modules/.package-lock.json: $(E2E_APP)/package-lock.json
+	cd $(E2E_APP) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(E2E_APP)/.next/BUILD_ID: $(E2E_APP)/node_modules/.package-lock.json $(E2E_SOURCES)
+	cd $(E2E_APP) && NEXT_TELEMETRY_DISABLED=1 node_modules/.bin/next build
+
+# Load with faults (bench/README.md, "Load with faults"): 1,000 keep-alive connections for 60 s
+# against `cookieguard run`, sessions expiring mid-run, the IdP failing 10% of refresh calls;
+# ~2 minutes. Exit 1 if a request was lost or a user signed out. LOAD_ARGS e.g. "--connections 200".
+LOAD_ARGS ?=
+.PHONY: load
+load: $(STAMP)
+	$(PY) bench/load_faults.py $(LOAD_ARGS)
