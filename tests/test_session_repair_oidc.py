@@ -196,3 +196,46 @@ async def test_a_forged_access_token_is_no_session_and_is_never_refreshed(
         assert resp.status == 200 and "Set-Cookie" not in resp.headers
     assert oidc_idp.stats()["refresh_requests"] == 0
     assert seen_by(app)[0]["cookie"] == header
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/redirect", 302),
+        ("GET", "/rewrite", 200),
+        ("GET", "/not-modified", 304),
+        ("GET", "/missing", 404),
+        ("GET", "/broken", 500),
+        ("HEAD", "/page", 200),
+        ("GET", "/stream", 200),
+    ],
+)
+async def test_every_response_kind_carries_the_named_layouts_fresh_chunks(
+    aiohttp_server: Any,
+    cookieguard_process: Start,
+    oidc_idp: OidcIdp,
+    session: dict[str, Any],
+    known_secrets: KnownSecrets,
+    method: str,
+    path: str,
+    status: int,
+) -> None:
+    app = await start_buggy_app(aiohttp_server)
+    guard = cookieguard_process(guard_config(oidc_idp, str(app.make_url(""))))
+    refresh = session["refresh_token"]
+    half = len(refresh) // 2
+    header = f"rt.0={refresh[:half]}; rt.1={refresh[half:]}; idt={session['id_token']}"
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, f"{guard.url}{path}", headers={"Cookie": header}, allow_redirects=False) as resp,
+    ):
+        assert resp.status == status
+        await resp.read()
+        set_cookies = resp.headers.getall("Set-Cookie", [])
+        assert resp.headers.get("Cache-Control") == "private, no-store"
+    written = set_cookie_values(set_cookies)
+    known_secrets.add(written.get("at"), written.get("rt"), written.get("idt"))
+    assert written["at"] and written["rt"] and written["rt"] != refresh
+    assert {"rt.0", "rt.1"} <= {line.split("=", 1)[0] for line in set_cookies if "Max-Age=0" in line}
+    assert upstream_tokens(seen_by(app)[0]["cookie"]) == (written["at"], written["rt"])
+    assert oidc_idp.stats()["refresh_requests"] == 1
