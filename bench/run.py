@@ -12,8 +12,9 @@ process of its own. Measures, interleaved, 3 rounds, medians:
 - `latency`: wrk at 1 connection, session cookies, p50/p99;
 - `storm`: 1,000 distinct expired sessions at once; IdP calls counted at the emulator, failed
   requests counted, p99 of other (fresh) sessions' requests during the storm vs without it;
-- `rss`: a second cookieguard after 100,000 distinct sessions (ES256 tokens signed with a local
-  key, JWKS served by the upstream) and with 1,000 open keep-alive connections.
+- `rss`: a second cookieguard (verify.signature off: see `unsigned_token`) after 100,000
+  distinct sessions (user, access token, refresh token) and with 1,000 open keep-alive
+  connections.
 
 Prints a table, writes bench/out/latest.json, and ends with
 `bench: session rps_ratio=… cpu_ratio=… p50_added_ms=… p99_added_ms=…`.
@@ -236,7 +237,13 @@ def nginx_conf(workdir: Path, name: str, body: str) -> Path:
 
 
 def cookieguard_conf(
-    workdir: Path, name: str, port: int, upstream_port: int, pool: dict[str, str], idp_timeout: str = "30s"
+    workdir: Path,
+    name: str,
+    port: int,
+    upstream_port: int,
+    pool: dict[str, str],
+    idp_timeout: str = "30s",
+    verify: bool = True,
 ) -> Path:
     path = workdir / f"{name}.yaml"
     path.write_text(
@@ -252,7 +259,7 @@ provider:
   # 1,000-session storm times out in cookieguard's IdP queue (bench/README.md, "refresh storm").
   timeout: {idp_timeout}
 verify:
-  signature: true
+  signature: {"true" if verify else "false"}
 routes:
   - match: /static/
     refresh: false
@@ -413,63 +420,37 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class LocalSigner:
-    """ES256 tokens shaped like Cognito's, signed with a key of our own (RSA signing of 100,000
-    tokens would take minutes here; verifying ES256 costs cookieguard about what RS256 does)."""
-
-    def __init__(self, user_pool_id: str, client_id: str) -> None:
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        numbers = self.key.public_key().public_numbers()
-        self.jwks = {
-            "keys": [
-                {
-                    "kty": "EC",
-                    "crv": "P-256",
-                    "kid": "bench",
-                    "alg": "ES256",
-                    "use": "sig",
-                    "x": b64url(numbers.x.to_bytes(32, "big")),
-                    "y": b64url(numbers.y.to_bytes(32, "big")),
-                }
-            ]
-        }
-        self.iss = f"https://cognito-idp.us-east-1.amazonaws.com/{user_pool_id}"
-        self.client_id = client_id
-        self.header = b64url(json.dumps({"kid": "bench", "alg": "ES256"}).encode())
-
-    def sign(self, claims: dict[str, Any]) -> str:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-        signing_input = f"{self.header}.{b64url(json.dumps(claims, separators=(',', ':')).encode())}"
-        r, s = decode_dss_signature(self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
-        return f"{signing_input}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
-
-    def access_token(self, user: str, now: int) -> str:
-        sub = str(uuid.uuid4())
-        return self.sign(
-            {
-                "sub": sub,
-                "iss": self.iss,
-                "client_id": self.client_id,
-                "origin_jti": str(uuid.uuid4()),
-                "event_id": str(uuid.uuid4()),
-                "token_use": "access",
-                "scope": "aws.cognito.signin.user.admin",
-                "auth_time": now,
-                "exp": now + 3600,
-                "iat": now,
-                "jti": str(uuid.uuid4()),
-                "username": user,
-            }
-        )
+def unsigned_token(claims: dict[str, Any]) -> str:
+    """A token shaped like moto's RS256 ones (header, Cognito claims, 342-character signature)
+    but not signed: the RSS phase runs with verify.signature off, because signing 100,000 tokens
+    takes minutes on this box (RS256 ~1-2 ms, ES256 ~0.4 ms each) and verifying them as long."""
+    header = b64url(json.dumps({"typ": "JWT", "kid": "dummy", "alg": "RS256"}).encode())
+    payload = b64url(json.dumps(claims, separators=(",", ":")).encode())
+    return f"{header}.{payload}.{b64url(os.urandom(256))}"
 
 
-async def many_sessions(url: str, headers: list[str], concurrency: int = 64) -> tuple[int, float]:
-    """Every header once, `concurrency` at a time; (non-200 answers, seconds)."""
+def cognito_access_claims(pool_id: str, client_id: str, user: str, now: int) -> dict[str, Any]:
+    return {
+        "sub": str(uuid.uuid4()),
+        "iss": f"https://cognito-idp.us-east-1.amazonaws.com/{pool_id}",
+        "client_id": client_id,
+        "origin_jti": str(uuid.uuid4()),
+        "event_id": str(uuid.uuid4()),
+        "token_use": "access",
+        "scope": "aws.cognito.signin.user.admin",
+        "auth_time": now,
+        "exp": now + 3600,
+        "iat": now,
+        "jti": str(uuid.uuid4()),
+        "username": user,
+    }
+
+
+async def many_sessions(
+    url: str, count: int, header_of: Callable[[int], str], concurrency: int = 64
+) -> tuple[int, float]:
+    """`count` requests, each with its own session (`header_of(i)`), `concurrency` at a time;
+    (non-200 answers, seconds)."""
     connector = aiohttp.TCPConnector(limit=concurrency)
     bad = 0
     next_index = 0
@@ -477,10 +458,10 @@ async def many_sessions(url: str, headers: list[str], concurrency: int = 64) -> 
 
         async def worker() -> None:
             nonlocal bad, next_index
-            while next_index < len(headers):
+            while next_index < count:
                 i = next_index
                 next_index += 1
-                async with client.get(url, headers={"Cookie": headers[i]}) as r:
+                async with client.get(url, headers={"Cookie": header_of(i)}) as r:
                     await r.read()
                     bad += r.status != 200
 
@@ -556,11 +537,9 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
     session_cookie = cookie_of(fresh[0])
     results["session_cookie_bytes"] = len(session_cookie)
 
-    # Upstream: 1 KB body (+ the JWKS of the local signer for the RSS phase)
+    # Upstream: a 1 KB body
     (wd / "www").mkdir()
     (wd / "www" / "body.html").write_bytes((b"<p>" + b"x" * 1017 + b"</p>\n")[:1024])
-    signer = LocalSigner("us-east-1_BenchRss1", "benchrssclient0000000000000")
-    (wd / "www" / "jwks.json").write_text(json.dumps(signer.jwks))
     up_port = free_port()
     if args.upstream == "nginx":
         conf = nginx_conf(wd, "upstream", NGINX_UPSTREAM.format(port=up_port, dir=wd))
@@ -569,7 +548,6 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
         upstream = bench.start(
             "upstream", [PY, "bench/upstream_app.py", str(up_port), str(wd / "www" / "body.html")]
         )
-    jwks_url = f"http://127.0.0.1:{up_port}/jwks.json"
     wait_http(f"http://127.0.0.1:{up_port}/", upstream)
 
     ngx_port, bare_port, bare_aio_port, cg_port = free_port(), free_port(), free_port(), free_port()
@@ -675,34 +653,25 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
 
     if "rss" not in skip:
         rss_port = free_port()
-        rss_pool = {
-            "user_pool_id": "us-east-1_BenchRss1",
-            "client_id": signer.client_id,
-            "endpoint": pool["endpoint"],
-            "jwks_url": jwks_url,
-        }
-        conf = cookieguard_conf(wd, "cookieguard-rss", rss_port, up_port, rss_pool)
+        rss_pool = {**pool, "user_pool_id": "us-east-1_BenchRss1"}
+        conf = cookieguard_conf(wd, "cookieguard-rss", rss_port, up_port, rss_pool, verify=False)
         cg_rss = bench.start("cookieguard-rss", [PY, "-m", "cookieguard", "run", "--config", str(conf)])
         wait_http(f"http://127.0.0.1:{rss_port}/", cg_rss)
         rss_start = rss_mb(cg_rss.pid)[0]
-        t = time.monotonic()
         now = int(time.time())
-        shared_id = signer.sign(
-            {"token_use": "id", "iss": signer.iss, "aud": signer.client_id, "exp": now + 3600}
-        )
-        headers = []
-        for i in range(args.sessions):
+        client_id = pool["client_id"]
+        shared_id = unsigned_token({"token_use": "id", "aud": client_id, "exp": now + 3600})
+
+        def session_header(i: int) -> str:
             user = f"user{i}@example.com"
-            headers.append(
-                amplify_header(
-                    signer.client_id, user, signer.access_token(user, now), shared_id, uuid.uuid4().hex
-                )
-            )
-        log(f"rss: {args.sessions:,} sessions signed in {time.monotonic() - t:.1f}s")
+            access = unsigned_token(cognito_access_claims("us-east-1_BenchRss1", client_id, user, now))
+            return amplify_header(client_id, user, access, shared_id, str(uuid.uuid4()))
+
         cpu_before = cpu_s(cg_rss.pid)
-        bad, took_s = asyncio.run(many_sessions(f"http://127.0.0.1:{rss_port}/app/page", headers))
-        cpu_new_session_us = (cpu_s(cg_rss.pid) - cpu_before) * 1e6 / len(headers)
-        del headers
+        bad, took_s = asyncio.run(
+            many_sessions(f"http://127.0.0.1:{rss_port}/app/page", args.sessions, session_header)
+        )
+        cpu_new_session_us = (cpu_s(cg_rss.pid) - cpu_before) * 1e6 / args.sessions
         log(f"rss: {args.sessions:,} sessions sent in {took_s:.1f}s ({bad} not 200)")
 
         async def hold() -> tuple[float, float]:
