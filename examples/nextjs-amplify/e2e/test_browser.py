@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cookieguard.emulator import CognitoEmulator, PoolInfo
 from tests.support.proxy_process import CookieguardProcess
@@ -288,22 +289,18 @@ def test_directly_the_app_signs_the_user_out_at_the_first_expiry(
 def test_through_cookieguard_the_user_stays_signed_in(
     emulator: CognitoEmulator, pool: PoolInfo, next_app: str, browser: Browser
 ) -> None:
+    # The configuration the README tells Next.js + Amplify users to run, pointed at the emulator.
+    config = yaml.safe_load((ROOT / "config" / "cognito.yaml").read_text())
+    config["listen"] = "127.0.0.1:0"
+    config["provider"] |= {"endpoint": emulator.endpoint, "jwks_url": pool.jwks_url}
+    config["refresh"]["before_expiry"] = "8s"  # capped at half the lifetime (10 s) anyway
     proxy = CookieguardProcess(
-        {
-            "listen": "127.0.0.1:0",
-            "upstream": next_app,
-            "provider": {
-                "kind": "cognito",
-                "user_pool_id": pool.user_pool_id,
-                "client_id": pool.client_id,
-                "endpoint": emulator.endpoint,
-                "jwks_url": pool.jwks_url,
-            },
-            "cookies": {"layout": "amplify"},
-            "refresh": {"before_expiry": "8s"},
-            "routes": [{"match": "/_next/static/", "refresh": False}, {"match": "/"}],
-            "logging": {"level": "info", "format": "json"},
-        }
+        config,
+        env={
+            "APP_UPSTREAM": next_app,
+            "COGNITO_USER_POOL_ID": pool.user_pool_id,
+            "COGNITO_CLIENT_ID": pool.client_id,
+        },
     ).start()
     # localhost, as in production behind a host name: Chromium keeps Amplify's Secure cookies on
     # http://localhost (a secure context), and they are shared by every port of it.
