@@ -10,6 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import aiohttp
+
+# How long a call may queue for one of the IdP client's pooled connections during a refresh
+# storm. `provider.timeout` bounds the call itself (connecting, and each wait for the IdP's
+# answer), not the queue: aiohttp's `total` would count the queue too, and a storm of 1,000
+# expired sessions would then fail refreshes that never reached the IdP.
+IDP_QUEUE_S = 30.0
+
+
+def idp_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None, connect=timeout_s + IDP_QUEUE_S, sock_connect=timeout_s, sock_read=timeout_s
+    )
+
 
 @dataclass(frozen=True)
 class TokenSet:

@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from cookieguard.config import ProviderConfig
-from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
+from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet, idp_timeout
 
 TARGET_PREFIX = "AWSCognitoIdentityProviderService."
 CONTENT_TYPE = "application/x-amz-json-1.1"
@@ -187,7 +187,7 @@ class CognitoProvider:
         self._config = config
         self._session = session
         self._url = config.cognito_endpoint
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        self._timeout = idp_timeout(config.timeout_s)
 
     async def refresh(
         self, refresh_token: str, *, username: str | None = None, device_key: str | None = None

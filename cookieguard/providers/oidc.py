@@ -35,7 +35,7 @@ from urllib.parse import quote_plus, urlsplit
 import aiohttp
 
 from cookieguard.config import ProviderConfig
-from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
+from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet, idp_timeout
 
 # Token responses are a few kB of JWTs; anything far larger is not a token response.
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -61,7 +61,7 @@ class OidcProvider:
             raise ValueError("OidcProvider needs token_endpoint or issuer")
         self._config = config
         self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        self._timeout = idp_timeout(config.timeout_s)
         self._token_endpoint = config.token_endpoint
         self._jwks_url = config.jwks_url
         self._discovered = False
