@@ -30,43 +30,45 @@ const context = await chromium.launchPersistentContext(userDataDir, {
 const page = context.pages()[0] ?? (await context.newPage());
 
 let hops = [];
-page.on('response', async (response) => {
+let pending = [];
+page.on('response', (response) => {
   const request = response.request();
   if (request.resourceType() !== 'document') return;
-  const headers = await response.headersArray();
-  const setCookies = headers
-    .filter((h) => h.name.toLowerCase() === 'set-cookie')
-    .flatMap((h) => h.value.split('\n'))
-    .map((line) => {
-      const [pair] = line.split(';');
-      const name = pair.slice(0, pair.indexOf('='));
-      const value = pair.slice(pair.indexOf('=') + 1);
-      return value === '' ? `-${name}` : `+${name}`;
-    });
   const url = new URL(response.url());
-  hops.push({
+  // Pushed now, so hops stay in the order the browser received them; the raw headers (every
+  // Set-Cookie line) arrive asynchronously and pageState() waits for them.
+  const hop = {
     method: request.method(),
     path: url.pathname + url.search,
     status: response.status(),
     location: response.headers().location ?? null,
-    set_cookies: setCookies,
-  });
+    set_cookies: [],
+  };
+  hops.push(hop);
+  pending.push(
+    response.headersArray().then((headers) => {
+      hop.set_cookies = headers
+        .filter((h) => h.name.toLowerCase() === 'set-cookie')
+        .flatMap((h) => h.value.split('\n'))
+        .map((line) => {
+          const [pair] = line.split(';');
+          const name = pair.slice(0, pair.indexOf('='));
+          const value = pair.slice(pair.indexOf('=') + 1);
+          return value === '' ? `-${name}` : `+${name}`;
+        });
+    }),
+  );
 });
 
 async function pageState() {
   await page.waitForLoadState('load');
+  await Promise.all(pending);
+  pending = [];
   const url = new URL(page.url());
   const text = (await page.locator('main').innerText().catch(() => '')).trim();
   const state = { url: url.pathname + url.search, text, hops };
   hops = [];
   return state;
-}
-
-async function waitForNavigationAfter(action) {
-  const before = page.url();
-  await Promise.all([page.waitForEvent('framenavigated', { timeout: 30_000 }), action()]);
-  await page.waitForLoadState('load');
-  return before;
 }
 
 const ops = {
@@ -87,7 +89,11 @@ const ops = {
     return pageState();
   },
   async click({ selector }) {
-    await waitForNavigationAfter(() => page.click(selector));
+    // A link is a full page load: wait until the main frame has committed the new document.
+    await Promise.all([
+      page.waitForEvent('framenavigated', { predicate: (frame) => frame === page.mainFrame(), timeout: 30_000 }),
+      page.click(selector),
+    ]);
     return pageState();
   },
   async cookies() {
