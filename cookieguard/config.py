@@ -572,8 +572,14 @@ def _cookie_domain(value: Any) -> str:
 
 def _login_url(value: Any) -> str:
     s = _nonempty_str(value)
-    # Same-site only: an absolute path, not a scheme-relative //host (no open redirect).
-    if not s.startswith("/") or s.startswith("//") or s.startswith("/\\") or any(c in s for c in "\r\n"):
+    # Same-site only: an absolute path, not a scheme-relative //host (no open redirect). Browsers
+    # strip tabs and newlines from URLs and treat `\` as `/`, so `/\t/evil` would become `//evil`.
+    if (
+        not s.startswith("/")
+        or s.startswith("//")
+        or "\\" in s
+        or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in s)
+    ):
         raise ValueError(f"must be a same-site absolute path such as /login, got {s!r}")
     return s
 

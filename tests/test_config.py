@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -272,3 +273,10 @@ def test_keygen_prints_a_key_the_config_accepts() -> None:
     assert len(key) == 44
     cfg = parse_config(f"upstream: http://a\nstore: {{kind: redis, encryption_key: '{key},{key}'}}\n", env={})
     assert cfg.store.encryption_keys == (key, key)
+
+
+@pytest.mark.parametrize("login_url", ["/\t/evil.example/", "/\\evil.example/", "/ /evil.example/", "/\n/evil", "/x\x7f"])
+def test_login_url_rejects_what_browsers_would_turn_into_another_host(login_url: str) -> None:
+    """Browsers strip tabs and newlines from URLs and read `\\` as `/`: `/\\t/evil` is `//evil`."""
+    found = problems("upstream: http://a\nrefresh: {login_url: " + json.dumps(login_url) + "}\n")
+    assert found and found[0].startswith("refresh.login_url: must be a same-site absolute path")
