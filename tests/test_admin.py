@@ -22,60 +22,22 @@ from cookieguard.cookies import AmplifyLayout, encode_uri_component
 from cookieguard.emulator import CognitoEmulator, PoolInfo
 from cookieguard.proxy import SessionCheck
 from cookieguard.tokens import read_claims
-from tests.support.apps import amplify_cookies, seen_by, set_cookie_values, start_buggy_app
-from tests.support.cognito_idp import CognitoUser
+from tests.support.apps import seen_by, set_cookie_values, start_buggy_app
+from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets, find_leaks
 from tests.support.proxy_process import CookieguardProcess
 
 Start = Callable[..., CookieguardProcess]
 SESSION = "/.cookieguard/session"
+guard_config = cognito_guard_config
+cookie_header = amplify_cookie_header
 FIELDS = {"authenticated", "user", "expires_at", "expires_in", "refreshed"}
 
 
-def guard_config(pool: PoolInfo, upstream: str, **overrides: Any) -> dict[str, Any]:
-    provider: dict[str, Any] = {
-        "kind": "cognito",
-        "user_pool_id": pool.user_pool_id,
-        "client_id": pool.client_id,
-        "endpoint": pool.endpoint,
-        "jwks_url": pool.jwks_url,
-        "timeout": "2s",
-    }
-    provider.update(overrides.pop("provider", {}))
-    config: dict[str, Any] = {
-        "upstream": upstream,
-        "provider": provider,
-        "refresh": {"before_expiry": "5m", "backoff": "3s"},
-        "logging": {"level": "debug"},
-    }
-    config.update(overrides)
-    return config
-
-
 @pytest.fixture
-def expiring_user(
-    cognito_idp: CognitoEmulator,
-    cognito_pool: PoolInfo,
-    make_cognito_user: Callable[..., CognitoUser],
-    known_secrets: KnownSecrets,
-) -> CognitoUser:
-    """A signed-in user whose access and id tokens expired a minute ago, with a live refresh token."""
-    cognito_idp.access_token_lifetime_s = -60
-    user = make_cognito_user(cognito_pool, "jane+tag@example.com")
-    cognito_idp.access_token_lifetime_s = 3600
-    known_secrets.add(user.refresh_token, user.access_token, user.id_token)
-    return user
-
-
-def cookie_header(user: CognitoUser, **tokens: str | None) -> str:
-    values: dict[str, str | None] = {
-        "access_token": user.access_token,
-        "id_token": user.id_token,
-        "refresh_token": user.refresh_token,
-    }
-    values.update(tokens)
-    cookies = amplify_cookies(user.pool.client_id, user.username, **values)
-    return "; ".join(f"{k}={v}" for k, v in cookies.items())
+def expiring_user(cognito_pool: PoolInfo, make_expiring_user: Callable[..., CognitoUser]) -> CognitoUser:
+    """A signed-in user (with a `+` in the name) whose access and id tokens expired a minute ago."""
+    return make_expiring_user(cognito_pool, "jane+tag@example.com")
 
 
 async def get_session(

@@ -275,7 +275,9 @@ def test_keygen_prints_a_key_the_config_accepts() -> None:
     assert cfg.store.encryption_keys == (key, key)
 
 
-@pytest.mark.parametrize("login_url", ["/\t/evil.example/", "/\\evil.example/", "/ /evil.example/", "/\n/evil", "/x\x7f"])
+@pytest.mark.parametrize(
+    "login_url", ["/\t/evil.example/", "/\\evil.example/", "/ /evil.example/", "/\n/evil", "/x\x7f"]
+)
 def test_login_url_rejects_what_browsers_would_turn_into_another_host(login_url: str) -> None:
     """Browsers strip tabs and newlines from URLs and read `\\` as `/`: `/\\t/evil` is `//evil`."""
     found = problems("upstream: http://a\nrefresh: {login_url: " + json.dumps(login_url) + "}\n")

@@ -37,67 +37,19 @@ from cryptography.fernet import Fernet
 
 from cookieguard.cookies import AmplifyLayout
 from cookieguard.emulator import CognitoEmulator, PoolInfo
-from tests.support.apps import amplify_cookies, seen_by, set_cookie_values, start_buggy_app
-from tests.support.cognito_idp import CognitoUser
+from tests.support.apps import seen_by, set_cookie_values, start_buggy_app
+from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess
 from tests.support.redis_server import RedisServer
 
 Start = Callable[..., CookieguardProcess]
 BACKOFF_WINDOW_REQUESTS = 50
+cookie_header = amplify_cookie_header
 
 
 def guard_config(pool: PoolInfo, upstream: str, **overrides: Any) -> dict[str, Any]:
-    provider: dict[str, Any] = {
-        "kind": "cognito",
-        "user_pool_id": pool.user_pool_id,
-        "client_id": pool.client_id,
-        "endpoint": pool.endpoint,
-        "jwks_url": pool.jwks_url,
-        "timeout": "1s",
-    }
-    if pool.client_secret:
-        provider["client_secret"] = pool.client_secret
-    provider.update(overrides.pop("provider", {}))
-    config: dict[str, Any] = {
-        "upstream": upstream,
-        "provider": provider,
-        "refresh": {"before_expiry": "5m", "backoff": "5s"},
-        "routes": [{"match": "/"}],
-        "logging": {"level": "debug"},
-    }
-    config.update(overrides)
-    return config
-
-
-@pytest.fixture
-def make_expiring_user(
-    cognito_idp: CognitoEmulator, make_cognito_user: Callable[..., CognitoUser], known_secrets: KnownSecrets
-) -> Callable[[PoolInfo], CognitoUser]:
-    """A signed-in user whose access token expired a minute ago, with a live refresh token."""
-
-    def make(pool: PoolInfo) -> CognitoUser:
-        lifetime = cognito_idp.access_token_lifetime_s
-        cognito_idp.access_token_lifetime_s = -60
-        try:
-            user = make_cognito_user(pool)
-        finally:
-            cognito_idp.access_token_lifetime_s = lifetime
-        known_secrets.add(user.refresh_token, user.access_token, user.id_token, pool.client_secret)
-        return user
-
-    return make
-
-
-def cookie_header(user: CognitoUser) -> str:
-    cookies = amplify_cookies(
-        user.pool.client_id,
-        user.username,
-        access_token=user.access_token,
-        id_token=user.id_token,
-        refresh_token=user.refresh_token,
-    )
-    return "; ".join(f"{k}={v}" for k, v in cookies.items())
+    return cognito_guard_config(pool, upstream, timeout="1s", backoff="5s", **overrides)
 
 
 async def refresh_events(

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from cookieguard.emulator import PoolInfo
 from tests.support.apps import seen_by, start_buggy_app
+from tests.support.cognito_idp import cognito_guard_config
 from tests.support.proxy_process import CookieguardProcess
 
 Start = Callable[..., CookieguardProcess]
@@ -82,18 +83,7 @@ async def test_corpus_of_broken_cookies_never_crashes_or_5xxs(
     aiohttp_server: Any, cookieguard_process: Start, cognito_pool: PoolInfo
 ) -> None:
     app = await start_buggy_app(aiohttp_server)
-    guard = cookieguard_process(
-        {
-            "upstream": str(app.make_url("")),
-            "provider": {
-                "kind": "cognito",
-                "user_pool_id": cognito_pool.user_pool_id,
-                "client_id": cognito_pool.client_id,
-                "endpoint": cognito_pool.endpoint,
-                "jwks_url": cognito_pool.jwks_url,
-            },
-        }
-    )
+    guard = cookieguard_process(cognito_guard_config(cognito_pool, str(app.make_url(""))))
     statuses = []
     for header in corpus(cognito_pool.client_id):
         response = await raw_request(
@@ -114,18 +104,9 @@ async def test_crlf_in_tokens_or_usernames_never_splits_a_header(
     decoded, they must never come back out as a header line of their own."""
     app = await start_buggy_app(aiohttp_server)
     guard = cookieguard_process(
-        {
-            "upstream": str(app.make_url("")),
-            "provider": {
-                "kind": "cognito",
-                "user_pool_id": cognito_pool.user_pool_id,
-                "client_id": cognito_pool.client_id,
-                "endpoint": cognito_pool.endpoint,
-                "jwks_url": cognito_pool.jwks_url,
-            },
-            "refresh": {"on_rejected": "clear"},
-            "verify": {"signature": False},
-        }
+        cognito_guard_config(
+            cognito_pool, str(app.make_url("")), refresh={"on_rejected": "clear"}, verify={"signature": False}
+        )
     )
     p = f"CognitoIdentityServiceProvider.{cognito_pool.client_id}"
     evil_user = "eve%0D%0ASet-Cookie%3A%20pwned%3D1%3B%2C"

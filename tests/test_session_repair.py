@@ -20,8 +20,8 @@ import pytest
 from cookieguard.cookies import AmplifyLayout
 from cookieguard.emulator import CognitoEmulator, PoolInfo
 from cookieguard.tokens import read_claims
-from tests.support.apps import amplify_cookies, cookie_value, seen_by, set_cookie_values, start_buggy_app
-from tests.support.cognito_idp import CognitoUser
+from tests.support.apps import cookie_value, seen_by, set_cookie_values, start_buggy_app
+from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess
 
@@ -29,56 +29,8 @@ Start = Callable[..., CookieguardProcess]
 
 
 def guard_config(pool: PoolInfo, upstream: str, **overrides: Any) -> dict[str, Any]:
-    provider: dict[str, Any] = {
-        "kind": "cognito",
-        "user_pool_id": pool.user_pool_id,
-        "client_id": pool.client_id,
-        "endpoint": pool.endpoint,
-        "jwks_url": pool.jwks_url,
-        "timeout": "2s",
-    }
-    if pool.client_secret:
-        provider["client_secret"] = pool.client_secret
-    provider.update(overrides.pop("provider", {}))
-    config: dict[str, Any] = {
-        "upstream": upstream,
-        "provider": provider,
-        "refresh": {"before_expiry": "5m", "backoff": "3s"},
-        "routes": [{"match": "/static/", "refresh": False}, {"match": "/"}],
-        "logging": {"level": "debug"},
-    }
-    config.update(overrides)
-    return config
-
-
-@pytest.fixture
-def expiring_user(
-    cognito_idp: CognitoEmulator,
-    cognito_pool: PoolInfo,
-    make_cognito_user: Callable[..., CognitoUser],
-    known_secrets: KnownSecrets,
-) -> CognitoUser:
-    """A signed-in user whose access and id tokens expired a minute ago (the emulator mints them
-    with a negative lifetime), with a live refresh token."""
-    cognito_idp.access_token_lifetime_s = -60
-    user = make_cognito_user(cognito_pool)
-    cognito_idp.access_token_lifetime_s = 3600  # refreshed tokens live an hour
-    known_secrets.add(user.refresh_token, user.access_token, user.id_token, cognito_pool.client_secret)
-    return user
-
-
-def browser_cookies(user: CognitoUser) -> dict[str, str]:
-    return amplify_cookies(
-        user.pool.client_id,
-        user.username,
-        access_token=user.access_token,
-        id_token=user.id_token,
-        refresh_token=user.refresh_token,
-    )
-
-
-def cookie_header(cookies: dict[str, str]) -> str:
-    return "; ".join(f"{k}={v}" for k, v in cookies.items())
+    overrides.setdefault("routes", [{"match": "/static/", "refresh": False}, {"match": "/"}])
+    return cognito_guard_config(pool, upstream, **overrides)
 
 
 def names(user: CognitoUser) -> AmplifyLayout:
@@ -117,7 +69,7 @@ async def test_every_response_carries_fresh_tokens_and_the_app_saw_them(
         s.request(
             method,
             f"{guard.url}{path}",
-            headers={"Cookie": cookie_header(browser_cookies(expiring_user))},
+            headers={"Cookie": amplify_cookie_header(expiring_user)},
             allow_redirects=False,
         ) as resp,
     ):
@@ -165,7 +117,7 @@ async def test_a_fresh_token_is_forwarded_untouched(
     known_secrets.add(user.refresh_token)
     app = await start_buggy_app(aiohttp_server)
     guard = cookieguard_process(guard_config(cognito_pool, str(app.make_url(""))))
-    header = cookie_header(browser_cookies(user))
+    header = amplify_cookie_header(user)
     async with aiohttp.ClientSession() as s, s.get(f"{guard.url}/page", headers={"Cookie": header}) as resp:
         assert resp.status == 200 and "Set-Cookie" not in resp.headers
     assert seen_by(app)[0]["cookie"] == header
@@ -177,7 +129,7 @@ async def test_static_routes_skip_the_session_entirely(
 ) -> None:
     app = await start_buggy_app(aiohttp_server)
     guard = cookieguard_process(guard_config(expiring_user.pool, str(app.make_url(""))))
-    header = cookie_header(browser_cookies(expiring_user))
+    header = amplify_cookie_header(expiring_user)
     async with (
         aiohttp.ClientSession() as s,
         s.get(f"{guard.url}/static/app.js", headers={"Cookie": header}) as resp,
@@ -195,7 +147,7 @@ async def test_fifty_concurrent_requests_make_one_refresh(
 ) -> None:
     app = await start_buggy_app(aiohttp_server)
     guard = cookieguard_process(guard_config(expiring_user.pool, str(app.make_url(""))))
-    header = cookie_header(browser_cookies(expiring_user))
+    header = amplify_cookie_header(expiring_user)
     access_name = names(expiring_user).cookie_name(expiring_user.username, "accessToken")
     cognito_idp.delay_s = 0.3  # the refresh is still running when the others arrive
 
@@ -247,7 +199,7 @@ async def test_both_cognito_apis_with_and_without_client_secret(
         aiohttp.ClientSession() as s,
         s.get(
             f"{guard.url}/redirect",
-            headers={"Cookie": cookie_header(browser_cookies(user))},
+            headers={"Cookie": amplify_cookie_header(user)},
             allow_redirects=False,
         ) as resp,
     ):
@@ -279,7 +231,7 @@ async def test_revoked_refresh_token_follows_on_rejected(
     auth_names = {
         layout.cookie_name(expiring_user.username, k) for k in ("accessToken", "idToken", "refreshToken")
     }
-    header = cookie_header(browser_cookies(expiring_user))
+    header = amplify_cookie_header(expiring_user)
     page = {"Cookie": header, "Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
     fetch = {"Cookie": header, "Accept": "application/json", "Sec-Fetch-Mode": "cors"}
     async with aiohttp.ClientSession() as s:
@@ -322,7 +274,7 @@ async def test_idp_trouble_never_signs_the_user_out(
         cognito_idp.fail_next = [failure]
     app = await start_buggy_app(aiohttp_server)
     guard = cookieguard_process(guard_config(expiring_user.pool, str(app.make_url(""))))
-    header = cookie_header(browser_cookies(expiring_user))
+    header = amplify_cookie_header(expiring_user)
     async with aiohttp.ClientSession() as s:
         for _ in range(3):  # the later ones fall inside the session's backoff
             async with s.get(f"{guard.url}/page", headers={"Cookie": header}) as resp:
@@ -355,7 +307,7 @@ async def test_idp_connection_refused_passes_the_request_unchanged(
     guard = cookieguard_process(
         guard_config(expiring_user.pool, str(app.make_url("")), provider={"endpoint": dead})
     )
-    header = cookie_header(browser_cookies(expiring_user))
+    header = amplify_cookie_header(expiring_user)
     async with aiohttp.ClientSession() as s, s.get(f"{guard.url}/page", headers={"Cookie": header}) as resp:
         assert resp.status == 200 and "Set-Cookie" not in resp.headers
     assert seen_by(app)[0]["cookie"] == header
@@ -373,7 +325,7 @@ async def test_the_apps_own_sign_out_cookie_wins_over_cookieguards(
         aiohttp.ClientSession() as s,
         s.get(
             f"{guard.url}/logout",
-            headers={"Cookie": cookie_header(browser_cookies(expiring_user))},
+            headers={"Cookie": amplify_cookie_header(expiring_user)},
             allow_redirects=False,
         ) as resp,
     ):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,73 @@ def cognito_pool_with_secret(make_cognito_pool: Callable[..., PoolInfo]) -> Pool
 @pytest.fixture
 def cognito_user(cognito_pool: PoolInfo, make_cognito_user: Callable[..., CognitoUser]) -> CognitoUser:
     return make_cognito_user(cognito_pool)
+
+
+def cognito_guard_config(
+    pool: PoolInfo, upstream: str, *, timeout: str = "2s", backoff: str = "3s", **overrides: Any
+) -> dict[str, Any]:
+    """A `cookieguard run` config for an Amplify app in front of `upstream`, refreshing at `pool`.
+
+    `provider={...}` and `refresh={...}` are merged into the defaults; other keys replace them.
+    """
+    provider: dict[str, Any] = {
+        "kind": "cognito",
+        "user_pool_id": pool.user_pool_id,
+        "client_id": pool.client_id,
+        "endpoint": pool.endpoint,
+        "jwks_url": pool.jwks_url,
+        "timeout": timeout,
+    }
+    if pool.client_secret:
+        provider["client_secret"] = pool.client_secret
+    provider.update(overrides.pop("provider", {}))
+    refresh: dict[str, Any] = {"before_expiry": "5m", "backoff": backoff}
+    refresh.update(overrides.pop("refresh", {}))
+    config: dict[str, Any] = {
+        "upstream": upstream,
+        "provider": provider,
+        "refresh": refresh,
+        "logging": {"level": "debug"},
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def make_expiring_user(
+    cognito_idp: CognitoEmulator, make_cognito_user: Callable[..., CognitoUser], known_secrets: Any
+) -> Callable[..., CognitoUser]:
+    """make_expiring_user(pool, username=None): a signed-in user whose access and id tokens
+    expired a minute ago (minted with a negative lifetime), with a live refresh token. Its tokens
+    and the pool's secret are registered with the no-secret check."""
+
+    def make(pool: PoolInfo, username: str | None = None) -> CognitoUser:
+        lifetime = cognito_idp.access_token_lifetime_s
+        cognito_idp.access_token_lifetime_s = -60
+        try:
+            user = make_cognito_user(pool, username)
+        finally:
+            cognito_idp.access_token_lifetime_s = lifetime
+        known_secrets.add(user.refresh_token, user.access_token, user.id_token, pool.client_secret)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def expiring_user(cognito_pool: PoolInfo, make_expiring_user: Callable[..., CognitoUser]) -> CognitoUser:
+    return make_expiring_user(cognito_pool)
+
+
+def amplify_cookie_header(user: CognitoUser, **tokens: str | None) -> str:
+    """The Cookie header a browser sends for `user` after an Amplify sign-in; `tokens` override."""
+    from tests.support.apps import amplify_cookies
+
+    values: dict[str, str | None] = {
+        "access_token": user.access_token,
+        "id_token": user.id_token,
+        "refresh_token": user.refresh_token,
+    }
+    values.update(tokens)
+    cookies = amplify_cookies(user.pool.client_id, user.username, **values)
+    return "; ".join(f"{k}={v}" for k, v in cookies.items())
