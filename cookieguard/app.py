@@ -16,9 +16,10 @@ from .cookies import make_layout
 from .logs import get_logger
 from .metrics import Metrics
 from .providers import make_provider
+from .providers.base import idp_timeout
 from .proxy import Auth, Proxy
 from .refresh import Refresher
-from .store import FallbackStore, Store, StoreUnavailable, make_store
+from .store import make_store
 from .tokens import TokenVerifier
 
 # Browsers send cookies up to 4096 bytes each and many of them; aiohttp's 8 KB header field
@@ -60,7 +61,7 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
         # A separate pool for the IdP: upstream traffic never queues IdP calls behind it.
         idp = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=config.provider.timeout_s),
+            timeout=idp_timeout(config.provider.timeout_s),
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
         )
         store = make_store(config.store, on_degraded=metrics.store_degraded.set)
@@ -89,7 +90,7 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
             refresher=refresher,
             verifier=verifier,
         )
-        admin.checks["store"] = store.readiness if isinstance(store, FallbackStore) else _store_check(store)
+        admin.checks["store"] = store.readiness
         yield
         await store.close()
         await idp.close()
@@ -149,17 +150,6 @@ async def _discover_jwks_url(provider: object) -> str | None:
         get_logger().warning("jwks_discovery_failed", error=type(exc).__name__)
         return None
     return url
-
-
-def _store_check(store: Store):  # type: ignore[no-untyped-def]
-    async def check() -> dict[str, str] | None:
-        try:
-            await store.ping()
-        except StoreUnavailable:
-            return {"status": "unavailable", "kind": store.kind}
-        return None
-
-    return check
 
 
 def _bound_addresses(runner: web.AppRunner) -> list[tuple[str, int]]:

@@ -35,4 +35,7 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be reached."""
 
+    async def readiness(self) -> dict[str, str] | None:
+        """For readyz: None when fine, else `{"status": ..., ...}` (`degraded` is still ready)."""
+
     async def close(self) -> None: ...

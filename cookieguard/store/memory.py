@@ -69,6 +69,9 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
+    async def readiness(self) -> dict[str, str] | None:
+        return None
+
     async def close(self) -> None:
         self._results.clear()
         self._locks.clear()

@@ -134,6 +134,13 @@ class RedisStore:
     async def ping(self) -> None:
         await _call(self._redis.ping)
 
+    async def readiness(self) -> dict[str, str] | None:
+        try:
+            await self.ping()
+        except StoreUnavailable:
+            return {"status": "unavailable", "kind": self.kind}
+        return None
+
     async def close(self) -> None:
         await _call(self._redis.aclose)
 
