@@ -7,7 +7,10 @@ Two exceptions, named by what the caller must do (SPEC section 2):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import aiohttp
@@ -66,3 +69,20 @@ class Provider(Protocol):
     async def refresh(
         self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
     ) -> TokenSet: ...
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Retry-After as seconds (RFC 9110 section 10.2.3: delta-seconds or an HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - now).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None

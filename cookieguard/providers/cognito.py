@@ -25,17 +25,21 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 
 from cookieguard.config import ProviderConfig
-from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet, idp_timeout
+from cookieguard.providers.base import (
+    RefreshRejected,
+    RefreshUnavailable,
+    TokenSet,
+    idp_timeout,
+    parse_retry_after,
+)
 
 TARGET_PREFIX = "AWSCognitoIdentityProviderService."
 CONTENT_TYPE = "application/x-amz-json-1.1"
@@ -127,23 +131,6 @@ def parse_error_code(headers: Mapping[str, str], body: Any) -> str | None:
     if "#" in code:
         code = code.rsplit("#", 1)[1]
     return code if _ERROR_CODE.match(code) else None
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds (RFC 9110 section 10.2.3: delta-seconds or an HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    seconds = (when - now).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def classify_error(

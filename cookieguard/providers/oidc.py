@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import json
 import math
 import re
@@ -35,7 +34,13 @@ from urllib.parse import quote_plus, urlsplit
 import aiohttp
 
 from cookieguard.config import ProviderConfig
-from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet, idp_timeout
+from cookieguard.providers.base import (
+    RefreshRejected,
+    RefreshUnavailable,
+    TokenSet,
+    idp_timeout,
+    parse_retry_after,
+)
 
 # Token responses are a few kB of JWTs; anything far larger is not a token response.
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -144,7 +149,7 @@ class OidcProvider:
                 raise_for_status=False,  # the status is classified below, whatever the session says
             ) as response:
                 status = response.status
-                retry_after_s = _retry_after_s(response.headers.get("Retry-After"))
+                retry_after_s = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
                 body = await _read_limited(response)
         except TimeoutError:
             raise RefreshUnavailable("timeout") from None
@@ -264,22 +269,6 @@ def _expires_in_s(value: object) -> int | None:
     if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
         return int(value)
     return None
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """RFC 9110 10.2.3: delta-seconds or an HTTP-date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _is_http_url(value: object) -> bool:
