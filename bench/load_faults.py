@@ -409,14 +409,7 @@ def main() -> int:
         config = {
             "listen": "127.0.0.1:0",
             "upstream": f"http://127.0.0.1:{upstream_port}",
-            "provider": {
-                "kind": "cognito",
-                "user_pool_id": pool.user_pool_id,
-                "client_id": pool.client_id,
-                "endpoint": pool.endpoint,
-                "jwks_url": pool.jwks_url,
-                "timeout": "5s",
-            },
+            "provider": pool.provider_yaml(),
             "refresh": {"before_expiry": "5m", "backoff": "5s", "login_url": LOGIN_URL},
             "routes": [{"match": "/"}],
             "logging": {"level": "info"},

@@ -83,6 +83,20 @@ class PoolInfo:
     def jwks_url(self) -> str:
         return f"{self.endpoint}/{self.user_pool_id}/.well-known/jwks.json"
 
+    def provider_yaml(self, *, timeout: str = "5s") -> dict[str, Any]:
+        """The `provider:` section of a cookieguard YAML config pointing at this pool."""
+        section: dict[str, Any] = {
+            "kind": "cognito",
+            "user_pool_id": self.user_pool_id,
+            "client_id": self.client_id,
+            "endpoint": self.endpoint,
+            "jwks_url": self.jwks_url,
+            "timeout": timeout,
+        }
+        if self.client_secret:
+            section["client_secret"] = self.client_secret
+        return section
+
     def provider_config(
         self, *, api: str = "get_tokens_from_refresh_token", timeout_s: float = 5.0
     ) -> ProviderConfig:

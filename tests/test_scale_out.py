@@ -62,14 +62,7 @@ def oidc_config(idp: OidcIdp, upstream: str, store: dict[str, Any]) -> dict[str,
 def cognito_config(pool: PoolInfo, upstream: str, store: dict[str, Any]) -> dict[str, Any]:
     return {
         "upstream": upstream,
-        "provider": {
-            "kind": "cognito",
-            "user_pool_id": pool.user_pool_id,
-            "client_id": pool.client_id,
-            "endpoint": pool.endpoint,
-            "jwks_url": pool.jwks_url,
-            "timeout": "5s",
-        },
+        "provider": pool.provider_yaml(),
         "refresh": {"before_expiry": "5m", "grace": "60s"},
         "store": store,
         "logging": {"level": "debug"},

@@ -125,14 +125,7 @@ def guard_config_yaml(pool: PoolInfo, app_url: str, settings: DemoSettings, *, l
     config: dict[str, Any] = {
         "listen": f"{settings.host}:{settings.port}",
         "upstream": app_url,
-        "provider": {
-            "kind": "cognito",
-            "user_pool_id": pool.user_pool_id,
-            "client_id": pool.client_id,
-            "endpoint": pool.endpoint,
-            "jwks_url": pool.jwks_url,
-            "timeout": "5s",
-        },
+        "provider": pool.provider_yaml(),
         "cookies": {"layout": "amplify", "attributes": {"secure": DEMO_COOKIES.secure}},
         "refresh": {"before_expiry": f"{settings.before_expiry_s}s"},
         "logging": {"level": log_level, "format": "console"},

@@ -107,16 +107,7 @@ def cognito_guard_config(
 
     `provider={...}` and `refresh={...}` are merged into the defaults; other keys replace them.
     """
-    provider: dict[str, Any] = {
-        "kind": "cognito",
-        "user_pool_id": pool.user_pool_id,
-        "client_id": pool.client_id,
-        "endpoint": pool.endpoint,
-        "jwks_url": pool.jwks_url,
-        "timeout": timeout,
-    }
-    if pool.client_secret:
-        provider["client_secret"] = pool.client_secret
+    provider = pool.provider_yaml(timeout=timeout)
     provider.update(overrides.pop("provider", {}))
     refresh: dict[str, Any] = {"before_expiry": "5m", "backoff": backoff}
     refresh.update(overrides.pop("refresh", {}))
