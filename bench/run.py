@@ -242,7 +242,7 @@ def cookieguard_conf(
     port: int,
     upstream_port: int,
     pool: dict[str, str],
-    idp_timeout: str = "30s",
+    idp_timeout: str | None = None,
     verify: bool = True,
 ) -> Path:
     path = workdir / f"{name}.yaml"
@@ -255,10 +255,7 @@ provider:
   client_id: {pool["client_id"]}
   endpoint: {pool["endpoint"]}
   jwks_url: {pool["jwks_url"]}
-  # The emulator answers ~70 refreshes/s on a busy 2-core box; with the default 5s, a
-  # 1,000-session storm times out in cookieguard's IdP queue (bench/README.md, "refresh storm").
-  timeout: {idp_timeout}
-verify:
+{f"  timeout: {idp_timeout}" + chr(10) if idp_timeout else ""}verify:
   signature: {"true" if verify else "false"}
 routes:
   - match: /static/
@@ -327,6 +324,47 @@ def wrk(url: str, connections: int, duration_s: float, cookie: str | None, pid: 
         errors += sum(int(g) for g in m.groups())
     cpu = (after - before) * 1e6 / requests if pid and requests else None
     return Run(rps, requests, p50, p99, errors, cpu)
+
+
+def profile(name: str, target: tuple[int, int], connections: int, duration_s: float, cookie: str) -> Any:
+    """py-spy (installed into .venv when missing) samples one proxy while wrk drives the session
+    mix; the raw collapsed stacks go to bench/out/profile-NAME.txt, the top self-time frames into
+    the results."""
+    spy = Path(PY).parent / "py-spy"
+    if not spy.exists():
+        subprocess.run([PY, "-m", "pip", "install", "--quiet", "py-spy"], check=True)
+    port, pid = target
+    out = ROOT / "bench" / "out" / f"profile-{name}.txt"
+    out.parent.mkdir(exist_ok=True)
+    argv = [str(spy), "record", "--pid", str(pid), "--rate", "500", "--format", "raw", "--nonblocking"]
+    rec = subprocess.Popen(
+        [*argv, "--duration", str(int(duration_s) + 1), "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wrk(f"http://127.0.0.1:{port}/app/page", connections, duration_s, cookie, pid)
+        rec.wait(timeout=duration_s + 30)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait()
+    return top_frames(out) if out.exists() else None
+
+
+def top_frames(path: Path, limit: int = 15) -> list[tuple[str, float]]:
+    """Self-time share of the hottest frames in py-spy's collapsed-stack output."""
+    self_time: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frame = stack.rsplit(";", 1)[-1]
+        self_time[frame] = self_time.get(frame, 0) + int(count)
+        total += int(count)
+    top = sorted(self_time.items(), key=lambda kv: -kv[1])[:limit]
+    return [(frame, round(100 * n / total, 1)) for frame, n in top]
 
 
 def med(values: list[float | None]) -> float | None:
@@ -497,7 +535,14 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--sessions", type=int, default=100_000, help="sessions seen for the RSS figure")
     parser.add_argument("--keepalive", type=int, default=1000, help="open connections for the RSS figure")
-    parser.add_argument("--idp-timeout", default="30s", help="cookieguard's provider.timeout")
+    parser.add_argument(
+        "--idp-timeout", default=None, help="cookieguard's provider.timeout (default: the product's, 5s)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also record py-spy profiles of cookieguard and the bare proxy (session mix) into bench/out/",
+    )
     parser.add_argument("--skip", default="", help="comma list of phases to skip: matrix,latency,storm,rss")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -606,6 +651,13 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
         }
         for mix, by_name in runs.items()
     }
+
+    if args.profile:
+        results["profile"] = {
+            name: profile(name, contenders[name], args.connections, args.duration, session_cookie)
+            for name in ("cookieguard", "bare")
+        }
+        log("profiles recorded in bench/out/")
 
     lat: dict[str, list[Run]] = {}
     if "latency" not in skip:
@@ -765,6 +817,11 @@ def print_report(res: dict[str, Any]) -> None:
                 f"  {name:<39} {_f(r['p50_ms'], 3):>7} {_f(r['p99_ms'], 3):>7} {_f(added50, 3):>10} "
                 f"{_f(added99, 3):>10}"
             )
+    for name, frames in (res.get("profile") or {}).items():
+        print()
+        print(f"profile {name} (py-spy, session mix, self time): bench/out/profile-{name}.txt")
+        for frame, share in frames or ():
+            print(f"  {share:5.1f}%  {frame}")
     if "storm" in res:
         s = res["storm"]
         print()

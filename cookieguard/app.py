@@ -21,6 +21,7 @@ from .proxy import Auth, Proxy
 from .refresh import Refresher
 from .store import make_store
 from .tokens import TokenVerifier
+from .upstream import UpstreamClient
 
 # Browsers send cookies up to 4096 bytes each and many of them; aiohttp's 8 KB header field
 # limit would turn a large but legitimate Cookie header into a 400.
@@ -39,9 +40,11 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
     auth_holder: list[Auth | None] = [None]
 
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
-        # One pooled client for the app's lifetime. DummyCookieJar: the proxy must never remember
-        # one user's cookies and send them for another. No auto headers, no decompression: the
-        # upstream's bytes pass through as they are.
+        # One pooled client for the app's lifetime (cookieguard.upstream): no cookie jar, no
+        # decompression, no headers of its own; the upstream's bytes pass through as they are.
+        http = UpstreamClient(connect_timeout_s=config.timeouts.upstream_connect_s)
+        # WebSocket upgrades use aiohttp's client. DummyCookieJar: the proxy must never remember
+        # one user's cookies and send them for another.
         session = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
@@ -49,9 +52,10 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True),
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        app[PROXY_KEY] = Proxy(config, session, metrics, auth_holder[0])
+        app[PROXY_KEY] = Proxy(config, http, session, metrics, auth_holder[0])
         admin.check_session = app[PROXY_KEY].check_session
         yield
+        await http.close()
         await session.close()
 
     async def identity_provider(app: web.Application) -> AsyncIterator[None]:

@@ -645,6 +645,32 @@ def _chunk_sort_key(name: str) -> tuple[str, int]:
     return (base, int(index)) if index.isdigit() and base else (name, -1)
 
 
+class SessionReader:
+    """`layout.read(layout.relevant_cookies(header))`, remembered per Cookie header.
+
+    A browser sends the same Cookie header on every request of a page load (documents, assets,
+    API calls) until a cookie changes, so the hot path reads each header once. Sessions are
+    immutable and the read depends on nothing but the header. Bounded: cleared when full, so
+    its worst case is `size` headers of at most 64 KB each (typically ~4 KB: 2 MB at 512).
+    """
+
+    def __init__(self, layout: Layout, size: int = 512) -> None:
+        self.layout = layout
+        self.size = size
+        self._seen: dict[str, Session | None] = {}
+
+    def read(self, header: str) -> Session | None:
+        try:
+            return self._seen[header]
+        except KeyError:
+            pass
+        session = self.layout.read(self.layout.relevant_cookies(header))
+        if len(self._seen) >= self.size:
+            self._seen.clear()
+        self._seen[header] = session
+        return session
+
+
 def make_layout(cookies: CookiesConfig, client_id: str | None) -> Layout:
     if cookies.layout == "amplify":
         if not client_id:

@@ -20,7 +20,7 @@ from prometheus_client import Counter
 from yarl import URL
 
 from .config import Config, Route
-from .cookies import FreshTokens, Layout, Session, SetCookie, parse_cookie_header
+from .cookies import FreshTokens, Layout, Session, SessionReader, SetCookie, parse_cookie_header
 from .decide import Action, is_navigation, needs_refresh
 from .logs import get_logger
 from .merge import merge_set_cookies
@@ -28,6 +28,7 @@ from .metrics import Metrics
 from .refresh import FAILED, REFRESHED, REJECTED, Refresher, RefreshResult
 from .routing import Router
 from .tokens import TokenStatus, TokenVerifier, read_claims, session_id
+from .upstream import Origin, UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
 HOP_BY_HOP = frozenset(
@@ -47,7 +48,6 @@ HOP_BY_HOP = frozenset(
 _WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
-_COPY_CHUNK = 64 * 1024
 
 
 @dataclass
@@ -84,28 +84,32 @@ class Auth:
     refresher: Refresher
     verifier: TokenVerifier | None  # None: verify.signature is false
     wall_clock: Callable[[], float] = time.time
+    sessions: SessionReader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = SessionReader(self.layout)
 
 
 class Proxy:
     def __init__(
-        self, config: Config, upstream: aiohttp.ClientSession, metrics: Metrics, auth: Auth | None = None
+        self,
+        config: Config,
+        upstream: UpstreamClient,
+        websockets: aiohttp.ClientSession,
+        metrics: Metrics,
+        auth: Auth | None = None,
     ) -> None:
         self.config = config
         self.auth = auth
         self.router = Router(config.routes)
         self.upstream = upstream
+        self.websockets = websockets  # WebSocket upgrades go through aiohttp's client
         self.metrics = metrics
         self.log = get_logger()
         self.access_log = config.logging.access_log
         self._requests_counters: dict[tuple[str, int], Counter] = {}
-        self._timeouts: dict[str, aiohttp.ClientTimeout] = {
-            r.match: aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=config.timeouts.upstream_connect_s,
-                sock_read=r.timeout_s or config.timeouts.upstream_read_s,
-            )
-            for r in config.routes
-        }
+        self._origins = {r.match: Origin.parse(r.upstream) for r in config.routes if r.upstream}
+        self._read_timeouts = {r.match: r.timeout_s or config.timeouts.upstream_read_s for r in config.routes}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -147,8 +151,9 @@ class Proxy:
         header = request.headers.get("Cookie")
         if not header:
             return UNCHANGED
-        # Only the auth cookies are parsed here; the whole header only when it must be rewritten.
-        session = self.auth.layout.read(self.auth.layout.relevant_cookies(header))
+        # Only the auth cookies are parsed here, once per distinct header; the whole header only
+        # when it must be rewritten.
+        session = self.auth.sessions.read(header)
         if session is None or not session.refresh_token:
             return UNCHANGED
         lifetime = await self._access_lifetime(session)
@@ -327,23 +332,25 @@ class Proxy:
     async def forward(self, request: web.Request, route: Route, fwd: Forwarding) -> web.StreamResponse:
         if fwd.response is not None:
             return fwd.response
-        url = _upstream_url(route, request)
+        origin = self._origins.get(route.match)
+        if origin is None:
+            return self._upstream_error(route, 502, "no_upstream", time.perf_counter())
         headers = upstream_request_headers(request, route, fwd.cookie_header)
-        data = request.content if request.body_exists else None
         started = time.perf_counter()
         try:
             upstream = await self.upstream.request(
+                origin,
                 request.method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=self._timeouts[route.match],
+                request.raw_path,  # the client's encoding (%2F, %20, UTF-8) and query string, as sent
+                headers,
+                body=request.content if request.body_exists else None,
+                content_length=request.content_length,
+                read_timeout_s=self._read_timeouts[route.match],
             )
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            return self._upstream_error(route, 504, "timeout", started)
-        except aiohttp.ClientError as exc:
-            return self._upstream_error(route, 502, type(exc).__name__, started)
+        except UpstreamTimeout as exc:
+            return self._upstream_error(route, 504, exc.reason, started)
+        except UpstreamError as exc:
+            return self._upstream_error(route, 502, exc.reason, started)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
         try:
             return await self._relay(request, upstream, fwd.set_cookies)
@@ -351,22 +358,25 @@ class Proxy:
             upstream.release()
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, ours: list[SetCookie]
+        self, request: web.Request, upstream: UpstreamResponse, ours: list[SetCookie]
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        set_cookies = merge_set_cookies(upstream.headers.getall("Set-Cookie", ()), ours) if ours else []
-        response.headers.extend(response_headers(upstream.headers.items(), set_cookies))
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
+        set_cookies = []
+        if ours:
+            theirs = [value for name, value in upstream.headers if name.lower() == "set-cookie"]
+            set_cookies = merge_set_cookies(theirs, ours)
+        response.headers.extend(response_headers(upstream.headers, set_cookies))
         if ours:
             # No shared cache may store a response that carries a user's tokens.
             response.headers["Cache-Control"] = "private, no-store"
         await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_chunked(_COPY_CHUNK):
+            while chunk := await upstream.read():
                 await response.write(chunk)
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        except UpstreamError as exc:
             # The status line is gone already: the only honest signal left is to break the
             # connection, so the client sees a truncated response instead of a complete one.
-            self.log.warning("upstream_error", error=type(exc).__name__, phase="body", path=request.path)
+            self.log.warning("upstream_error", error=exc.reason, phase="body", path=request.path)
             if request.transport is not None:
                 request.transport.close()
             return response
@@ -388,16 +398,21 @@ class Proxy:
     async def forward_websocket(self, request: web.Request, route: Route) -> web.StreamResponse:
         url = _upstream_url(route, request)
         url = url.with_scheme("wss" if url.scheme == "https" else "ws")
-        headers = upstream_request_headers(request, route, None)
-        for name in list(headers):
-            if name.lower() in _WS_HANDSHAKE:
-                del headers[name]
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in upstream_request_headers(request, route, None)
+            if name.lower() not in _WS_HANDSHAKE
+        )
         protocols = [
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
         ]
         try:
-            upstream_ws = await self.upstream.ws_connect(
-                url, headers=headers, protocols=protocols, autoclose=False, autoping=False
+            upstream_ws = await self.websockets.ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                autoclose=False,
+                autoping=False,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return self._upstream_error(route, 504, "timeout", time.perf_counter())
@@ -462,13 +477,14 @@ def _connection_tokens(values: Iterable[str]) -> set[str]:
 
 def upstream_request_headers(
     request: web.Request, route: Route, cookie_header: str | None
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """The client's headers minus hop-by-hop ones, plus X-Forwarded-*; Cookie replaced if given."""
-    named_by_connection = _connection_tokens(request.headers.getall("Connection", ()))
-    headers: CIMultiDict[str] = CIMultiDict()
+    raw = request.headers
+    named_by_connection = _connection_tokens(raw.getall("Connection", ())) if "Connection" in raw else ()
+    headers: list[tuple[str, str]] = []
     cookies: list[str] = []
     forwarded_for = forwarded_proto = forwarded_host = None
-    for name, value in request.headers.items():
+    for name, value in raw.items():
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in named_by_connection or lname.startswith("proxy-"):
             continue
@@ -476,7 +492,7 @@ def upstream_request_headers(
             cookies.append(value)
         elif lname == "host":
             if route.preserve_host:
-                headers.add(name, value)
+                headers.append((name, value))
         elif lname == "x-forwarded-for":
             forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
         elif lname == "x-forwarded-proto":
@@ -484,22 +500,21 @@ def upstream_request_headers(
         elif lname == "x-forwarded-host":
             forwarded_host = f"{forwarded_host}, {value}" if forwarded_host else value
         else:
-            headers.add(name, value)
+            headers.append((name, value))
     if cookie_header is not None:
         if cookie_header:
-            headers["Cookie"] = cookie_header
+            headers.append(("Cookie", cookie_header))
     elif cookies:
-        headers["Cookie"] = "; ".join(cookies)
+        headers.append(("Cookie", "; ".join(cookies)))
     peer = request.remote or "unknown"
-    headers["X-Forwarded-For"] = f"{forwarded_for}, {peer}" if forwarded_for else peer
-    headers["X-Forwarded-Proto"] = (
-        f"{forwarded_proto}, {request.scheme}" if forwarded_proto else request.scheme
-    )
-    host = request.headers.get("Host")
+    headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
+    scheme = request.scheme
+    headers.append(("X-Forwarded-Proto", f"{forwarded_proto}, {scheme}" if forwarded_proto else scheme))
+    host = raw.get("Host")
     if host:
-        headers["X-Forwarded-Host"] = f"{forwarded_host}, {host}" if forwarded_host else host
+        headers.append(("X-Forwarded-Host", f"{forwarded_host}, {host}" if forwarded_host else host))
     elif forwarded_host:
-        headers["X-Forwarded-Host"] = forwarded_host
+        headers.append(("X-Forwarded-Host", forwarded_host))
     return headers
 
 

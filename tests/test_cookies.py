@@ -17,6 +17,7 @@ from cookieguard.cookies import (
     FreshTokens,
     NamedLayout,
     Session,
+    SessionReader,
     SetCookie,
     encode_uri_component,
     format_cookie_header,
@@ -220,6 +221,18 @@ def test_percent_decode_inverts_encode_uri_component(text: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 amplify = AmplifyLayout(CLIENT_ID)
+
+
+def test_the_session_reader_reads_each_header_once_and_stays_bounded() -> None:
+    reader = SessionReader(amplify, size=2)
+    header = amplify_header()
+    first = reader.read(header)
+    assert first == amplify.read(parse_cookie_header(header)) and first is not None
+    assert reader.read(header[:-1] + header[-1]) is first, "an equal header is not read again"
+    assert reader.read("theme=dark") is None
+    other = reader.read(header + "; theme=dark")  # the third distinct header: the memo starts over
+    assert other == first and other is not first
+    assert len(reader._seen) == 1
 
 
 def test_amplify_reads_a_real_session() -> None:
