@@ -42,7 +42,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,15 +304,33 @@ class Run:
     cpu_us: float | None = None
 
 
-def wrk(url: str, connections: int, duration_s: float, cookie: str | None, pid: int | None) -> Run:
+def wrk(
+    url: str,
+    connections: int,
+    duration_s: float,
+    cookie: str | None,
+    pid: int | None,
+    script: Path | None = None,
+) -> Run:
+    proc = start_wrk(url, connections, duration_s, cookie, script)
+    before = cpu_s(pid) if pid else 0.0
+    out = proc.communicate(timeout=duration_s + 30)[0]
+    after = cpu_s(pid) if pid else 0.0
+    return parse_wrk(out, (after - before) if pid else None)
+
+
+def start_wrk(
+    url: str, connections: int, duration_s: float, cookie: str | None, script: Path | None = None
+) -> subprocess.Popen[str]:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", "--timeout", "5s"]
     if cookie:
         argv += ["-H", f"Cookie: {cookie}"]
-    before = cpu_s(pid) if pid else 0.0
-    out = subprocess.run(
-        [*argv, url], capture_output=True, text=True, timeout=duration_s + 30, check=True
-    ).stdout
-    after = cpu_s(pid) if pid else 0.0
+    if script:
+        argv += ["-s", str(script)]
+    return subprocess.Popen([*argv, url], stdout=subprocess.PIPE, text=True)
+
+
+def parse_wrk(out: str, cpu_seconds: float | None) -> Run:
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"(?m)^\s+50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -322,34 +340,59 @@ def wrk(url: str, connections: int, duration_s: float, cookie: str | None, pid: 
         errors += int(m.group(1))
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(g) for g in m.groups())
-    cpu = (after - before) * 1e6 / requests if pid and requests else None
+    cpu = cpu_seconds * 1e6 / requests if cpu_seconds is not None and requests else None
     return Run(rps, requests, p50, p99, errors, cpu)
 
 
+def rotating_cookies_script(workdir: Path, path: str, cookies: list[str]) -> Path:
+    """A wrk script that sends each request with the next of `cookies` (several sessions)."""
+    script = workdir / "rotate.lua"
+    quoted = ",\n".join(json.dumps(c) for c in cookies)  # JSON strings are valid Lua strings here
+    script.write_text(
+        f"""cookies = {{ {quoted} }}
+i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", {json.dumps(path)}, {{["Cookie"] = cookies[(i % #cookies) + 1]}})
+end
+"""
+    )
+    return script
+
+
 def profile(name: str, target: tuple[int, int], connections: int, duration_s: float, cookie: str) -> Any:
-    """py-spy (installed into .venv when missing) samples one proxy while wrk drives the session
-    mix; the raw collapsed stacks go to bench/out/profile-NAME.txt, the top self-time frames into
-    the results."""
+    """py-spy samples one proxy while wrk drives the session mix; the raw collapsed stacks go to
+    bench/out/profile-NAME.txt, the top self-time frames into the results."""
+    port, pid = target
+    with spying(pid, name) as out:
+        wrk(f"http://127.0.0.1:{port}/app/page", connections, duration_s, cookie, pid)
+    return top_frames(out) if out is not None and out.exists() else None
+
+
+@contextlib.contextmanager
+def spying(pid: int, name: str, enabled: bool = True) -> Iterator[Path | None]:
+    """py-spy (installed into .venv when missing) records `pid` for as long as the block runs."""
+    if not enabled:
+        yield None
+        return
     spy = Path(PY).parent / "py-spy"
     if not spy.exists():
         subprocess.run([PY, "-m", "pip", "install", "--quiet", "py-spy"], check=True)
-    port, pid = target
     out = ROOT / "bench" / "out" / f"profile-{name}.txt"
     out.parent.mkdir(exist_ok=True)
     argv = [str(spy), "record", "--pid", str(pid), "--rate", "500", "--format", "raw", "--nonblocking"]
-    rec = subprocess.Popen(
-        [*argv, "--duration", str(int(duration_s) + 1), "--output", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    rec = subprocess.Popen([*argv, "--output", str(out)], **quiet)  # type: ignore[call-overload]
     try:
-        wrk(f"http://127.0.0.1:{port}/app/page", connections, duration_s, cookie, pid)
-        rec.wait(timeout=duration_s + 30)
+        time.sleep(0.5)  # attached before the load starts
+        yield out
     finally:
-        if rec.poll() is None:
+        rec.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            rec.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             rec.kill()
             rec.wait()
-    return top_frames(out) if out.exists() else None
 
 
 def top_frames(path: Path, limit: int = 15) -> list[tuple[str, float]]:
@@ -382,26 +425,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def fresh_load(
-    url: str, cookies: list[str], stop: asyncio.Event, out: list[tuple[float, float]], workers: int = 4
-) -> None:
-    """Fresh sessions asking one after another: (start time, latency ms) of each request."""
-    connector = aiohttp.TCPConnector(limit=workers)
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as client:
-
-        async def worker(n: int) -> None:
-            i = n
-            deadline = time.monotonic() + 120  # bounded whatever happens
-            while not stop.is_set() and time.monotonic() < deadline:
-                started = time.perf_counter()
-                async with client.get(url, headers={"Cookie": cookies[i % len(cookies)]}) as r:
-                    await r.read()
-                out.append((time.monotonic(), (time.perf_counter() - started) * 1000))
-                i += workers
-
-        await asyncio.gather(*(worker(n) for n in range(workers)))
-
-
 async def storm(url: str, cookies: list[str]) -> tuple[int, float]:
     """All sessions at once; (failed requests, seconds). Failed: not 200, or no fresh accessToken."""
     connector = aiohttp.TCPConnector(limit=len(cookies))
@@ -424,33 +447,27 @@ async def storm(url: str, cookies: list[str]) -> tuple[int, float]:
         return ok.count(False), time.monotonic() - started
 
 
-async def measure_storm(
-    url: str, fresh: list[str], expired: list[str], baseline_s: float
+def measure_storm(
+    url: str, script: Path, expired: list[str], window_s: float, fresh_url: str | None = None
 ) -> dict[str, float]:
-    base: list[tuple[float, float]] = []
-    stop = asyncio.Event()
-    task = asyncio.create_task(fresh_load(url, fresh, stop, base))
-    await asyncio.sleep(baseline_s)
-    stop.set()
-    await task
-    during: list[tuple[float, float]] = []
-    stop = asyncio.Event()
-    task = asyncio.create_task(fresh_load(url, fresh, stop, during))
-    await asyncio.sleep(0.5)
-    t0 = time.monotonic()
-    failed, took_s = await storm(url, expired)
-    t1 = time.monotonic()
-    stop.set()
-    await task
-    window = [lat for t, lat in during if t0 <= t <= t1]
+    """Fresh sessions' latency from wrk (its own process, 4 connections, rotating over the fresh
+    sessions' cookies) for `window_s` without the storm, then for the first `window_s` of it.
+    `fresh_url` (default `url`) is where the fresh sessions go: the upstream directly measures
+    what the storm does to the machine itself."""
+    fresh_url = fresh_url or url
+    base = wrk(fresh_url, 4, window_s, None, None, script)
+    during = start_wrk(fresh_url, 4, window_s, None, script)
+    failed, took_s = asyncio.run(storm(url, expired))
+    storm_run = parse_wrk(during.communicate(timeout=window_s + 30)[0], None)
     return {
         "failed": failed,
         "storm_s": took_s,
-        "fresh_p50_base_ms": pct([lat for _, lat in base], 0.50),
-        "fresh_p99_base_ms": pct([lat for _, lat in base], 0.99),
-        "fresh_p50_storm_ms": pct(window, 0.50),
-        "fresh_p99_storm_ms": pct(window, 0.99),
-        "fresh_requests_storm": len(window),
+        "fresh_p50_base_ms": base.p50_ms,
+        "fresh_p99_base_ms": base.p99_ms,
+        "fresh_p50_storm_ms": storm_run.p50_ms,
+        "fresh_p99_storm_ms": storm_run.p99_ms,
+        "fresh_requests_storm": storm_run.requests,
+        "fresh_errors": base.errors + storm_run.errors,
     }
 
 
@@ -687,18 +704,32 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
         log(f"storm: 1,000 expired sessions minted in {time.monotonic() - t:.1f}s")
         calls_before = ask(cmd="calls")["calls"]
         cpu_before = cpu_s(cg.pid)
-        storm_result = asyncio.run(
-            measure_storm(
+        script = rotating_cookies_script(wd, "/app/page", [cookie_of(s) for s in fresh[1:]])
+        with spying(cg.pid, "storm", enabled=args.profile) as spy_out:
+            storm_result = measure_storm(
                 f"http://127.0.0.1:{cg_port}/app/page",
-                [cookie_of(s) for s in fresh[1:]],
+                script,
                 [cookie_of(s) for s in expired],
-                baseline_s=args.duration,
+                window_s=args.duration,
             )
-        )
+        if spy_out is not None and spy_out.exists():
+            results.setdefault("profile", {})["storm"] = top_frames(spy_out)
         storm_result["idp_calls"] = ask(cmd="calls")["calls"] - calls_before
         storm_result["cookieguard_cpu_s"] = cpu_s(cg.pid) - cpu_before
         results["storm"] = storm_result
         log(f"storm done: {storm_result}")
+        # The same storm again, with the fresh sessions sent to the upstream (nginx) directly:
+        # what the storm's other processes (the emulator, the load generator) do to this box.
+        floor = ask(cmd="sessions", prefix="floor", users=50, per_user=20, lifetime=-60)["sessions"]
+        ask(cmd="lifetime", value=3600)
+        results["storm_floor"] = measure_storm(
+            f"http://127.0.0.1:{cg_port}/app/page",
+            script,
+            [cookie_of(s) for s in floor],
+            window_s=args.duration,
+            fresh_url=f"http://127.0.0.1:{up_port}/app/page",
+        )
+        log(f"storm floor done: {results['storm_floor']}")
     results["cookieguard_rss_mb_after_matrix"] = rss_mb(cg.pid)[0]
     cg.stop()
     ngx.stop()
@@ -833,6 +864,13 @@ def print_report(res: dict[str, Any]) -> None:
             f"({s['fresh_p99_storm_ms'] / s['fresh_p99_base_ms']:.1f}x; "
             f"p50 {s['fresh_p50_storm_ms']:.1f} vs {s['fresh_p50_base_ms']:.1f} ms)"
         )
+        if "storm_floor" in res:
+            f = res["storm_floor"]
+            print(
+                f"  the box itself: fresh sessions sent to the upstream directly during the same storm: "
+                f"p99 {f['fresh_p99_storm_ms']:.2f} ms vs {f['fresh_p99_base_ms']:.2f} ms without "
+                f"({f['fresh_p99_storm_ms'] / f['fresh_p99_base_ms']:.1f}x)"
+            )
     if "rss" in res:
         r = res["rss"]
         print(

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from cookieguard.proxy import Pacer
 from tests.support.proxy_process import CookieguardProcess
 
 Start = Callable[..., CookieguardProcess]
@@ -340,3 +341,31 @@ async def test_access_log_has_no_query_string(aiohttp_server: Any, cookieguard_p
     assert "abc123secret" not in proxy.output()
     loaded = proxy.events("config_loaded")[0]
     assert loaded["routes"] == 1
+
+
+async def test_the_pacer_lets_a_bounded_number_of_requests_through_per_loop_turn() -> None:
+    """Ten requests that all need a signature check arrive at once: three go per turn of the
+    event loop, so whatever else is ready (a fresh session's request) runs in between."""
+    loop = asyncio.get_running_loop()
+    turns = 0
+    ticking = True
+
+    def tick() -> None:  # counts turns of the event loop
+        nonlocal turns
+        turns += 1
+        if ticking:
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+    pacer = Pacer(3)
+    passed: list[int] = []
+
+    async def expensive_request() -> None:
+        await pacer.turn()
+        passed.append(turns)
+
+    await asyncio.gather(*(expensive_request() for _ in range(10)))
+    ticking = False
+    per_turn = {t: passed.count(t) for t in passed}
+    assert len(passed) == 10
+    assert max(per_turn.values()) <= 3 and len(per_turn) >= 4, per_turn
