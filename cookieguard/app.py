@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -125,6 +126,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.listen_host, config.listen_port, backlog=1024)
     await site.start()
+    # What start-up allocated (modules, config, clients) lives as long as the process. Frozen,
+    # it is out of the cyclic collector's way: a full collection otherwise walks those ~50,000
+    # objects, a 10-25 ms pause in the middle of whatever requests are in flight.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
