@@ -136,7 +136,7 @@ class Proxy:
         self._read_timeouts = {r.match: r.timeout_s or config.timeouts.upstream_read_s for r in config.routes}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
+        started = time.perf_counter() if self.access_log else 0.0
         route = self.router.match(request.path)
         if route is None:
             response: web.StreamResponse = web.Response(
@@ -546,22 +546,25 @@ def upstream_request_headers(
     return headers
 
 
-def response_headers(upstream: Iterable[tuple[str, str]], set_cookies: list[str]) -> CIMultiDict[str]:
+def response_headers(upstream: Iterable[tuple[str, str]], set_cookies: list[str]) -> list[tuple[str, str]]:
     """The upstream's response headers minus hop-by-hop ones; Set-Cookie replaced by the merge.
 
     When `set_cookies` is non-empty it already holds the upstream's own Set-Cookie headers (the
     merge keeps them, byte for byte); each stays a header of its own, never joined.
     """
-    pairs = list(upstream)
-    named_by_connection = _connection_tokens(v for k, v in pairs if k.lower() == "connection")
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in pairs:
+    headers: list[tuple[str, str]] = []
+    connection: list[str] = []
+    for name, value in upstream:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in named_by_connection:
+        if lname in HOP_BY_HOP:
+            if lname == "connection":
+                connection.append(value)
             continue
         if set_cookies and lname in ("set-cookie", "cache-control"):
             continue
-        headers.add(name, value)
-    for value in set_cookies:
-        headers.add("Set-Cookie", value)
+        headers.append((name, value))
+    if connection:  # rare: headers the upstream named as connection-specific go too
+        named = _connection_tokens(connection)
+        headers = [(name, value) for name, value in headers if name.lower() not in named]
+    headers.extend(("Set-Cookie", value) for value in set_cookies)
     return headers
