@@ -310,3 +310,77 @@ async def test_a_request_body_that_breaks_fails_the_request_at_once(
     with pytest.raises(UpstreamError) as caught:
         await asyncio.wait_for(fetch(client, origin, "POST", body=Broken(), content_length=1000), 2)
     assert caught.value.reason == "request_body"
+
+
+def _self_signed(tmp_path: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files (the certificate is its own CA)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+async def test_https_upstreams_are_verified(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An https upstream with a certificate nobody vouches for is refused (a 502 naming the TLS
+    error); once its CA is trusted (SSL_CERT_FILE, read by OpenSSL's default paths) it is used."""
+    import ssl
+
+    cert_file, key_file = _self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_file, key_file)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await read_request(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecret")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    origin = Origin.parse(f"https://127.0.0.1:{port}")
+    try:
+        untrusting = UpstreamClient(connect_timeout_s=2.0)
+        with pytest.raises(UpstreamError) as caught:
+            await fetch(untrusting, origin)
+        assert caught.value.reason == "SSLCertVerificationError"
+        await untrusting.close()
+
+        monkeypatch.setenv("SSL_CERT_FILE", cert_file)
+        trusting = UpstreamClient(connect_timeout_s=2.0)
+        assert await fetch(trusting, origin) == (200, [("Content-Length", "6")], b"secret")
+        await trusting.close()
+    finally:
+        server.close()
+        await server.wait_closed()
