@@ -46,7 +46,7 @@ test: $(STAMP) node redis lint
 clean:
 	rm -rf $(VENV) $(OIDC_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
 
-# cookieguard vs nginx vs a bare aiohttp proxy on 127.0.0.1 (bench/README.md); ~8 minutes.
+# cookieguard vs nginx vs a bare aiohttp proxy on 127.0.0.1 (bench/README.md); ~6 minutes.
 # Installs nginx and wrk from Debian's packages when missing. BENCH_ARGS e.g. "--upstream aiohttp".
 BENCH_ARGS ?=
 .PHONY: bench

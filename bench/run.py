@@ -377,7 +377,8 @@ def spying(pid: int, name: str, enabled: bool = True) -> Iterator[Path | None]:
         return
     spy = Path(PY).parent / "py-spy"
     if not spy.exists():
-        subprocess.run([PY, "-m", "pip", "install", "--quiet", "py-spy"], check=True)
+        # pinned in pyproject.toml's `profile` extra
+        subprocess.run([PY, "-m", "pip", "install", "--quiet", "py-spy==0.4.3"], check=True)
     out = ROOT / "bench" / "out" / f"profile-{name}.txt"
     out.parent.mkdir(exist_ok=True)
     argv = [str(spy), "record", "--pid", str(pid), "--rate", "500", "--format", "raw", "--nonblocking"]

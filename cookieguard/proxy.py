@@ -397,18 +397,19 @@ class Proxy:
         if ours:
             # No shared cache may store a response that carries a user's tokens.
             response.headers["Cache-Control"] = "private, no-store"
-        await response.prepare(request)
         try:
+            await response.prepare(request)
             while chunk := await upstream.read():
                 await response.write(chunk)
+            await response.write_eof()
         except UpstreamError as exc:
             # The status line is gone already: the only honest signal left is to break the
             # connection, so the client sees a truncated response instead of a complete one.
             self.log.warning("upstream_error", error=exc.reason, phase="body", path=request.path)
             if request.transport is not None:
                 request.transport.close()
-            return response
-        await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away mid-answer (a closed tab): not an error of ours to log
         return response
 
     def _upstream_error(self, route: Route, status: int, error: str, started: float) -> web.Response:
