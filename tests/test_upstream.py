@@ -49,6 +49,19 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, body
 
 
+def answering(raw: bytes, linger_s: float = 0.0) -> Handler:
+    """An upstream that reads one request, writes `raw` as its answer, waits, and closes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        await asyncio.sleep(linger_s)
+        writer.close()
+
+    return handler
+
+
 @pytest.fixture
 async def raw_upstream() -> AsyncIterator[Callable[[Handler], Awaitable[Origin]]]:
     servers: list[asyncio.Server] = []
@@ -108,15 +121,13 @@ async def test_keep_alive_connections_are_reused(aiohttp_server: Any, client: Up
 async def test_early_hints_are_skipped_and_the_final_answer_is_relayed(
     raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n")
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Final: yes\r\n\r\nok")
-        await writer.drain()
-        writer.close()
-
-    origin = await raw_upstream(handler)
+    origin = await raw_upstream(
+        answering(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Final: yes\r\n\r\nok"
+        )
+    )
     status, headers, body = await fetch(client, origin)
     assert (status, body) == (201, b"ok")
     assert ("X-Final", "yes") in headers and all(name != "Link" for name, _ in headers)
@@ -141,13 +152,7 @@ async def test_a_body_ended_by_close_is_complete(
 async def test_a_truncated_body_is_an_error_not_a_short_answer(
     raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
-        await writer.drain()
-        writer.close()
-
-    origin = await raw_upstream(handler)
+    origin = await raw_upstream(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"))
     with pytest.raises(UpstreamError) as caught:
         await fetch(client, origin)
     assert caught.value.reason == "closed_mid_body"
@@ -245,14 +250,7 @@ async def test_silence_is_a_timeout_before_and_during_the_body(
 async def test_a_malformed_answer_is_an_error(
     raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"SMTP is not HTTP\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(1)
-        writer.close()
-
-    origin = await raw_upstream(handler)
+    origin = await raw_upstream(answering(b"SMTP is not HTTP\r\n\r\n", linger_s=1))
     with pytest.raises(UpstreamError) as caught:
         await asyncio.wait_for(fetch(client, origin), 3)
     assert caught.value.reason == "invalid_answer"
