@@ -43,7 +43,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import aiohttp
 import jwt
@@ -52,6 +52,7 @@ import structlog
 from cookieguard.config import ProviderConfig, VerifyConfig
 
 TokenKind = Literal["access", "id"]
+_V = TypeVar("_V")
 
 # Tokens travel in cookies, and aiohttp refuses header fields over 8 KiB, so anything larger is
 # not a token we could have been sent; refusing it early also bounds what the caches can pin.
@@ -191,11 +192,37 @@ def token_key(token: str) -> bytes:
     return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-_claims_memo: OrderedDict[bytes, Claims | None] = OrderedDict()
+class _Miss(enum.Enum):
+    MISS = 0
+
+
+class TokenCache(Generic[_V]):
+    """A bounded LRU of what was derived from a token, keyed by `token_key`. Used by both the
+    claims memo and the verdict caches; a token over MAX_TOKEN_CHARS is never held."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, _V] = OrderedDict()
+
+    def get(self, key: bytes) -> _V | Literal[_Miss.MISS]:
+        try:
+            value = self._entries[key]
+        except KeyError:
+            return _Miss.MISS
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: _V) -> None:
+        self._entries[key] = value
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+_claims_memo: TokenCache[Claims | None] = TokenCache(CLAIMS_CACHE_SIZE)
 
 
 def read_claims(token: str) -> Claims | None:
-    """`decode_claims`, memoised per token (an LRU of CLAIMS_CACHE_SIZE entries, `token_key`).
+    """`decode_claims`, memoised per token (a `TokenCache` of CLAIMS_CACHE_SIZE entries).
 
     This is the fast path's one JWT decode. The memo holds only what `decode_claims` derives from
     the string itself (no clock, no keys), so it is safe to share across the process.
@@ -203,14 +230,10 @@ def read_claims(token: str) -> Claims | None:
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
         return None  # also keeps huge strings out of the memo
     key = token_key(token)
-    try:
-        claims = _claims_memo[key]
-    except KeyError:
-        claims = _claims_memo[key] = decode_claims(token)
-        if len(_claims_memo) > CLAIMS_CACHE_SIZE:
-            _claims_memo.popitem(last=False)
-        return claims
-    _claims_memo.move_to_end(key)
+    claims = _claims_memo.get(key)
+    if claims is _Miss.MISS:
+        claims = decode_claims(token)
+        _claims_memo.put(key, claims)
     return claims
 
 
@@ -360,7 +383,6 @@ class TokenVerifier:
         self.verify = verify
         self._session = session
         self._clock = clock
-        self._cache_size = cache_size
         self._refetch_interval_s = refetch_interval_s
         self._retry_after_failure_s = retry_after_failure_s
         self._max_age_s = max_age_s
@@ -378,9 +400,9 @@ class TokenVerifier:
             "access": expectations_for(provider, verify, "access"),
             "id": expectations_for(provider, verify, "id"),
         }
-        self._results: dict[TokenKind, OrderedDict[bytes, TokenCheck]] = {
-            "access": OrderedDict(),
-            "id": OrderedDict(),
+        self._results: dict[TokenKind, TokenCache[TokenCheck]] = {
+            "access": TokenCache(cache_size),
+            "id": TokenCache(cache_size),
         }
         # Claim checks are ours (check_claims, with the injected clock); PyJWT checks the signature.
         self._jwt = jwt.PyJWT(
@@ -417,28 +439,25 @@ class TokenVerifier:
         """The cached verdict for this token, if any, without awaiting: the hot path's fast lane."""
         if len(token) > MAX_TOKEN_CHARS:
             return None
-        results = self._results[kind]
-        key = token_key(token)
-        hit = results.get(key)
-        if hit is not None:
-            results.move_to_end(key)
-        return hit
+        return self._cached(token_key(token), kind)
+
+    def _cached(self, key: bytes, kind: TokenKind) -> TokenCheck | None:
+        hit = self._results[kind].get(key)
+        return None if hit is _Miss.MISS else hit
 
     async def check(self, token: str, *, kind: TokenKind) -> TokenCheck:
         """Judge one token. Never raises for anything the token or the IdP can do."""
-        hit = self.peek(token, kind)
+        key = token_key(token) if len(token) <= MAX_TOKEN_CHARS else None
+        hit = self._cached(key, kind) if key is not None else None
         if hit is not None:
             return hit
         result = await self._judge(token, kind)
         if (
-            result.status is not TokenStatus.UNKNOWN
+            key is not None
+            and result.status is not TokenStatus.UNKNOWN
             and result.reason not in _UNCACHED_REASONS
-            and len(token) <= MAX_TOKEN_CHARS
         ):
-            results = self._results[kind]
-            results[token_key(token)] = result
-            if len(results) > self._cache_size:
-                results.popitem(last=False)
+            self._results[kind].put(key, result)
         return result
 
     async def _judge(self, token: str, kind: TokenKind) -> TokenCheck:
