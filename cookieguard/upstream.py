@@ -388,16 +388,12 @@ class UpstreamClient:
     async def _acquire(self, origin: Origin, key: tuple[str, int, bool]) -> tuple[_Connection, bool]:
         idle = self._idle.get(key)
         if idle:
-            now = asyncio.get_running_loop().time()
+            self._prune(idle, asyncio.get_running_loop().time())
             while idle:
                 conn = idle.pop()
-                if conn.lost:
-                    continue
-                if now - conn.idle_since > self.idle_timeout_s:
-                    conn.close()
-                    continue
-                self._busy.add(conn)
-                return conn, True
+                if not conn.lost:
+                    self._busy.add(conn)
+                    return conn, True
         conn = await self._connect(origin)
         self._busy.add(conn)
         return conn, False
@@ -435,6 +431,10 @@ class UpstreamClient:
         conn.idle_since = now
         idle = self._idle.setdefault(key, deque())
         idle.append(conn)
+        self._prune(idle, now)
+
+    def _prune(self, idle: deque[_Connection], now: float) -> None:
+        # Oldest first: the connections idle past the limit (or closed by the upstream) go.
         while idle and (idle[0].lost or now - idle[0].idle_since > self.idle_timeout_s):
             idle.popleft().close()
 
