@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cookieguard.proxy import Pacer
+from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess
 
 Start = Callable[..., CookieguardProcess]
@@ -369,3 +370,57 @@ async def test_the_pacer_lets_a_bounded_number_of_requests_through_per_loop_turn
     per_turn = {t: passed.count(t) for t in passed}
     assert len(passed) == 10
     assert max(per_turn.values()) <= 3 and len(per_turn) >= 4, per_turn
+
+
+async def test_upstream_error_events_never_carry_the_requests_cookies(
+    aiohttp_server: Any, cookieguard_process: Start, known_secrets: KnownSecrets
+) -> None:
+    """Every upstream_error cause (refused, silent past the timeout, broken mid-body) is logged
+    with its route, status and cause only, never the Cookie header the request carried. The
+    autouse fixture also scans all of cookieguard's output for the secret and for JWTs."""
+    jwt_like = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNlY3JldA"
+    secret = "refresh-secret-3f9c2a7e1b"
+    known_secrets.add(jwt_like, secret)
+    cookie = f"accessToken={jwt_like}; refreshToken={secret}; theme=dark"
+
+    async def broken(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 1_000_000
+        await response.prepare(request)
+        await response.write(b"x" * 1000)
+        await asyncio.sleep(0.1)
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/broken", broken)
+    app.router.add_get("/slow", slow)
+    upstream = await aiohttp_server(app)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    proxy = cookieguard_process(
+        {
+            "upstream": str(upstream.make_url("")),
+            "logging": {"level": "debug", "access_log": True},
+            "timeouts": {"upstream_read": "300ms"},
+            "routes": [{"match": "/down", "upstream": f"http://127.0.0.1:{closed_port}"}, {"match": "/"}],
+        }
+    )
+    async with aiohttp.ClientSession() as s:
+        for path, status in (("/down", 502), ("/slow", 504)):
+            async with s.get(f"{proxy.url}{path}", headers={"Cookie": cookie}) as resp:
+                assert resp.status == status
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with s.get(f"{proxy.url}/broken", headers={"Cookie": cookie}) as resp:
+                await resp.read()
+    await asyncio.to_thread(proxy.wait_for_event, "upstream_error", 10, lambda e: e.get("phase") == "body")
+    events = proxy.events("upstream_error")
+    assert {e.get("error") for e in events} >= {"ConnectionRefusedError", "timeout", "closed_mid_body"}
+    logged = proxy.output()
+    assert secret not in logged and jwt_like not in logged and "theme=dark" not in logged
