@@ -7,6 +7,7 @@ collected with their key path and reported together; nothing downstream re-check
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -16,6 +17,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CONFIG_PATH = "config/cookieguard.yaml"
 CONFIG_ENV_VAR = "COOKIEGUARD_CONFIG"
@@ -127,6 +130,34 @@ class TimeoutsConfig:
     upstream_connect_s: float = 5.0
     upstream_read_s: float = 60.0
     drain_s: float = 10.0
+    # Slow and idle clients (README "Abuse limits"): the request line and headers must arrive
+    # within client_header; a request body may stall at most client_body_idle between bytes;
+    # an idle keep-alive connection is closed after keepalive.
+    client_header_s: float = 10.0
+    client_body_idle_s: float = 30.0
+    keepalive_s: float = 75.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Budgets for IdP calls and connections (README "Abuse limits").
+
+    Unproven sessions (no token beside the refresh token that verifies against the IdP's keys)
+    may cost at most `unproven_per_address` IdP calls per client address per minute (burst the
+    same) and `unproven_per_second` in all; a proven subject (`sub`) at most
+    `refresh_tokens_per_subject` distinct refresh tokens per 10 minutes; every IdP call together
+    at most `idp_calls_per_second`, proven sessions first.
+    """
+
+    unproven_per_address: int = 5
+    unproven_per_second: float = 1.0
+    refresh_tokens_per_subject: int = 5
+    idp_calls_per_second: float = 50.0
+    # Peers whose X-Forwarded-For is believed (a load balancer in front of cookieguard).
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_connections: int = 10_000
+    # Connections cookieguard holds open to each upstream origin, in use and idle together.
+    upstream_connections: int = 1_000
 
 
 @dataclass(frozen=True)
@@ -156,6 +187,10 @@ class Config:
     timeouts: TimeoutsConfig
     logging: LoggingConfig
     metrics: MetricsConfig
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # A second listener for healthz, readyz and metrics only (e.g. 127.0.0.1:9090); None: they are
+    # served under admin_prefix on the main listener only.
+    admin_listen: tuple[str, int] | None = None
     source: str = "<memory>"
 
     @property
@@ -414,6 +449,10 @@ def _build(root: _Section, source: str) -> Config | None:
     store = _build_store(root)
     routes = _build_routes(root, upstream, admin_prefix)
     timeouts = _build_timeouts(root)
+    limits = _build_limits(root)
+    admin_listen = root.get("admin_listen", _listen, None)
+    if admin_listen is not None and admin_listen == (listen_host, listen_port):
+        root.error("admin_listen", "must differ from listen")
     logging_ = _build_logging(root)
     metrics_s = root.section("metrics")
     metrics = MetricsConfig(enabled=metrics_s.get("enabled", _bool, True))
@@ -432,6 +471,8 @@ def _build(root: _Section, source: str) -> Config | None:
         timeouts=timeouts,
         logging=logging_,
         metrics=metrics,
+        limits=limits,
+        admin_listen=admin_listen,
         source=source,
     )
 
@@ -677,6 +718,45 @@ def _build_timeouts(root: _Section) -> TimeoutsConfig:
         upstream_connect_s=s.get("upstream_connect", _positive_duration, 5.0),
         upstream_read_s=s.get("upstream_read", _positive_duration, 60.0),
         drain_s=s.get("drain", _positive_duration, 10.0),
+        client_header_s=s.get("client_header", _positive_duration, TimeoutsConfig.client_header_s),
+        client_body_idle_s=s.get("client_body_idle", _positive_duration, TimeoutsConfig.client_body_idle_s),
+        keepalive_s=s.get("keepalive", _positive_duration, TimeoutsConfig.keepalive_s),
+    )
+    s.finish()
+    return cfg
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _networks(value: Any) -> tuple[IPNetwork, ...]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        text = _str(item).strip()
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP address or CIDR range: {text!r}") from None
+    return tuple(out)
+
+
+def _build_limits(root: _Section) -> LimitsConfig:
+    s = root.section("limits")
+    d = LimitsConfig
+    cfg = LimitsConfig(
+        unproven_per_address=s.get("unproven_per_address", _positive_int, d.unproven_per_address),
+        unproven_per_second=s.get("unproven_per_second", _positive_number, d.unproven_per_second),
+        refresh_tokens_per_subject=s.get(
+            "refresh_tokens_per_subject", _positive_int, d.refresh_tokens_per_subject
+        ),
+        idp_calls_per_second=s.get("idp_calls_per_second", _positive_number, d.idp_calls_per_second),
+        trusted_proxies=s.get("trusted_proxies", _networks, ()),
+        max_connections=s.get("max_connections", _positive_int, d.max_connections),
+        upstream_connections=s.get("upstream_connections", _positive_int, d.upstream_connections),
     )
     s.finish()
     return cfg

@@ -282,3 +282,55 @@ def test_login_url_rejects_what_browsers_would_turn_into_another_host(login_url:
     """Browsers strip tabs and newlines from URLs and read `\\` as `/`: `/\\t/evil` is `//evil`."""
     found = problems("upstream: http://a\nrefresh: {login_url: " + json.dumps(login_url) + "}\n")
     assert found and found[0].startswith("refresh.login_url: must be a same-site absolute path")
+
+
+def test_limits_and_client_timeouts_have_the_documented_defaults() -> None:
+    config = parse_config("upstream: http://a")
+    assert config.limits.unproven_per_address == 5
+    assert config.limits.unproven_per_second == 1.0
+    assert config.limits.refresh_tokens_per_subject == 5
+    assert config.limits.idp_calls_per_second == 50.0
+    assert config.limits.max_connections == 10_000
+    assert config.limits.trusted_proxies == ()
+    assert (
+        config.timeouts.client_header_s,
+        config.timeouts.client_body_idle_s,
+        config.timeouts.keepalive_s,
+    ) == (
+        10.0,
+        30.0,
+        75.0,
+    )
+    assert config.admin_listen is None
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "limits: {trusted_proxies: [10.0.0.0/8, nope]}",
+            "limits.trusted_proxies: not an IP address or CIDR range: 'nope'",
+        ),
+        ("limits: {max_connections: 0}", "limits.max_connections: must be a positive integer"),
+        ("limits: {idp_calls_per_second: fast}", "limits.idp_calls_per_second: must be a positive number"),
+        ("limits: {unproven_per_adress: 3}", "limits.unproven_per_adress: unknown key"),
+        ("timeouts: {client_header: soon}", "timeouts.client_header: not a duration"),
+        ("admin_listen: 9090", "admin_listen: must be host:port"),
+        ("listen: 127.0.0.1:8080\nadmin_listen: 127.0.0.1:8080", "admin_listen: must differ from listen"),
+    ],
+)
+def test_bad_limits_name_their_key(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("upstream: http://a\n" + text)
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_limits_parse() -> None:
+    config = parse_config(
+        "upstream: http://a\nadmin_listen: 127.0.0.1:9090\n"
+        "limits: {trusted_proxies: [10.0.0.0/8, '::1'], unproven_per_second: 0.5, upstream_connections: 64}"
+    )
+    assert [str(n) for n in config.limits.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    assert config.limits.unproven_per_second == 0.5
+    assert config.limits.upstream_connections == 64
+    assert config.admin_listen == ("127.0.0.1", 9090)
