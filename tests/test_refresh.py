@@ -1,14 +1,13 @@
 """Single-flight, grace reuse, backoff and lease extension of the refresh engine.
 
-These tests drive `Refresher` with a scripted provider: what they need is to hold an IdP call
-open at a precise moment and count calls exactly, which no real IdP offers. The same behaviour is
-shown against the real emulators end to end in tests/test_session_repair.py.
+These tests drive `Refresher` with a scripted provider (tests/support/fakes.py): what they need is
+to hold an IdP call open at a precise moment and count calls exactly, which no real IdP offers.
+The same behaviour is shown against the real emulators end to end in tests/test_session_repair.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import pytest
 from cryptography.fernet import Fernet
@@ -17,38 +16,27 @@ from cookieguard.config import RefreshConfig, StoreConfig
 from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
 from cookieguard.refresh import Refresher, store_key
 from cookieguard.store.memory import MemoryStore
+from tests.support.fakes import Clock, ScriptedProvider
 
 
-@dataclass
-class ScriptedProvider:
-    """Answers refreshes as told; `gate` holds every call until the test opens it."""
+class CountingStore(MemoryStore):
+    """The memory store, telling the test when the lock has been extended `times` times."""
 
-    answers: list[TokenSet | Exception] = field(default_factory=list)
-    gate: asyncio.Event = field(default_factory=asyncio.Event)
-    calls: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.gate.set()
-
-    async def refresh(
-        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
-    ) -> TokenSet:
-        self.calls.append(refresh_token)
-        await self.gate.wait()
-        answer = (
-            self.answers.pop(0) if self.answers else TokenSet(access_token=f"new-access-{len(self.calls)}")
-        )
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-
-class Clock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        super().__init__()
+        self._extensions = 0
+        self._extension = asyncio.Condition()
 
-    def __call__(self) -> float:
-        return self.now
+    async def extend(self, key: str, owner: str, lease_s: float) -> bool:
+        extended = await super().extend(key, owner, lease_s)
+        async with self._extension:
+            self._extensions += extended
+            self._extension.notify_all()
+        return extended
+
+    async def extended(self, times: int) -> None:
+        async with self._extension:
+            await asyncio.wait_for(self._extension.wait_for(lambda: self._extensions >= times), 10)
 
 
 def make(
@@ -73,7 +61,7 @@ async def test_concurrent_requests_for_one_session_make_one_call() -> None:
     provider.gate.clear()
     refresher = make(provider)
     waiting = [asyncio.ensure_future(refresher.refresh("R1")) for _ in range(50)]
-    await asyncio.sleep(0.05)
+    await provider.started.wait()  # the one IdP call is open; the other 49 are waiting on it
     provider.gate.set()
     results = await asyncio.gather(*waiting)
     assert provider.calls == ["R1"]
@@ -88,7 +76,7 @@ async def test_a_cancelled_request_does_not_cancel_the_refresh_for_others() -> N
     refresher = make(provider)
     first = asyncio.ensure_future(refresher.refresh("R1"))
     second = asyncio.ensure_future(refresher.refresh("R1"))
-    await asyncio.sleep(0.05)
+    await provider.started.wait()
     first.cancel()
     provider.gate.set()
     result = await second
@@ -146,15 +134,15 @@ async def test_retry_after_longer_than_the_backoff_is_respected() -> None:
 
 async def test_a_slow_idp_keeps_the_lock_so_another_replica_joins_instead_of_calling() -> None:
     """Two refreshers sharing one store stand for two replicas; the lease is 0.3 s, the IdP takes 1 s."""
-    store = MemoryStore()
+    store = CountingStore()
     slow = ScriptedProvider(answers=[TokenSet(access_token="A2", refresh_token="R2")])
     slow.gate.clear()
     other = ScriptedProvider()
     replica_a, replica_b = make(slow, store), make(other, store)
     first = asyncio.ensure_future(replica_a.refresh("R1"))
-    await asyncio.sleep(0.05)
+    await slow.started.wait()
     second = asyncio.ensure_future(replica_b.refresh("R1"))
-    await asyncio.sleep(1.0)  # three lease periods pass while the IdP call is open
+    await store.extended(times=9)  # three lease periods pass (an extension every third of one)
     assert not second.done()
     slow.gate.set()
     a, b = await asyncio.gather(first, second)

@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -30,36 +30,13 @@ from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, Toke
 from cookieguard.refresh import Refresher, RefreshResult, store_key
 from cookieguard.store import FallbackStore, MemoryStore, Store, StoreUnavailable, make_store
 from cookieguard.store.redis import RedisStore
+from tests.support.fakes import FastForwardClock, ScriptedProvider
 from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess, run_cli
 from tests.support.redis_server import RedisServer
 
 KEY = Fernet.generate_key().decode()
 LEASE_S = 0.3
-
-
-@dataclass
-class ScriptedProvider:
-    """Answers refreshes as told; `gate` holds every call open until the test sets it."""
-
-    answers: list[TokenSet | Exception] = field(default_factory=list)
-    gate: asyncio.Event = field(default_factory=asyncio.Event)
-    calls: list[str] = field(default_factory=list)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.gate.set()
-
-    async def refresh(
-        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
-    ) -> TokenSet:
-        self.calls.append(refresh_token)
-        self.started.set()
-        await self.gate.wait()
-        answer = self.answers.pop(0) if self.answers else TokenSet(access_token=f"A-{len(self.calls)}")
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 @dataclass
@@ -71,6 +48,27 @@ class Backend:
     shared: Store
     replica: Callable[..., Store]
     server: RedisServer | None = None
+    clock: FastForwardClock | None = None  # the memory store's clock
+
+    async def advance(self, seconds: float) -> None:
+        """Let `seconds` pass for every lease and result the store holds, without waiting:
+        the memory store's clock moves; in Redis every TTL is shortened (or the key expired)."""
+        if self.server is None:
+            assert self.clock is not None
+            self.clock.advance(seconds)
+            return
+        client = redis.asyncio.Redis.from_url(self.server.url)
+        try:
+            async for name in client.scan_iter(match="*"):
+                ttl_ms = await client.pttl(name)
+                if ttl_ms < 0:
+                    continue  # no expiry (or gone meanwhile)
+                if ttl_ms <= seconds * 1000:
+                    await client.delete(name)
+                else:
+                    await client.pexpire(name, ttl_ms - int(seconds * 1000))
+        finally:
+            await client.aclose()
 
     async def raw_items(self) -> list[tuple[bytes, bytes]]:
         """Everything the store holds, as an attacker reading it would see it."""
@@ -93,8 +91,9 @@ class Backend:
 @pytest.fixture(params=["memory", "redis"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
-        store = MemoryStore()
-        yield Backend("memory", store, lambda **_: store)
+        clock = FastForwardClock()
+        store = MemoryStore(clock=clock)
+        yield Backend("memory", store, lambda **_: store, clock=clock)
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     opened: list[RedisStore] = []
@@ -129,6 +128,29 @@ async def wait_until(predicate: Callable[[], Any], timeout_s: float = 5.0) -> fl
     return time.monotonic() - started
 
 
+class ExtensionCounter:
+    """Wraps a store and lets the test wait until the lock was extended `times` times."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.extensions = 0
+        self._changed = asyncio.Condition()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def extend(self, key: str, owner: str, lease_s: float) -> bool:
+        extended = await self.store.extend(key, owner, lease_s)
+        async with self._changed:
+            self.extensions += extended
+            self._changed.notify_all()
+        return extended
+
+    async def extended(self, times: int) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.extensions >= times), 10)
+
+
 # --- the contract ---------------------------------------------------------------------------
 
 
@@ -142,25 +164,24 @@ async def test_one_lock_holder_at_a_time(backend: Backend) -> None:
 
 async def test_an_abandoned_lock_expires_with_its_lease(backend: Backend) -> None:
     a, b = backend.shared, backend.replica()
-    assert await a.acquire("s1", "crashed-replica", 0.2)
-
-    async def b_gets_it() -> bool:
-        return await b.acquire("s1", "owner-b", 5)
-
-    waited = await wait_until(b_gets_it)
-    assert 0.1 <= waited < 2.0
+    assert await a.acquire("s1", "crashed-replica", 5)
+    await backend.advance(4.9)
+    assert not await b.acquire("s1", "owner-b", 5)
+    await backend.advance(0.2)
+    assert await b.acquire("s1", "owner-b", 5)
     assert not await a.extend("s1", "crashed-replica", 5)  # it is somebody else's now
 
 
 async def test_extending_keeps_the_lock_past_its_base_lease(backend: Backend) -> None:
     a, b = backend.shared, backend.replica()
-    assert await a.acquire("s1", "owner-a", 0.2)
-    started = time.monotonic()
-    while time.monotonic() - started < 0.8:  # four base leases
-        assert await a.extend("s1", "owner-a", 0.2)
-        assert not await b.acquire("s1", "owner-b", 0.2)
-        await asyncio.sleep(0.05)
-    assert not await b.extend("s1", "owner-b", 0.2)  # only the holder extends
+    assert await a.acquire("s1", "owner-a", 5)
+    for _ in range(4):  # four base leases, each extended before it ran out
+        await backend.advance(4)
+        assert await a.extend("s1", "owner-a", 5)
+        assert not await b.acquire("s1", "owner-b", 5)
+    assert not await b.extend("s1", "owner-b", 5)  # only the holder extends
+    await backend.advance(5.1)
+    assert await b.acquire("s1", "owner-b", 5)
 
 
 async def test_only_the_owner_releases(backend: Backend) -> None:
@@ -175,25 +196,27 @@ async def test_only_the_owner_releases(backend: Backend) -> None:
 async def test_results_expire_after_their_ttl(backend: Backend) -> None:
     store = backend.shared
     assert await store.get_result("s1") is None
-    await store.put_result("s1", b"sealed-result", 0.2)
+    await store.put_result("s1", b"sealed-result", 60)
     assert await backend.replica().get_result("s1") == b"sealed-result"
-
-    async def gone() -> bool:
-        return await store.get_result("s1") is None
-
-    assert 0.1 <= await wait_until(gone) < 2.0
+    await backend.advance(59)
+    assert await store.get_result("s1") == b"sealed-result"
+    await backend.advance(1.1)
+    assert await store.get_result("s1") is None
 
 
 async def test_a_slow_refresh_keeps_the_lock_so_another_replica_joins(backend: Backend) -> None:
-    """Lease 0.3 s, IdP call 1.2 s: without extension the second replica would call the IdP."""
+    """Four lease periods pass while the IdP call is open: without extension the second replica
+    would take the lock and call the IdP."""
     slow = ScriptedProvider(answers=[TokenSet(access_token="A2", refresh_token="R2")])
     slow.gate.clear()
     other = ScriptedProvider()
-    replica_a, replica_b = refresher(slow, backend.shared), refresher(other, backend.replica())
+    counted = ExtensionCounter(backend.shared)
+    replica_a = refresher(slow, counted)  # type: ignore[arg-type]
+    replica_b = refresher(other, backend.replica())
     first = asyncio.ensure_future(replica_a.refresh("R1"))
     await slow.started.wait()
     second = asyncio.ensure_future(replica_b.refresh("R1"))
-    await asyncio.sleep(1.2)  # four lease periods pass while the IdP call is open
+    await counted.extended(times=12)  # four lease periods pass (an extension every third of one)
     assert not second.done()
     slow.gate.set()
     a, b = await asyncio.gather(first, second)
@@ -221,17 +244,13 @@ async def test_a_rejection_releases_the_lock_and_is_remembered(backend: Backend)
 
 async def test_another_replica_reuses_the_result_within_grace(backend: Backend) -> None:
     first = ScriptedProvider(answers=[TokenSet(access_token="A2", refresh_token="R2", id_token="I2")])
-    assert (await refresher(first, backend.shared, grace_s=0.5).refresh("R1")).outcome == "refreshed"
+    assert (await refresher(first, backend.shared, grace_s=60).refresh("R1")).outcome == "refreshed"
     late = ScriptedProvider()
-    reused = await refresher(late, backend.replica(), grace_s=0.5).refresh("R1")
+    reused = await refresher(late, backend.replica(), grace_s=60).refresh("R1")
     assert reused.outcome == "reused" and late.calls == []
     assert reused.tokens is not None
     assert (reused.tokens.access_token, reused.tokens.refresh_token) == ("A2", "R2")
-
-    async def expired() -> bool:
-        return await backend.shared.get_result(store_key("R1")) is None
-
-    await wait_until(expired)
+    await backend.advance(60.1)
     assert (await refresher(late, backend.replica()).refresh("R1")).outcome == "refreshed"
 
 

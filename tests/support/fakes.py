@@ -1,0 +1,62 @@
+"""In-test stand-ins for what no real implementation offers: an IdP call held open at a precise
+moment and counted exactly, and clocks the test moves by hand.
+
+The same behaviour is shown against the real emulators end to end (tests/test_session_repair.py,
+tests/test_scale_out.py); these exist so the refresh engine's timing can be tested without waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from cookieguard.providers.base import TokenSet
+
+
+@dataclass
+class ScriptedProvider:
+    """Answers refreshes as told. `gate` holds every call open until the test sets it;
+    `started` is set when the first call arrives; `calls` lists the refresh tokens sent."""
+
+    answers: list[TokenSet | Exception] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    async def refresh(
+        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
+    ) -> TokenSet:
+        self.calls.append(refresh_token)
+        self.started.set()
+        await self.gate.wait()
+        answer = self.answers.pop(0) if self.answers else TokenSet(access_token=f"A-{len(self.calls)}")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class Clock:
+    """A clock that stands still until the test moves it (`now += seconds`)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FastForwardClock:
+    """The monotonic clock plus whatever the test skipped with `advance`."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
