@@ -98,7 +98,8 @@ def test_serve_answers_on_its_urls_and_stops_on_sigterm() -> None:
         cwd=ROOT,
     )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
+    reader = threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True)
+    reader.start()
     seen: list[str] = []
     try:
         deadline = time.monotonic() + 30
@@ -130,7 +131,7 @@ def test_serve_answers_on_its_urls_and_stops_on_sigterm() -> None:
             proc.kill()
             proc.wait()
             returncode = None
-        time.sleep(0.1)
+        reader.join(timeout=10)  # it ends at the pipe's end of file: every line is in the queue
         while not lines.empty():
             seen.append(lines.get())
         proxy_process.STARTED_CLI_OUTPUT.append("".join(seen))

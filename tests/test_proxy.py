@@ -21,12 +21,16 @@ from tests.support.proxy_process import CookieguardProcess
 
 Start = Callable[..., CookieguardProcess]
 CANCELLED = web.AppKey("cancelled", asyncio.Event)
+ARRIVED = web.AppKey("arrived", asyncio.Event)  # a request reached /hang or /held
+RELEASE = web.AppKey("release", asyncio.Event)  # lets /held answer
 
 
 async def start_upstream(aiohttp_server: Any, seen: list[web.Request] | None = None) -> TestServer:
     """An upstream that echoes what it received and offers a few misbehaving paths."""
     seen = seen if seen is not None else []
     cancelled = asyncio.Event()
+    arrived = asyncio.Event()
+    release = asyncio.Event()
 
     async def echo(request: web.Request) -> web.Response:
         seen.append(request)
@@ -62,6 +66,7 @@ async def start_upstream(aiohttp_server: Any, seen: list[web.Request] | None = N
         return response
 
     async def hang(request: web.Request) -> web.Response:
+        arrived.set()
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -71,6 +76,11 @@ async def start_upstream(aiohttp_server: Any, seen: list[web.Request] | None = N
 
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("s", "1")))
+        return web.Response(text="done")
+
+    async def held(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
         return web.Response(text="done")
 
     async def ws(request: web.Request) -> web.WebSocketResponse:
@@ -88,9 +98,12 @@ async def start_upstream(aiohttp_server: Any, seen: list[web.Request] | None = N
     app.router.add_get("/slow-chunks", slow_chunks)
     app.router.add_get("/hang", hang)
     app.router.add_get("/slow", slow)
+    app.router.add_get("/held", held)
     app.router.add_get("/ws", ws)
     app.router.add_route("*", "/{tail:.*}", echo)
     app[CANCELLED] = cancelled
+    app[ARRIVED] = arrived
+    app[RELEASE] = release
     server: TestServer = await aiohttp_server(app)
     return server
 
@@ -284,9 +297,9 @@ async def test_client_disconnect_cancels_the_upstream_request(
     _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
-    await asyncio.sleep(0.3)  # let the request reach the upstream
-    writer.close()
     assert upstream.app is not None
+    await asyncio.wait_for(upstream.app[ARRIVED].wait(), timeout=5)
+    writer.close()
     await asyncio.wait_for(upstream.app[CANCELLED].wait(), timeout=5)
 
 
@@ -306,10 +319,13 @@ async def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(
 ) -> None:
     upstream = await start_upstream(aiohttp_server)
     proxy = cookieguard_process(base_config(str(upstream.make_url(""))))
+    assert upstream.app is not None
     async with aiohttp.ClientSession() as s:
-        pending = asyncio.ensure_future(s.get(f"{proxy.url}/slow?s=1.5"))
-        await asyncio.sleep(0.4)
+        pending = asyncio.ensure_future(s.get(f"{proxy.url}/held"))
+        await asyncio.wait_for(upstream.app[ARRIVED].wait(), timeout=5)
         proxy.signal(signal.SIGTERM)
+        await asyncio.to_thread(proxy.wait_for_event, "draining")
+        upstream.app[RELEASE].set()  # the in-flight request finishes only now, while draining
         resp = await pending
         assert resp.status == 200 and await resp.text() == "done"
         resp.release()
@@ -323,7 +339,8 @@ async def test_drain_is_bounded(aiohttp_server: Any, cookieguard_process: Start)
     proxy = cookieguard_process(base_config(str(upstream.make_url("")), timeouts={"drain": "1s"}))
     async with aiohttp.ClientSession() as s:
         pending = asyncio.ensure_future(s.get(f"{proxy.url}/hang"))
-        await asyncio.sleep(0.3)
+        assert upstream.app is not None
+        await asyncio.wait_for(upstream.app[ARRIVED].wait(), timeout=5)
         started = time.monotonic()
         proxy.signal(signal.SIGTERM)
         code = await asyncio.to_thread(proxy.stop)
