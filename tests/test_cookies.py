@@ -7,7 +7,7 @@ import json
 from http.cookies import SimpleCookie
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cookieguard.config import CookieAttributes, CookieNames, CookiesConfig
@@ -25,9 +25,10 @@ from cookieguard.cookies import (
     make_layout,
     parse_cookie_header,
     percent_decode,
+    select_cookies,
     split_into_cookies,
 )
-from tests.support.properties import core_property
+from tests.support.properties import CORE_EXAMPLES, core_property
 
 CLIENT_ID = "3n4b5urk1ft4fl3mg5e62d9ado"
 PREFIX = f"CognitoIdentityServiceProvider.{CLIENT_ID}"
@@ -165,6 +166,32 @@ def test_parse_never_raises(header: str) -> None:
         assert ";" not in name + value
         assert "\r" not in name + value and "\n" not in name + value
     assert "\n" not in format_cookie_header(parse_cookie_header(header))
+
+
+# The hot path's parser against the full one: a header built from pieces the prefixes and the
+# separators make interesting (auth-looking names, spaces, tabs, bare values, line breaks).
+_PREFIXES = ("CognitoIdentityServiceProvider.", "at", "sb-")
+_piece = st.one_of(
+    st.sampled_from(
+        ["CognitoIdentityServiceProvider.c.u.accessToken", "at", "at.0", "att", "sb-x-auth-token"]
+    ),
+    st.text(alphabet='abcAT.-_ =\t\r\n\0%"', max_size=12),
+)
+
+
+@settings(max_examples=min(CORE_EXAMPLES, 2_000), deadline=None)  # ~10 s in CI
+@given(
+    st.lists(st.tuples(_piece, st.sampled_from(["=", "", "=="]), _piece), max_size=8),
+    st.sampled_from(["; ", ";", " ; ", ";\t", ";;"]),
+    st.lists(st.sampled_from(_PREFIXES), min_size=1, max_size=3, unique=True),
+)
+def test_select_cookies_agrees_with_the_full_parser(
+    pieces: list[tuple[str, str, str]], separator: str, prefixes: list[str]
+) -> None:
+    header = separator.join(name + eq + value for name, eq, value in pieces)
+    wanted = tuple(prefixes)
+    expected = [(n, v) for n, v in parse_cookie_header(header) if n.startswith(wanted)]
+    assert select_cookies(header, wanted) == expected
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,11 +12,18 @@ NOW = 1_800_000_000.0
 
 
 def decide(
-    exp: float | None, *, rt: bool = True, before: float = 300, drift_ms: int = 0, now: float = NOW
+    exp: float | None,
+    *,
+    rt: bool = True,
+    before: float = 300,
+    drift_ms: int = 0,
+    now: float = NOW,
+    iat: float | None = None,
 ) -> Action:
     return needs_refresh(
         has_refresh_token=rt,
         access_expires_at=exp,
+        access_issued_at=iat,
         now_s=now,
         before_expiry_s=before,
         clock_drift_ms=drift_ms,
@@ -60,11 +67,22 @@ def test_clock_drift_is_applied_like_amplify() -> None:
     dt=st.floats(min_value=0, max_value=1e8),
     before=st.floats(min_value=0, max_value=86400),
     drift=st.integers(min_value=-(10**8), max_value=10**8),
+    lifetime=st.one_of(st.none(), st.floats(min_value=-1e6, max_value=1e7)),
 )
-def test_decision_is_monotonic_in_time(exp: float, t1: float, dt: float, before: float, drift: int) -> None:
-    """Once a token is due, it stays due as time goes on."""
-    if decide(exp, now=t1, before=before, drift_ms=drift) is Action.REFRESH:
-        assert decide(exp, now=t1 + dt, before=before, drift_ms=drift) is Action.REFRESH
+def test_decision_is_monotonic_in_time(
+    exp: float, t1: float, dt: float, before: float, drift: int, lifetime: float | None
+) -> None:
+    """Once a token is due, it stays due as time goes on; an expired token is always due; the
+    window is never wider than before_expiry, whatever the token's issue time says."""
+    iat = None if lifetime is None else exp - lifetime
+    due = decide(exp, now=t1, before=before, drift_ms=drift, iat=iat)
+    if due is Action.REFRESH:
+        assert decide(exp, now=t1 + dt, before=before, drift_ms=drift, iat=iat) is Action.REFRESH
+    server_now = t1 + drift / 1000
+    if exp <= server_now:
+        assert due is Action.REFRESH
+    if exp - server_now > before:
+        assert due is Action.FORWARD
 
 
 def test_navigation_vs_background() -> None:

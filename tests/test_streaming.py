@@ -7,9 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.support.proxy_process import CookieguardProcess
+
+# 1 GiB each way: `make test PYTEST_ARGS="-m \'not slow\'"` skips it
+pytestmark = pytest.mark.slow
 
 GIB = 1024**3
 CHUNK = b"\xa5" * (256 * 1024)
