@@ -27,7 +27,7 @@ from tests.support.oidc_idp import OidcIdp
 from tests.support.proxy_process import CookieguardProcess
 from tests.support.redis_server import RedisServer
 
-# several replicas, Redis killed and restarted: `make test PYTEST_ARGS="-m \'not slow\'"` skips it
+# several replicas, Redis killed and restarted: `make test PYTEST_ARGS="-m 'not slow'"` skips it
 pytestmark = pytest.mark.slow
 
 Start = Callable[..., CookieguardProcess]

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tests.support.proxy_process import CookieguardProcess
 
-# 1 GiB each way: `make test PYTEST_ARGS="-m \'not slow\'"` skips it
+# 1 GiB each way: `make test PYTEST_ARGS="-m 'not slow'"` skips it
 pytestmark = pytest.mark.slow
 
 GIB = 1024**3

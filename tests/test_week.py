@@ -27,7 +27,7 @@ from tests.support.apps import Browser, amplify_cookies
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets
 
-# a simulated week of requests: `make test PYTEST_ARGS="-m \'not slow\'"` skips it
+# a simulated week of requests: `make test PYTEST_ARGS="-m 'not slow'"` skips it
 pytestmark = pytest.mark.slow
 
 WEEK_S = 7 * 24 * 3600
