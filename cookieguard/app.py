@@ -78,16 +78,13 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
                 jwks_url = await _discover_jwks_url(provider)
             verifier = TokenVerifier(config.provider, config.verify, idp, jwks_url=jwks_url, clock=clock)
 
-        def idp_call(starting: bool) -> None:
-            metrics.sessions_in_flight.inc() if starting else metrics.sessions_in_flight.dec()
-
         refresher = Refresher(
             provider,
             store,
             config.refresh,
             config.store,
             idp_timeout_s=config.provider.timeout_s,
-            on_idp_call=idp_call,
+            on_idp_call=metrics.idp_call,
         )
         auth_holder[0] = Auth(
             wall_clock=clock,

@@ -51,9 +51,16 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.sessions_in_flight = Gauge(
+        self.idp_calls_in_flight = Gauge(
+            "cookieguard_idp_calls_in_flight",
+            "Refresh calls to the identity provider running right now.",
+            registry=self.registry,
+        )
+        # The name this gauge had until 0.2 (it never counted sessions); kept one release so
+        # dashboards and alerts can move over (README "Metrics").
+        self._sessions_in_flight = Gauge(
             "cookieguard_sessions_in_flight",
-            "Refreshes currently running against the identity provider.",
+            "Deprecated alias of cookieguard_idp_calls_in_flight; removed in the next release.",
             registry=self.registry,
         )
         self.store_degraded = Gauge(
@@ -63,6 +70,12 @@ class Metrics:
         )
         for outcome in ("refreshed", "joined", "reused", "rejected", "failed"):
             self.refresh_total.labels(outcome=outcome)
+
+    def idp_call(self, starting: bool) -> None:
+        """A refresh call to the IdP starts (True) or ends (False)."""
+        change = 1 if starting else -1
+        self.idp_calls_in_flight.inc(change)
+        self._sessions_in_flight.inc(change)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

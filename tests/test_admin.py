@@ -79,7 +79,8 @@ async def test_healthz_readyz_metrics(
         "cookieguard_refresh_duration_seconds",
         "cookieguard_requests_total",
         "cookieguard_upstream_duration_seconds",
-        "cookieguard_sessions_in_flight",
+        "cookieguard_idp_calls_in_flight",
+        "cookieguard_sessions_in_flight",  # the deprecated alias, for one release
         "process_resident_memory_bytes",
     ):
         assert f"# TYPE {name} " in text

@@ -104,6 +104,7 @@ async def test_counters_equal_the_traffic_and_labels_carry_no_user_or_token(
     assert value(scraped, "cookieguard_refresh_duration_seconds_count") == 2  # IdP calls that refreshed
     assert value(scraped, "cookieguard_upstream_duration_seconds_count") == 5
     assert value(scraped, "cookieguard_upstream_duration_seconds_bucket", le="+Inf") == 5
+    assert value(scraped, "cookieguard_idp_calls_in_flight") == 0
     assert value(scraped, "cookieguard_sessions_in_flight") == 0
     # Process metrics, from this process.
     assert value(scraped, "process_resident_memory_bytes") > 0
@@ -126,3 +127,13 @@ async def test_each_app_instance_has_its_own_registry() -> None:
     a.refresh_total.labels(outcome="refreshed").inc()
     assert value(samples(b.render().decode()), "cookieguard_refresh_total", outcome="refreshed") == 0
     assert value(samples(a.render().decode()), "cookieguard_refresh_total", outcome="refreshed") == 1
+
+
+def test_idp_calls_in_flight_and_its_deprecated_alias_move_together() -> None:
+    metrics = Metrics()
+    metrics.idp_call(True)
+    metrics.idp_call(True)
+    metrics.idp_call(False)
+    scraped = samples(metrics.render().decode())
+    assert value(scraped, "cookieguard_idp_calls_in_flight") == 1
+    assert value(scraped, "cookieguard_sessions_in_flight") == 1
