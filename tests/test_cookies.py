@@ -13,18 +13,20 @@ from hypothesis import strategies as st
 from cookieguard.config import CookieAttributes, CookieNames, CookiesConfig
 from cookieguard.cookies import (
     MAX_COOKIE_BYTES,
+    SetCookie,
+    encode_uri_component,
+    format_cookie_header,
+    js_cookie_name,
+    parse_cookie_header,
+    percent_decode,
+)
+from cookieguard.layouts import (
     AmplifyLayout,
     FreshTokens,
     NamedLayout,
     Session,
     SessionReader,
-    SetCookie,
-    encode_uri_component,
-    format_cookie_header,
-    js_cookie_name,
     make_layout,
-    parse_cookie_header,
-    percent_decode,
     split_into_cookies,
 )
 from tests.support.properties import core_property

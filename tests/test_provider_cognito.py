@@ -1,5 +1,5 @@
 """cookieguard.providers.cognito against a real Cognito-compatible server (moto, through
-cookieguard.emulator), plus a small aiohttp server for answers moto cannot be made to give: error
+cookieguard.demo.emulator), plus a small aiohttp server for answers moto cannot be made to give: error
 types with a `:` suffix or a `#` shape id, HTML pages, malformed JSON, hangs, dropped connections,
 429 with an HTTP-date Retry-After, oversized bodies. That server answers the way Cognito's JSON
 protocol does (x-amz-json-1.1, `x-amzn-ErrorType`, `__type`), but it is a stand-in, not Cognito.
@@ -32,7 +32,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cookieguard.config import ProviderConfig
-from cookieguard.emulator import CognitoEmulator, PoolInfo
+from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.providers.base import RefreshError, RefreshRejected, RefreshUnavailable
 from cookieguard.providers.cognito import (
     CONFIGURATION_ERRORS,
@@ -410,7 +410,7 @@ def test_emulator_puts_moto_back_when_stopped() -> None:
     script = """
 from moto.cognitoidp.models import CognitoIdpUserPool
 from moto.cognitoidp.responses import CognitoIdpResponse
-from cookieguard.emulator import CognitoEmulator
+from cookieguard.demo.emulator import CognitoEmulator
 before = (CognitoIdpUserPool.create_jwt, CognitoIdpResponse.initiate_auth)
 with CognitoEmulator() as a, CognitoEmulator() as b:
     assert a.port != b.port
