@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from cookieguard.config import ProviderConfig
+from cookieguard.providers.oidc import OidcConfig
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "oidc_provider"
 READY_TIMEOUT_S = 20.0
@@ -59,12 +59,11 @@ class OidcIdp:
     def client(self, client_auth: str = "client_secret_basic") -> OidcClient:
         return self.clients[client_auth]
 
-    def provider_config(self, client_auth: str = "client_secret_basic", **overrides: Any) -> ProviderConfig:
-        """A ProviderConfig for this IdP with an explicit token endpoint (pass issuer=... instead
+    def provider_config(self, client_auth: str = "client_secret_basic", **overrides: Any) -> OidcConfig:
+        """An OidcConfig for this IdP with an explicit token endpoint (pass issuer=... instead
         and token_endpoint=None to exercise discovery)."""
         client = self.client(client_auth)
-        config = ProviderConfig(
-            kind="oidc",
+        config = OidcConfig(
             client_id=client.client_id,
             client_secret=client.client_secret,
             client_auth=client_auth,
