@@ -133,8 +133,8 @@ def _ensure_node_modules() -> None:
 
 
 @contextlib.contextmanager
-def start_oidc_idp(*, access_token_ttl_s: int = 60) -> Iterator[OidcIdp]:
-    """Run server.js on an ephemeral port until the block ends."""
+def start_oidc_idp(*, access_token_ttl_s: int = 60, port: int = 0) -> Iterator[OidcIdp]:
+    """Run server.js on `port` (0: an ephemeral one) until the block ends."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node not found on PATH: Node 20 is part of this machine and runs the test IdP")
@@ -143,7 +143,7 @@ def start_oidc_idp(*, access_token_ttl_s: int = 60) -> Iterator[OidcIdp]:
     # stderr goes to a file: a pipe nobody reads could fill up and stall the server.
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
-            [node, "server.js", "0"], cwd=SERVER_DIR, env=env, stdout=subprocess.PIPE, stderr=stderr
+            [node, "server.js", str(port)], cwd=SERVER_DIR, env=env, stdout=subprocess.PIPE, stderr=stderr
         )
         try:
             ready = _wait_ready(process, stderr)
