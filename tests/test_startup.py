@@ -8,16 +8,13 @@ In process: `build_app` served by aiohttp's test server, a real upstream, and th
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -64,10 +61,13 @@ def cookie_header(cookies: dict[str, str]) -> str:
 
 
 async def get(guard: TestServer, path: str, cookies: str) -> tuple[int, list[str]]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(guard.make_url(path), headers={"Cookie": cookies}, allow_redirects=False) as r:
-            await r.read()
-            return r.status, r.headers.getall("Set-Cookie", [])
+    url = guard.make_url(path)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(url, headers={"Cookie": cookies}, allow_redirects=False) as r,
+    ):
+        await r.read()
+        return r.status, r.headers.getall("Set-Cookie", [])
 
 
 async def poll_until_refreshed(guard: TestServer, cookies: str, name: str) -> dict[str, str]:
