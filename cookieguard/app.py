@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .admin import Admin
 from .config import Config
-from .cookies import make_layout
+from .layouts import make_layout
 from .logs import get_logger
 from .metrics import Metrics
 from .providers import make_provider
@@ -73,10 +73,11 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
         provider = make_provider(config.provider, idp)
         verifier = None
         if config.verify.signature:
-            jwks_url = config.provider.jwks_url
-            if jwks_url is None and config.provider.kind == "oidc":
-                jwks_url = await _discover_jwks_url(provider)
-            verifier = TokenVerifier(config.provider, config.verify, idp, jwks_url=jwks_url, clock=clock)
+            # The JWKS URL is resolved when the first token is checked, never here (README,
+            # "Start-up"): an IdP outage at start-up must not stop the proxy.
+            verifier = TokenVerifier(
+                config.provider, config.verify, idp, resolve_jwks_url=provider.resolve_jwks_url, clock=clock
+            )
 
         refresher = Refresher(
             provider,
@@ -88,7 +89,7 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
         )
         auth_holder[0] = Auth(
             wall_clock=clock,
-            layout=make_layout(config.cookies, config.provider.client_id),
+            layout=make_layout(config.cookies, config.provider),
             refresher=refresher,
             verifier=verifier,
         )
@@ -145,18 +146,6 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)  # we are on our way out: a repeated signal must not kill us
     log.info("stopped")
-
-
-async def _discover_jwks_url(provider: object) -> str | None:
-    resolve = getattr(provider, "resolve_jwks_url", None)
-    if resolve is None:
-        return None
-    try:
-        url: str | None = await resolve()
-    except Exception as exc:  # an IdP outage at start-up must not stop the proxy
-        get_logger().warning("jwks_discovery_failed", error=type(exc).__name__)
-        return None
-    return url
 
 
 def _bound_addresses(runner: web.AppRunner) -> list[tuple[str, int]]:

@@ -165,7 +165,7 @@ def _check(path_arg: str | None) -> int:
         print("provider: none (plain reverse proxy, no token refresh)")
     else:
         p = config.provider
-        where = p.cognito_endpoint if p.kind == "cognito" else (p.token_endpoint or f"{p.issuer} (discovery)")
+        where = p.refresh_endpoint
         secret = "set" if p.client_secret else "none"
         print(f"provider: {p.kind} client_id={p.client_id} client_secret={secret} endpoint={where}")
     print(f"cookies: layout {config.cookies.layout}   store: {config.store.kind}")

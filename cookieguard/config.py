@@ -10,13 +10,25 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+
+from .layouts import LAYOUTS
+from .providers import KINDS, ProviderConfig, load_provider
+from .schema import Section as _Section
+from .schema import boolean as _bool
+from .schema import http_url as _url
+from .schema import nonempty_string as _nonempty_str
+from .schema import one_of as _one_of
+from .schema import parse_duration
+from .schema import positive_duration as _positive_duration
+from .schema import positive_int as _positive_int
+from .schema import string as _str
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -35,32 +47,6 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------------------------------------
 # The schema, as frozen dataclasses
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProviderConfig:
-    kind: str  # cognito | oidc
-    client_id: str
-    client_secret: str | None = field(default=None, repr=False)
-    timeout_s: float = 5.0
-    jwks_url: str | None = None
-    # cognito
-    user_pool_id: str | None = None
-    region: str | None = None
-    api: str = "get_tokens_from_refresh_token"  # or initiate_auth
-    endpoint: str | None = None
-    # oidc
-    issuer: str | None = None
-    token_endpoint: str | None = None
-    client_auth: str = "client_secret_basic"
-
-    @property
-    def cognito_issuer(self) -> str:
-        return f"https://cognito-idp.{self.region}.amazonaws.com/{self.user_pool_id}"
-
-    @property
-    def cognito_endpoint(self) -> str:
-        return self.endpoint or f"https://cognito-idp.{self.region}.amazonaws.com/"
 
 
 @dataclass(frozen=True)
@@ -119,10 +105,6 @@ class Route:
     preserve_host: bool = True
     timeout_s: float | None = None  # read timeout override for this route
     regex: re.Pattern[str] | None = field(default=None, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.match
 
 
 @dataclass(frozen=True)
@@ -194,10 +176,6 @@ class Config:
     source: str = "<memory>"
 
     @property
-    def provider_is_oidc(self) -> bool:
-        return self.provider is not None and self.provider.kind == "oidc"
-
-    @property
     def listen(self) -> str:
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
         return f"{host}:{self.listen_port}"
@@ -208,8 +186,6 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
@@ -230,130 +206,6 @@ def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str
         return {k: expand_env(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()}
     if isinstance(value, list):
         return [expand_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-    return value
-
-
-def parse_duration(value: Any) -> float:
-    """`500ms`, `30s`, `5m`, `1h`, `30d` (or a bare number of seconds) -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("not a duration (use e.g. 500ms, 30s, 5m, 1h, 30d)")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 30s, 5m, 1h, 30d)")
-
-
-def _is_http_url(value: str) -> bool:
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-T = TypeVar("T")
-
-
-class _Section:
-    """Reads one mapping of the YAML tree, recording problems under its key path."""
-
-    def __init__(self, data: Any, path: str, problems: list[str]) -> None:
-        self.path = path
-        self.problems = problems
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            self.error("", f"must be a mapping, got {_kind(data)}")
-            data = {}
-        self.data: dict[str, Any] = data
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def error(self, name: str, message: str) -> None:
-        where = self.key(name) if name else (self.path or "<root>")
-        if any(p.startswith(f"{where}: environment variable") for p in self.problems):
-            return  # the unset variable is the mistake to report, not the empty value it left
-        self.problems.append(f"{where}: {message}")
-
-    def has(self, name: str) -> bool:
-        return name in self.data and self.data[name] is not None
-
-    def get(self, name: str, parse: Callable[[Any], T], default: T) -> T:
-        self.seen.add(name)
-        if name not in self.data or self.data[name] is None:
-            return default
-        try:
-            return parse(self.data[name])
-        except (ValueError, TypeError) as exc:
-            self.error(name, str(exc))
-            return default
-
-    def section(self, name: str) -> _Section:
-        self.seen.add(name)
-        return _Section(self.data.get(name), self.key(name), self.problems)
-
-    def finish(self) -> None:
-        for name in self.data:
-            if name not in self.seen:
-                self.error(str(name), "unknown key")
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _str(value: Any) -> str:
-    if isinstance(value, bool | dict | list):
-        raise ValueError(f"must be a string, got {_kind(value)}")
-    return str(value)
-
-
-def _nonempty_str(value: Any) -> str:
-    s = _str(value)
-    if not s:
-        raise ValueError("must not be empty")
-    return s
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {value!r}")
-    return value
-
-
-def _one_of(*choices: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        s = _str(value)
-        if s not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {s!r}")
-        return s
-
-    return parse
-
-
-def _url(value: Any) -> str:
-    s = _str(value)
-    if not _is_http_url(s):
-        raise ValueError(f"not an http(s) URL: {s!r}")
-    return s.rstrip("/") if urlsplit(s).path in ("", "/") else s
-
-
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("must be greater than zero")
-    return seconds
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"must be a positive integer, got {value!r}")
     return value
 
 
@@ -400,9 +252,6 @@ def _same_site(value: Any) -> str:
     if s.lower() not in _SAME_SITE:
         raise ValueError(f"must be one of Lax, Strict, None, got {s!r}")
     return _SAME_SITE[s.lower()]
-
-
-_POOL_ID = re.compile(r"^([a-z]{2}(?:-[a-z]+)+-\d+)_[0-9A-Za-z]+$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,91 +330,24 @@ def _build_provider(root: _Section) -> ProviderConfig | None:
     if not root.has("provider"):
         root.seen.add("provider")
         return None
-    s = root.section("provider")
-    kind = s.get("kind", _one_of("cognito", "oidc"), "")
-    if not kind:
-        if not s.has("kind"):
-            s.error("kind", "required (cognito or oidc)")
-        s.seen.update(s.data)  # the other keys cannot be judged without a kind
-        return None
-    client_id = s.get("client_id", _nonempty_str, "")
-    if not client_id and not s.has("client_id"):
-        s.error("client_id", "required")
-    secret = s.get("client_secret", _str, "") or None
-    timeout_s = s.get("timeout", _positive_duration, 5.0)
-    jwks_url = s.get("jwks_url", _url, None)
-    if kind == "cognito":
-        pool_id = s.get("user_pool_id", _nonempty_str, "")
-        region = None
-        if not s.has("user_pool_id"):
-            s.error("user_pool_id", "required for kind cognito (e.g. us-east-1_AbCdEf123)")
-        elif pool_id:
-            m = _POOL_ID.match(pool_id)
-            if m:
-                region = m.group(1)
-            else:
-                s.error("user_pool_id", f"not a Cognito user pool id (<region>_<id>): {pool_id!r}")
-        api = s.get(
-            "api", _one_of("get_tokens_from_refresh_token", "initiate_auth"), "get_tokens_from_refresh_token"
-        )
-        endpoint = s.get("endpoint", _url, None)
-        for oidc_only in ("issuer", "token_endpoint", "client_auth"):
-            if s.has(oidc_only):
-                s.seen.add(oidc_only)
-                s.error(oidc_only, "only valid for kind oidc")
-        s.finish()
-        return ProviderConfig(
-            kind=kind,
-            client_id=client_id,
-            client_secret=secret,
-            timeout_s=timeout_s,
-            jwks_url=jwks_url,
-            user_pool_id=pool_id or None,
-            region=region,
-            api=api,
-            endpoint=endpoint,
-        )
-    issuer = s.get("issuer", _url, None)
-    token_endpoint = s.get("token_endpoint", _url, None)
-    default_auth = "client_secret_basic" if secret else "none"
-    client_auth = s.get(
-        "client_auth", _one_of("client_secret_basic", "client_secret_post", "none"), default_auth
-    )
-    if not issuer and not token_endpoint and not (s.has("issuer") or s.has("token_endpoint")):
-        s.error("token_endpoint", "kind oidc needs token_endpoint or issuer")
-    if client_auth != "none" and not secret:
-        s.error("client_secret", f"required with client_auth {client_auth}")
-    for cognito_only in ("user_pool_id", "api", "endpoint"):
-        if s.has(cognito_only):
-            s.seen.add(cognito_only)
-            s.error(cognito_only, "only valid for kind cognito")
-    s.finish()
-    return ProviderConfig(
-        kind=kind,
-        client_id=client_id,
-        client_secret=secret,
-        timeout_s=timeout_s,
-        jwks_url=jwks_url,
-        issuer=issuer,
-        token_endpoint=token_endpoint,
-        client_auth=client_auth,
-    )
+    return load_provider(root.section("provider"))
 
 
 def _build_cookies(root: _Section, provider: ProviderConfig | None) -> CookiesConfig:
     s = root.section("cookies")
-    layout = s.get("layout", _one_of("amplify", "named"), "amplify")
+    layout = s.get("layout", _one_of(*LAYOUTS), CookiesConfig.layout)
     names = CookieNames()
     if s.has("names"):
         n = s.section("names")
         names = CookieNames(
-            access_token=n.get("access_token", _cookie_name, "access_token"),
-            refresh_token=n.get("refresh_token", _cookie_name, "refresh_token"),
-            id_token=n.get("id_token", _cookie_name, None),
+            access_token=n.get("access_token", _cookie_name, CookieNames.access_token),
+            refresh_token=n.get("refresh_token", _cookie_name, CookieNames.refresh_token),
+            id_token=n.get("id_token", _cookie_name, CookieNames.id_token),
         )
         n.finish()
-        if layout == "amplify":
-            s.error("names", "only valid with layout named (amplify cookie names come from the client id)")
+        if not LAYOUTS[layout].uses_names:
+            named = " or ".join(name for name, other in LAYOUTS.items() if other.uses_names)
+            s.error("names", f"only valid with layout {named} ({layout} cookie names are not configurable)")
     else:
         s.seen.add("names")
     a = s.section("attributes")
@@ -582,8 +364,16 @@ def _build_cookies(root: _Section, provider: ProviderConfig | None) -> CookiesCo
     if attributes.same_site == "None" and not attributes.secure:
         a.error("same_site", "None requires secure: true (browsers reject SameSite=None without Secure)")
     s.finish()
-    if layout == "amplify" and provider is not None and provider.kind == "oidc":
-        s.error("layout", "amplify layout needs provider.kind cognito (use layout named for oidc)")
+    kinds = LAYOUTS[layout].provider_kinds
+    if provider is not None and kinds is not None and provider.kind not in kinds:
+        fitting = [
+            n for n, other in LAYOUTS.items() if provider.kind in (other.provider_kinds or (provider.kind,))
+        ]
+        s.error(
+            "layout",
+            f"{layout} layout needs provider.kind {' or '.join(kinds)} "
+            f"(use layout {' or '.join(fitting)} for {provider.kind})",
+        )
     return CookiesConfig(layout=layout, names=names, attributes=attributes)
 
 
@@ -644,9 +434,10 @@ def _build_verify(root: _Section, provider: ProviderConfig | None) -> VerifyConf
         signature=s.get("signature", _bool, True),
         audience=s.get("audience", _nonempty_str, None),
     )
-    if cfg.audience is not None and provider is not None and provider.kind == "cognito":
+    if cfg.audience is not None and provider is not None and provider.audience_unused:
+        checked = [name for name, kind in KINDS.items() if not kind.audience_unused]
         s.error(
-            "audience", "only valid with provider.kind oidc (Cognito tokens are checked against client_id)"
+            "audience", f"only valid with provider.kind {' or '.join(checked)} ({provider.audience_unused})"
         )
     s.finish()
     return cfg

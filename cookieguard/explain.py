@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from .config import Config
-from .cookies import AMPLIFY_PREFIX, LAST_AUTH_USER, Session, make_layout, parse_cookie_header, percent_decode
+from .cookies import parse_cookie_header, percent_decode
 from .decide import Action, needs_refresh
+from .layouts import AmplifyLayout, Session, make_layout
+from .layouts.amplify import AMPLIFY_PREFIX, LAST_AUTH_USER
 from .tokens import Claims, check_claims, expectations_for, read_claims, session_id
 
 _AMPLIFY_KEYS = ("accessToken", "idToken", "refreshToken", "clockDrift", "deviceKey", "signInDetails")
@@ -84,7 +86,12 @@ def explain(
             Verdict("forward", "no auth cookies (no CognitoIdentityServiceProvider.*.LastAuthUser)")
         )
         return out
-    layout = make_layout(config.cookies, client_id)
+    # The client id may come from the command line or the cookies rather than the configuration.
+    layout = (
+        AmplifyLayout(client_id)
+        if client_id and layout_name == "amplify"
+        else make_layout(config.cookies, config.provider)
+    )
     session = layout.read(cookies)
     if session is None:
         out.append("user: none")
@@ -129,7 +136,7 @@ def _decide(session: Session, access: Claims | None, config: Config, now_s: floa
             )
         return Verdict("forward", "no refresh token: cookieguard cannot refresh this session")
     if session.access_token and access is None:
-        if config.provider_is_oidc:
+        if config.provider is not None and config.provider.opaque_access_tokens:
             return Verdict(
                 "forward",
                 "the access token is not a JWT (opaque): its expiry is known only from a token response "

@@ -20,8 +20,9 @@ from prometheus_client import Counter
 from yarl import URL
 
 from .config import Config, Route
-from .cookies import FreshTokens, Layout, Session, SessionReader, SetCookie, parse_cookie_header
+from .cookies import SetCookie, parse_cookie_header
 from .decide import Action, is_navigation, needs_refresh
+from .layouts import FreshTokens, Layout, Session, SessionReader
 from .logs import get_logger
 from .merge import merge_set_cookies
 from .metrics import Metrics
@@ -284,7 +285,8 @@ class Proxy:
         if verifier is None:
             claims = read_claims(token)
             if claims is None:
-                return self._opaque_lifetime(token) if self.config.provider_is_oidc else None
+                opaque = self.config.provider is not None and self.config.provider.opaque_access_tokens
+                return self._opaque_lifetime(token) if opaque else None
             return claims.iat, claims.exp
         check = verifier.peek(token, "access")
         if check is None:
@@ -316,6 +318,7 @@ class Proxy:
             id_token=tokens.id_token or session.id_token,
             refresh_token=tokens.refresh_token or session.refresh_token,
             clock_drift_ms=drift,
+            expires_in_s=tokens.expires_in_s,
         )
 
     def _sign_in_again(self, request: web.Request, clear: list[SetCookie]) -> web.StreamResponse:

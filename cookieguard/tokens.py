@@ -41,15 +41,17 @@ import math
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
 import aiohttp
 import jwt
 import structlog
 
-from cookieguard.config import ProviderConfig, VerifyConfig
+if TYPE_CHECKING:
+    from cookieguard.config import VerifyConfig
+    from cookieguard.providers.base import ProviderConfig
 
 TokenKind = Literal["access", "id"]
 _V = TypeVar("_V")
@@ -264,25 +266,8 @@ class Expectations:
 
 
 def expectations_for(provider: ProviderConfig, verify: VerifyConfig, kind: TokenKind) -> Expectations:
-    """Translate the configuration into the checks for one kind of token."""
-    if provider.kind == "cognito":
-        issuer = (provider.cognito_issuer,)
-        if kind == "access":
-            # Cognito access tokens have no `aud`; they name their app client in `client_id`.
-            return Expectations(issuers=issuer, token_use="access", client_id=provider.client_id)
-        return Expectations(issuers=issuer, token_use="id", audience=provider.client_id)
-    # OIDC. With only `token_endpoint` configured we do not know the issuer, so `iss` cannot be
-    # checked; the JWKS (which the operator pointed us at) still has to have signed the token.
-    issuers: tuple[str, ...] | None = None
-    if provider.issuer:
-        # The config loader drops a trailing "/" from a bare-host URL, but issuers such as
-        # Auth0's end in "/", and `iss` must match the issuer string exactly (OIDC Discovery 4.3).
-        bare = provider.issuer.rstrip("/")
-        issuers = (bare, bare + "/")
-    if kind == "access":
-        # Access tokens are meant for an API, not for us: their `aud` is the API's, if anything.
-        return Expectations(issuers=issuers, audience=verify.audience)
-    return Expectations(issuers=issuers, audience=provider.client_id, authorized_party=provider.client_id)
+    """The checks for one kind of token: the provider kind's, with the configured audience."""
+    return provider.expectations(kind, audience=verify.audience)
 
 
 def check_claims(
@@ -373,6 +358,7 @@ class TokenVerifier:
         session: aiohttp.ClientSession,
         *,
         jwks_url: str | None = None,
+        resolve_jwks_url: Callable[[], Awaitable[str | None]] | None = None,
         clock: Callable[[], float] = time.time,
         cache_size: int = RESULTS_CACHE_SIZE,
         refetch_interval_s: float = JWKS_REFETCH_INTERVAL_S,
@@ -386,16 +372,11 @@ class TokenVerifier:
         self._refetch_interval_s = refetch_interval_s
         self._retry_after_failure_s = retry_after_failure_s
         self._max_age_s = max_age_s
-        if jwks_url is None:
-            jwks_url = provider.jwks_url
-        if jwks_url is None and provider.kind == "cognito":
-            jwks_url = f"{provider.cognito_issuer}/.well-known/jwks.json"
-        if jwks_url is None and verify.signature:
-            raise ValueError(
-                "verify.signature is true but no JWKS URL is known: set provider.jwks_url, or "
-                "provider.issuer so it can be discovered"
-            )
-        self.jwks_url = jwks_url
+        # Known from the configuration, or asked of the IdP (OIDC discovery) when the keys are
+        # first needed: an IdP down at start-up must not stop the proxy, so until the URL is
+        # known every token is UNKNOWN, and the next attempt waits `retry_after_failure_s`.
+        self.jwks_url = jwks_url or provider.default_jwks_url
+        self._resolve_jwks_url = resolve_jwks_url
         self._expect: dict[TokenKind, Expectations] = {
             "access": expectations_for(provider, verify, "access"),
             "id": expectations_for(provider, verify, "id"),
@@ -430,11 +411,6 @@ class TokenVerifier:
     def __repr__(self) -> str:
         return f"TokenVerifier(kind={self.provider.kind!r}, jwks_url={self.jwks_url!r})"
 
-    @property
-    def jwks_available(self) -> bool:
-        """Whether we hold keys (for readyz-style reporting)."""
-        return bool(self._keys)
-
     def peek(self, token: str, kind: TokenKind) -> TokenCheck | None:
         """The cached verdict for this token, if any, without awaiting: the hot path's fast lane."""
         if len(token) > MAX_TOKEN_CHARS:
@@ -465,7 +441,7 @@ class TokenVerifier:
         if claims is None:
             # RFC 6749 access tokens are opaque strings unless the IdP says otherwise; Cognito's
             # are always JWTs, and id tokens are JWTs by definition (OIDC Core 2).
-            opaque_allowed = kind == "access" and self.provider.kind == "oidc"
+            opaque_allowed = kind == "access" and self.provider.opaque_access_tokens
             return _OPAQUE if opaque_allowed else _NOT_A_JWT
         if not self.verify.signature:
             return TokenCheck(TokenStatus.VALID, claims, "unverified")
@@ -542,10 +518,13 @@ class TokenVerifier:
             self._fetch_task = None
 
     async def _fetch_jwks(self) -> None:
-        assert self.jwks_url is not None
-        self.jwks_fetches += 1
         status: int | None = None
         try:
+            if self.jwks_url is None and self._resolve_jwks_url is not None:
+                self.jwks_url = await self._resolve_jwks_url()
+            if self.jwks_url is None:
+                raise JwksError("no JWKS URL (set provider.jwks_url or provider.issuer)")
+            self.jwks_fetches += 1
             timeout = aiohttp.ClientTimeout(total=self.provider.timeout_s)
             async with self._session.get(self.jwks_url, timeout=timeout) as response:
                 status = response.status
@@ -561,7 +540,14 @@ class TokenVerifier:
             # Whatever went wrong (network, TLS, HTTP, JSON, keys), the IdP's keys are unavailable:
             # that must show up as UNKNOWN, never as a signed-out user or a 500.
             self._last_attempt_failed = True
-            error = str(exc) if isinstance(exc, JwksError) else type(exc).__name__
+            code = getattr(exc, "code", None)  # RefreshUnavailable from OIDC discovery: its code
+            error = (
+                str(exc)
+                if isinstance(exc, JwksError)
+                else code
+                if isinstance(code, str)
+                else type(exc).__name__
+            )
             structlog.get_logger("cookieguard").warning(
                 "jwks_fetch", outcome="failed", url=self.jwks_url, status=status, error=error
             )

@@ -18,8 +18,9 @@ import aiohttp
 import pytest
 
 from cookieguard.admin import session_report
-from cookieguard.cookies import AmplifyLayout, encode_uri_component
-from cookieguard.emulator import CognitoEmulator, PoolInfo
+from cookieguard.cookies import encode_uri_component
+from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.layouts import AmplifyLayout
 from cookieguard.proxy import SessionCheck
 from cookieguard.tokens import read_claims
 from tests.support.apps import seen_by, set_cookie_values, start_buggy_app

@@ -44,7 +44,7 @@ def test_full_example_loads_with_defaults_filled_in() -> None:
     assert cfg.provider is not None and cfg.provider.region == "us-east-1"
     assert cfg.provider.client_secret is None
     assert cfg.provider.timeout_s == 2.0
-    assert cfg.provider.cognito_issuer == "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_AbCdEf123"
+    assert cfg.provider.issuer == "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_AbCdEf123"
     assert cfg.refresh.before_expiry_s == 300 and cfg.refresh.on_rejected == "login"
     assert [r.match for r in cfg.routes] == ["/_next/static/", "regex:^/api/v[0-9]+/", "/"]
     assert cfg.routes[0].refresh is False and cfg.routes[0].upstream == "http://127.0.0.1:3000"

@@ -13,21 +13,24 @@ from hypothesis import strategies as st
 from cookieguard.config import CookieAttributes, CookieNames, CookiesConfig
 from cookieguard.cookies import (
     MAX_COOKIE_BYTES,
+    SetCookie,
+    encode_uri_component,
+    format_cookie_header,
+    js_cookie_name,
+    parse_cookie_header,
+    percent_decode,
+    select_cookies,
+)
+from cookieguard.layouts import (
     AmplifyLayout,
     FreshTokens,
     NamedLayout,
     Session,
     SessionReader,
-    SetCookie,
-    encode_uri_component,
-    format_cookie_header,
-    js_cookie_name,
     make_layout,
-    parse_cookie_header,
-    percent_decode,
-    select_cookies,
-    split_into_cookies,
 )
+from cookieguard.layouts.base import Chunks
+from cookieguard.providers.cognito import CognitoConfig
 from tests.support.properties import CORE_EXAMPLES, core_property
 
 CLIENT_ID = "3n4b5urk1ft4fl3mg5e62d9ado"
@@ -637,9 +640,9 @@ def test_named_without_id_token_name() -> None:
     assert [c.name for c in sets] == ["at", "rt"]
 
 
-def test_split_into_cookies_respects_the_browser_limit() -> None:
-    assert split_into_cookies("at", "x" * (MAX_COOKIE_BYTES - 2)) == [("at", "x" * 4094)]
-    chunks = split_into_cookies("at", "x" * (MAX_COOKIE_BYTES - 1))
+def test_chunks_respect_the_browser_limit() -> None:
+    assert Chunks().split("at", "x" * (MAX_COOKIE_BYTES - 2)) == [("at", "x" * 4094)]
+    chunks = Chunks().split("at", "x" * (MAX_COOKIE_BYTES - 1))
     assert [n for n, _ in chunks] == ["at.0", "at.1"]
     assert all(len(n) + len(v) <= MAX_COOKIE_BYTES for n, v in chunks)
     assert len(chunks[0][0]) + len(chunks[0][1]) == MAX_COOKIE_BYTES
@@ -707,7 +710,8 @@ def test_named_layout_refuses_clashing_names() -> None:
 
 
 def test_make_layout() -> None:
-    assert isinstance(make_layout(CookiesConfig(), CLIENT_ID), AmplifyLayout)
+    cognito = CognitoConfig(client_id=CLIENT_ID, user_pool_id="us-east-1_AbCdEf123")
+    assert isinstance(make_layout(CookiesConfig(), cognito), AmplifyLayout)
     assert isinstance(make_layout(CookiesConfig(layout="named", names=NAMES), None), NamedLayout)
     with pytest.raises(ValueError, match="client id"):
         make_layout(CookiesConfig(), None)

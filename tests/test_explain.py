@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cookieguard.config import parse_config
-from cookieguard.emulator import CognitoEmulator, PoolInfo
+from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.explain import cookie_header_from, explain
 from cookieguard.tokens import session_id
 from tests.support.apps import amplify_cookies

@@ -12,7 +12,7 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from cookieguard.config import RefreshConfig, StoreConfig
-from cookieguard.emulator import CognitoEmulator, PoolInfo
+from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.guard import MIN_REJECTED_RATIO, MIN_REJECTED_SESSIONS, WINDOW_S, RejectStormGuard
 from cookieguard.providers.base import RefreshRejected
 from cookieguard.refresh import Refresher, store_key

@@ -19,9 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from cookieguard.config import ProviderConfig
 from cookieguard.providers.base import RefreshRejected, RefreshUnavailable
-from cookieguard.providers.oidc import OidcProvider
+from cookieguard.providers.oidc import OidcConfig, OidcProvider
 from tests.support.oidc_idp import OidcIdp
 
 CLIENT_AUTHS = ["client_secret_basic", "client_secret_post", "none"]
@@ -70,9 +69,7 @@ async def test_refresh_with_each_client_auth(
 
 def test_basic_auth_form_urlencodes_before_base64() -> None:
     """RFC 6749 2.3.1; the real provider rejects the unencoded form of the test secrets."""
-    config = ProviderConfig(
-        kind="oidc", client_id="id:1", client_secret="s e:c%+&/", token_endpoint="http://idp/token"
-    )
+    config = OidcConfig(client_id="id:1", client_secret="s e:c%+&/", token_endpoint="http://idp/token")
     provider = OidcProvider(config, session=None)  # type: ignore[arg-type]
     form: dict[str, str] = {}
     headers: dict[str, str] = {}
@@ -261,10 +258,8 @@ class FakeIdp:
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
 
-    def config(self, **overrides: Any) -> ProviderConfig:
-        config = ProviderConfig(
-            kind="oidc", client_id="client", client_secret="secret", token_endpoint=self.url("/token")
-        )
+    def config(self, **overrides: Any) -> OidcConfig:
+        config = OidcConfig(client_id="client", client_secret="secret", token_endpoint=self.url("/token"))
         return replace(config, **overrides)
 
 
@@ -514,8 +509,8 @@ async def discovery_idp(aiohttp_server: Any) -> DiscoveryIdp:
     return idp
 
 
-def _issuer_config(issuer: str) -> ProviderConfig:
-    return ProviderConfig(kind="oidc", client_id="client", client_secret="secret", issuer=issuer)
+def _issuer_config(issuer: str) -> OidcConfig:
+    return OidcConfig(client_id="client", client_secret="secret", issuer=issuer)
 
 
 async def test_failed_discovery_is_unavailable_then_retried(

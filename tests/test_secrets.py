@@ -26,8 +26,8 @@ from cryptography.fernet import Fernet
 from yarl import URL
 
 from cookieguard.config import ConfigError, parse_config
-from cookieguard.cookies import AmplifyLayout
-from cookieguard.emulator import CognitoEmulator, PoolInfo, secret_hash_for
+from cookieguard.demo.emulator import CognitoEmulator, PoolInfo, secret_hash_for
+from cookieguard.layouts import AmplifyLayout
 from tests.support.apps import seen_by, start_buggy_app
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets

@@ -17,8 +17,8 @@ from urllib.parse import unquote
 import aiohttp
 import pytest
 
-from cookieguard.cookies import AmplifyLayout
-from cookieguard.emulator import CognitoEmulator, PoolInfo
+from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.layouts import AmplifyLayout
 from cookieguard.tokens import read_claims
 from tests.support.apps import cookie_value, seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from cookieguard.config import CookieNames
-from cookieguard.cookies import NamedLayout, parse_cookie_header
+from cookieguard.cookies import parse_cookie_header
+from cookieguard.layouts import NamedLayout
 from tests.support.apps import Browser, seen_by, set_cookie_values, start_buggy_app
 from tests.support.no_secrets import KnownSecrets
 from tests.support.oidc_idp import OidcIdp

@@ -21,7 +21,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from cookieguard.config import ProviderConfig, VerifyConfig
+from cookieguard.config import VerifyConfig
+from cookieguard.providers import ProviderConfig, RefreshUnavailable
+from cookieguard.providers.cognito import CognitoConfig
+from cookieguard.providers.oidc import OidcConfig
 from cookieguard.tokens import (
     MAX_TOKEN_CHARS,
     Claims,
@@ -40,11 +43,10 @@ from cookieguard.tokens import (
 NOW = 1_750_000_000.0
 CLIENT_ID = "3n4b5urk1ft4fl3mg5e62d9ado"
 POOL_ID = "us-east-1_AbCdEf123"
-COGNITO = ProviderConfig(kind="cognito", client_id=CLIENT_ID, user_pool_id=POOL_ID, region="us-east-1")
+COGNITO = CognitoConfig(client_id=CLIENT_ID, user_pool_id=POOL_ID)
 COGNITO_ISS = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL_ID}"
 OIDC_ISSUER = "https://idp.example.com"
-OIDC = ProviderConfig(
-    kind="oidc",
+OIDC = OidcConfig(
     client_id="web-app",
     client_secret="s3cret",
     issuer=OIDC_ISSUER,
@@ -366,9 +368,9 @@ async def test_valid_cognito_access_and_id_tokens(make_verifier: MakeVerifier, j
 
 async def test_jwks_is_fetched_only_when_first_needed(make_verifier: MakeVerifier, jwks: Jwks) -> None:
     verifier = make_verifier()
-    assert jwks.fetches == 0 and not verifier.jwks_available
+    assert jwks.fetches == 0
     await verifier.check(sign(cognito_access()), kind="access")
-    assert jwks.fetches == 1 and verifier.jwks_available
+    assert jwks.fetches == 1
 
 
 async def test_expired_token_with_a_good_signature_still_gives_its_claims(
@@ -717,18 +719,48 @@ async def test_oidc_issuer(make_verifier: MakeVerifier) -> None:
         await verifier.check(sign(oidc_claims(iss="https://evil.example.com")), kind="access")
     ).reason == ("wrong_issuer")
     # Only a token endpoint configured: the issuer is unknown and not checked.
-    endpoint_only = ProviderConfig(kind="oidc", client_id="web-app", token_endpoint=f"{OIDC_ISSUER}/token")
+    endpoint_only = OidcConfig(client_id="web-app", token_endpoint=f"{OIDC_ISSUER}/token")
     lenient = make_verifier(endpoint_only)
     assert (
         await lenient.check(sign(oidc_claims(iss="https://anything.example.com")), kind="access")
     ).is_valid
 
 
-async def test_oidc_without_a_jwks_url_cannot_verify(session: aiohttp.ClientSession) -> None:
-    with pytest.raises(ValueError, match="jwks_url"):
-        TokenVerifier(OIDC, VerifyConfig(), session)
-    # ...which is fine when signatures are not verified.
-    TokenVerifier(OIDC, VerifyConfig(signature=False), session)
+async def test_the_jwks_url_is_resolved_when_first_needed_and_retried_after_a_failure(
+    jwks: Jwks, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """README "Start-up": the verifier is built before the IdP can tell where its keys are;
+    until it can, tokens are UNKNOWN (never INVALID), and it asks again after the retry interval."""
+    answers: list[str | None] = []
+
+    async def resolve() -> str | None:
+        answers.append(jwks.url if clock.now >= NOW + 10 else None)
+        if answers[-1] is None:
+            raise RefreshUnavailable("discovery_connection_error")
+        return answers[-1]
+
+    verifier = TokenVerifier(
+        OIDC, VerifyConfig(), session, resolve_jwks_url=resolve, clock=clock, retry_after_failure_s=5.0
+    )
+    assert verifier.jwks_url is None and answers == []  # nothing asked at construction
+    token = sign(oidc_claims())
+    down = await verifier.check(token, kind="access")
+    assert (down.status, down.reason) == (TokenStatus.UNKNOWN, "jwks_unavailable")
+    assert (await verifier.check(token, kind="access")).status is TokenStatus.UNKNOWN
+    assert len(answers) == 1 and jwks.fetches == 0  # the second check waited for the interval
+    clock.now += 10
+    assert (await verifier.check(token, kind="access")).is_valid
+    assert verifier.jwks_url == jwks.url and len(answers) == 2 and jwks.fetches == 1
+
+
+async def test_no_jwks_url_at_all_leaves_tokens_unknown(session: aiohttp.ClientSession) -> None:
+    """Only a token endpoint and no jwks_url: nothing can verify a signature, but the proxy runs
+    (tokens UNKNOWN: forwarded, refreshed on their unverified expiry) instead of failing to start."""
+    endpoint_only = OidcConfig(client_id="web-app", token_endpoint=f"{OIDC_ISSUER}/token")
+    verifier = TokenVerifier(endpoint_only, VerifyConfig(), session)
+    check = await verifier.check(sign(oidc_claims()), kind="access")
+    assert check.status is TokenStatus.UNKNOWN and check.claims is not None
+    assert verifier.jwks_fetches == 0
 
 
 # -- verify.signature: false --------------------------------------------------------------------

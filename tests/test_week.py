@@ -22,7 +22,7 @@ import pytest
 from cookieguard.app import build_app
 from cookieguard.config import CookieAttributes, parse_config
 from cookieguard.demo.app import DemoApp
-from cookieguard.emulator import CognitoEmulator, PoolInfo
+from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from tests.support.apps import Browser, amplify_cookies
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets

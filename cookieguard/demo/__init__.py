@@ -2,7 +2,7 @@
 
 Three parts, all on 127.0.0.1, all in this process:
 
-- a local Cognito-compatible IdP (`cookieguard.emulator`: moto's server, the `demo` extra) whose
+- a local Cognito-compatible IdP (`cookieguard.demo.emulator`: moto's server, the `demo` extra) whose
   app client rotates refresh tokens (a used refresh token is rejected) and whose access tokens
   live a few seconds;
 - an app with the seed's bug (`demo.app`): its middleware refreshes an expired token itself,

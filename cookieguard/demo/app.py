@@ -33,8 +33,9 @@ import aiohttp
 from aiohttp import web
 
 from cookieguard.config import CookieAttributes
-from cookieguard.cookies import AmplifyLayout, FreshTokens, Session, parse_cookie_header
-from cookieguard.emulator import PoolInfo
+from cookieguard.cookies import parse_cookie_header
+from cookieguard.demo.emulator import PoolInfo
+from cookieguard.layouts import AmplifyLayout, FreshTokens, Session
 from cookieguard.tokens import clock_drift_ms, read_claims
 
 _TARGET_PREFIX = "AWSCognitoIdentityProviderService."

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from cookieguard.cookies import AmplifyLayout, Session, format_cookie_header
+from cookieguard.cookies import format_cookie_header
+from cookieguard.layouts import AmplifyLayout, Session
 from cookieguard.tokens import read_claims
 
 _TITLE = re.compile(r"<title>([^<]*)</title>", re.IGNORECASE)

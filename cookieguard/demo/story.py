@@ -24,7 +24,7 @@ import yaml
 from aiohttp import web
 
 from cookieguard.config import CookieAttributes, parse_config
-from cookieguard.emulator import CognitoEmulator, EmulatorUnavailable, PoolInfo
+from cookieguard.demo.emulator import CognitoEmulator, EmulatorUnavailable, PoolInfo
 
 from .app import AppEvent, DemoApp
 from .browser import Hop, ScriptedBrowser, short_name

@@ -1,20 +1,55 @@
-"""Clients for identity providers' refresh endpoints."""
+"""Identity provider kinds, and the clients for their refresh endpoints.
+
+A kind is one module here: its config record (a `ProviderConfig` subclass that reads its own
+`provider:` keys and knows its issuer, JWKS URL, token expectations and opaque-token rule) and its
+refresh client. Adding a kind is that module plus one line in `KINDS`.
+"""
 
 from __future__ import annotations
 
 import aiohttp
 
-from ..config import ProviderConfig
-from .base import Provider, RefreshRejected, RefreshUnavailable, TokenSet
+from cookieguard.schema import Section, one_of
 
-__all__ = ["Provider", "RefreshRejected", "RefreshUnavailable", "TokenSet", "make_provider"]
+from .base import Provider, ProviderConfig, RefreshRejected, RefreshUnavailable, TokenSet, load_common
+from .cognito import CognitoConfig
+from .oidc import OidcConfig
+
+__all__ = [
+    "KINDS",
+    "Provider",
+    "ProviderConfig",
+    "RefreshRejected",
+    "RefreshUnavailable",
+    "TokenSet",
+    "load_provider",
+    "make_provider",
+]
+
+KINDS: dict[str, type[ProviderConfig]] = {
+    CognitoConfig.kind: CognitoConfig,
+    OidcConfig.kind: OidcConfig,
+}
+
+
+def load_provider(s: Section) -> ProviderConfig | None:
+    """Read the `provider:` section; problems are recorded in `s` with their key path."""
+    kind = s.get("kind", one_of(*KINDS), "")
+    if not kind:
+        if not s.has("kind"):
+            s.error("kind", f"required ({' or '.join(KINDS)})")
+        s.seen.update(s.data)  # the other keys cannot be judged without a kind
+        return None
+    record = KINDS[kind]
+    config = record.load(s, load_common(s))
+    for key in s.data:
+        owners = [name for name, other in KINDS.items() if other is not record and key in other.yaml_keys]
+        if key not in s.seen and owners:
+            s.seen.add(key)
+            s.error(key, f"only valid for kind {' or '.join(owners)}")
+    s.finish()
+    return config
 
 
 def make_provider(config: ProviderConfig, session: aiohttp.ClientSession) -> Provider:
-    if config.kind == "cognito":
-        from .cognito import CognitoProvider
-
-        return CognitoProvider(config, session)
-    from .oidc import OidcProvider
-
-    return OidcProvider(config, session)
+    return config.make_provider(session)

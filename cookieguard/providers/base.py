@@ -8,12 +8,21 @@ Two exceptions, named by what the caller must do (SPEC section 2):
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import aiohttp
+
+from cookieguard.schema import Section, nonempty_string, positive_duration, string
+from cookieguard.schema import http_url as _http_url
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from cookieguard.tokens import Expectations, TokenKind
 
 # How long a call may queue for one of the IdP client's pooled connections during a refresh
 # storm. `provider.timeout` bounds the call itself (connecting, and each wait for the IdP's
@@ -69,6 +78,80 @@ class Provider(Protocol):
     async def refresh(
         self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
     ) -> TokenSet: ...
+
+    async def resolve_jwks_url(self) -> str | None:
+        """Where the IdP publishes its signing keys; may ask the IdP (OIDC discovery), so it is
+        awaited when the keys are first needed, never at start-up. Raises RefreshUnavailable
+        while the IdP cannot tell."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Provider kinds: one record class per kind, registered in providers/__init__.py
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderConfig(ABC):
+    """The `provider:` section, as one kind reads it. Each kind subclasses this in its own module
+    with its own fields, its YAML loader and what cookieguard must know about its tokens; the
+    fields here are the ones every kind has. Defaults are the field defaults, written once."""
+
+    kind: ClassVar[str]  # the `provider.kind` value; the key of providers.KINDS
+    yaml_keys: ClassVar[tuple[str, ...]]  # the kind's own keys, beside the common ones
+    # RFC 6749 access tokens may be opaque strings; some IdPs (Cognito) always issue JWTs.
+    opaque_access_tokens: ClassVar[bool] = False
+    # Why `verify.audience` means nothing for this kind (None: it is checked on access tokens).
+    audience_unused: ClassVar[str | None] = None
+
+    client_id: str
+    client_secret: str | None = field(default=None, repr=False)
+    timeout_s: float = 5.0
+    jwks_url: str | None = None
+
+    @classmethod
+    @abstractmethod
+    def load(cls, s: Section, common: dict[str, Any]) -> Self | None:
+        """Read the kind's own keys of `s` and build the record from them and `common` (the
+        fields of this base class, already read); None when a problem was recorded in `s`."""
+
+    @property
+    @abstractmethod
+    def issuer(self) -> str | None:
+        """The `iss` its tokens carry; None when not known from the configuration."""
+
+    @property
+    def default_jwks_url(self) -> str | None:
+        """The JWKS URL known without asking the IdP: `jwks_url`, else the kind's own default."""
+        return self.jwks_url
+
+    @property
+    @abstractmethod
+    def refresh_endpoint(self) -> str:
+        """Where refreshes go, as `cookieguard check` prints it."""
+
+    @abstractmethod
+    def expectations(self, token: TokenKind, *, audience: str | None) -> Expectations:
+        """What a verified access or id token must say to be ours (`verify.audience` given)."""
+
+    @abstractmethod
+    def make_provider(self, session: aiohttp.ClientSession) -> Provider:
+        """The refresh client for this configuration, over the proxy's IdP session."""
+
+
+def load_common(s: Section) -> dict[str, Any]:
+    """The keys every kind has, read into the fields of ProviderConfig (only those set)."""
+    common: dict[str, Any] = {"client_id": s.get("client_id", nonempty_string, "")}
+    if not common["client_id"] and not s.has("client_id"):
+        s.error("client_id", "required")
+    if s.has("client_secret"):
+        common["client_secret"] = s.get("client_secret", string, "") or None
+    if s.has("timeout"):
+        common["timeout_s"] = s.get("timeout", positive_duration, ProviderConfig.timeout_s)
+    if s.has("jwks_url"):
+        common["jwks_url"] = s.get("jwks_url", _http_url, None)
+    s.seen.update(("client_secret", "timeout", "jwks_url"))
+    return common
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

@@ -27,19 +27,22 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 
-from cookieguard.config import ProviderConfig
 from cookieguard.providers.base import (
+    ProviderConfig,
     RefreshRejected,
     RefreshUnavailable,
     TokenSet,
     idp_timeout,
     parse_retry_after,
 )
+from cookieguard.schema import Section, http_url, nonempty_string, one_of
+from cookieguard.tokens import Expectations, TokenKind
 
 TARGET_PREFIX = "AWSCognitoIdentityProviderService."
 CONTENT_TYPE = "application/x-amz-json-1.1"
@@ -56,27 +59,59 @@ REJECTING_ERRORS = frozenset(
     }
 )
 
-# Errors that mean the client id, the pool or its Lambda triggers are misconfigured, or the
-# request is not allowed (WAF): they will not heal by retrying soon. They still keep the session
-# (RefreshUnavailable): a broken configuration must not sign every user out. The caller may back
-# off longer and log louder for these.
-CONFIGURATION_ERRORS = frozenset(
-    {
-        "missing_username",
-        "ResourceNotFoundException",
-        "InvalidParameterException",
-        "OperationNotEnabledException",
-        "ForbiddenException",
-        "UnsupportedOperationException",
-        "UnexpectedLambdaException",
-        "UserLambdaValidationException",
-        "InvalidLambdaResponseException",
-        "InvalidUserPoolConfigurationException",
-    }
-)
-
 _MAX_BODY_BYTES = 256 * 1024  # a token response is a few KiB; anything this big is not Cognito
 _ERROR_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,99}$")
+_POOL_ID = re.compile(r"^([a-z]{2}(?:-[a-z]+)+-\d+)_[0-9A-Za-z]+$")
+APIS = ("get_tokens_from_refresh_token", "initiate_auth")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CognitoConfig(ProviderConfig):
+    """`provider.kind: cognito`: an Amazon Cognito user pool and one of its app clients."""
+
+    kind: ClassVar[str] = "cognito"
+    yaml_keys: ClassVar[tuple[str, ...]] = ("user_pool_id", "api", "endpoint")
+    audience_unused: ClassVar[str | None] = "Cognito tokens are checked against client_id"
+
+    user_pool_id: str  # <region>_<id>, checked by the loader
+    api: str = APIS[0]
+    endpoint: str | None = None  # overrides the region's endpoint: an emulator, a VPC endpoint
+
+    @classmethod
+    def load(cls, s: Section, common: dict[str, Any]) -> CognitoConfig | None:
+        pool_id = s.get("user_pool_id", nonempty_string, "")
+        if not s.has("user_pool_id"):
+            s.error("user_pool_id", "required for kind cognito (e.g. us-east-1_AbCdEf123)")
+        elif pool_id and not _POOL_ID.match(pool_id):
+            s.error("user_pool_id", f"not a Cognito user pool id (<region>_<id>): {pool_id!r}")
+        api = s.get("api", one_of(*APIS), cls.api)
+        endpoint = s.get("endpoint", http_url, None)
+        return cls(user_pool_id=pool_id, api=api, endpoint=endpoint, **common)
+
+    @property
+    def region(self) -> str:
+        return self.user_pool_id.partition("_")[0]
+
+    @property
+    def issuer(self) -> str:
+        return f"https://cognito-idp.{self.region}.amazonaws.com/{self.user_pool_id}"
+
+    @property
+    def default_jwks_url(self) -> str:
+        return self.jwks_url or f"{self.issuer}/.well-known/jwks.json"
+
+    @property
+    def refresh_endpoint(self) -> str:
+        return self.endpoint or f"https://cognito-idp.{self.region}.amazonaws.com/"
+
+    def expectations(self, token: TokenKind, *, audience: str | None) -> Expectations:
+        if token == "access":
+            # Cognito access tokens have no `aud`; they name their app client in `client_id`.
+            return Expectations(issuers=(self.issuer,), token_use="access", client_id=self.client_id)
+        return Expectations(issuers=(self.issuer,), token_use="id", audience=self.client_id)
+
+    def make_provider(self, session: aiohttp.ClientSession) -> CognitoProvider:
+        return CognitoProvider(self, session)
 
 
 def secret_hash(client_secret: str, username: str, client_id: str) -> str:
@@ -86,7 +121,7 @@ def secret_hash(client_secret: str, username: str, client_id: str) -> str:
 
 
 def build_request(
-    config: ProviderConfig, refresh_token: str, *, username: str | None, device_key: str | None
+    config: CognitoConfig, refresh_token: str, *, username: str | None, device_key: str | None
 ) -> tuple[str, dict[str, Any]]:
     """(X-Amz-Target, JSON body) of the refresh call for the configured API."""
     if config.api == "initiate_auth":
@@ -170,11 +205,14 @@ def parse_token_set(body: Any, sent_refresh_token: str) -> TokenSet:
 class CognitoProvider:
     """Refreshes Cognito user pool tokens over one shared aiohttp session."""
 
-    def __init__(self, config: ProviderConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: CognitoConfig, session: aiohttp.ClientSession) -> None:
         self._config = config
         self._session = session
-        self._url = config.cognito_endpoint
+        self._url = config.refresh_endpoint
         self._timeout = idp_timeout(config.timeout_s)
+
+    async def resolve_jwks_url(self) -> str:
+        return self._config.default_jwks_url
 
     async def refresh(
         self, refresh_token: str, *, username: str | None = None, device_key: str | None = None

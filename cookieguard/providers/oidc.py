@@ -27,20 +27,23 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote_plus, urlsplit
 
 import aiohttp
 
-from cookieguard.config import ProviderConfig
 from cookieguard.providers.base import (
+    ProviderConfig,
     RefreshRejected,
     RefreshUnavailable,
     TokenSet,
     idp_timeout,
     parse_retry_after,
 )
+from cookieguard.schema import Section, http_url, one_of
+from cookieguard.tokens import Expectations, TokenKind
 
 # Token responses are a few kB of JWTs; anything far larger is not a token response.
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -49,6 +52,55 @@ DISCOVERY_RETRY_S = 5.0
 # RFC 6749 5.2 limits error codes to printable ASCII; we are stricter so a hostile or broken IdP
 # cannot put arbitrary text into our logs through the code.
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OidcConfig(ProviderConfig):
+    """`provider.kind: oidc`: any OpenID Connect / OAuth 2.0 IdP with the refresh-token grant."""
+
+    kind: ClassVar[str] = "oidc"
+    yaml_keys: ClassVar[tuple[str, ...]] = ("issuer", "token_endpoint", "client_auth")
+    opaque_access_tokens: ClassVar[bool] = True
+
+    issuer: str | None = None  # discovery finds token_endpoint and jwks_uri from it
+    token_endpoint: str | None = None
+    client_auth: str = CLIENT_AUTH_METHODS[0]  # "none" when there is no client secret
+
+    @classmethod
+    def load(cls, s: Section, common: dict[str, Any]) -> OidcConfig | None:
+        issuer = s.get("issuer", http_url, None)
+        token_endpoint = s.get("token_endpoint", http_url, None)
+        secret = common.get("client_secret")
+        client_auth = s.get(
+            "client_auth", one_of(*CLIENT_AUTH_METHODS), cls.client_auth if secret else "none"
+        )
+        if not issuer and not token_endpoint and not (s.has("issuer") or s.has("token_endpoint")):
+            s.error("token_endpoint", "kind oidc needs token_endpoint or issuer")
+        if client_auth != "none" and not secret:
+            s.error("client_secret", f"required with client_auth {client_auth}")
+        return cls(issuer=issuer, token_endpoint=token_endpoint, client_auth=client_auth, **common)
+
+    @property
+    def refresh_endpoint(self) -> str:
+        return self.token_endpoint or f"{self.issuer} (discovery)"
+
+    def expectations(self, token: TokenKind, *, audience: str | None) -> Expectations:
+        # With only `token_endpoint` configured we do not know the issuer, so `iss` cannot be
+        # checked; the JWKS (which the operator pointed us at) still has to have signed the token.
+        issuers: tuple[str, ...] | None = None
+        if self.issuer:
+            # The config loader drops a trailing "/" from a bare-host URL, but issuers such as
+            # Auth0's end in "/", and `iss` must match the issuer string exactly (OIDC Discovery 4.3).
+            bare = self.issuer.rstrip("/")
+            issuers = (bare, bare + "/")
+        if token == "access":
+            # Access tokens are meant for an API, not for us: their `aud` is the API's, if anything.
+            return Expectations(issuers=issuers, audience=audience)
+        return Expectations(issuers=issuers, audience=self.client_id, authorized_party=self.client_id)
+
+    def make_provider(self, session: aiohttp.ClientSession) -> OidcProvider:
+        return OidcProvider(self, session)
 
 
 class OidcProvider:
@@ -56,7 +108,7 @@ class OidcProvider:
 
     def __init__(
         self,
-        config: ProviderConfig,
+        config: OidcConfig,
         session: aiohttp.ClientSession,
         *,
         discovery_retry_s: float = DISCOVERY_RETRY_S,

@@ -15,7 +15,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from cookieguard.cookies import AmplifyLayout, encode_uri_component, parse_cookie_header
+from cookieguard.cookies import encode_uri_component, parse_cookie_header
+from cookieguard.layouts import AmplifyLayout
 
 SEEN = web.AppKey("seen", list)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from cookieguard.config import ProviderConfig
+from cookieguard.providers.oidc import OidcConfig
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "oidc_provider"
 READY_TIMEOUT_S = 20.0
@@ -59,12 +59,11 @@ class OidcIdp:
     def client(self, client_auth: str = "client_secret_basic") -> OidcClient:
         return self.clients[client_auth]
 
-    def provider_config(self, client_auth: str = "client_secret_basic", **overrides: Any) -> ProviderConfig:
-        """A ProviderConfig for this IdP with an explicit token endpoint (pass issuer=... instead
+    def provider_config(self, client_auth: str = "client_secret_basic", **overrides: Any) -> OidcConfig:
+        """An OidcConfig for this IdP with an explicit token endpoint (pass issuer=... instead
         and token_endpoint=None to exercise discovery)."""
         client = self.client(client_auth)
-        config = ProviderConfig(
-            kind="oidc",
+        config = OidcConfig(
             client_id=client.client_id,
             client_secret=client.client_secret,
             client_auth=client_auth,
@@ -134,8 +133,8 @@ def _ensure_node_modules() -> None:
 
 
 @contextlib.contextmanager
-def start_oidc_idp(*, access_token_ttl_s: int = 60) -> Iterator[OidcIdp]:
-    """Run server.js on an ephemeral port until the block ends."""
+def start_oidc_idp(*, access_token_ttl_s: int = 60, port: int = 0) -> Iterator[OidcIdp]:
+    """Run server.js on `port` (0: an ephemeral one) until the block ends."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node not found on PATH: Node 20 is part of this machine and runs the test IdP")
@@ -144,7 +143,7 @@ def start_oidc_idp(*, access_token_ttl_s: int = 60) -> Iterator[OidcIdp]:
     # stderr goes to a file: a pipe nobody reads could fill up and stall the server.
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
-            [node, "server.js", "0"], cwd=SERVER_DIR, env=env, stdout=subprocess.PIPE, stderr=stderr
+            [node, "server.js", str(port)], cwd=SERVER_DIR, env=env, stdout=subprocess.PIPE, stderr=stderr
         )
         try:
             ready = _wait_ready(process, stderr)

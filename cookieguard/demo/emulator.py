@@ -43,7 +43,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from cookieguard.config import ProviderConfig
+from cookieguard.providers.cognito import CognitoConfig
 
 _TARGET_PREFIX = "AWSCognitoIdentityProviderService."
 _REFRESH_FLOWS = ("REFRESH_TOKEN_AUTH", "REFRESH_TOKEN")
@@ -99,16 +99,14 @@ class PoolInfo:
 
     def provider_config(
         self, *, api: str = "get_tokens_from_refresh_token", timeout_s: float = 5.0
-    ) -> ProviderConfig:
+    ) -> CognitoConfig:
         """A cookieguard provider configuration pointing at this pool on the emulator."""
-        return ProviderConfig(
-            kind="cognito",
+        return CognitoConfig(
             client_id=self.client_id,
             client_secret=self.client_secret,
             timeout_s=timeout_s,
             jwks_url=self.jwks_url,
             user_pool_id=self.user_pool_id,
-            region=self.region,
             api=api,
             endpoint=self.endpoint,
         )

@@ -1,0 +1,43 @@
+"""Cookie layouts: where an app keeps its session in cookies (README, "Cookie layouts").
+
+A layout is one module here (a `Layout` subclass) plus one line in `LAYOUTS`; `cookies.layout`
+in the configuration names it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .amplify import AmplifyLayout
+from .base import Chunks, FreshTokens, Layout, Session, SessionReader
+from .named import NamedLayout
+
+if TYPE_CHECKING:
+    from cookieguard.config import CookiesConfig
+    from cookieguard.providers.base import ProviderConfig
+
+__all__ = [
+    "LAYOUTS",
+    "AmplifyLayout",
+    "Chunks",
+    "FreshTokens",
+    "Layout",
+    "NamedLayout",
+    "Session",
+    "SessionReader",
+    "make_layout",
+]
+
+LAYOUTS: dict[str, type[Layout]] = {
+    "amplify": AmplifyLayout,
+    "named": NamedLayout,
+}
+
+
+def make_layout(cookies: CookiesConfig, provider: ProviderConfig | None) -> Layout:
+    """The configured layout; ValueError when the configuration cannot make one."""
+    try:
+        layout = LAYOUTS[cookies.layout]
+    except KeyError:
+        raise ValueError(f"unknown cookie layout {cookies.layout!r}") from None
+    return layout.from_config(cookies, provider)
