@@ -12,7 +12,6 @@ import base64
 import hashlib
 import hmac
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -385,22 +384,6 @@ async def test_emulator_counts_concurrent_refreshes(
     assert cognito_idp.wait_for_refresh_calls(5, timeout_s=0)
     assert cognito_idp.refresh_calls_by_api == {"GetTokensFromRefreshToken": 5}
     assert 0.2 <= elapsed < 0.9  # one server thread per request: the delays overlap
-
-
-async def test_refresh_cost(cognito_user: CognitoUser, http: aiohttp.ClientSession) -> None:
-    """What one refresh costs against the emulator, end to end (run with -s to see it)."""
-    for api in APIS:
-        provider = _provider(cognito_user.pool, http, api)
-        await provider.refresh(cognito_user.refresh_token)  # warm-up
-        samples = []
-        for _ in range(30):
-            started = time.perf_counter()
-            await provider.refresh(cognito_user.refresh_token)
-            samples.append((time.perf_counter() - started) * 1000)
-        print(
-            f"\ncognito refresh via {api} against the emulator: "
-            f"median {statistics.median(samples):.1f} ms, p90 {sorted(samples)[26]:.1f} ms, n={len(samples)}"
-        )
 
 
 def test_emulator_puts_moto_back_when_stopped() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -223,24 +222,6 @@ async def test_idp_down_is_connection_error(oidc_idp: OidcIdp, http: aiohttp.Cli
     with pytest.raises(RefreshUnavailable) as caught:
         await provider.refresh("rt")
     assert caught.value.code == "connection_error"
-
-
-async def test_refresh_cost(oidc_idp: OidcIdp, http: aiohttp.ClientSession) -> None:
-    """Prints (pytest -s) what one refresh costs against oidc-provider on loopback, keep-alive."""
-    provider = OidcProvider(oidc_idp.provider_config(), http)
-    refresh_token = oidc_idp.mint("ivy")["refresh_token"]
-    durations_ms = []
-    for _ in range(30):
-        started = time.perf_counter()
-        tokens = await provider.refresh(refresh_token)
-        durations_ms.append((time.perf_counter() - started) * 1000)
-        assert tokens.refresh_token is not None
-        refresh_token = tokens.refresh_token
-    warm = durations_ms[1:]
-    print(
-        f"\noidc refresh (oidc-provider 9.13.3, loopback): first {durations_ms[0]:.2f} ms, "
-        f"median {statistics.median(warm):.2f} ms, max {max(warm):.2f} ms over {len(warm)}"
-    )
 
 
 # ---------------------------------------------------------------------------------------------

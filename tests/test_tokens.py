@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -792,41 +791,3 @@ async def test_results_and_claims_hold_no_token(make_verifier: MakeVerifier) -> 
 # ---------------------------------------------------------------------------------------------
 # Cost, printed with -s (never asserted: machines differ)
 # ---------------------------------------------------------------------------------------------
-
-
-def _per_call_us(fn: Callable[[], object], n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - start) / n * 1e6
-
-
-async def test_print_costs(make_verifier: MakeVerifier) -> None:
-    token = sign(cognito_access(jti="bench"))
-    copies = ["".join(list(token)) for _ in range(20_000)]  # as if parsed from fresh Cookie headers
-    read_claims(token)
-    it = iter(copies)
-    cold = _per_call_us(lambda: decode_claims(token), 20_000)
-    hit_same = _per_call_us(lambda: read_claims(token), 200_000)
-    hit_fresh = _per_call_us(lambda: read_claims(next(it)), 20_000)
-
-    verifier = make_verifier()
-    start = time.perf_counter()
-    await verifier.check(token, kind="access")  # includes the JWKS fetch
-    first_check_ms = (time.perf_counter() - start) * 1e3
-    distinct = [sign(cognito_access(jti=f"b{i}")) for i in range(200)]
-    start = time.perf_counter()
-    for t in distinct:
-        await verifier.check(t, kind="access")
-    verify_us = (time.perf_counter() - start) / len(distinct) * 1e6
-    peek = _per_call_us(lambda: verifier.peek(token, "access"), 200_000)
-    start = time.perf_counter()
-    for _ in range(100_000):
-        await verifier.check(token, kind="access")
-    check_hit = (time.perf_counter() - start) / 100_000 * 1e6
-    print(
-        f"\ntoken {len(token)} chars: decode_claims {cold:.2f} us; read_claims hit {hit_same:.3f} us "
-        f"(same str), {hit_fresh:.3f} us (equal str, hash not yet computed)\n"
-        f"verifier: first check incl. JWKS fetch {first_check_ms:.1f} ms; RS256 verify + claims "
-        f"{verify_us:.1f} us; peek hit {peek:.3f} us; await check hit {check_hit:.3f} us"
-    )
