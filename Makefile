@@ -6,9 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OIDC_DIR := tests/oidc_provider
+SUPABASE_DIR := tests/supabase_ssr
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt clean venv node redis
+.PHONY: run test lint fmt clean venv node supabase-node redis
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,13 @@ node: $(OIDC_DIR)/node_modules/.package-lock.json
 
 $(OIDC_DIR)/node_modules/.package-lock.json: $(OIDC_DIR)/package-lock.json
 	cd $(OIDC_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The real @supabase/ssr (pinned in its lockfile) that the Supabase cookie tests run against.
+supabase-node: $(SUPABASE_DIR)/node_modules/.package-lock.json
+
+$(SUPABASE_DIR)/node_modules/.package-lock.json: $(SUPABASE_DIR)/package-lock.json
+	cd $(SUPABASE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # The tests run a real Redis (tests/support/redis_server.py); install Debian's when it is missing.
@@ -40,11 +48,11 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format cookieguard tests bench examples
 	$(VENV)/bin/ruff check --fix cookieguard tests bench examples
 
-test: $(STAMP) node redis lint
+test: $(STAMP) node supabase-node redis lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(OIDC_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(OIDC_DIR)/node_modules $(SUPABASE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
 
 # cookieguard vs nginx vs a bare aiohttp proxy on 127.0.0.1 (bench/README.md); ~6 minutes.
 # Installs nginx and wrk from Debian's packages when missing. BENCH_ARGS e.g. "--upstream aiohttp".

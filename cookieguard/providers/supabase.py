@@ -1,0 +1,165 @@
+"""A client for Supabase Auth's (GoTrue's) refresh-token grant.
+
+`POST {url}/auth/v1/token?grant_type=refresh_token` with the JSON body `{"refresh_token"}` and,
+as supabase-js's auth client sends them, the headers `apikey: <key>` and
+`Authorization: Bearer <key>` (the anon or publishable key) and
+`X-Supabase-Api-Version: 2024-01-01`. GoTrue rotates the refresh token on every refresh.
+
+Rules that shape this module (the README's Supabase section says the same):
+
+- A refresh is sent exactly once and redirects are not followed: GoTrue forgives the reuse of
+  the *parent* of the active token, but reusing an older one after the reuse interval (10 s by
+  default) revokes the whole session, so a blind retry can sign the user out.
+- The error code decides, never the message. GoTrue names it in the `x-sb-error-code` header and
+  in the body: `{"code": <code>, "message"}` when the request carries the 2024-01-01 API version
+  (we send it), `{"code": <status>, "error_code", "msg"}` otherwise. GoTrue releases from before
+  error codes (2024) answered `{"error": "invalid_grant", "error_description": "Invalid Refresh
+  Token: ..."}`; `invalid_grant` is read from `error`, so no message is ever matched.
+- The session is over (`RefreshRejected`) only for the codes that say so about the refresh
+  token or its session (`SESSION_OVER_CODES`, from supabase/auth `internal/api/apierrors` and
+  `internal/tokens/service.go`). `validation_failed` is among them: for this grant it means the
+  token is malformed or "Not Issued By This Server", and no retry will change that.
+- Everything else is `RefreshUnavailable`, keeping the user signed in: 5xx, 429 (with its
+  Retry-After), 409 `conflict` (GoTrue gave up waiting on a locked session row), 401 from the API
+  gateway (a wrong or missing `apikey`: the operator's mistake, not the user's), timeouts,
+  connection errors and answers that are not a token response.
+- The body's message never reaches an exception or a log: it can echo what was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from cookieguard.providers.base import (
+    RefreshRejected,
+    RefreshUnavailable,
+    TokenSet,
+    idp_timeout,
+    parse_retry_after,
+)
+
+# supabase/auth internal/api/apierrors/errorcode.go: the refresh token or its session is gone.
+SESSION_OVER_CODES = frozenset(
+    {
+        "refresh_token_not_found",
+        "refresh_token_already_used",
+        "session_not_found",
+        "session_expired",
+        "user_not_found",
+        "user_banned",
+        "validation_failed",
+        "invalid_grant",  # GoTrue before error codes: {"error": "invalid_grant", ...}
+    }
+)
+API_VERSION = "2024-01-01"
+# Token responses are a few kB (JWT plus the user object); anything far larger is not one.
+MAX_RESPONSE_BYTES = 1024 * 1024
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+class SupabaseProvider:
+    """Refreshes Supabase sessions at `{url}/auth/v1/token`."""
+
+    def __init__(self, url: str, anon_key: str, *, timeout_s: float, session: aiohttp.ClientSession) -> None:
+        if not anon_key:
+            raise ValueError("SupabaseProvider needs the project's anon or publishable key")
+        self._token_url = url.rstrip("/") + "/auth/v1/token?grant_type=refresh_token"
+        self._headers = {
+            "apikey": anon_key,
+            "Authorization": f"Bearer {anon_key}",
+            "X-Supabase-Api-Version": API_VERSION,
+            "Accept": "application/json",
+        }
+        self._timeout = idp_timeout(timeout_s)
+        self._session = session
+
+    @property
+    def token_url(self) -> str:
+        return self._token_url
+
+    async def refresh(
+        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
+    ) -> TokenSet:
+        """One refresh; `username`/`device_key` are Cognito's, unused here."""
+        try:
+            async with self._session.post(
+                self._token_url,
+                json={"refresh_token": refresh_token},
+                headers=self._headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                raise_for_status=False,
+            ) as response:
+                status = response.status
+                retry_after_s = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
+                header_code = response.headers.get("x-sb-error-code")
+                body = await response.content.read(MAX_RESPONSE_BYTES + 1)
+        except TimeoutError:
+            raise RefreshUnavailable("timeout") from None
+        except aiohttp.ClientConnectionError:
+            raise RefreshUnavailable("connection_error") from None
+        except aiohttp.ClientError:
+            raise RefreshUnavailable("bad_response") from None
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise RefreshUnavailable("bad_response", status=status)
+        return _token_set(status, body, header_code, refresh_token, retry_after_s)
+
+
+def _token_set(
+    status: int, body: bytes, header_code: str | None, old_refresh_token: str, retry_after_s: float | None
+) -> TokenSet:
+    payload = _json_object(body)
+    if status == 200:
+        access_token = payload.get("access_token") if payload else None
+        new_refresh_token = payload.get("refresh_token") if payload else None
+        if payload is None or not isinstance(access_token, str) or not access_token:
+            raise RefreshUnavailable("bad_response", status=status)
+        rotated = isinstance(new_refresh_token, str) and new_refresh_token not in ("", old_refresh_token)
+        return TokenSet(
+            access_token=access_token,
+            refresh_token=new_refresh_token if rotated else None,
+            expires_in_s=_expires_in_s(payload.get("expires_in")),
+        )
+    if status == 429 or status >= 500:
+        raise RefreshUnavailable(f"http_{status}", status=status, retry_after_s=retry_after_s)
+    code = _error_code(header_code, payload)
+    if code in SESSION_OVER_CODES and status in (400, 401, 403, 404):
+        raise RefreshRejected(code, status=status)
+    if status == 401 and code is None and payload is not None and "message" in payload:
+        # The API gateway's key check ({"message", "hint"}): the configured key is wrong.
+        code = "invalid_api_key"
+    raise RefreshUnavailable(code or f"http_{status}", status=status, retry_after_s=retry_after_s)
+
+
+def _error_code(header_code: str | None, payload: dict[str, Any] | None) -> str | None:
+    candidates: list[object] = [header_code]
+    if payload is not None:
+        # error_code: the pre-2024 body; code: the 2024-01-01 body (an int status in the other
+        # shape, skipped); error: OAuth-style answers and GoTrue from before error codes.
+        candidates += [payload.get("error_code"), payload.get("code"), payload.get("error")]
+    for candidate in candidates:
+        if isinstance(candidate, str) and _ERROR_CODE.fullmatch(candidate):
+            return candidate
+    return None
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _expires_in_s(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+        return int(value)
+    return None
