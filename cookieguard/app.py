@@ -173,7 +173,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     addresses = [f"{a[0]}:{a[1]}" for a in _bound_addresses(listeners[0])]
-    admin_addresses = [f"{a[0]}:{a[1]}" for a in _bound_addresses(listeners[1])] if len(listeners) > 1 else None
+    admin_addresses = (
+        [f"{a[0]}:{a[1]}" for a in _bound_addresses(listeners[1])] if len(listeners) > 1 else None
+    )
     log.info(
         "listening",
         listen=addresses,
