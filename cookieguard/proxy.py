@@ -401,7 +401,7 @@ class Proxy:
             return self._upstream_error(route, 504, exc.reason, started)
         except UpstreamError as exc:
             if body is not None and body.stalled:
-                return self._client_body_timeout(request, route)
+                return await self._client_body_timeout(request, route)
             return self._upstream_error(route, 502, exc.reason, started)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
         try:
@@ -409,9 +409,10 @@ class Proxy:
         finally:
             upstream.release()
 
-    def _client_body_timeout(self, request: web.Request, route: Route) -> web.Response:
+    async def _client_body_timeout(self, request: web.Request, route: Route) -> web.StreamResponse:
         # The upstream request was aborted with its connection (upstream.py closes a connection
-        # whose request body failed); the client's connection goes too, its body is not over.
+        # whose request body failed). The client's connection is closed as soon as the 408 is
+        # out: aiohttp would otherwise linger, reading the rest of a body that is not coming.
         self.log.info(
             "client_timeout",
             phase="body",
@@ -421,6 +422,12 @@ class Proxy:
         )
         response = web.Response(status=408, text="cookieguard: request body timed out\n")
         response.force_close()
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+        request.protocol.force_close()
         return response
 
     async def _relay(
