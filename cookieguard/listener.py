@@ -13,10 +13,10 @@ gets an `EdgeHandler`, aiohttp's own `RequestHandler` (exported by `aiohttp.web`
   repeats the offending header line, a Cookie header full of tokens included, which would let a
   script read HttpOnly cookies (README "Threat model").
 
-aiohttp offers no hook for a head deadline. The handler reads two of RequestHandler's private
+aiohttp offers no hook for a head deadline. The handler reads RequestHandler's private
 attributes to know where a connection stands: `_messages` (request heads parsed and not yet
-handled) and `_waiter` (set while the connection waits for its next request). Both exist in
-aiohttp 3.9 through 3.14; `tests/test_edge_http.py` fails if that changes.
+handled) and `_waiter` (set while the connection waits for its next request), and uses its
+`_loop`. Read against aiohttp 3.14; `tests/test_edge_http.py` fails if that changes.
 """
 
 from __future__ import annotations
