@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
@@ -31,18 +31,21 @@ class Admin:
         self.check_session: SessionChecker | None = None
         self.clock = clock
 
-    def add_routes(self, app: web.Application, prefix: str) -> None:
-        app.router.add_get(f"{prefix}/healthz", self.healthz, allow_head=True)
-        app.router.add_get(f"{prefix}/readyz", self.readyz, allow_head=True)
-        app.router.add_get(f"{prefix}/metrics", self.metrics_endpoint)
-        app.router.add_get(f"{prefix}/session", self.session, allow_head=False)
+    def add_routes(self, app: web.Application, prefix: str, *, hidden: Iterable[str] = ()) -> None:
+        """Every endpoint under `prefix`, except those named in `hidden` (404 here: they are
+        served on the other listener, README "Endpoints")."""
+        endpoints = {
+            "healthz": (self.healthz, "GET, HEAD"),
+            "readyz": (self.readyz, "GET, HEAD"),
+            "metrics": (self.metrics_endpoint, "GET"),
+            "session": (self.session, "GET"),
+        }
+        for name in hidden:
+            del endpoints[name]
+        for name, (handler, allowed) in endpoints.items():
+            app.router.add_get(f"{prefix}/{name}", handler, allow_head="HEAD" in allowed)
         # Nothing under the prefix is ever proxied: other methods get 405, other paths 404.
-        for name, allowed in (
-            ("healthz", "GET, HEAD"),
-            ("readyz", "GET, HEAD"),
-            ("metrics", "GET"),
-            ("session", "GET"),
-        ):
+        for name, (_, allowed) in endpoints.items():
             app.router.add_route("*", f"{prefix}/{name}", _method_not_allowed(allowed))
         app.router.add_route("*", prefix + "/{tail:.*}", _not_found)
 

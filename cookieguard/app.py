@@ -14,6 +14,7 @@ from aiohttp import web
 from .admin import Admin
 from .config import Config
 from .layouts import make_layout
+from .listener import SERVER, ClientLimits, listen
 from .logs import get_logger
 from .metrics import Metrics
 from .providers import make_provider
@@ -30,14 +31,24 @@ MAX_FIELD_SIZE = 64 * 1024
 MAX_LINE_SIZE = 16 * 1024
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
+ADMIN_KEY = web.AppKey("admin", Admin)
+
+# With `admin_listen` set, these are served only there (README "Endpoints"): readyz and metrics
+# describe the deployment (store state, traffic, refresh outcomes) and have no business on a
+# public listener. healthz says nothing but "ok" and stays on both, for a load balancer that
+# checks the public port; the session endpoint stays on the main listener, browsers call it.
+ADMIN_ONLY = ("readyz", "metrics")
 
 
 def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """`clock` is the wall clock token expiry is judged by (tests move it forward)."""
     app = web.Application(client_max_size=0)
+    app.on_response_prepare.append(_server_header)
     metrics = Metrics()
     admin = Admin(metrics)
-    admin.add_routes(app, config.admin_prefix)
+    app[ADMIN_KEY] = admin
+    hidden = ADMIN_ONLY if config.admin_listen is not None else ()
+    admin.add_routes(app, config.admin_prefix, hidden=hidden)
     auth_holder: list[Auth | None] = [None]
 
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
@@ -108,6 +119,20 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
     return app
 
 
+def build_admin_app(admin: Admin, config: Config) -> web.Application:
+    """The `admin_listen` listener's application: healthz, readyz and metrics, nothing proxied."""
+    app = web.Application()
+    app.on_response_prepare.append(_server_header)
+    admin.add_routes(app, config.admin_prefix, hidden=("session",))
+    return app
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # Replaces aiohttp's "Python/3.x aiohttp/3.x" and, on proxied answers, the upstream's own
+    # (README "The proxy").
+    response.headers["Server"] = SERVER
+
+
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then stop accepting, drain in-flight requests, and return."""
     log = get_logger()
@@ -115,15 +140,27 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        access_log=None,
         shutdown_timeout=config.timeouts.drain_s,
         handler_cancellation=True,  # a client that goes away cancels its upstream request
-        max_field_size=MAX_FIELD_SIZE,
-        max_line_size=MAX_LINE_SIZE,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, backlog=1024)
-    await site.start()
+    handler_kwargs = {
+        "access_log": None,
+        "keepalive_timeout": config.timeouts.keepalive_s,
+        "max_field_size": MAX_FIELD_SIZE,
+        "max_line_size": MAX_LINE_SIZE,
+    }
+    limits = ClientLimits(config.timeouts.client_header_s, config.limits.max_connections)
+    listeners = [await listen(runner, config.listen_host, config.listen_port, limits, **handler_kwargs)]
+    runners = [runner]
+    if config.admin_listen is not None:
+        # Not under max_connections: a probe must get through while the public port is flooded.
+        admin_runner = web.AppRunner(build_admin_app(app[ADMIN_KEY], config), handle_signals=False)
+        await admin_runner.setup()
+        admin_limits = ClientLimits(config.timeouts.client_header_s, None)
+        host, port = config.admin_listen
+        listeners.append(await listen(admin_runner, host, port, admin_limits, **handler_kwargs))
+        runners.append(admin_runner)
     # What start-up allocated (modules, config, clients) lives as long as the process. Frozen,
     # it is out of the cyclic collector's way: a full collection otherwise walks those ~50,000
     # objects, a 10-25 ms pause in the middle of whatever requests are in flight.
@@ -133,25 +170,35 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    addresses = [f"{s[0]}:{s[1]}" for s in _bound_addresses(runner)]
-    log.info("listening", listen=addresses, admin_prefix=config.admin_prefix)
+    addresses = [f"{a[0]}:{a[1]}" for a in _bound_addresses(listeners[0])]
+    admin_addresses = (
+        [f"{a[0]}:{a[1]}" for a in _bound_addresses(listeners[1])] if len(listeners) > 1 else None
+    )
+    log.info(
+        "listening",
+        listen=addresses,
+        admin_prefix=config.admin_prefix,
+        admin_listen=admin_addresses,
+        max_connections=config.limits.max_connections,
+    )
     if ready is not None:
         ready.set()
     await stop.wait()
     log.info("draining", drain_timeout_s=config.timeouts.drain_s)
     # The handlers stay installed while draining: a second SIGTERM (an orchestrator repeating
     # itself) must not kill requests that are still finishing. The drain itself is bounded.
-    await runner.cleanup()
+    for listener in listeners:
+        listener.close()  # stop accepting; the runners drain what is open
+    for each in runners:
+        await each.cleanup()
+    for listener in listeners:
+        await listener.wait_closed()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)  # we are on our way out: a repeated signal must not kill us
     log.info("stopped")
 
 
-def _bound_addresses(runner: web.AppRunner) -> list[tuple[str, int]]:
-    out = []
-    for server in runner.sites:
-        srv = getattr(server, "_server", None)
-        for sock in getattr(srv, "sockets", None) or ():
-            out.append(sock.getsockname()[:2])
-    return out
+def _bound_addresses(server: asyncio.AbstractServer) -> list[tuple[str, int]]:
+    sockets = getattr(server, "sockets", None) or ()
+    return [sock.getsockname()[:2] for sock in sockets]

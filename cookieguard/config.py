@@ -300,7 +300,7 @@ def _build(root: _Section, source: str) -> Config | None:
     timeouts = _build_timeouts(root)
     limits = _build_limits(root)
     admin_listen = root.get("admin_listen", _listen, None)
-    if admin_listen is not None and admin_listen == (listen_host, listen_port):
+    if admin_listen is not None and admin_listen == (listen_host, listen_port) and listen_port != 0:
         root.error("admin_listen", "must differ from listen")
     logging_ = _build_logging(root)
     metrics_s = root.section("metrics")

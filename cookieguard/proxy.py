@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import string
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -19,15 +20,16 @@ from multidict import CIMultiDict
 from prometheus_client import Counter
 from yarl import URL
 
-from .config import Config, Route
+from .config import Config, IPNetwork, Route
 from .cookies import SetCookie, parse_cookie_header
 from .decide import Action, is_navigation, needs_refresh
+from .edge import client_address, is_trusted
 from .layouts import FreshTokens, Layout, Session, SessionReader
 from .logs import get_logger
 from .merge import merge_set_cookies
 from .metrics import Metrics
 from .refresh import FAILED, REFRESHED, REJECTED, Refresher, RefreshResult
-from .routing import Router
+from .routing import Router, Target, parse_target
 from .tokens import TokenStatus, TokenVerifier, read_claims, session_id
 from .upstream import Origin, UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 
@@ -49,6 +51,12 @@ HOP_BY_HOP = frozenset(
 _WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
+# Headers cookieguard writes itself (README "The proxy"): the client's are dropped or, from a
+# trusted proxy, extended; `Connection` naming one of them does not remove it.
+_FORWARDING = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
+)
+_OURS = _FORWARDING | {"host", "cookie"}
 
 
 @dataclass
@@ -138,23 +146,24 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter() if self.access_log else 0.0
-        route = self.router.match(request.path)
-        if route is None:
-            response: web.StreamResponse = web.Response(
-                status=404, text="cookieguard: no route for this path\n"
-            )
+        target = parse_target(request.raw_path)
+        route = self.router.match(target.path) if target is not None else None
+        if target is None:
+            response: web.StreamResponse = web.Response(status=400, text="cookieguard: bad request target\n")
+        elif route is None:
+            response = web.Response(status=404, text="cookieguard: no route for this path\n")
         elif _is_websocket(request):
-            response = await self.forward_websocket(request, route)
+            response = await self.forward_websocket(request, route, target)
         else:
             fwd = await self.repair_session(request, route) if route.refresh and self.auth else UNCHANGED
-            response = await self.forward(request, route, fwd)
+            response = await self.forward(request, route, fwd, target)
         if route is not None:
             self._count_request(route.match, response.status)
         if self.access_log:
             self.log.info(
                 "access",
                 method=request.method,
-                path=request.path,
+                path=target.path if target is not None else None,
                 status=response.status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 route=route.match if route else None,
@@ -360,33 +369,69 @@ class Proxy:
             rotated=bool(result.tokens and result.tokens.rotated),
         )
 
-    async def forward(self, request: web.Request, route: Route, fwd: Forwarding) -> web.StreamResponse:
+    async def forward(
+        self, request: web.Request, route: Route, fwd: Forwarding, target: Target
+    ) -> web.StreamResponse:
         if fwd.response is not None:
             return fwd.response
         origin = self._origins.get(route.match)
         if origin is None:
             return self._upstream_error(route, 502, "no_upstream", time.perf_counter())
-        headers = upstream_request_headers(request, route, fwd.cookie_header)
+        headers = upstream_request_headers(
+            request,
+            route,
+            fwd.cookie_header,
+            trusted=self.config.limits.trusted_proxies,
+            authority=target.authority,
+        )
+        body = (
+            IdleLimitedBody(request.content, self.config.timeouts.client_body_idle_s)
+            if request.body_exists
+            else None
+        )
         started = time.perf_counter()
         try:
             upstream = await self.upstream.request(
                 origin,
                 request.method,
-                request.raw_path,  # the client's encoding (%2F, %20, UTF-8) and query string, as sent
+                target.forward,  # the path the route matched, in the client's encoding, and the query
                 headers,
-                body=request.content if request.body_exists else None,
+                body=body,
                 content_length=request.content_length,
                 read_timeout_s=self._read_timeouts[route.match],
             )
         except UpstreamTimeout as exc:
             return self._upstream_error(route, 504, exc.reason, started)
         except UpstreamError as exc:
+            if body is not None and body.stalled:
+                return await self._client_body_timeout(request, route)
             return self._upstream_error(route, 502, exc.reason, started)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
         try:
             return await self._relay(request, upstream, fwd.set_cookies)
         finally:
             upstream.release()
+
+    async def _client_body_timeout(self, request: web.Request, route: Route) -> web.StreamResponse:
+        # The upstream request was aborted with its connection (upstream.py closes a connection
+        # whose request body failed). The client's connection is closed as soon as the 408 is
+        # out: aiohttp would otherwise linger, reading the rest of a body that is not coming.
+        self.log.info(
+            "client_timeout",
+            phase="body",
+            route=route.match,
+            timeout_s=self.config.timeouts.client_body_idle_s,
+            client=request.remote,
+        )
+        response = web.Response(status=408, text="cookieguard: request body timed out\n")
+        response.force_close()
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+        request.protocol.force_close()
+        return response
 
     async def _relay(
         self, request: web.Request, upstream: UpstreamResponse, ours: list[SetCookie]
@@ -427,14 +472,15 @@ class Proxy:
         text = "upstream timed out" if status == 504 else "upstream unreachable"
         return web.Response(status=status, text=f"cookieguard: {text}\n")
 
-    async def forward_websocket(self, request: web.Request, route: Route) -> web.StreamResponse:
-        url = _upstream_url(route, request)
+    async def forward_websocket(
+        self, request: web.Request, route: Route, target: Target
+    ) -> web.StreamResponse:
+        url = _upstream_url(route, target)
         url = url.with_scheme("wss" if url.scheme == "https" else "ws")
-        headers = CIMultiDict(
-            (name, value)
-            for name, value in upstream_request_headers(request, route, None)
-            if name.lower() not in _WS_HANDSHAKE
+        forwarded = upstream_request_headers(
+            request, route, None, trusted=self.config.limits.trusted_proxies, authority=target.authority
         )
+        headers = CIMultiDict((name, value) for name, value in forwarded if name.lower() not in _WS_HANDSHAKE)
         protocols = [
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
         ]
@@ -498,9 +544,40 @@ def _is_websocket(request: web.Request) -> bool:
     )
 
 
-def _upstream_url(route: Route, request: web.Request) -> URL:
-    # raw_path keeps the client's encoding (%2F, %20, unicode escapes) and the query string.
-    return URL(route.upstream.rstrip("/") + request.raw_path, encoded=True)
+def _upstream_url(route: Route, target: Target) -> URL:
+    # The normalised path in the client's encoding (%2F, %20, unicode escapes) and the query string.
+    return URL(route.upstream.rstrip("/") + target.forward, encoded=True)
+
+
+class ClientBodyStalled(Exception):
+    """The client sent no body byte for `timeouts.client_body_idle`."""
+
+
+class IdleLimitedBody:
+    """The client's request body, failing when it stalls longer than `idle_s` between bytes.
+
+    The upstream client sends the body as it comes; without this, a client that trickles one
+    byte a minute would hold an upstream connection (and the app's worker behind it) as long as
+    it liked. When it fails, upstream.py aborts the upstream request and its connection.
+    """
+
+    def __init__(self, content: aiohttp.StreamReader, idle_s: float) -> None:
+        self._content = content
+        self._idle_s = idle_s
+        self.stalled = False
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        content = self._content
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_s):
+                    chunk = await content.readany()
+            except TimeoutError:
+                self.stalled = True
+                raise ClientBodyStalled from None
+            if not chunk:
+                return
+            yield chunk
 
 
 def _connection_tokens(values: Iterable[str]) -> set[str]:
@@ -508,14 +585,29 @@ def _connection_tokens(values: Iterable[str]) -> set[str]:
 
 
 def upstream_request_headers(
-    request: web.Request, route: Route, cookie_header: str | None
+    request: web.Request,
+    route: Route,
+    cookie_header: str | None,
+    *,
+    trusted: Sequence[IPNetwork] = (),
+    authority: str | None = None,
 ) -> list[tuple[str, str]]:
-    """The client's headers minus hop-by-hop ones, plus X-Forwarded-*; Cookie replaced if given."""
+    """The client's headers minus hop-by-hop ones; Cookie replaced if given; the forwarding
+    headers set from the socket (README "The proxy").
+
+    From a client that is not one of `trusted` (a load balancer in front of cookieguard), the
+    client's own X-Forwarded-*, Forwarded and X-Real-IP are dropped: they would let anybody tell
+    the app any address or scheme. From a trusted proxy, its X-Forwarded-For is extended with the
+    peer, and its X-Forwarded-Proto/-Host and Forwarded are kept. `authority`, from an
+    absolute-form request target, replaces the Host header (RFC 9112 section 3.2.2).
+    """
     raw = request.headers
-    named_by_connection = _connection_tokens(raw.getall("Connection", ())) if "Connection" in raw else ()
+    named_by_connection = (
+        _connection_tokens(raw.getall("Connection", ())) - _OURS if "Connection" in raw else ()
+    )
     headers: list[tuple[str, str]] = []
     cookies: list[str] = []
-    forwarded_for = forwarded_proto = forwarded_host = None
+    forwarding: dict[str, list[str]] = {}
     for name, value in raw.items():
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in named_by_connection or lname.startswith("proxy-"):
@@ -523,31 +615,59 @@ def upstream_request_headers(
         if lname == "cookie":
             cookies.append(value)
         elif lname == "host":
-            if route.preserve_host:
-                headers.append((name, value))
-        elif lname == "x-forwarded-for":
-            forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
-        elif lname == "x-forwarded-proto":
-            forwarded_proto = f"{forwarded_proto}, {value}" if forwarded_proto else value
-        elif lname == "x-forwarded-host":
-            forwarded_host = f"{forwarded_host}, {value}" if forwarded_host else value
+            continue
+        elif lname in _FORWARDING:
+            forwarding.setdefault(lname, []).append(value)
         else:
             headers.append((name, value))
+    host = authority or raw.get("Host")
+    if route.preserve_host and host:
+        headers.insert(0, ("Host", host))
     if cookie_header is not None:
         if cookie_header:
             headers.append(("Cookie", cookie_header))
     elif cookies:
         headers.append(("Cookie", "; ".join(cookies)))
     peer = request.remote or "unknown"
-    headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
     scheme = request.scheme
-    headers.append(("X-Forwarded-Proto", f"{forwarded_proto}, {scheme}" if forwarded_proto else scheme))
-    host = raw.get("Host")
-    if host:
-        headers.append(("X-Forwarded-Host", f"{forwarded_host}, {host}" if forwarded_host else host))
-    elif forwarded_host:
-        headers.append(("X-Forwarded-Host", forwarded_host))
+    if not is_trusted(peer, trusted):
+        headers.append(("X-Forwarded-For", peer))
+        headers.append(("X-Forwarded-Proto", scheme))
+        if host:
+            headers.append(("X-Forwarded-Host", host))
+        headers.append(("X-Real-IP", peer))
+        headers.append(("Forwarded", _forwarded_element(peer, scheme, host)))
+        return headers
+    their_for = forwarding.get("x-forwarded-for")
+    headers.append(("X-Forwarded-For", ", ".join([*their_for, peer]) if their_for else peer))
+    proto = ", ".join(forwarding.get("x-forwarded-proto") or [scheme])
+    headers.append(("X-Forwarded-Proto", proto))
+    their_host = forwarding.get("x-forwarded-host")
+    if their_host or host:
+        headers.append(("X-Forwarded-Host", ", ".join(their_host) if their_host else host or ""))
+    client = client_address(peer, their_for or (), trusted)
+    headers.append(("X-Real-IP", client))
+    their_forwarded = forwarding.get("forwarded")
+    if their_forwarded:
+        headers.extend(("Forwarded", value) for value in their_forwarded)
+    else:
+        headers.append(("Forwarded", _forwarded_element(client, scheme, host)))
     return headers
+
+
+def _forwarded_element(client: str, scheme: str, host: str | None) -> str:
+    element = f"for={_forwarded_value(f'[{client}]' if ':' in client else client)};proto={scheme}"
+    return element + f";host={_forwarded_value(host)}" if host else element
+
+
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+
+
+def _forwarded_value(value: str) -> str:
+    # RFC 7239 section 4: a token, else a quoted string (an IPv6 address, a host with a port).
+    if value and all(c in _TOKEN_CHARS for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def response_headers(upstream: Iterable[tuple[str, str]], set_cookies: list[str]) -> list[tuple[str, str]]:
