@@ -3,6 +3,8 @@ over the in-process store, on a clock the tests move. Nothing here sleeps."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cookieguard.config import LimitsConfig
 from cookieguard.limits import (
     CHARGED,
@@ -20,6 +22,7 @@ from cookieguard.limits import (
     budget_name,
 )
 from cookieguard.store.memory import MemoryStore
+from tests.support.proxy_process import run_cli
 
 T0 = 1_800_000_000.0
 
@@ -140,3 +143,19 @@ async def test_a_refused_budget_charges_nothing_after_it() -> None:
     for n in range(50):
         assert await b.spend(Claimant("10.0.0.1"), f"b{n}") == UNPROVEN_ADDRESS
     assert await b.spend(Claimant("10.0.0.2"), "c") is None  # the total still had one
+
+
+def test_check_prints_the_limits(tmp_path: Path) -> None:
+    path = tmp_path / "cookieguard.yaml"
+    path.write_text(
+        "upstream: http://127.0.0.1:3000\n"
+        "provider: {kind: cognito, user_pool_id: us-east-1_AbCdEf123, client_id: abc}\n"
+        "limits: {unproven_per_address: 20, trusted_proxies: [10.0.0.0/8]}\n"
+    )
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "limits: unproven 20/min per address, 1/s in all; 5 refresh tokens per subject per 10 min; "
+        "IdP calls 50/s (per replica)" in result.stdout
+    )
+    assert "trusted proxies: 10.0.0.0/8" in result.stdout
