@@ -258,6 +258,12 @@ provider:
   jwks_url: {pool["jwks_url"]}
 {f"  timeout: {idp_timeout}" + chr(10) if idp_timeout else ""}verify:
   signature: {"true" if verify else "false"}
+limits:
+  # The storm phase is 1,000 real sessions of 50 users (20 each) at once: lift the per-subject
+  # budget and the IdP ceiling so it measures refreshing, not the budgets. The unproven budgets
+  # (what the spray phase meets) keep their defaults.
+  refresh_tokens_per_subject: 100
+  idp_calls_per_second: 10000
 routes:
   - match: /static/
     refresh: false
@@ -473,6 +479,64 @@ def measure_storm(
     }
 
 
+async def spray(url: str, client_id: str, per_second: int, duration_s: float) -> tuple[int, int, int]:
+    """Unproven sessions (a made-up username and refresh token, nothing else), `per_second` of
+    them, paced, for `duration_s`: (requests sent, answers >= 500, client errors)."""
+    connector = aiohttp.TCPConnector(limit=256)
+    timeout = aiohttp.ClientTimeout(total=30)
+    sent = server_errors = client_errors = 0
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout
+    ) as client:
+
+        async def one(n: int) -> None:
+            nonlocal server_errors, client_errors
+            prefix = f"CognitoIdentityServiceProvider.{client_id}"
+            cookie = f"{prefix}.LastAuthUser=m{n}; {prefix}.m{n}.refreshToken=made-up-{n}-{os.getpid()}"
+            try:
+                async with client.get(url, headers={"Cookie": cookie}) as r:
+                    await r.read()
+                    server_errors += r.status >= 500
+            except (aiohttp.ClientError, TimeoutError):
+                client_errors += 1
+
+        tasks = []
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < duration_s:
+            due = int(elapsed * per_second) + 1
+            while sent < due:
+                tasks.append(asyncio.ensure_future(one(sent)))
+                sent += 1
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*tasks)
+    return sent, server_errors, client_errors
+
+
+def measure_spray(
+    url: str, client_id: str, script: Path, per_second: int, window_s: float
+) -> dict[str, float]:
+    """Fresh sessions' latency (wrk, as in the storm) without and during a spray of unproven
+    sessions at `per_second`. A fresh session touches no budget; what the spray costs it is the
+    CPU of answering the spray itself."""
+    base = wrk(url, 4, window_s, None, None, script)
+    during = start_wrk(url, 4, window_s, None, script)
+    sent, server_errors, client_errors = asyncio.run(spray(url, client_id, per_second, window_s))
+    spray_run = parse_wrk(during.communicate(timeout=window_s + 30)[0], None)
+    return {
+        "spray_per_second": per_second,
+        "spray_sent": sent,
+        "spray_5xx": server_errors,
+        "spray_client_errors": client_errors,
+        "fresh_p50_base_ms": base.p50_ms,
+        "fresh_p99_base_ms": base.p99_ms,
+        "fresh_p50_spray_ms": spray_run.p50_ms,
+        "fresh_p99_spray_ms": spray_run.p99_ms,
+        "fresh_requests_base": base.requests,
+        "fresh_requests_spray": spray_run.requests,
+        "fresh_errors": base.errors + spray_run.errors,
+    }
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -562,7 +626,9 @@ def main() -> int:
         action="store_true",
         help="also record py-spy profiles of cookieguard and the bare proxy (session mix) into bench/out/",
     )
-    parser.add_argument("--skip", default="", help="comma list of phases to skip: matrix,latency,storm,rss")
+    parser.add_argument(
+        "--skip", default="", help="comma list of phases to skip: matrix,latency,storm,spray,rss"
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     for tool in ("nginx", "wrk"):
@@ -732,6 +798,17 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
             fresh_url=f"http://127.0.0.1:{up_port}/app/page",
         )
         log(f"storm floor done: {results['storm_floor']}")
+    if "spray" not in skip:
+        # Abuse limits (README): 1,000 unproven sessions per second from one address. The
+        # budgets allow 5 IdP calls per address per minute and 1 per second in all.
+        calls_before = ask(cmd="calls")["calls"]
+        script = rotating_cookies_script(wd, "/app/page", [cookie_of(s) for s in fresh[1:]])
+        spray_result = measure_spray(
+            f"http://127.0.0.1:{cg_port}/app/page", pool["client_id"], script, 1000, args.duration
+        )
+        spray_result["idp_calls"] = ask(cmd="calls")["calls"] - calls_before
+        results["spray"] = spray_result
+        log(f"spray done: {spray_result}")
     results["cookieguard_rss_mb_after_matrix"] = rss_mb(cg.pid)[0]
     cg.stop()
     ngx.stop()
@@ -855,6 +932,14 @@ def print_report(res: dict[str, Any]) -> None:
         print(f"profile {name} (py-spy, session mix, self time): bench/out/profile-{name}.txt")
         for frame, share in frames or ():
             print(f"  {share:5.1f}%  {frame}")
+    if "spray" in res:
+        sp = res["spray"]
+        print(
+            f"spray: {sp['spray_sent']} unproven sessions at {sp['spray_per_second']}/s -> "
+            f"{sp['idp_calls']} IdP calls, {sp['spray_5xx']} 5xx; fresh p50/p99 "
+            f"{_f(sp['fresh_p50_base_ms'], 2)}/{_f(sp['fresh_p99_base_ms'], 2)} ms without, "
+            f"{_f(sp['fresh_p50_spray_ms'], 2)}/{_f(sp['fresh_p99_spray_ms'], 2)} ms during"
+        )
     if "storm" in res:
         s = res["storm"]
         print()

@@ -14,6 +14,7 @@ from aiohttp import web
 from .admin import Admin
 from .config import Config
 from .layouts import make_layout
+from .limits import Budgets
 from .listener import SERVER, ClientLimits, listen
 from .logs import get_logger
 from .metrics import Metrics
@@ -97,6 +98,9 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
             config.store,
             idp_timeout_s=config.provider.timeout_s,
             on_idp_call=metrics.idp_call,
+            budgets=Budgets(config.limits, store, clock),
+            # Nothing can be proven without signature checks: then every verdict counts.
+            unproven_feed_guard=not config.verify.signature,
         )
         auth_holder[0] = Auth(
             wall_clock=clock,

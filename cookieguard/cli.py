@@ -169,6 +169,14 @@ def _check(path_arg: str | None) -> int:
         secret = "set" if p.client_secret else "none"
         print(f"provider: {p.kind} client_id={p.client_id} client_secret={secret} endpoint={where}")
     print(f"cookies: layout {config.cookies.layout}   store: {config.store.kind}")
+    lim = config.limits
+    trusted = ", ".join(str(n) for n in lim.trusted_proxies) or "none (X-Forwarded-For is not read)"
+    print(
+        f"limits: unproven {lim.unproven_per_address}/min per address, {lim.unproven_per_second:g}/s in all; "
+        f"{lim.refresh_tokens_per_subject} refresh tokens per subject per 10 min; "
+        f"IdP calls {lim.idp_calls_per_second:g}/s (per replica)"
+    )
+    print(f"trusted proxies: {trusted}")
     for warning in config_warnings(config):
         print(f"WARNING: {warning}")
     print("routes (first match wins):")

@@ -21,7 +21,7 @@ from .cookies import parse_cookie_header, percent_decode
 from .decide import Action, needs_refresh
 from .layouts import AmplifyLayout, Session, make_layout
 from .layouts.amplify import AMPLIFY_PREFIX, LAST_AUTH_USER
-from .tokens import Claims, check_claims, expectations_for, read_claims, session_id
+from .tokens import Claims, TokenKind, check_claims, expectations_for, read_claims, session_id
 
 _AMPLIFY_KEYS = ("accessToken", "idToken", "refreshToken", "clockDrift", "deviceKey", "signInDetails")
 _HEADER_PREFIX = re.compile(r"^\s*cookie\s*:\s*", re.IGNORECASE)
@@ -123,6 +123,7 @@ def explain(
     else:
         out.append("refresh token: absent")
     out += _verdict_lines(_decide(session, access, config, now_s))
+    out.append(_proof_line(session, config, now_s))
     if config.provider is not None and config.verify.signature:
         out.append("note: the proxy also verifies the signature against the IdP's keys (not done here)")
     return out
@@ -183,6 +184,40 @@ def _decide(session: Session, access: Claims | None, config: Config, now_s: floa
         f"the access token is fresh: it expires in {_relative(left)}, outside {window_text}; "
         f"refresh due in {_relative(left - window)}",
     )
+
+
+def _proof_line(session: Session, config: Config, now_s: float) -> str:
+    """Whether the proxy would count the session as proven (README "Abuse limits"): proven
+    sessions are budgeted per subject, unproven ones per client address and in all. Offline, a
+    signature cannot be checked, so the best answer for well-formed tokens is "unknown"."""
+    if config.provider is None:
+        return "proven: no (no provider configured: nothing is refreshed)"
+    if not config.verify.signature:
+        return "proven: no (verify.signature is false: every refresh is budgeted as unproven)"
+    problems = []
+    candidates: tuple[tuple[TokenKind, str | None], ...] = (
+        ("access", session.access_token),
+        ("id", session.id_token),
+    )
+    for kind, token in candidates:
+        if not token:
+            continue
+        claims = read_claims(token)
+        if claims is None:
+            problems.append(f"{kind} token is not a JWT")
+            continue
+        problem = check_claims(claims, expectations_for(config.provider, config.verify, kind), now_s)
+        if problem is None and not claims.sub:
+            problem = "no sub claim"
+        if problem is None:
+            return (
+                f"proven: unknown (the {kind} token names this client and subject {claims.sub}; "
+                "the proxy proves it with a signature check against the IdP's keys, not done here)"
+            )
+        problems.append(f"{kind} token: {problem}")
+    if not problems:
+        return "proven: no (no access or id token beside the refresh token: budgeted per address)"
+    return f"proven: no ({'; '.join(problems)}: budgeted per address)"
 
 
 def _verdict_lines(verdict: Verdict) -> list[str]:

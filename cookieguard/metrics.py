@@ -68,7 +68,7 @@ class Metrics:
             "1 while the shared store is unreachable and refreshes coordinate per replica only.",
             registry=self.registry,
         )
-        for outcome in ("refreshed", "joined", "reused", "rejected", "failed"):
+        for outcome in ("refreshed", "joined", "reused", "rejected", "failed", "limited"):
             self.refresh_total.labels(outcome=outcome)
 
     def idp_call(self, starting: bool) -> None:

@@ -25,12 +25,13 @@ from .cookies import SetCookie, parse_cookie_header
 from .decide import Action, is_navigation, needs_refresh
 from .edge import client_address, is_trusted
 from .layouts import FreshTokens, Layout, Session, SessionReader
+from .limits import Claimant, LogThrottle
 from .logs import get_logger
 from .merge import merge_set_cookies
 from .metrics import Metrics
-from .refresh import FAILED, REFRESHED, REJECTED, Refresher, RefreshResult
+from .refresh import FAILED, LIMITED, REFRESHED, REJECTED, Refresher, RefreshResult
 from .routing import Router, Target, parse_target
-from .tokens import TokenStatus, TokenVerifier, read_claims, session_id
+from .tokens import Claims, TokenKind, TokenStatus, TokenVerifier, read_claims, session_id
 from .upstream import Origin, UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
@@ -80,9 +81,31 @@ class SessionCheck:
     user: str | None = None
     expires_at: float | None = None  # the access token's `exp`, epoch seconds
     refreshed: bool = False
-    # ok | refreshed | no_session | expired | rejected | invalid_token | refresh_unavailable | no_provider
+    # ok | refreshed | no_session | expired | rejected | invalid_token | refresh_unavailable | limited
+    # | no_provider
     reason: str = "ok"
     set_cookies: list[str] = field(default_factory=list, repr=False)
+
+
+@dataclass(frozen=True)
+class Proof:
+    """Whether a session is proven (README "Abuse limits"): one of its access or id tokens
+    verifies against the IdP's keys for this client (expired is fine). `subject` and `user` come
+    from that token only; `reason` says why a session is not proven."""
+
+    subject: str | None = None
+    user: str | None = None
+    reason: str = "ok"  # ok | no_token | not_verified (verify.signature false) | <token check reason>
+
+    @property
+    def proven(self) -> bool:
+        return self.subject is not None
+
+
+def reported_user(claims: Claims) -> str | None:
+    """The user a verified token names: Cognito's `username` (access) / `cognito:username` (id),
+    else OIDC's `preferred_username` (tokens.claims_from picks them in that order), else `sub`."""
+    return claims.username or claims.sub
 
 
 @dataclass
@@ -94,6 +117,8 @@ class Auth:
     verifier: TokenVerifier | None  # None: verify.signature is false
     wall_clock: Callable[[], float] = time.time
     sessions: SessionReader = field(init=False)
+    # One `outcome: limited` line per budget and address or subject per minute (README "Logs").
+    limited_log: LogThrottle = field(default_factory=LogThrottle)
 
     def __post_init__(self) -> None:
         self.sessions = SessionReader(self.layout)
@@ -206,11 +231,20 @@ class Proxy:
         if action is Action.FORWARD:
             return UNCHANGED
         await self._pacer.turn()
+        # Off the fast path: only a session that is due pays for its proof and its address.
+        proof = await self.prove(session)
+        address = client_address(
+            request.remote, request.headers.getall("X-Forwarded-For", ()), self.config.limits.trusted_proxies
+        )
         result = await self.auth.refresher.refresh(
-            session.refresh_token, username=session.user, device_key=session.device_key
+            session.refresh_token,
+            # Cognito's SECRET_HASH is computed over the username the cookies name (SPEC 3).
+            username=session.user,
+            device_key=session.device_key,
+            claimant=Claimant(address, proof.subject),
         )
         fresh = self._fresh_tokens(session, result, now)
-        self._log_refresh(route, session, result, access_expires_at, fresh)
+        self._log_refresh(route, session, result, access_expires_at, fresh, proof, address)
         cookies = parse_cookie_header(header)
         if fresh is not None:
             return Forwarding(
@@ -247,7 +281,7 @@ class Proxy:
             else:
                 set_cookies = [cookie.header() for cookie in fwd.set_cookies]
             before = self.auth.layout.read(parse_cookie_header(request.headers.get("Cookie", "")))
-            user = before.user if before else None
+            user = await self._user(before) if before else None
             return SessionCheck(False, user, reason="rejected", set_cookies=set_cookies)
         set_cookies = [cookie.header() for cookie in fwd.set_cookies]
         header = fwd.cookie_header if fwd.cookie_header is not None else request.headers.get("Cookie", "")
@@ -255,23 +289,26 @@ class Proxy:
         if session is None:
             return SessionCheck(authenticated=False, reason="no_session")
         lifetime = await self._access_lifetime(session)
+        user = await self._user(session)
         if lifetime is None:
-            return SessionCheck(authenticated=False, user=session.user, reason="invalid_token")
+            return SessionCheck(authenticated=False, user=user, reason="invalid_token")
         expires_at = lifetime[1]
         if expires_at == float("inf"):
             expires_at = None  # an opaque token cookieguard never saw issued: its expiry is unknown
         expired = expires_at is not None and expires_at <= self.auth.wall_clock()
-        if fwd.outcome == FAILED and session.refresh_token:
-            # The IdP could not answer: the session is not over, it will be refreshed later.
-            return SessionCheck(True, session.user, expires_at, reason="refresh_unavailable")
+        if fwd.outcome in (FAILED, LIMITED) and session.refresh_token:
+            # The IdP could not answer, or a budget held the call back: the session is not over,
+            # it will be refreshed on a later request.
+            reason = "limited" if fwd.outcome == LIMITED else "refresh_unavailable"
+            return SessionCheck(True, user, expires_at, reason=reason)
         if fwd.outcome == REJECTED:  # on_rejected: pass; the token lives until it expires
-            return SessionCheck(not expired, session.user, expires_at, reason="rejected")
+            return SessionCheck(not expired, user, expires_at, reason="rejected")
         if expired or (expires_at is None and not session.access_token):
-            return SessionCheck(False, session.user, expires_at, reason="expired")
+            return SessionCheck(False, user, expires_at, reason="expired")
         refreshed = bool(set_cookies)
         return SessionCheck(
             True,
-            session.user,
+            user,
             expires_at,
             refreshed=refreshed,
             reason="refreshed" if refreshed else "ok",
@@ -282,6 +319,38 @@ class Proxy:
     def _session_route(self) -> Route:
         # Refreshes made for the session endpoint are logged and counted under its own path.
         return Route(match=f"{self.config.admin_prefix}/session", upstream="")
+
+    async def prove(self, session: Session) -> Proof:
+        """Is the session proven? Verdicts are cached by the verifier: a token seen before costs
+        a dictionary lookup. An UNKNOWN token (JWKS unreachable) proves nothing."""
+        assert self.auth is not None
+        verifier = self.auth.verifier
+        if verifier is None:
+            return Proof(reason="not_verified")
+        reason = "no_token"
+        candidates: tuple[tuple[str | None, TokenKind], ...] = (
+            (session.access_token, "access"),
+            (session.id_token, "id"),
+        )
+        for token, kind in candidates:
+            if not token:
+                continue
+            check = verifier.peek(token, kind)
+            if check is None:
+                check = await verifier.check(token, kind=kind)
+            if check.status is TokenStatus.VALID and check.claims is not None and check.claims.sub:
+                return Proof(check.claims.sub, reported_user(check.claims))
+            reason = check.reason if check.status is not TokenStatus.VALID else "no_sub"
+        return Proof(reason=reason)
+
+    async def _user(self, session: Session) -> str | None:
+        """The user to report: from a verified token; the cookies' name only when nothing can
+        be verified (`verify.signature: false`). A token of one user under another's name
+        reports the token's user."""
+        proof = await self.prove(session)
+        if proof.proven or proof.reason == "not_verified":
+            return proof.user or session.user
+        return None
 
     async def _access_lifetime(self, session: Session) -> tuple[float | None, float | None] | None:
         """(issued_at, expires_at) of the access token; (None, None) when it is absent; None when
@@ -349,18 +418,38 @@ class Proxy:
         result: RefreshResult,
         old_exp: float | None,
         fresh: FreshTokens | None,
+        proof: Proof,
+        address: str,
     ) -> None:
+        assert self.auth is not None
         self.metrics.refresh_total.labels(outcome=result.outcome).inc()
         if result.outcome == REFRESHED:
             self.metrics.refresh_duration.observe(result.duration_ms / 1000)
         new_claims = read_claims(fresh.access_token) if fresh else None
-        log = self.log.warning if result.outcome == FAILED else self.log.info
+        # The user a verified token names; else the one the IdP's fresh token names (it came from
+        # the IdP itself); the cookies' name only when nothing can be verified.
+        user = proof.user
+        if user is None and new_claims is not None:
+            user = reported_user(new_claims)
+        if user is None and proof.reason == "not_verified":
+            user = session.user
+        extra: dict[str, object] = {}
+        if result.outcome == LIMITED:
+            # A spray must not flood the logs: one line per budget and subject or address a minute.
+            who = f"subject:{proof.subject}" if proof.proven else f"address:{address}"
+            if not self.auth.limited_log.allow(f"{result.error}|{who}", self.auth.wall_clock()):
+                return
+            # The address is logged as it is: operators need it to act, and it is no credential.
+            extra = {"limit": result.error, "address": address}
+        log = self.log.warning if result.outcome in (FAILED, LIMITED) else self.log.info
         log(
             "token_refresh",
             outcome=result.outcome,
             route=route.match,
             session=session_id(session.refresh_token or ""),
-            user=session.user,
+            user=user,
+            proven=proof.proven,
+            **extra,
             old_exp=int(old_exp) if old_exp and old_exp != float("inf") else None,
             new_exp=int(new_claims.exp) if new_claims and new_claims.exp else None,
             duration_ms=result.duration_ms,

@@ -3,11 +3,19 @@ the result kept for `refresh.grace` so late requests reuse it instead of spendin
 
 Outcomes (SPEC 6): `refreshed` (this request called the IdP), `joined` (it waited for a refresh
 already under way), `reused` (it found a result from the grace window), `rejected` (the IdP said
-the session is over), `failed` (the IdP could not answer: keep the session, back off).
+the session is over), `failed` (the IdP could not answer: keep the session, back off), `limited`
+(a budget of README "Abuse limits" refused the IdP call: nothing stored, no backoff, the session
+is tried again on a later request; `error` names the budget).
+
+Budgets are charged right before the IdP call, after the single-flight and the stored-result
+checks, so a join and a grace reuse cost nothing; a retry of the same token is free in the
+budgets themselves (cookieguard/limits.py).
 
 A rejection counts only while the reject-storm guard (guard.py) believes it: when nearly every
 session is being rejected at once, the configuration is wrong, not the sessions, and rejections
-become `failed` with error `reject_storm`.
+become `failed` with error `reject_storm`. Only proven sessions' verdicts feed the guard (with
+`verify.signature: false` nothing can be proven and every verdict does): anybody can make up
+refresh tokens the IdP rejects, and a spray of them must not switch off clearing for everyone.
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ from dataclasses import dataclass, field
 
 from .config import RefreshConfig, StoreConfig
 from .guard import RejectStormGuard, StormChange
+from .limits import Budgets, Claimant
 from .logs import get_logger
 from .providers.base import Provider, RefreshRejected, RefreshUnavailable, TokenSet
 from .store.base import Store
 from .store.crypto import Sealer
 
 REFRESHED, JOINED, REUSED, REJECTED, FAILED = "refreshed", "joined", "reused", "rejected", "failed"
+LIMITED = "limited"
 _POLL_S = 0.05
 _MAX_BACKOFF_S = 300.0
 REJECT_STORM = "reject_storm"
@@ -62,6 +72,8 @@ class Refresher:
         clock: Callable[[], float] = time.monotonic,
         on_idp_call: Callable[[bool], None] | None = None,
         guard: RejectStormGuard | None = None,
+        budgets: Budgets | None = None,
+        unproven_feed_guard: bool = False,
     ) -> None:
         self.provider = provider
         self.store = store
@@ -73,6 +85,8 @@ class Refresher:
         self.max_entries = store_config.max_entries
         self.on_idp_call = on_idp_call  # metrics hook: True when a call starts, False when it ends
         self.guard = guard or RejectStormGuard(max_sessions=store_config.max_entries)
+        self.budgets = budgets
+        self.unproven_feed_guard = unproven_feed_guard
         self._in_flight: dict[str, asyncio.Task[RefreshResult]] = {}
         self._backoff: OrderedDict[str, float] = OrderedDict()
         self._opaque_lifetimes: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -82,8 +96,15 @@ class Refresher:
         return len(self._in_flight)
 
     async def refresh(
-        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
+        self,
+        refresh_token: str,
+        *,
+        username: str | None = None,
+        device_key: str | None = None,
+        claimant: Claimant | None = None,
     ) -> RefreshResult:
+        """`claimant`: whom the IdP call is charged to; None charges nobody (and counts as proven
+        for the reject-storm guard)."""
         key = store_key(refresh_token)
         task = self._in_flight.get(key)
         if task is not None:
@@ -94,14 +115,19 @@ class Refresher:
             if until > self.clock():
                 return RefreshResult(FAILED, error="backoff", retry_after_s=until - self.clock())
             del self._backoff[key]
-        task = asyncio.ensure_future(self._coordinated(key, refresh_token, username, device_key))
+        task = asyncio.ensure_future(self._coordinated(key, refresh_token, username, device_key, claimant))
         self._in_flight[key] = task
         task.add_done_callback(lambda _t: self._in_flight.pop(key, None))
         # Shielded: a client that disconnects must not cancel the refresh for everybody else.
         return await asyncio.shield(task)
 
     async def _coordinated(
-        self, key: str, refresh_token: str, username: str | None, device_key: str | None
+        self,
+        key: str,
+        refresh_token: str,
+        username: str | None,
+        device_key: str | None,
+        claimant: Claimant | None,
     ) -> RefreshResult:
         stored = await self._stored(key)
         if stored is not None:
@@ -121,12 +147,23 @@ class Refresher:
             stored = await self._stored(key)
             if stored is not None:
                 return _as_joined(stored)
-            return await self._call_idp(key, owner, refresh_token, username, device_key)
+            if self.budgets is not None and claimant is not None:
+                limit = await self.budgets.spend(claimant, key)
+                if limit is not None:
+                    return RefreshResult(LIMITED, error=limit)
+            feeds_guard = claimant is None or claimant.proven or self.unproven_feed_guard
+            return await self._call_idp(key, owner, refresh_token, username, device_key, feeds_guard)
         finally:
             await self.store.release(key, owner)
 
     async def _call_idp(
-        self, key: str, owner: str, refresh_token: str, username: str | None, device_key: str | None
+        self,
+        key: str,
+        owner: str,
+        refresh_token: str,
+        username: str | None,
+        device_key: str | None,
+        feeds_guard: bool,
     ) -> RefreshResult:
         keeper = asyncio.ensure_future(self._keep_lease(key, owner))
         started = time.perf_counter()
@@ -135,7 +172,8 @@ class Refresher:
         try:
             tokens = await self.provider.refresh(refresh_token, username=username, device_key=device_key)
         except RefreshRejected as exc:
-            self._note_storm(self.guard.record(key, rejected=True, now=self.clock()))
+            if feeds_guard:
+                self._note_storm(self.guard.record(key, rejected=True, now=self.clock()))
             if self.guard.storming:
                 # Not believed: forward unchanged, store nothing, and back off like any IdP trouble.
                 self._remember_backoff(key, self.config.backoff_s)
@@ -163,7 +201,8 @@ class Refresher:
             keeper.cancel()
             if self.on_idp_call:
                 self.on_idp_call(False)
-        self._note_storm(self.guard.record(key, rejected=False, now=self.clock()))
+        if feeds_guard:
+            self._note_storm(self.guard.record(key, rejected=False, now=self.clock()))
         result = RefreshResult(REFRESHED, tokens=tokens, duration_ms=_ms(started))
         await self.store.put_result(key, self._seal(result), self.config.grace_s)
         return result

@@ -257,3 +257,16 @@ def test_cli_runs_fast_and_offline(tmp_path: Path) -> None:
     proc = run_cli("explain", "--config", str(path), header(access_token=access(time.time() - 60)))
     assert proc.returncode == 0 and "verdict: REFRESH" in proc.stdout
     assert time.monotonic() - started < 10
+
+
+def test_explain_says_whether_the_session_is_proven() -> None:
+    """Offline, a well-formed token of this client is "unknown" (the signature is not checked);
+    a session with only a refresh token, or tokens of another client, is not proven."""
+    good = run(header(access_token=access(NOW - 60)))
+    assert "proven: unknown (the access token names this client and subject 0f1e-sub" in good
+    bare = run(header())
+    assert "proven: no (no access or id token beside the refresh token: budgeted per address)" in bare
+    foreign = run(header(access_token=access(NOW - 60, client_id="another-client")))
+    assert "proven: no (access token: wrong_client: budgeted per address)" in foreign
+    unverified = run(header(access_token=access(NOW - 60)), config("verify: {signature: false}\n"))
+    assert "proven: no (verify.signature is false: every refresh is budgeted as unproven)" in unverified

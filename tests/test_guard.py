@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from cookieguard.config import RefreshConfig, StoreConfig
 from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.guard import MIN_REJECTED_RATIO, MIN_REJECTED_SESSIONS, WINDOW_S, RejectStormGuard
+from cookieguard.limits import Claimant
 from cookieguard.providers.base import RefreshRejected
 from cookieguard.refresh import Refresher, store_key
 from cookieguard.store.memory import MemoryStore
@@ -239,3 +240,32 @@ async def test_a_wrong_client_secret_stops_clearing_users_after_the_threshold(
     assert len(storms) == 1
     assert storms[0]["level"] == "warning" and storms[0]["state"] == "started"
     assert (storms[0]["rejected_sessions"], storms[0]["sessions"]) == (MIN_REJECTED_SESSIONS,) * 2
+
+
+async def test_rejections_of_unproven_sessions_never_start_a_storm() -> None:
+    """Anybody can make up refresh tokens the IdP rejects: 100 of them (unbudgeted here) must not
+    switch off clearing for a real session that was revoked."""
+    rejected = RefreshRejected("NotAuthorizedException", status=400)
+    provider = ScriptedProvider(answers=[rejected] * 101)
+    refresher = _refresher(provider, MemoryStore(), Clock())
+    sprayed = [await refresher.refresh(f"made-up-{n}", claimant=Claimant("203.0.113.7")) for n in range(100)]
+    assert {r.outcome for r in sprayed} == {"rejected"} and len(provider.calls) == 100
+    assert not refresher.guard.storming and refresher.guard.sessions == 0
+    real = await refresher.refresh("revoked", claimant=Claimant("198.51.100.1", subject="sub-alice"))
+    assert real.outcome == "rejected" and refresher.guard.rejected_sessions == 1
+
+
+async def test_without_signature_checks_every_verdict_feeds_the_guard() -> None:
+    """verify.signature false: nothing can be proven, so the guard counts every session."""
+    rejected = RefreshRejected("NotAuthorizedException", status=400)
+    provider = ScriptedProvider(answers=[rejected] * 25)
+    refresher = Refresher(
+        provider,
+        MemoryStore(),
+        RefreshConfig(backoff_s=5.0),
+        StoreConfig(lock_lease_s=0.3),
+        clock=Clock(),
+        unproven_feed_guard=True,
+    )
+    results = [await refresher.refresh(f"R{n}", claimant=Claimant("10.0.0.1")) for n in range(25)]
+    assert [r.outcome for r in results] == ["rejected"] * 19 + ["failed"] * 6

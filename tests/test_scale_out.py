@@ -315,3 +315,44 @@ async def test_redis_dying_mid_burst_degrades_each_replica_and_coordination_resu
     assert len({cookies[fresh_access] for _, cookies in again}) == 1
     known_secrets.add(again[0][1][fresh_access])
     assert cognito_idp.refresh_calls - calls_before == 1
+
+
+# --- abuse limits: budgets shared over Redis --------------------------------------------
+
+
+async def test_the_per_subject_budget_is_shared_by_replicas(
+    aiohttp_server: Any,
+    cookieguard_process: Start,
+    redis_server: RedisServer,
+    cognito_idp: CognitoEmulator,
+    cognito_pool: PoolInfo,
+    make_expiring_user: Callable[..., CognitoUser],
+    store_key_secret: str,
+) -> None:
+    """One proven subject (a real, expired access token) with 100 made-up refresh tokens spread
+    over two replicas: five IdP calls in all (README "Abuse limits"), not five per replica."""
+    mallory = make_expiring_user(cognito_pool)
+    app = await start_buggy_app(aiohttp_server)
+    config = cognito_config(cognito_pool, str(app.make_url("")), store_config(redis_server, store_key_secret))
+    replicas = [cookieguard_process(config), cookieguard_process(config)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
+        async def one(n: int) -> int:
+            cookies = amplify_cookies(
+                cognito_pool.client_id,
+                mallory.username,
+                access_token=mallory.access_token,
+                id_token=mallory.id_token,
+                refresh_token=f"made-up-{n}",
+            )
+            header = "; ".join(f"{k}={v}" for k, v in cookies.items())
+            async with s.get(f"{replicas[n % 2].url}/rsc/{n}", headers={"Cookie": header}) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = await asyncio.gather(*(one(n) for n in range(100)))
+    assert all(status < 500 for status in statuses)
+    assert cognito_idp.refresh_calls == 5
+    seen = outcomes(replicas)
+    assert sum(o.count("rejected") for o in seen) == 5
+    assert all(o and set(o) <= {"rejected", "limited"} for o in seen)

@@ -154,6 +154,9 @@ async def test_oidc_issuer_only_idp_down_at_start_up(
                 },
                 "cookies": {"layout": "named", "names": {"access_token": "at", "refresh_token": "rt"}},
                 "refresh": {"backoff": "100ms"},
+                # The session below carries only its refresh token (unproven); the polls after the
+                # outage must not run into the per-address budget, which is not what this tests.
+                "limits": {"unproven_per_address": 1000, "unproven_per_second": 1000},
             }
         ),
         env={},

@@ -26,6 +26,7 @@ import redis.asyncio
 from cryptography.fernet import Fernet
 
 from cookieguard.config import RefreshConfig, StoreConfig
+from cookieguard.limits import CHARGED, FREE, REFUSED
 from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
 from cookieguard.refresh import Refresher, RefreshResult, store_key
 from cookieguard.store import FallbackStore, MemoryStore, Store, StoreUnavailable, make_store
@@ -287,6 +288,59 @@ async def test_the_store_holds_no_token_and_no_known_token_hash(
             assert secret not in value, f"a value holds a token or a token hash: {name!r}"
             if backend.kind == "redis":  # process memory may key by the hash; Redis may not
                 assert secret not in name, f"a Redis key holds a token or a token hash: {name!r}"
+
+
+async def test_a_budget_is_shared_by_replicas_and_refills_with_time(backend: Backend) -> None:
+    """Five per 10 minutes: five distinct members from two replicas, then refused; a retry of a
+    charged member is free; a minute later one more (the bucket refilled one token)."""
+    a, b = backend.shared, backend.replica()
+    rate, now = 5 / 600, 1_800_000_000.0
+    spent = [await (a if n % 2 else b).spend("subject:x", f"m{n}", rate, 5, 600, now) for n in range(5)]
+    assert spent == [CHARGED] * 5
+    assert await a.spend("subject:x", "m5", rate, 5, 600, now + 1) == REFUSED
+    assert await b.spend("subject:x", "m2", rate, 5, 600, now + 1) == FREE  # a retry of a charged token
+    assert await a.spend("subject:y", "m5", rate, 5, 600, now + 1) == CHARGED  # buckets are per name
+    assert await b.spend("subject:x", "m6", rate, 5, 600, now + 121) == CHARGED  # 120 s refill one
+    assert await a.spend("subject:x", "m7", rate, 5, 600, now + 121) == REFUSED
+    # A replica whose clock is behind refills nothing and takes nothing extra.
+    assert await b.spend("subject:x", "m8", rate, 5, 600, now) == REFUSED
+    # Past the window the charged members are forgotten: m0 costs again.
+    later = now + 601
+    assert await a.spend("subject:x", "m0", rate, 5, 600, later) == CHARGED
+
+
+async def test_budget_names_and_members_never_reach_redis_raw(redis_server: RedisServer) -> None:
+    store = RedisStore(StoreConfig(kind="redis", url=redis_server.url, encryption_keys=(KEY,)))
+    member = hashlib.sha256(b"a refresh token").hexdigest()
+    try:
+        assert await store.spend("address:203.0.113.7", member, 5 / 60, 5, 60, time.time()) == CHARGED
+    finally:
+        await store.close()
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        names = [name async for name in client.scan_iter(match="*")]
+        charged = [m for n in names if b":charged:" in n for m in await client.zrange(n, 0, -1)]
+        ttls = [await client.pttl(n) for n in names]
+    finally:
+        await client.aclose()
+    assert len(names) == 2 and all(0 < ttl <= 61_000 for ttl in ttls)
+    assert all(b"203.0.113.7" not in n and member.encode() not in n for n in names)
+    assert len(charged) == 1 and charged[0] != member.encode()
+
+
+async def test_a_degraded_replica_keeps_its_own_budget(redis_server: RedisServer) -> None:
+    primary = RedisStore(StoreConfig(kind="redis", url=redis_server.url, encryption_keys=(KEY,)))
+    store = FallbackStore(primary, MemoryStore())
+    now = 1_800_000_000.0
+    try:
+        assert await store.spend("address:a", "m0", 1 / 60, 1, 60, now) == CHARGED
+        redis_server.stop()
+        # Redis is gone: the local bucket starts full, and is then spent like any other.
+        assert await store.spend("address:a", "m1", 1 / 60, 1, 60, now) == CHARGED
+        assert await store.spend("address:a", "m2", 1 / 60, 1, 60, now) == REFUSED
+        assert store.degraded
+    finally:
+        await store.close()
 
 
 # --- Redis only -----------------------------------------------------------------------------

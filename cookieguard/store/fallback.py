@@ -110,6 +110,18 @@ class FallbackStore:
                 self._failed(exc)  # the shared lease runs out by itself
         await self.local.release(key, owner)
 
+    async def spend(
+        self, name: str, member: str, rate_per_s: float, burst: int, window_s: float, now: float
+    ) -> str:
+        # Degraded, each replica keeps its own budget: N replicas allow N times the budget until
+        # Redis is back, which is the same trade the local single-flight makes.
+        if await self._primary_usable():
+            try:
+                return await self.primary.spend(name, member, rate_per_s, burst, window_s, now)
+            except StoreUnavailable as exc:
+                self._failed(exc)
+        return await self.local.spend(name, member, rate_per_s, burst, window_s, now)
+
     async def ping(self) -> None:
         """Never raises: the local store is always there. See `readiness` for the state."""
         await self.readiness()

@@ -13,6 +13,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from ..limits import BucketTable
+
 
 class MemoryStore:
     kind = "memory"
@@ -22,6 +24,7 @@ class MemoryStore:
         self.clock = clock
         self._results: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._locks: dict[str, tuple[float, str]] = {}
+        self._budgets = BucketTable(max_buckets=max_entries)
 
     def __len__(self) -> int:
         return len(self._results)
@@ -65,6 +68,11 @@ class MemoryStore:
         held = self._locks.get(key)
         if held is not None and held[1] == owner:
             del self._locks[key]
+
+    async def spend(
+        self, name: str, member: str, rate_per_s: float, burst: int, window_s: float, now: float
+    ) -> str:
+        return self._budgets.spend(name, member, rate_per_s, burst, window_s, now)
 
     async def ping(self) -> None:
         return None

@@ -4,7 +4,13 @@ What Redis holds (and what someone who can read it learns):
 
 - `cookieguard:lock:<name>` = a random owner id (uuid4 hex), with a millisecond lease;
 - `cookieguard:result:<name>` = the refresh result sealed by the Refresher's `Sealer` (Fernet,
-  with `store.encryption_key`), with the `refresh.grace` TTL.
+  with `store.encryption_key`), with the `refresh.grace` TTL;
+- `cookieguard:budget:<name>` = a hash `{t: tokens left, at: last refill}` and
+  `cookieguard:charged:<name>` = a sorted set of the refresh-token hashes this budget charged
+  (HMAC'ed like `<name>`), by time: the per-address and per-subject budgets of limits.py, with a
+  TTL of their window. `<name>` is derived from the hash of the address or subject, never from
+  the raw value. Budgets use the first encryption key's name only: during a key rotation,
+  replicas on different first keys keep separate budgets for a while (at most twice the budget).
 
 `<name>` is not the session hash the Refresher passes in (sha256 of the refresh token, whose
 first 12 hex digits are the `session` field of the logs): with an encryption key configured it is
@@ -38,6 +44,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..config import StoreConfig
+from ..limits import CHARGED, FREE, MAX_MEMBERS, REFUSED
 from .base import StoreUnavailable
 
 PREFIX = "cookieguard"
@@ -76,6 +83,37 @@ end
 return n
 """
 
+# A token bucket with a memory of charged members (cookieguard/limits.py `BucketTable`, the same
+# rules): 2 = free (a retry of a member charged within the window), 1 = charged, 0 = refused.
+# `now` comes from the caller (wall clock) so the contract suite can move it; a `now` behind the
+# last refill (another replica's clock) refills nothing.
+_SPEND = """
+local now = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+if ARGV[1] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 2 end
+local rate = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 't', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+if now > at then
+  tokens = math.min(burst, tokens + (now - at) * rate)
+  at = now
+end
+if tokens < 1 - 1e-9 then return 0 end
+redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens - 1), 'at', string.format('%.17g', at))
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+if ARGV[1] ~= '' then
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
+  local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[7])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1) end
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+return 1
+"""
+_SPENT = {0: REFUSED, 1: CHARGED, 2: FREE}
+
 T = TypeVar("T")
 
 
@@ -100,6 +138,7 @@ class RedisStore:
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._extend = self._redis.register_script(_EXTEND)
         self._release = self._redis.register_script(_RELEASE)
+        self._spend = self._redis.register_script(_SPEND)
 
     def lock_keys(self, key: str) -> list[str]:
         return [f"{self._prefix}:lock:{name}" for name in self._names.derive(key)]
@@ -130,6 +169,17 @@ class RedisStore:
 
     async def release(self, key: str, owner: str) -> None:
         await _call(self._release, self.lock_keys(key), [owner])
+
+    async def spend(
+        self, name: str, member: str, rate_per_s: float, burst: int, window_s: float, now: float
+    ) -> str:
+        bucket = self._names.derive(name)[0]
+        charged = self._names.derive(member)[0] if member else ""
+        # Kept until the bucket has refilled completely and its members left the window.
+        ttl_ms = _ms(max(window_s, burst / rate_per_s) + 1.0)
+        keys = [f"{self._prefix}:budget:{bucket}", f"{self._prefix}:charged:{bucket}"]
+        args = [charged, repr(rate_per_s), burst, repr(now), repr(window_s), ttl_ms, MAX_MEMBERS]
+        return _SPENT.get(int(await _call(self._spend, keys, args)), REFUSED)
 
     async def ping(self) -> None:
         await _call(self._redis.ping)

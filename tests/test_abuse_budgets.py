@@ -1,0 +1,236 @@
+"""Abuse limits (README "Abuse limits"), end to end: cookieguard in process in front of the buggy
+app, refreshing against moto's Cognito server, IdP calls counted at the emulator.
+
+The budgets' clock is the proxy's wall clock, injected and frozen: the tests move it, so what a
+budget allows does not depend on how fast this machine runs the spray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cookieguard.app import build_app
+from cookieguard.config import parse_config
+from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.layouts import AmplifyLayout
+from tests.support.apps import amplify_cookies, set_cookie_values, start_buggy_app
+from tests.support.cognito_idp import CognitoUser, amplify_cookie_header
+from tests.support.no_secrets import KnownSecrets
+
+
+class FrozenClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def start_guard(aiohttp_server: Any, pool: PoolInfo, clock: FrozenClock, limits: str = "{}") -> str:
+    app = await start_buggy_app(aiohttp_server)
+    config = parse_config(
+        f"""
+        upstream: {str(app.make_url("")).rstrip("/")}
+        provider:
+          kind: cognito
+          user_pool_id: {pool.user_pool_id}
+          client_id: {pool.client_id}
+          endpoint: {pool.endpoint}
+          jwks_url: {pool.jwks_url}
+          timeout: 5s
+        refresh: {{before_expiry: 5m, backoff: 3s}}
+        limits: {limits}
+        logging: {{level: debug}}
+        """,
+        env={},
+    )
+    guard = await aiohttp_server(build_app(config, clock=clock))
+    return str(guard.make_url("")).rstrip("/")
+
+
+def made_up_session(pool: PoolInfo) -> str:
+    """What an attacker sends: a made-up username and refresh token, no other token."""
+    cookies = amplify_cookies(
+        pool.client_id,
+        f"mallory-{uuid.uuid4().hex[:6]}",
+        access_token=None,
+        id_token=None,
+        refresh_token="eyJjdHkiOiJKV1QiLCJlbmMiOiJBMjU2R0NNIn0." + uuid.uuid4().hex,
+    )
+    return "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+
+async def get(
+    s: aiohttp.ClientSession, url: str, cookie_header: str, **headers: str
+) -> tuple[int, dict[str, str], list[str]]:
+    async with s.get(url, headers={"Cookie": cookie_header, **headers}, allow_redirects=False) as resp:
+        await resp.read()
+        set_cookies = resp.headers.getall("Set-Cookie", [])
+        return resp.status, set_cookie_values(set_cookies), set_cookies
+
+
+async def spray(s: aiohttp.ClientSession, url: str, pool: PoolInfo, n: int, **headers: str) -> list[int]:
+    results = await asyncio.gather(
+        *(get(s, f"{url}/rsc/{i}", made_up_session(pool), **headers) for i in range(n))
+    )
+    return [status for status, _, _ in results]
+
+
+def refresh_events(logs: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in logs.getvalue().splitlines() if '"token_refresh"' in line]
+
+
+def cleared(user: CognitoUser, set_cookies: list[str]) -> bool:
+    name = AmplifyLayout(user.pool.client_id).cookie_name(user.username, "refreshToken")
+    return any(line.startswith(f"{name}=") and "Max-Age=0" in line for line in set_cookies)
+
+
+def refreshed(user: CognitoUser, values: dict[str, str]) -> bool:
+    name = AmplifyLayout(user.pool.client_id).cookie_name(user.username, "accessToken")
+    return bool(values.get(name)) and values[name] != user.access_token
+
+
+async def test_a_spray_of_made_up_sessions_costs_a_handful_of_idp_calls_and_nobody_else_waits(
+    aiohttp_server: Any,
+    cognito_idp: CognitoEmulator,
+    cognito_pool: PoolInfo,
+    make_expiring_user: Callable[..., CognitoUser],
+    known_secrets: KnownSecrets,
+    no_secrets_in_logs: Any,
+) -> None:
+    alice, revoked, revoked_later = (make_expiring_user(cognito_pool) for _ in range(3))
+    cognito_idp.revoke(cognito_pool, revoked.refresh_token)
+    cognito_idp.revoke(cognito_pool, revoked_later.refresh_token)
+    clock = FrozenClock()
+    url = await start_guard(aiohttp_server, cognito_pool, clock)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
+        # One second's worth of spray spends what the budgets allow an anonymous client ...
+        statuses = await spray(s, url, cognito_pool, 100)
+        spent = cognito_idp.refresh_calls
+        assert 1 <= spent <= 5
+        # ... after that, a real user's session and a revoked one each cost exactly one call,
+        # during the spray, and get what they would get without it.
+        during = await asyncio.gather(
+            spray(s, url, cognito_pool, 100),
+            get(s, f"{url}/page", amplify_cookie_header(alice)),
+            get(s, f"{url}/page", amplify_cookie_header(revoked)),
+        )
+        statuses += during[0]
+        assert cognito_idp.refresh_calls == spent + 2
+        status, values, _ = during[1]
+        assert status == 200 and refreshed(alice, values)
+        known_secrets.add(*values.values())
+        status, _, set_cookies = during[2]
+        assert status == 200 and cleared(revoked, set_cookies)
+        # Two more seconds of spray: one more unproven call per second at most.
+        for _ in range(2):
+            clock.now += 1
+            statuses += await spray(s, url, cognito_pool, 50)
+        assert len(statuses) == 300 and all(status < 500 for status in statuses)
+        assert cognito_idp.refresh_calls <= spent + 2 + 2 <= 20
+        # After the spray a revoked session is still cleared: the spray's rejections never
+        # reached the reject-storm guard.
+        status, _, set_cookies = await get(s, f"{url}/page", amplify_cookie_header(revoked_later))
+        assert status == 200 and cleared(revoked_later, set_cookies)
+        async with s.get(f"{url}/.cookieguard/metrics") as resp:
+            metrics = await resp.text()
+    limited_total = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('cookieguard_refresh_total{outcome="limited"}')
+    )
+    events = refresh_events(no_secrets_in_logs)
+    limited = [e for e in events if e["outcome"] == "limited"]
+    # Counted every time, logged once per budget and address per minute.
+    assert limited_total >= 280
+    assert 1 <= len(limited) <= 2 and {e["limit"] for e in limited} <= {"unproven_total", "unproven_address"}
+    assert all(e["address"] == "127.0.0.1" and e["proven"] is False for e in limited)
+    assert not any(e["outcome"] == "failed" and e.get("error") == "reject_storm" for e in events)
+    assert [e["user"] for e in events if e["outcome"] == "refreshed"] == [alice.username]
+
+
+async def test_one_subject_with_a_hundred_refresh_tokens_costs_five_calls(
+    aiohttp_server: Any,
+    cognito_idp: CognitoEmulator,
+    cognito_pool: PoolInfo,
+    make_expiring_user: Callable[..., CognitoUser],
+    known_secrets: KnownSecrets,
+) -> None:
+    """The attacker's own real (expired) access token proves a subject; the made-up refresh
+    tokens under it are budgeted per subject, not per address."""
+    mallory, bob = make_expiring_user(cognito_pool), make_expiring_user(cognito_pool)
+    clock = FrozenClock()
+    url = await start_guard(aiohttp_server, cognito_pool, clock, "{unproven_per_address: 1000}")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
+        results = await asyncio.gather(
+            *(
+                get(s, f"{url}/rsc/{n}", amplify_cookie_header(mallory, refresh_token=f"made-up-{n}"))
+                for n in range(100)
+            )
+        )
+        assert all(status < 500 for status, _, _ in results)
+        assert cognito_idp.refresh_calls == 5
+        # A retry of a token already charged is free of the subject budget (and gets its
+        # verdict: the made-up token is rejected, so the session is cleared).
+        charged = [n for n, (_, _, sc) in enumerate(results) if cleared(mallory, sc)]
+        assert len(charged) == 5
+        status, _, set_cookies = await get(
+            s, f"{url}/rsc/x", amplify_cookie_header(mallory, refresh_token=f"made-up-{charged[0]}")
+        )
+        assert status == 200 and cleared(mallory, set_cookies)
+        # Another user behind the same address is not affected.
+        status, values, _ = await get(s, f"{url}/page", amplify_cookie_header(bob))
+        known_secrets.add(*values.values())
+        assert status == 200 and refreshed(bob, values)
+        assert cognito_idp.refresh_calls == 6
+
+
+async def test_the_session_endpoint_goes_through_the_same_budgets(
+    aiohttp_server: Any, cognito_idp: CognitoEmulator, cognito_pool: PoolInfo
+) -> None:
+    clock = FrozenClock()
+    url = await start_guard(aiohttp_server, cognito_pool, clock)
+    async with aiohttp.ClientSession() as s:
+        bodies = []
+        for _ in range(20):
+            async with s.get(
+                f"{url}/.cookieguard/session", headers={"Cookie": made_up_session(cognito_pool)}
+            ) as resp:
+                assert resp.status == 200
+                bodies.append(await resp.json())
+    assert cognito_idp.refresh_calls == 1
+    assert sum(body["reason"] == "limited" for body in bodies) == 19
+    assert all(body["user"] is None for body in bodies)  # no verified token: no user to report
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_budgeted(
+    aiohttp_server: Any, cognito_idp: CognitoEmulator, cognito_pool: PoolInfo, trusted: bool
+) -> None:
+    clock = FrozenClock()
+    limits = (
+        "{unproven_per_second: 100, trusted_proxies: [127.0.0.0/8]}"
+        if trusted
+        else "{unproven_per_second: 100}"
+    )
+    url = await start_guard(aiohttp_server, cognito_pool, clock, limits)
+    async with aiohttp.ClientSession() as s:
+        for _ in range(10):
+            await get(s, f"{url}/rsc", made_up_session(cognito_pool), **{"X-Forwarded-For": "203.0.113.7"})
+        assert cognito_idp.refresh_calls == 5
+        # Another client behind the proxy; from an untrusted peer the header proves nothing and
+        # the peer's budget is already spent. A client cannot pick its address by writing the
+        # header itself: left of the proxy's entry, it is ignored.
+        spoofed = "198.51.100.9, 203.0.113.7"
+        await get(s, f"{url}/rsc", made_up_session(cognito_pool), **{"X-Forwarded-For": spoofed})
+        assert cognito_idp.refresh_calls == 5
+        await get(s, f"{url}/rsc", made_up_session(cognito_pool), **{"X-Forwarded-For": "198.51.100.9"})
+        assert cognito_idp.refresh_calls == (6 if trusted else 5)
