@@ -28,7 +28,14 @@ from .metrics import Metrics
 from .refresh import FAILED, REFRESHED, REJECTED, Refresher, RefreshResult
 from .routing import Router
 from .tokens import TokenStatus, TokenVerifier, read_claims, session_id
-from .upstream import Origin, UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
+from .upstream import (
+    Origin,
+    UpstreamBusy,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
 HOP_BY_HOP = frozenset(
@@ -377,6 +384,8 @@ class Proxy:
             )
         except UpstreamTimeout as exc:
             return self._upstream_error(route, 504, exc.reason, started)
+        except UpstreamBusy as exc:
+            return self._upstream_error(route, 503, exc.reason, started)
         except UpstreamError as exc:
             return self._upstream_error(route, 502, exc.reason, started)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
@@ -421,7 +430,7 @@ class Proxy:
             error=error,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        text = "upstream timed out" if status == 504 else "upstream unreachable"
+        text = {503: "upstream busy", 504: "upstream timed out"}.get(status, "upstream unreachable")
         return web.Response(status=status, text=f"cookieguard: {text}\n")
 
     async def forward_websocket(self, request: web.Request, route: Route) -> web.StreamResponse:
