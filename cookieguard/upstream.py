@@ -498,12 +498,12 @@ class UpstreamClient:
         try:
             await asyncio.wait((waiter,), timeout=self.connect_timeout_s)
         except BaseException:  # cancelled: the client went away while waiting
-            if waiter.done():
+            if waiter.done() and not waiter.cancelled():
                 self._give_back(pool, waiter.result())
             else:
                 self._forget(pool, waiter)
             raise
-        if not waiter.done():
+        if not waiter.done() or waiter.cancelled():  # timed out, or the client is closing
             self._forget(pool, waiter)
             raise UpstreamBusy("pool_full")
         return waiter.result()

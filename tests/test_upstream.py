@@ -677,3 +677,35 @@ async def test_a_full_pool_is_a_503_with_an_upstream_error_event(
         finally:
             first.cancel()
             never.set()
+
+
+async def test_a_request_that_gives_up_waiting_leaves_the_pool_whole(aiohttp_server: Any) -> None:
+    release = asyncio.Event()
+    arrived: list[Any] = []
+
+    async def page(request: web.Request) -> web.Response:
+        arrived.append(request.transport.get_extra_info("peername") if request.transport else None)
+        await release.wait()
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    server = await aiohttp_server(app)
+    origin = Origin.parse(str(server.make_url("")))
+    http = UpstreamClient(connect_timeout_s=5.0, max_connections=1)
+    try:
+        first = asyncio.ensure_future(fetch(http, origin))
+        await poll(lambda: len(arrived) == 1)
+        pool = http._pools[(origin.host, origin.port, origin.tls)]
+        waiting = asyncio.ensure_future(fetch(http, origin))
+        await poll(lambda: len(pool.waiters) == 1)
+        waiting.cancel()  # the client went away while waiting
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not pool.waiters
+        release.set()
+        assert (await first)[2] == b"done"
+        assert (await fetch(http, origin))[2] == b"done"
+        assert pool.count == 1 and len(set(arrived)) == 1  # the one connection, reused
+    finally:
+        await http.close()
