@@ -21,6 +21,7 @@ still go out.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+
 # http2time reads the date forms Set-Cookie uses (RFC 1123, RFC 850 "01-Jan-70", asctime) and
 # returns None for the rest; it is public in http.cookiejar but absent from typeshed.
 from http.cookiejar import http2time  # type: ignore[attr-defined]
