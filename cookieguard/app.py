@@ -55,7 +55,10 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
     async def upstream_client(app: web.Application) -> AsyncIterator[None]:
         # One pooled client for the app's lifetime (cookieguard.upstream): no cookie jar, no
         # decompression, no headers of its own; the upstream's bytes pass through as they are.
-        http = UpstreamClient(connect_timeout_s=config.timeouts.upstream_connect_s)
+        http = UpstreamClient(
+            connect_timeout_s=config.timeouts.upstream_connect_s,
+            max_connections=config.limits.upstream_connections,
+        )
         # WebSocket upgrades use aiohttp's client. DummyCookieJar: the proxy must never remember
         # one user's cookies and send them for another.
         session = aiohttp.ClientSession(

@@ -27,12 +27,19 @@ from .edge import client_address, is_trusted
 from .layouts import FreshTokens, Layout, Session, SessionReader
 from .limits import Claimant, LogThrottle
 from .logs import get_logger
-from .merge import merge_set_cookies
+from .merge import merge_set_cookies, set_cookie_key, signs_out
 from .metrics import Metrics
 from .refresh import FAILED, LIMITED, REFRESHED, REJECTED, Refresher, RefreshResult
 from .routing import Router, Target, parse_target
 from .tokens import Claims, TokenKind, TokenStatus, TokenVerifier, read_claims, session_id
-from .upstream import Origin, UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
+from .upstream import (
+    Origin,
+    UpstreamBusy,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
 HOP_BY_HOP = frozenset(
@@ -491,6 +498,8 @@ class Proxy:
             )
         except UpstreamTimeout as exc:
             return self._upstream_error(route, 504, exc.reason, started)
+        except UpstreamBusy as exc:
+            return self._upstream_error(route, 503, exc.reason, started)
         except UpstreamError as exc:
             if body is not None and body.stalled:
                 return await self._client_body_timeout(request, route)
@@ -526,13 +535,26 @@ class Proxy:
         self, request: web.Request, upstream: UpstreamResponse, ours: list[SetCookie]
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
-        set_cookies = []
+        theirs = (
+            [value for name, value in upstream.headers if name.lower() == "set-cookie"] if self.auth else []
+        )
+        set_cookies: list[str] = []
+        private = bool(ours)
+        if theirs and self.auth is not None:
+            ours, private = self._answer_cookies(request, theirs, ours)
         if ours:
-            theirs = [value for name, value in upstream.headers if name.lower() == "set-cookie"]
-            set_cookies = merge_set_cookies(theirs, ours)
-        response.headers.extend(response_headers(upstream.headers, set_cookies))
-        if ours:
-            # No shared cache may store a response that carries a user's tokens.
+            auth = self.auth
+            assert auth is not None
+            session = auth.sessions.read(request.headers.get("Cookie", ""))
+            set_cookies = merge_set_cookies(
+                theirs,
+                ours,
+                auth_cookies=session.cookie_names if session else (),
+                now_s=auth.wall_clock(),
+            )
+        response.headers.extend(response_headers(upstream.headers, set_cookies, private=private))
+        if private:
+            # README "Guarantees": no shared cache may store a response that carries tokens.
             response.headers["Cache-Control"] = "private, no-store"
         try:
             await response.prepare(request)
@@ -549,6 +571,30 @@ class Proxy:
             pass  # the client went away mid-answer (a closed tab): not an error of ours to log
         return response
 
+    def _answer_cookies(
+        self, request: web.Request, theirs: list[str], ours: list[SetCookie]
+    ) -> tuple[list[SetCookie], bool]:
+        """What we add beside the app's own Set-Cookie headers, and whether the answer is private.
+
+        An app that clears any auth cookie of the request's session ends that session: instead of
+        tokens, the rest of its auth cookies are expired too, or the refresh token left behind
+        would refresh the session back on the next request (README "Guarantees"). An answer that
+        sets or clears an auth cookie is private even when we add nothing.
+        """
+        assert self.auth is not None
+        session = self.auth.sessions.read(request.headers.get("Cookie", ""))
+        names = session.cookie_names if session else frozenset()
+        if session is not None and signs_out(
+            theirs, {*names, *(c.name for c in ours if c.value)}, self.auth.wall_clock()
+        ):
+            ours = self.auth.layout.clear_cookies(session, self.config.cookies.attributes)
+        layout = self.auth.layout
+        private = bool(ours) or any(
+            name in names or bool(layout.relevant_cookies(f"{name}=x"))
+            for name, _, _ in map(set_cookie_key, theirs)
+        )
+        return ours, private
+
     def _upstream_error(self, route: Route, status: int, error: str, started: float) -> web.Response:
         self.log.warning(
             "upstream_error",
@@ -558,7 +604,7 @@ class Proxy:
             error=error,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        text = "upstream timed out" if status == 504 else "upstream unreachable"
+        text = {503: "upstream busy", 504: "upstream timed out"}.get(status, "upstream unreachable")
         return web.Response(status=status, text=f"cookieguard: {text}\n")
 
     async def forward_websocket(
@@ -759,11 +805,21 @@ def _forwarded_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def response_headers(upstream: Iterable[tuple[str, str]], set_cookies: list[str]) -> list[tuple[str, str]]:
+# Besides Cache-Control, what shared caches (CDNs) obey: RFC 9213's targeted fields
+# (CDN-Cache-Control, Cloudflare-/Vercel-/Netlify-CDN-Cache-Control), Surrogate-Control (Fastly,
+# Akamai), Akamai's Edge-Control, and Expires (RFC 9111 5.3, used when no max-age is given).
+_SHARED_CACHE = frozenset({"cache-control", "surrogate-control", "edge-control", "expires"})
+
+
+def response_headers(
+    upstream: Iterable[tuple[str, str]], set_cookies: list[str], *, private: bool = False
+) -> list[tuple[str, str]]:
     """The upstream's response headers minus hop-by-hop ones; Set-Cookie replaced by the merge.
 
     When `set_cookies` is non-empty it already holds the upstream's own Set-Cookie headers (the
-    merge keeps them, byte for byte); each stays a header of its own, never joined.
+    merge keeps them, byte for byte); each stays a header of its own, never joined. When the
+    answer is `private` (it carries tokens), every caching directive for shared caches goes: the
+    caller sets `Cache-Control: private, no-store` in their place.
     """
     headers: list[tuple[str, str]] = []
     connection: list[str] = []
@@ -773,7 +829,9 @@ def response_headers(upstream: Iterable[tuple[str, str]], set_cookies: list[str]
             if lname == "connection":
                 connection.append(value)
             continue
-        if set_cookies and lname in ("set-cookie", "cache-control"):
+        if set_cookies and lname == "set-cookie":
+            continue
+        if private and (lname in _SHARED_CACHE or lname.endswith("cdn-cache-control")):
             continue
         headers.append((name, value))
     if connection:  # rare: headers the upstream named as connection-specific go too

@@ -60,6 +60,13 @@ _V = TypeVar("_V")
 # not a token we could have been sent; refusing it early also bounds what the caches can pin.
 MAX_TOKEN_CHARS: Final = 16_384
 CLAIMS_CACHE_SIZE: Final = 10_000
+# What the caches hold at most per token (README "Threat model": made-up tokens cannot grow the
+# process). A browser keeps at most ~4 KB per cookie, and real tokens are far below this: Cognito
+# access tokens ~1 KB, id tokens ~1-3 KB with groups; larger ones are decoded, not remembered.
+MAX_CACHED_TOKEN_CHARS: Final = 8_192
+# The strings a cached Claims holds (sub, username, iss, aud...) in all: ~300 for a Cognito
+# token (OIDC Core 5.7 caps `sub` at 255 ASCII characters, Cognito usernames at 128).
+MAX_CACHED_CLAIM_CHARS: Final = 2_048
 RESULTS_CACHE_SIZE: Final = 10_000
 
 # Tolerated clock difference with the IdP for `nbf`/`iat`. Generous on purpose: rejecting a token
@@ -219,6 +226,33 @@ class TokenCache(Generic[_V]):
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def is_cacheable(token: str, claims: Claims | None) -> bool:
+    """Whether what was derived from this token may be remembered: only tokens whose algorithm
+    could pass verification (an `alg: none` token is refused on every request, so remembering it
+    buys nothing and lets anyone fill the cache), of a bounded size with bounded claims."""
+    if len(token) > MAX_CACHED_TOKEN_CHARS:
+        return False
+    if claims is None:
+        return True  # not a JWT: nothing but the key is held
+    if claims.alg not in ASYMMETRIC_ALGORITHMS:
+        return False
+    strings = (
+        claims.sub,
+        claims.username,
+        claims.client_id,
+        claims.azp,
+        claims.iss,
+        claims.token_use,
+        claims.kid,
+        claims.typ,
+        *claims.aud,
+    )
+    return sum(len(value) for value in strings if value) <= MAX_CACHED_CLAIM_CHARS
+
 
 _claims_memo: TokenCache[Claims | None] = TokenCache(CLAIMS_CACHE_SIZE)
 
@@ -235,7 +269,8 @@ def read_claims(token: str) -> Claims | None:
     claims = _claims_memo.get(key)
     if claims is _Miss.MISS:
         claims = decode_claims(token)
-        _claims_memo.put(key, claims)
+        if is_cacheable(token, claims):
+            _claims_memo.put(key, claims)
     return claims
 
 
@@ -432,6 +467,9 @@ class TokenVerifier:
             key is not None
             and result.status is not TokenStatus.UNKNOWN
             and result.reason not in _UNCACHED_REASONS
+            # A verdict without claims is a few bytes whatever the token: kept, so a forged token
+            # costs one signature check. One with claims is kept only when they may be.
+            and (result.claims is None or is_cacheable(token, result.claims))
         ):
             self._results[kind].put(key, result)
         return result

@@ -8,14 +8,23 @@ the relay as they arrive. Its read timeout is the longest silence, checked by on
 request. WebSocket upgrades still go through aiohttp's client (proxy.forward_websocket).
 
 A connection goes back to the pool only after a complete answer the upstream agreed to keep
-alive; anything else (an error, a cancelled request, a body not read to its end) closes it.
-A request without a body that fails on a reused connection before the upstream sent a byte is
-retried once on a new one: the upstream closed an idle connection just as it was reused.
+alive, that ended exactly where its framing said, with nothing after it; anything else (an error,
+a cancelled request, a body not read to its end, bytes after the end) closes it. Each answer gets
+a parser of its own, so nothing of one answer can ever be read as part of the next: an answer
+that is not exactly one well-formed message (a second head after the first, a duplicate
+Content-Length) is a 502 (README "The proxy", "What no proxy can tell apart").
+A request without a body that fails on a reused connection before the upstream sent a byte, or
+whose answer there was not exactly one message, is retried once on a new connection.
+
+At most `max_connections` connections per origin (in use and idle, README "Abuse limits",
+`limits.upstream_connections`); a request that finds them all in use waits up to the connect
+timeout for one to be released, then fails with UpstreamBusy (a 503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -27,6 +36,10 @@ import httptools
 
 # RFC 9110 section 9.2.2. Retried only without a body, and only when the upstream sent nothing.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Connections per origin, in use and idle (`limits.upstream_connections`'s default).
+MAX_CONNECTIONS = 1000
+# Answers that may be the previous answer's late bytes: on a reused connection, tried again.
+_GARBLED = frozenset({"extra_bytes", "invalid_answer"})
 # Below Node.js's default keepAliveTimeout (5 s): a connection the app is about to close is not reused.
 IDLE_TIMEOUT_S = 4.0
 # Upstream reading pauses while this much of an answer waits for a slow client.
@@ -45,6 +58,14 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """No connection, or silence for longer than the read timeout (a 504)."""
+
+
+class UpstreamBusy(UpstreamError):
+    """Every connection the origin may have is in use, past the connect timeout (a 503)."""
+
+
+class _Poisoned(Exception):
+    """Raised from a parser callback: bytes after the end of the answer (stops llhttp)."""
 
 
 class BodySource(Protocol):
@@ -88,6 +109,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
+        self.poisoned = False  # bytes after an answer's end: closed, never reused
         self.idle_since = 0.0
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -101,6 +123,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[str, str]] = []
         self.head_done = False
         self.complete = False
+        self.ended = False  # the answer is over for its parser: any further byte poisons the connection
         self.keep_alive = False
         self.framed = False  # Content-Length or chunked: the end of the body is known without a close
         self.interim = False
@@ -152,9 +175,23 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self._fail(UpstreamError("invalid_answer"))
+            # Past the end of the answer (a callback raised _Poisoned, or llhttp choked on what
+            # followed), the answer itself stands and only the connection is lost.
+            if self.ended:
+                self._poison()
+            else:
+                self._fail(UpstreamError("invalid_answer"))
+
+    def _poison(self) -> None:
+        self.poisoned = True
+        self._wake()
+        self.close()
 
     # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.ended:
+            raise _Poisoned  # a second message after the answer: never read as part of it
 
     def on_status(self, status: bytes) -> None:
         self.reason = status.decode("latin-1")
@@ -180,12 +217,13 @@ class _Connection(asyncio.Protocol):
             # llhttp does not know the request was a HEAD: the answer ends here, and the parser,
             # still waiting for a body, is replaced before the connection is reused.
             self.complete = True
+            self.ended = True
             self.keep_alive = self.parser.should_keep_alive()
         self._wake()
 
     def on_body(self, body: bytes) -> None:
         if self.head_only:
-            return
+            raise _Poisoned  # RFC 9110 9.3.2: a HEAD answer has no content; these bytes belong to nothing
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self.read_paused and self.transport is not None:
@@ -199,6 +237,7 @@ class _Connection(asyncio.Protocol):
             return
         if not self.head_only:
             self.complete = True
+            self.ended = True
             self.keep_alive = self.parser.should_keep_alive()
         self._wake()
 
@@ -230,6 +269,8 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamError("request_body"))
 
     def arm(self, read_timeout: float, head_only: bool) -> None:
+        # A parser per answer: whatever state the last one ended in, nothing carries over.
+        self.parser = httptools.HttpResponseParser(self)
         self.in_flight = True
         self.head_only = head_only
         self.read_timeout = read_timeout
@@ -280,6 +321,7 @@ class _Connection(asyncio.Protocol):
         reusable = (
             self.complete
             and self.keep_alive
+            and not self.poisoned
             and not self.chunks
             and not self.lost
             and self.error is None
@@ -287,8 +329,6 @@ class _Connection(asyncio.Protocol):
         )
         if body_task is not None and not body_task.done():
             body_task.cancel()
-        if reusable and self.head_only:
-            self.parser = httptools.HttpResponseParser(self)
         self._reset()
         return reusable
 
@@ -335,13 +375,32 @@ class UpstreamResponse:
             self._client._release(self._key, conn)
 
 
-class UpstreamClient:
-    """Keep-alive connections to the upstreams, reused most recent first."""
+class _Pool:
+    """One origin's connections: the idle ones, how many exist, who waits for one."""
 
-    def __init__(self, connect_timeout_s: float, idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+    __slots__ = ("count", "idle", "waiters")
+
+    def __init__(self) -> None:
+        self.idle: deque[_Connection] = deque()
+        self.count = 0  # open or being opened: in use + idle + connecting
+        # FIFO; each gets a released connection, or None: a slot to open a new one in.
+        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+
+
+class UpstreamClient:
+    """Keep-alive connections to the upstreams, reused most recent first, at most
+    `max_connections` per origin."""
+
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
-        self._idle: dict[tuple[str, int, bool], deque[_Connection]] = {}
+        self.max_connections = max_connections
+        self._pools: dict[tuple[str, int, bool], _Pool] = {}
         self._busy: set[_Connection] = set()
         self._tls: ssl.SSLContext | None = None
 
@@ -361,8 +420,9 @@ class UpstreamClient:
         head = _head(method, origin.prefix + target, headers, origin.authority, body, content_length)
         retry = body is None and method in IDEMPOTENT
         key = (origin.host, origin.port, origin.tls)
+        fresh = False
         while True:
-            conn, reused = await self._acquire(origin, key)
+            conn, reused = await self._acquire(origin, key, fresh)
             conn.arm(read_timeout_s, method == "HEAD")
             conn.write(head)
             if body is not None:
@@ -373,11 +433,24 @@ class UpstreamClient:
                     if conn.error is not None:
                         raise conn.error
                     await conn.wait()
+                if conn.poisoned and not conn.head_only:
+                    # More than one message before the head was even handed over (a HEAD's
+                    # stray body is only the connection's loss: its head is the whole answer).
+                    raise UpstreamError("extra_bytes")
             except UpstreamError as exc:
-                stale = reused and retry and not conn.got_bytes and not isinstance(exc, UpstreamTimeout)
+                # On a reused connection, silence-then-close is the upstream's idle timeout, and
+                # a garbled answer may be the late bytes of the answer before: a new connection
+                # settles both. Never for a body (consumed) or a timeout (the app is slow).
+                stale = (
+                    reused
+                    and retry
+                    and not isinstance(exc, UpstreamTimeout)
+                    and (not conn.got_bytes or exc.reason in _GARBLED)
+                )
                 self._release(key, conn)
                 if stale:
                     retry = False
+                    fresh = True
                     continue
                 raise
             except BaseException:
@@ -385,18 +458,86 @@ class UpstreamClient:
                 raise
             return UpstreamResponse(conn, self, key)
 
-    async def _acquire(self, origin: Origin, key: tuple[str, int, bool]) -> tuple[_Connection, bool]:
-        idle = self._idle.get(key)
-        if idle:
-            self._prune(idle, asyncio.get_running_loop().time())
-            while idle:
-                conn = idle.pop()
+    async def _acquire(
+        self, origin: Origin, key: tuple[str, int, bool], fresh: bool
+    ) -> tuple[_Connection, bool]:
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool()
+        loop = asyncio.get_running_loop()
+        self._prune(pool, loop.time())
+        if not fresh:
+            while pool.idle:
+                conn = pool.idle.pop()
                 if not conn.lost:
                     self._busy.add(conn)
                     return conn, True
-        conn = await self._connect(origin)
+                self._closed(pool)
+        if pool.count >= self.max_connections:
+            if pool.idle:  # a retry wants a new connection: the oldest idle one makes room
+                pool.idle.popleft().close()
+                pool.count -= 1
+            else:
+                handed = await self._wait_for_connection(pool, loop)
+                if handed is not None:
+                    return handed, True
+                pool.count -= 1  # the slot handed over is taken again just below
+        pool.count += 1
+        try:
+            conn = await self._connect(origin)
+        except BaseException:
+            self._closed(pool)
+            raise
         self._busy.add(conn)
         return conn, False
+
+    async def _wait_for_connection(self, pool: _Pool, loop: asyncio.AbstractEventLoop) -> _Connection | None:
+        """A connection another request released, or None: a free slot to open one in."""
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
+        pool.waiters.append(waiter)
+        try:
+            await asyncio.wait((waiter,), timeout=self.connect_timeout_s)
+        except BaseException:  # cancelled: the client went away while waiting
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(pool, waiter.result())
+            else:
+                self._forget(pool, waiter)
+            raise
+        if not waiter.done() or waiter.cancelled():  # timed out, or the client is closing
+            self._forget(pool, waiter)
+            raise UpstreamBusy("pool_full")
+        return waiter.result()
+
+    @staticmethod
+    def _forget(pool: _Pool, waiter: asyncio.Future[_Connection | None]) -> None:
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            pool.waiters.remove(waiter)
+
+    def _give_back(self, pool: _Pool, conn: _Connection | None) -> None:
+        # Handed to a request that is gone: pass it on to the next waiter, or park it.
+        if conn is None:
+            self._closed(pool)
+            return
+        self._busy.discard(conn)
+        if not self._hand_over(pool, conn):
+            conn.idle_since = conn.loop.time()
+            pool.idle.append(conn)
+
+    def _hand_over(self, pool: _Pool, conn: _Connection | None) -> bool:
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                if conn is not None:
+                    self._busy.add(conn)
+                waiter.set_result(conn)
+                return True
+        return False
+
+    def _closed(self, pool: _Pool) -> None:
+        """One of the pool's connections is gone: its slot goes to the first waiter, if any."""
+        if not self._hand_over(pool, None):
+            pool.count -= 1
 
     async def _connect(self, origin: Origin) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -423,25 +564,33 @@ class UpstreamClient:
         return conn
 
     def _release(self, key: tuple[str, int, bool], conn: _Connection) -> None:
+        pool = self._pools[key]
         self._busy.discard(conn)
         if not conn.finish():
             conn.close()
+            self._closed(pool)
+            return
+        if self._hand_over(pool, conn):
             return
         now = conn.loop.time()
         conn.idle_since = now
-        idle = self._idle.setdefault(key, deque())
-        idle.append(conn)
-        self._prune(idle, now)
+        pool.idle.append(conn)
+        self._prune(pool, now)
 
-    def _prune(self, idle: deque[_Connection], now: float) -> None:
+    def _prune(self, pool: _Pool, now: float) -> None:
         # Oldest first: the connections idle past the limit (or closed by the upstream) go.
+        idle = pool.idle
         while idle and (idle[0].lost or now - idle[0].idle_since > self.idle_timeout_s):
             idle.popleft().close()
+            self._closed(pool)
 
     async def close(self) -> None:
-        for idle in self._idle.values():
-            while idle:
-                idle.pop().close()
+        for pool in self._pools.values():
+            while pool.idle:
+                pool.idle.pop().close()
+            while pool.waiters:
+                pool.waiters.popleft().cancel()
+            pool.count = 0
         for conn in list(self._busy):
             conn.close()
         self._busy.clear()

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from cookieguard.config import CookieAttributes
 from cookieguard.cookies import SetCookie
-from cookieguard.merge import _parse_scope, merge_set_cookies, set_cookie_key
+from cookieguard.merge import _parse_scope, clears_cookie, merge_set_cookies, set_cookie_key, signs_out
 from tests.support.properties import core_property
 
 AT = "CognitoIdentityServiceProvider.3n4b5urk1ft4fl3mg5e62d9ado.user+tag%40example.com.accessToken"
@@ -148,7 +148,7 @@ def scope_matches(upstream: tuple[str, str | None, str | None], key: tuple[str, 
 def test_merge_never_doubles_ours_and_never_overrides_upstream(
     upstream: list[str], cookies: list[SetCookie]
 ) -> None:
-    merged = merge_set_cookies(upstream, cookies)
+    merged = merge_set_cookies(upstream, cookies, now_s=NOW)
     assert merged[: len(upstream)] == upstream
     added = merged[len(upstream) :]
     keys = [set_cookie_key(h) for h in added]
@@ -156,7 +156,94 @@ def test_merge_never_doubles_ours_and_never_overrides_upstream(
     upstream_scopes = [_parse_scope(h) for h in upstream]
     for key in keys:
         assert not any(scope_matches(scope, key) for scope in upstream_scopes)
-    # Every cookie of ours whose scope the upstream left alone is there.
+    # Every cookie of ours whose scope the upstream left alone is there, unless the upstream
+    # clears one of the cookies ours would write: then it signs out and none is.
     wanted = {set_cookie_key(c.header()) for c in cookies}
+    if signs_out(upstream, {c.name for c in cookies}, NOW):
+        wanted = set()
     assert {k for k in wanted if not any(scope_matches(s, k) for s in upstream_scopes)} == set(keys)
     assert all("\r" not in h and "\n" not in h for h in merged)
+
+
+# -- the app's sign-out holds (README "Guarantees") ----------------------------------------------
+
+NOW = 1_800_000_000.0  # 2027-01-15
+SESSION = frozenset({AT, RT, "CognitoIdentityServiceProvider.3n4b5urk1ft4fl3mg5e62d9ado.LastAuthUser"})
+
+
+@pytest.mark.parametrize(
+    ("header", "clears"),
+    [
+        ("a=; Path=/", True),
+        ("a", True),
+        ("a=  ; Path=/", True),
+        ("a=v; Max-Age=0", True),
+        ("a=v; max-age=-5", True),
+        ("a=v; Expires=Thu, 01 Jan 1970 00:00:00 GMT", True),
+        ("a=v; Expires=Thu, 01-Jan-1970 00:00:01 GMT; Path=/", True),
+        ("a=v; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=60", False),  # RFC 6265 5.3: Max-Age wins
+        ("a=v; Max-Age=60; Max-Age=0", True),  # the last one counts
+        ("a=v; Max-Age=soon; Expires=Thu, 01 Jan 1970 00:00:00 GMT", True),  # an invalid Max-Age is ignored
+        ("a=v; Expires=Wed, 21 Oct 2037 07:28:00 GMT", False),
+        ("a=v; Expires=not a date", False),
+        ("a=v; Max-Age=99999999999999999999", False),
+        ("a=v", False),
+    ],
+)
+def test_clears_cookie(header: str, clears: bool) -> None:
+    assert clears_cookie(header, NOW) is clears
+
+
+@given(st.text())
+def test_clears_cookie_never_raises(header: str) -> None:
+    clears_cookie(header, NOW)
+
+
+def test_an_app_that_clears_one_auth_cookie_gets_none_of_our_tokens() -> None:
+    """The app clears only the access token (its sign-out): our fresh refresh token, id token and
+    LastAuthUser are not written either, or the next request would refresh the session back."""
+    idt = AT.replace("accessToken", "idToken")
+    upstream = [f"{AT}=; Path=/; Max-Age=0"]
+    merged = merge_set_cookies(upstream, [ours(AT), ours(RT), ours(idt)], auth_cookies=SESSION, now_s=NOW)
+    assert merged == upstream
+    # Our own deletions still go out: they agree with the sign-out.
+    expired = SetCookie.expired(RT, CookieAttributes())
+    assert merge_set_cookies(upstream, [ours(idt), expired], auth_cookies=SESSION, now_s=NOW) == [
+        *upstream,
+        expired.header(),
+    ]
+
+
+def test_cookies_the_app_sets_or_clears_outside_the_session_change_nothing() -> None:
+    upstream = ["theme=; Max-Age=0", f"{AT}=app-issued; Path=/app", "LastAuthUser=x"]
+    merged = merge_set_cookies(upstream, [ours(AT), ours(RT)], auth_cookies=SESSION, now_s=NOW)
+    assert merged == [*upstream, ours(AT).header(), ours(RT).header()]
+
+
+@core_property
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([*sorted(SESSION), "other", "theme"]),
+            st.sampled_from(["", "v"]),
+            st.sampled_from(
+                ["", "; Max-Age=0", "; Max-Age=60", "; Expires=Thu, 01 Jan 1970 00:00:00 GMT", "; Path=/x"]
+            ),
+        ),
+        max_size=5,
+    ),
+    st.lists(our_cookies, max_size=6),
+)
+def test_a_response_that_clears_an_auth_cookie_never_carries_our_tokens(
+    upstream_parts: list[tuple[str, str, str]], cookies: list[SetCookie]
+) -> None:
+    upstream = [f"{name}={value}{attributes}" for name, value, attributes in upstream_parts]
+    merged = merge_set_cookies(upstream, cookies, auth_cookies=SESSION, now_s=NOW)
+    added = merged[len(upstream) :]
+    clearing = any(
+        name in SESSION and (not value or "Max-Age=0" in attributes or "1970" in attributes)
+        for name, value, attributes in upstream_parts
+    )
+    if clearing:
+        assert added == []  # every cookie of ours here carries a value
+    assert merged[: len(upstream)] == upstream

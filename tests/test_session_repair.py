@@ -366,3 +366,121 @@ async def test_malformed_cookies_and_tokens_never_cause_a_5xx(
         assert resp.status < 500
     async with aiohttp.ClientSession() as s, s.get(f"{guard.url}/.cookieguard/healthz") as resp:
         assert resp.status == 200
+
+
+SHARED_CACHE_HEADERS = {
+    "Cache-Control": "public, max-age=60, s-maxage=600",
+    "CDN-Cache-Control": "max-age=600",
+    "Surrogate-Control": "max-age=600",
+    "Cloudflare-CDN-Cache-Control": "max-age=600",
+    "Vercel-CDN-Cache-Control": "max-age=600",
+    "Edge-Control": "cache-maxage=600s",
+    "Expires": "Wed, 21 Oct 2037 07:28:00 GMT",
+}
+
+
+async def start_signing_out_app(aiohttp_server: Any, user: CognitoUser) -> Any:
+    """An app whose pages tell CDNs to cache them, and whose sign-out clears only the access token."""
+    from aiohttp import web
+
+    layout = names(user)
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="cacheable", headers=SHARED_CACHE_HEADERS)
+
+    async def sign_out(request: web.Request) -> web.Response:
+        response = web.Response(status=302, headers={"Location": "/", **SHARED_CACHE_HEADERS})
+        response.headers.add(
+            "Set-Cookie", f"{layout.cookie_name(user.username, 'accessToken')}=; Path=/; Max-Age=0"
+        )
+        return response
+
+    async def own_login(request: web.Request) -> web.Response:
+        # The app's own sign-in writes the tokens itself; cookieguard adds nothing here.
+        response = web.Response(text="signed in", headers=SHARED_CACHE_HEADERS)
+        response.headers.add("Set-Cookie", f"{layout.cookie_name(user.username, 'idToken')}=abc; Path=/")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/sign-out", sign_out)
+    app.router.add_get("/own-login", own_login)
+    app.router.add_get("/{tail:.*}", page)
+    return await aiohttp_server(app)
+
+
+async def test_an_answer_with_tokens_drops_every_shared_cache_directive(
+    aiohttp_server: Any,
+    cookieguard_process: Start,
+    cognito_idp: CognitoEmulator,
+    expiring_user: CognitoUser,
+    known_secrets: KnownSecrets,
+) -> None:
+    app = await start_signing_out_app(aiohttp_server, expiring_user)
+    guard = cookieguard_process(guard_config(expiring_user.pool, str(app.make_url(""))))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(
+            f"{guard.url}/page", headers={"Cookie": amplify_cookie_header(expiring_user)}
+        ) as resp:
+            assert resp.status == 200 and cognito_idp.refresh_calls == 1
+            known_secrets.add(
+                *(
+                    unquote(v)
+                    for k, v in set_cookie_values(resp.headers.getall("Set-Cookie")).items()
+                    if "Token" in k
+                )
+            )
+            assert resp.headers.getall("Cache-Control") == ["private, no-store"]
+            for name in SHARED_CACHE_HEADERS.keys() - {"Cache-Control"}:
+                assert name not in resp.headers, name
+        # The app's own token cookie, with no refresh of ours, is just as private.
+        async with s.get(f"{guard.url}/own-login") as resp:
+            assert resp.headers.getall("Cache-Control") == ["private, no-store"]
+            assert "CDN-Cache-Control" not in resp.headers and "Expires" not in resp.headers
+        # An answer without tokens keeps what the app said.
+        async with s.get(f"{guard.url}/page") as resp:
+            assert resp.headers["CDN-Cache-Control"] == "max-age=600"
+            assert resp.headers["Cache-Control"] == SHARED_CACHE_HEADERS["Cache-Control"]
+
+
+async def test_an_app_that_clears_only_the_access_token_ends_the_session(
+    aiohttp_server: Any,
+    cookieguard_process: Start,
+    cognito_idp: CognitoEmulator,
+    expiring_user: CognitoUser,
+    known_secrets: KnownSecrets,
+) -> None:
+    """The access token is due, so cookieguard refreshes; the app answers with its sign-out, which
+    clears the access token only. None of cookieguard's fresh tokens is written, the session's
+    other auth cookies are expired too, and the next request refreshes nothing."""
+    from tests.support.apps import Browser, amplify_cookies
+
+    app = await start_signing_out_app(aiohttp_server, expiring_user)
+    guard = cookieguard_process(guard_config(expiring_user.pool, str(app.make_url(""))))
+    layout = names(expiring_user)
+    browser = Browser(
+        amplify_cookies(
+            expiring_user.pool.client_id,
+            expiring_user.username,
+            access_token=expiring_user.access_token,
+            id_token=expiring_user.id_token,
+            refresh_token=expiring_user.refresh_token,
+        )
+    )
+    async with aiohttp.ClientSession() as s:
+        async with s.get(
+            f"{guard.url}/sign-out", headers={"Cookie": browser.header()}, allow_redirects=False
+        ) as resp:
+            assert resp.status == 302 and cognito_idp.refresh_calls == 1
+            set_cookies = resp.headers.getall("Set-Cookie", [])
+            assert resp.headers.getall("Cache-Control") == ["private, no-store"]
+        written = set_cookie_values(set_cookies)
+        known_secrets.add(*(unquote(v) for k, v in written.items() if "Token" in k))
+        assert all(value == "" for value in written.values()), "no token, no LastAuthUser of ours"
+        for key in ("refreshToken", "idToken", "clockDrift", "signInDetails"):
+            assert written[layout.cookie_name(expiring_user.username, key)] == ""
+        assert written[layout.last_auth_user_name] == ""
+        browser.receive(set_cookies)
+        assert set(browser.cookies) == {"_ga"}
+        async with s.get(f"{guard.url}/page", headers={"Cookie": browser.header()}) as resp:
+            assert resp.status == 200 and "Set-Cookie" not in resp.headers
+    assert cognito_idp.refresh_calls == 1, "the sign-out held: nothing left to refresh"

@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from cookieguard import tokens as tokens_module
 from cookieguard.config import VerifyConfig
 from cookieguard.providers import ProviderConfig, RefreshUnavailable
 from cookieguard.providers.cognito import CognitoConfig
@@ -34,6 +35,7 @@ from cookieguard.tokens import (
     check_claims,
     clock_drift_ms,
     decode_claims,
+    is_cacheable,
     parse_jwks,
     read_claims,
     session_id,
@@ -791,3 +793,53 @@ async def test_results_and_claims_hold_no_token(make_verifier: MakeVerifier) -> 
 # ---------------------------------------------------------------------------------------------
 # Cost, printed with -s (never asserted: machines differ)
 # ---------------------------------------------------------------------------------------------
+
+
+# -- what the caches may hold (README "Threat model") ---------------------------------------
+
+
+def _big_none_token(n: int, size: int = 16_000) -> str:
+    # What the issue measured: 16 KB alg:none tokens with their bulk in a claim we keep (`sub`).
+    token = unsigned({"alg": "none"}, cognito_access(sub=f"{n}-" + "x" * (size * 3 // 4 - 400)))
+    return token[:MAX_TOKEN_CHARS]
+
+
+async def test_alg_none_tokens_never_grow_the_caches(make_verifier: MakeVerifier, jwks: Jwks) -> None:
+    verifier = make_verifier()
+    memo_before = len(tokens_module._claims_memo)
+    for n in range(1_000):
+        token = _big_none_token(n)
+        assert read_claims(token) is not None  # still read (the proxy judges it), never remembered
+        assert (await verifier.check(token, kind="access")).reason == "alg_not_allowed"
+    assert len(tokens_module._claims_memo) == memo_before
+    # The verdicts are remembered without claims: a key and a shared reason, not the token's bulk.
+    cached = [verifier.peek(_big_none_token(n), "access") for n in range(1_000)]
+    assert all(check is not None and check.claims is None for check in cached)
+    assert jwks.fetches == 0
+
+
+async def test_claims_are_remembered_only_for_sane_tokens(make_verifier: MakeVerifier) -> None:
+    normal = sign(cognito_access(jti="sane"))
+    huge_sub = sign(cognito_access(sub="s" * 3_000))
+    huge_token = sign(cognito_access(padding="p" * 9_000))
+    many_auds = unsigned({"alg": "RS256", "kid": "k1"}, oidc_claims(aud=[f"aud-{i:04}" for i in range(300)]))
+    before = len(tokens_module._claims_memo)
+    for token in (normal, huge_sub, huge_token, many_auds):
+        assert read_claims(token) is not None
+    assert len(tokens_module._claims_memo) == before + 1
+    assert read_claims(normal) is read_claims(normal)
+    assert read_claims(huge_sub) is not read_claims(huge_sub)
+    # A verdict with claims follows the same rule when verify.signature is off.
+    verifier = make_verifier(verify=VerifyConfig(signature=False))
+    for token in (normal, huge_sub, unsigned({"alg": "none"}, cognito_access(jti="unverified"))):
+        assert (await verifier.check(token, kind="access")).reason == "unverified"
+    assert verifier.peek(normal, "access") is not None
+    assert verifier.peek(huge_sub, "access") is None
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256", None])
+def test_claims_of_a_token_that_cannot_pass_the_alg_check_are_not_cacheable(alg: str | None) -> None:
+    header = {"alg": alg} if alg else {}
+    token = unsigned(header, cognito_access())
+    assert not is_cacheable(token, read_claims(token))
+    assert is_cacheable("opaque-token", None)

@@ -12,10 +12,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from cookieguard.upstream import Origin, UpstreamClient, UpstreamError, UpstreamTimeout
+from cookieguard.upstream import Origin, UpstreamBusy, UpstreamClient, UpstreamError, UpstreamTimeout
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -382,3 +383,329 @@ async def test_https_upstreams_are_verified(tmp_path: Any, monkeypatch: pytest.M
     finally:
         server.close()
         await server.wait_closed()
+
+
+# -- one answer, one message (README "The proxy": what no proxy can tell apart) ---------------
+
+PLANTED = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nSet-Cookie: planted=1\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class Misbehaving:
+    """A raw upstream whose answers per connection are scripted; it records how many
+    connections it saw and sets `closed[n]` when cookieguard closes connection n."""
+
+    def __init__(self, script: Callable[[int, int, asyncio.StreamWriter], Awaitable[None]]) -> None:
+        self.script = script  # (connection number, request number on it, writer)
+        self.connections = 0
+        self.closed: list[asyncio.Event] = []
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = self.connections
+        self.connections += 1
+        closed = asyncio.Event()
+        self.closed.append(closed)
+        try:
+            for n in range(100):
+                try:
+                    await read_request(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                await self.script(number, n, writer)
+        finally:
+            closed.set()
+            writer.close()
+
+
+def planted(headers: list[tuple[str, str]]) -> bool:
+    return any(value == "planted=1" for _, value in headers)
+
+
+async def test_a_second_message_behind_the_answer_is_a_502_never_a_merged_head(
+    raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient
+) -> None:
+    """The app writes a stray message right behind its answer (same packet). The answer is not
+    exactly one message: 502 and the connection closed, never one head made of two."""
+
+    async def script(conn: int, n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK + PLANTED if conn == 0 else OK)
+        await writer.drain()
+
+    upstream = Misbehaving(script)
+    origin = await raw_upstream(upstream)
+    with pytest.raises(UpstreamError) as caught:
+        await fetch(client, origin)
+    assert caught.value.reason == "extra_bytes"
+    await asyncio.wait_for(upstream.closed[0].wait(), 3)
+    status, headers, body = await fetch(client, origin)
+    assert (status, body) == (200, b"ok") and not planted(headers)
+    assert [name.lower() for name, _ in headers].count("content-length") == 1
+
+
+async def test_stray_bytes_on_a_reused_connection_are_retried_on_a_new_one_for_a_get(
+    raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient
+) -> None:
+    """The late bytes of an earlier answer arrive with the answer to the next request on the
+    same connection (a stray head merged into it, or a whole message before it). A body-less
+    GET is sent again on a new connection; a POST gets the 502."""
+
+    async def script(conn: int, n: int, writer: asyncio.StreamWriter) -> None:
+        if conn == 0 and n == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: planted=1\r\n" + OK)  # half a head, then the answer
+        elif conn == 1 and n == 1:
+            writer.write(PLANTED + OK)  # a whole stray message, then the answer
+        else:
+            writer.write(OK)
+        await writer.drain()
+
+    upstream = Misbehaving(script)
+    origin = await raw_upstream(upstream)
+    for _ in range(2):
+        assert (await fetch(client, origin))[2] == b"ok"
+        status, headers, body = await fetch(client, origin)  # reused: garbled, then retried
+        assert (status, body) == (200, b"ok") and not planted(headers)
+    assert upstream.connections == 3
+    await asyncio.wait_for(asyncio.gather(upstream.closed[0].wait(), upstream.closed[1].wait()), 3)
+
+
+async def test_a_stray_message_before_the_answer_is_what_no_proxy_can_tell_apart(
+    raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient
+) -> None:
+    """A stray message that arrives on a reused connection before the real answer IS the answer
+    for any HTTP/1.1 client. What follows it poisons the connection: it is closed, its head is
+    never merged into the one handed over, and the next request is clean."""
+    head_handed = asyncio.Event()
+
+    async def script(conn: int, n: int, writer: asyncio.StreamWriter) -> None:
+        if conn == 0 and n == 1:
+            writer.write(PLANTED)
+            await writer.drain()
+            await head_handed.wait()
+        writer.write(OK)
+        await writer.drain()
+
+    upstream = Misbehaving(script)
+    origin = await raw_upstream(upstream)
+    assert (await fetch(client, origin))[2] == b"ok"
+    response = await client.request(origin, "GET", "/", [], body=None, content_length=None, read_timeout_s=5)
+    head_handed.set()
+    await asyncio.wait_for(upstream.closed[0].wait(), 3)  # the real answer poisoned the connection
+    assert await response.read() == b""
+    response.release()
+    assert response.headers == [("Content-Length", "0"), ("Set-Cookie", "planted=1")]  # one head, not two
+    status, headers, body = await fetch(client, origin)
+    assert (status, body) == (200, b"ok") and not planted(headers) and upstream.connections == 2
+
+
+async def test_bytes_arriving_while_the_connection_is_idle_close_it_before_reuse(
+    raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient
+) -> None:
+    answered = asyncio.Event()
+    stray_sent = asyncio.Event()
+
+    async def script(conn: int, n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK)
+        await writer.drain()
+        if conn == 0:
+            await answered.wait()
+            writer.write(PLANTED)
+            await writer.drain()
+            stray_sent.set()
+
+    upstream = Misbehaving(script)
+    origin = await raw_upstream(upstream)
+    assert (await fetch(client, origin))[2] == b"ok"
+    answered.set()  # the connection is back in the pool
+    await asyncio.wait_for(upstream.closed[0].wait(), 3)
+    status, headers, body = await fetch(client, origin)
+    assert (status, body) == (200, b"ok") and not planted(headers) and upstream.connections == 2
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_a_head_answer_with_a_body_is_relayed_and_its_connection_closed(
+    raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient, late: bool
+) -> None:
+    """RFC 9110 9.3.2: a HEAD answer has no content. Bytes after its head belong to no answer:
+    the head is relayed, the connection closed, and the next request never sees them."""
+    head_handed = asyncio.Event()
+
+    async def script(conn: int, n: int, writer: asyncio.StreamWriter) -> None:
+        if conn == 0 and n == 0:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 41\r\n\r\n")
+            if late:
+                await writer.drain()
+                await head_handed.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: planted=1\r\n\r\n")
+        else:
+            writer.write(OK)
+        await writer.drain()
+
+    upstream = Misbehaving(script)
+    origin = await raw_upstream(upstream)
+    response = await client.request(origin, "HEAD", "/", [], body=None, content_length=None, read_timeout_s=5)
+    head_handed.set()
+    assert (response.status, await response.read()) == (200, b"")
+    assert response.headers == [("Content-Length", "41")]
+    await asyncio.wait_for(upstream.closed[0].wait(), 3)
+    response.release()
+    status, headers, body = await fetch(client, origin)
+    assert (status, body) == (200, b"ok") and not planted(headers) and upstream.connections == 2
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ],
+)
+async def test_conflicting_framing_is_a_502(
+    raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient, head: bytes
+) -> None:
+    origin = await raw_upstream(answering(head, linger_s=1))
+    with pytest.raises(UpstreamError) as caught:
+        await asyncio.wait_for(fetch(client, origin), 3)
+    assert caught.value.reason == "invalid_answer"
+
+
+# -- the cap on connections per origin (limits.upstream_connections) -------------------------
+
+
+async def poll(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_at_the_cap_a_request_waits_for_a_connection_to_be_released(aiohttp_server: Any) -> None:
+    release: list[asyncio.Event] = []
+    in_flight = peak = 0
+    peers: set[Any] = set()
+
+    async def page(request: web.Request) -> web.Response:
+        nonlocal in_flight, peak
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        done = asyncio.Event()
+        release.append(done)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await done.wait()
+        in_flight -= 1
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    server = await aiohttp_server(app)
+    origin = Origin.parse(str(server.make_url("")))
+    http = UpstreamClient(connect_timeout_s=5.0, max_connections=2)
+    try:
+        tasks = [asyncio.ensure_future(fetch(http, origin)) for _ in range(3)]
+        await poll(lambda: len(release) == 2)
+        pool = http._pools[(origin.host, origin.port, origin.tls)]
+        await poll(lambda: len(pool.waiters) == 1)  # the third waits for one of the two
+        assert len(release) == 2 and not any(task.done() for task in tasks)
+        release[0].set()
+        await poll(lambda: len(release) == 3)
+        for done in release:
+            done.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert [body for _, _, body in results] == [b"done"] * 3
+        assert peak == 2 and len(peers) == 2 and pool.count == 2
+    finally:
+        await http.close()
+
+
+async def test_at_the_cap_a_request_gives_up_after_the_connect_timeout(
+    raw_upstream: Callable[[Handler], Awaitable[Origin]],
+) -> None:
+    never = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await never.wait()
+        writer.close()
+
+    origin = await raw_upstream(handler)
+    http = UpstreamClient(connect_timeout_s=0.3, max_connections=1)
+    try:
+        hanging = asyncio.ensure_future(fetch(http, origin, read_timeout_s=30))
+        pool_key = (origin.host, origin.port, origin.tls)
+        await poll(lambda: pool_key in http._pools and http._pools[pool_key].count == 1)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamBusy) as caught:
+            await asyncio.wait_for(fetch(http, origin), 3)
+        waited = asyncio.get_running_loop().time() - started
+        assert caught.value.reason == "pool_full" and 0.25 <= waited < 2
+        assert not http._pools[pool_key].waiters
+        hanging.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hanging
+        assert http._pools[pool_key].count == 0  # the cancelled request's connection was closed
+    finally:
+        never.set()
+        await http.close()
+
+
+async def test_a_full_pool_is_a_503_with_an_upstream_error_event(
+    aiohttp_server: Any, cookieguard_process: Any
+) -> None:
+    never = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await never.wait()
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/", hang)
+    server = await aiohttp_server(app)
+    guard = cookieguard_process(
+        {
+            "upstream": str(server.make_url("")).rstrip("/"),
+            "limits": {"upstream_connections": 1},
+            "timeouts": {"upstream_connect": "300ms"},
+        }
+    )
+    async with aiohttp.ClientSession() as session:
+        first = asyncio.ensure_future(session.get(f"{guard.url}/"))
+        try:
+            await poll(lambda: bool(server.handler.connections), 5)
+            async with session.get(f"{guard.url}/") as response:
+                assert response.status == 503
+            event = await asyncio.to_thread(guard.wait_for_event, "upstream_error")
+            assert event["status"] == 503 and event["error"] == "pool_full"
+        finally:
+            first.cancel()
+            never.set()
+
+
+async def test_a_request_that_gives_up_waiting_leaves_the_pool_whole(aiohttp_server: Any) -> None:
+    release = asyncio.Event()
+    arrived: list[Any] = []
+
+    async def page(request: web.Request) -> web.Response:
+        arrived.append(request.transport.get_extra_info("peername") if request.transport else None)
+        await release.wait()
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    server = await aiohttp_server(app)
+    origin = Origin.parse(str(server.make_url("")))
+    http = UpstreamClient(connect_timeout_s=5.0, max_connections=1)
+    try:
+        first = asyncio.ensure_future(fetch(http, origin))
+        await poll(lambda: len(arrived) == 1)
+        pool = http._pools[(origin.host, origin.port, origin.tls)]
+        waiting = asyncio.ensure_future(fetch(http, origin))
+        await poll(lambda: len(pool.waiters) == 1)
+        waiting.cancel()  # the client went away while waiting
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not pool.waiters
+        release.set()
+        assert (await first)[2] == b"done"
+        assert (await fetch(http, origin))[2] == b"done"
+        assert pool.count == 1 and len(set(arrived)) == 1  # the one connection, reused
+    finally:
+        await http.close()
