@@ -9,6 +9,7 @@ library serialized, so both sides meet in what a browser really carries.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cookieguard.config import CookieAttributes
-from cookieguard.cookies import SetCookie, encode_uri_component
-from cookieguard.layouts import LAYOUTS
+from cookieguard.cookies import SetCookie, encode_uri_component, parse_cookie_header
+from cookieguard.layouts import LAYOUTS, FreshTokens, Session, SupabaseLayout
 from cookieguard.layouts.supabase import (
     DEFAULT_MAX_AGE_S,
     MAX_CHUNK_SIZE,
@@ -296,3 +297,76 @@ async def test_after_the_library_refreshes_our_codec_reads_its_cookie(gotrue: Go
     )
     assert refreshed["refresh_token"] != session["refresh_token"]
     assert refreshed["expires_at"] > session["expires_at"]
+
+
+# -------------------------------------------------------------------------------------------
+# The layout (what the proxy calls)
+# -------------------------------------------------------------------------------------------
+
+
+def jwt_like(claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'ES256'})}.{part(claims)}.sig"
+
+
+def test_the_layout_rewrites_the_chunks_in_place_and_writes_the_whole_session_back() -> None:
+    layout = SupabaseLayout("sb-x-auth-token")
+    old = {
+        "access_token": jwt_like({"exp": 100, "iat": 50}),
+        "refresh_token": "oldrefresh12",
+        "expires_in": 50,
+        "expires_at": 100,
+        "token_type": "bearer",
+        "user": {"id": "u1", "email": "a@example.com", "user_metadata": {"bio": "x" * 6000}},
+        "provider_token": "gh-token",
+    }
+    writes = session_cookies(layout.key, old, [], SSR_ATTRS)
+    cookies = [("a", "1"), *((w.name, w.value) for w in writes), ("z", "2")]
+    session = layout.read(layout.relevant_cookies("; ".join(f"{n}={v}" for n, v in cookies)))
+    assert session is not None and session.user == "a@example.com"
+    assert session.refresh_token == "oldrefresh12" and session.id_token is None
+    assert session.cookie_names == {w.name for w in writes} and len(writes) == 3
+
+    tokens = FreshTokens(
+        access_token=jwt_like({"exp": 4000, "iat": 400}), id_token=None, refresh_token="newrefresh12"
+    )
+    new = layout.fresh_session(session, tokens)
+    assert new == old | {
+        "access_token": tokens.access_token,
+        "refresh_token": "newrefresh12",
+        "expires_at": 4000,
+        "expires_in": 3600,
+    }
+    header = layout.cookie_header(cookies, session, tokens)
+    names = [name for name, _ in parse_cookie_header(header)]
+    assert names[0] == "a" and names[-1] == "z"  # the new chunks where the old ones were
+    assert read_session(parse_cookie_header(header), layout.key) == new
+
+    # Fewer chunks after the refresh (the user object shrank elsewhere): the stale one goes.
+    smaller = Session(
+        user=session.user,
+        access_token=session.access_token,
+        id_token=None,
+        refresh_token=session.refresh_token,
+        cookie_names=session.cookie_names | {f"{layout.key}.7"},
+        payload=old | {"user": {"id": "u1"}},
+    )
+    written = layout.set_cookies(smaller, tokens, SSR_ATTRS)
+    deleted = [c.name for c in written if c.max_age_s == 0]
+    assert deleted == [f"{layout.key}.0", f"{layout.key}.1", f"{layout.key}.2", f"{layout.key}.7"]
+    assert [c.name for c in written if c.max_age_s > 0] == [layout.key]
+    assert {c.name for c in layout.clear_cookies(session, SSR_ATTRS)} == session.cookie_names
+
+
+def test_what_is_not_a_session_is_passed_through() -> None:
+    layout = SupabaseLayout("sb-x-auth-token")
+    for header in [
+        "sb-x-auth-token=base64-!!!",
+        "sb-x-auth-token.1=abc",
+        "other=1",
+        "sb-x-auth-token=%7B%7D",
+    ]:
+        session = layout.read(layout.relevant_cookies(header))
+        assert session is None or (session.access_token is None and session.refresh_token is None)
