@@ -64,7 +64,8 @@ def explain(
     """The lines `cookieguard explain` prints for one Cookie header."""
     cookies = parse_cookie_header(header)
     out = ["cookieguard explain: offline (no IdP call, no signature check; claims are read, not verified)"]
-    client_id = client_id or (config.provider.client_id if config.provider else None)
+    if client_id is None and config.provider is not None and config.provider.uses_client:
+        client_id = config.provider.client_id
     layout_name = config.cookies.layout
     if layout_name == "amplify" and not client_id:
         found = amplify_client_ids(cookies)
@@ -112,6 +113,8 @@ def explain(
             out.append(f"  missing: {', '.join(missing)}")
     if session.clock_drift_ms:
         out.append(f"clock drift (server - browser): {session.clock_drift_ms} ms")
+    if isinstance(session.payload, dict):
+        out += _session_json_lines(session.payload, now_s, tz)
 
     access = read_claims(session.access_token) if session.access_token else None
     out += _token_lines("access token", session.access_token, access, now_s, tz)
@@ -127,6 +130,20 @@ def explain(
     if config.provider is not None and config.verify.signature:
         out.append("note: the proxy also verifies the signature against the IdP's keys (not done here)")
     return out
+
+
+def _session_json_lines(payload: dict[str, object], now_s: float, tz: tzinfo | None) -> list[str]:
+    """What a session JSON (supabase layout) says beside its tokens; never a token or a secret."""
+    fields = ", ".join(sorted(k for k in payload if k not in ("access_token", "refresh_token")))
+    lines = [f"session JSON fields: {fields}"]
+    expires_at = payload.get("expires_at")
+    if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+        lines.append(
+            f"  expires_at {_when(float(expires_at), now_s, tz, 'expires')} (what the browser client reads)"
+        )
+    else:
+        lines.append("  expires_at absent: the browser client treats this session as invalid")
+    return lines
 
 
 def _decide(session: Session, access: Claims | None, config: Config, now_s: float) -> Verdict:

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from cookieguard.config import parse_config
+from cookieguard.config import CookieAttributes, parse_config
 from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.explain import cookie_header_from, explain
+from cookieguard.layouts import LAYOUTS
+from cookieguard.layouts.supabase import session_cookies
 from cookieguard.tokens import session_id
 from tests.support.apps import amplify_cookies
 from tests.support.cognito_idp import CognitoUser
@@ -270,3 +272,48 @@ def test_explain_says_whether_the_session_is_proven() -> None:
     assert "proven: no (access token: wrong_client: budgeted per address)" in foreign
     unverified = run(header(access_token=access(NOW - 60)), config("verify: {signature: false}\n"))
     assert "proven: no (verify.signature is false: every refresh is budgeted as unproven)" in unverified
+
+
+def test_supabase_layout() -> None:
+    url = "https://abcdefghijklmnop.supabase.co"
+    cfg = parse_config(
+        f"upstream: http://127.0.0.1:3000\nprovider: {{kind: supabase, url: '{url}', anon_key: k}}\n"
+        "cookies: {layout: supabase}\n",
+        env={},
+    )
+    claims = {
+        "iss": f"{url}/auth/v1",
+        "aud": "authenticated",
+        "sub": "u-1",
+        "exp": NOW + 120,
+        "iat": NOW - 3480,
+    }
+    session = {
+        "access_token": jwt(**claims),
+        "refresh_token": "opaque-refresh-" + "r" * 40,
+        "expires_at": NOW + 120,
+        "expires_in": 3600,
+        "token_type": "bearer",
+        "user": {"id": "u-1", "email": "jane@example.com", "user_metadata": {"bio": "x" * 5000}},
+    }
+    attrs = CookieAttributes(**LAYOUTS["supabase"].attribute_defaults)
+    cookies = session_cookies("sb-abcdefghijklmnop-auth-token", session, [], attrs)
+    out = run("; ".join(f"{c.name}={c.value}" for c in cookies), cfg)
+    assert "client id" not in out  # Supabase has none
+    assert "user: jane@example.com" in out
+    assert "  sb-abcdefghijklmnop-auth-token.0  (3180 chars)" in out and "auth-token.1  (" in out
+    assert "session JSON fields: expires_at, expires_in, token_type, user" in out
+    assert "expires_at 2027-01-15 08:02:00 UTC (expires in 2 min)" in out
+    assert "sub=u-1" in out and "aud=authenticated" in out
+    assert "verdict: REFRESH: the access token expires in 2 min, within the 5 min refresh window" in out
+    wrong = jwt(**(claims | {"aud": "anon"}))
+    out = run(
+        "; ".join(
+            f"{c.name}={c.value}"
+            for c in session_cookies(
+                "sb-abcdefghijklmnop-auth-token", session | {"access_token": wrong}, [], attrs
+            )
+        ),
+        cfg,
+    )
+    assert "fails the claim checks (wrong_audience)" in out

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
 
+from cookieguard.config import ConfigError, CookieAttributes, CookiesConfig, VerifyConfig, parse_config
+from cookieguard.layouts import SupabaseLayout, make_layout
 from cookieguard.logs import get_logger
-from cookieguard.providers.base import RefreshRejected, RefreshUnavailable
-from cookieguard.providers.supabase import SupabaseProvider
+from cookieguard.providers.base import ProviderConfig, RefreshRejected, RefreshUnavailable
+from cookieguard.providers.supabase import SupabaseConfig, SupabaseProvider
+from cookieguard.tokens import TokenVerifier
 from tests.support.gotrue import GoTrueServer
 from tests.support.no_secrets import KnownSecrets
 
@@ -248,3 +256,138 @@ async def test_concurrent_refreshes_of_one_token_all_succeed_inside_the_interval
     results = await asyncio.gather(*(provider(gotrue, http).refresh(token) for _ in range(5)))
     assert len({r.refresh_token for r in results}) == 1
     assert gotrue.stats.refresh_calls == 5 and gotrue.stats.already_used == 0
+
+
+# -- the `supabase` kind: configuration and token verification ------------------------------
+
+
+def supabase_yaml(provider: str, cookies: str = "{layout: supabase}") -> str:
+    return f"upstream: http://127.0.0.1:3000\nprovider: {provider}\ncookies: {cookies}\n"
+
+
+def layout_key(cookies: CookiesConfig, provider: ProviderConfig | None) -> str:
+    layout = make_layout(cookies, provider)
+    assert isinstance(layout, SupabaseLayout)
+    return layout.key
+
+
+def test_the_kind_reads_url_anon_key_and_derives_the_rest() -> None:
+    config = parse_config(
+        supabase_yaml("{kind: supabase, url: 'https://abcdefghijklmnop.supabase.co/', anon_key: k}"), env={}
+    )
+    provider = config.provider
+    assert isinstance(provider, SupabaseConfig)
+    assert provider.url == "https://abcdefghijklmnop.supabase.co" and provider.client_id == "abcdefghijklmnop"
+    assert provider.issuer == "https://abcdefghijklmnop.supabase.co/auth/v1"
+    assert provider.default_jwks_url == "https://abcdefghijklmnop.supabase.co/auth/v1/.well-known/jwks.json"
+    assert provider.hmac_key is None and "anon_key" not in repr(provider) and "'k'" not in repr(provider)
+    assert provider.expectations("access", audience=None).audience == "authenticated"
+    assert provider.expectations("access", audience=None).issuers == (provider.issuer,)
+    # The layout's defaults are @supabase/ssr's, and its cookie is named after the project ref.
+    assert config.cookies.attributes == CookieAttributes(secure=False, max_age_s=34_560_000)
+    assert layout_key(config.cookies, provider) == "sb-abcdefghijklmnop-auth-token"
+    explicit = parse_config(
+        supabase_yaml(
+            "{kind: supabase, url: 'https://x.supabase.co', anon_key: k}",
+            "{layout: supabase, storage_key: my-app-auth, attributes: {secure: true}}",
+        ),
+        env={},
+    )
+    assert layout_key(explicit.cookies, explicit.provider) == "my-app-auth"
+    assert explicit.cookies.attributes.secure is True
+
+
+@pytest.mark.parametrize(
+    ("provider", "cookies", "problem"),
+    [
+        ("{kind: supabase, anon_key: k}", "{layout: supabase}", "provider.url: required for kind supabase"),
+        (
+            "{kind: supabase, url: 'https://x.supabase.co'}",
+            "{layout: supabase}",
+            "provider.anon_key: required",
+        ),
+        (
+            "{kind: supabase, url: 'https://x.supabase.co', anon_key: k, client_id: c}",
+            "{layout: supabase}",
+            "provider.client_id: not used by kind supabase",
+        ),
+        (
+            "{kind: supabase, url: 'https://x.supabase.co', anon_key: k, jwt_secret: short}",
+            "{layout: supabase}",
+            "provider.jwt_secret: too short",
+        ),
+        (
+            "{kind: supabase, url: 'https://x.supabase.co', anon_key: k, jwt_secret: "
+            + "s" * 40
+            + ", jwks_url: 'https://x.supabase.co/keys'}",
+            "{layout: supabase}",
+            "provider.jwt_secret: not with jwks_url",
+        ),
+        (
+            "{kind: supabase, url: 'https://x.supabase.co', anon_key: k}",
+            "{layout: supabase, storage_key: 'a;b'}",
+            "cookies.storage_key: not a valid cookie name",
+        ),
+        (
+            "{kind: oidc, issuer: 'https://idp', client_id: c}",
+            "{layout: named, storage_key: k}",
+            "cookies.storage_key: only valid with layout supabase",
+        ),
+        (
+            "{kind: oidc, issuer: 'https://idp', client_id: c}",
+            "{layout: supabase}",
+            "cookies.layout: supabase layout needs provider.kind supabase",
+        ),
+        (
+            "{kind: supabase, url: 'https://x.supabase.co', anon_key: k}",
+            "{layout: amplify}",
+            "cookies.layout: amplify layout needs provider.kind cognito (use layout",
+        ),
+    ],
+)
+def test_configuration_mistakes_name_the_key(provider: str, cookies: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(supabase_yaml(provider, cookies), env={})
+    assert any(p.startswith(problem) for p in error.value.problems), error.value.problems
+
+
+def hs256(claims: dict[str, object], secret: str) -> str:
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+async def test_hs256_only_with_the_configured_secret_and_never_beside_a_jwks(
+    gotrue: GoTrueServer, http: aiohttp.ClientSession, known_secrets: KnownSecrets
+) -> None:
+    secret = "legacy-" + "s" * 40
+    known_secrets.add(secret)
+    url = gotrue.url
+    claims = {"iss": f"{url}/auth/v1", "aud": "authenticated", "sub": "u1", "exp": time.time() + 600}
+    legacy = SupabaseConfig(url=url, anon_key=gotrue.anon_key, jwt_secret=secret, client_id="127")
+    current = SupabaseConfig(url=url, anon_key=gotrue.anon_key, client_id="127")
+    with_secret = TokenVerifier(legacy, VerifyConfig(), http)
+    with_jwks = TokenVerifier(current, VerifyConfig(), http)
+    assert with_secret.jwks_url is None
+
+    good = await with_secret.check(hs256(claims, secret), kind="access")
+    assert good.is_valid and good.claims is not None and good.claims.sub == "u1"
+    assert (await with_secret.check(hs256(claims, "x" * 40), kind="access")).reason == "bad_signature"
+    other_aud = hs256({**claims, "aud": "anon"}, secret)
+    assert (await with_secret.check(other_aud, kind="access")).reason == "wrong_audience"
+    other_iss = hs256({**claims, "iss": "https://evil/auth/v1"}, secret)
+    assert (await with_secret.check(other_iss, kind="access")).reason == "wrong_issuer"
+    # An asymmetric token is refused where only the secret is configured (no JWKS is fetched)...
+    es256 = gotrue.sign_in()["access_token"]
+    assert (await with_secret.check(es256, kind="access")).reason == "alg_not_allowed"
+    assert with_secret.jwks_fetches == 0
+    # ...and HS256 is refused where keys come from the JWKS, even "signed" with the public key.
+    # (Forged by hand: PyJWT itself refuses to use a JWK as an HMAC secret.)
+    public_jwk = json.dumps(gotrue.public_jwks()["keys"][0]).encode()
+    signing_input = ".".join(
+        base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+        for part in ({"alg": "HS256", "typ": "JWT", "kid": gotrue.kid}, claims)
+    )
+    mac = hmac.new(public_jwk, signing_input.encode(), hashlib.sha256).digest()
+    confused = signing_input + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+    assert (await with_jwks.check(confused, kind="access")).reason == "alg_not_allowed"
+    assert (await with_jwks.check(es256, kind="access")).is_valid
+    assert (await with_jwks.check("not-a-jwt", kind="access")).reason == "not_a_jwt"  # never opaque

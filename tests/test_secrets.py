@@ -347,3 +347,47 @@ def test_login_url_must_be_a_same_site_path(login_url: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(yaml.safe_dump({"upstream": "http://a", "refresh": {"login_url": login_url}}))
     assert "refresh.login_url: must be a same-site" in str(caught.value)
+
+
+SUPABASE_CONFIG = """
+listen: 127.0.0.1:0
+upstream: http://127.0.0.1:3000
+provider:
+  kind: supabase
+  url: https://abcdefghijklmnop.supabase.co
+  anon_key: ${SUPABASE_ANON_KEY}
+  jwt_secret: ${SUPABASE_JWT_SECRET}
+cookies: {layout: supabase}
+logging: {level: debug}
+"""
+
+
+def test_check_and_config_errors_never_print_the_supabase_apikey_or_jwt_secret(
+    tmp_path: Path, known_secrets: KnownSecrets
+) -> None:
+    anon_key = "sb_publishable_" + Fernet.generate_key().decode()[:30]
+    jwt_secret = "jwt-secret-" + Fernet.generate_key().decode()
+    known_secrets.add(anon_key, jwt_secret)
+    env = {"SUPABASE_ANON_KEY": anon_key, "SUPABASE_JWT_SECRET": jwt_secret}
+    config = tmp_path / "cookieguard.yaml"
+    config.write_text(SUPABASE_CONFIG)
+    result = run_cli("check", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "provider: supabase" in result.stdout
+    # Mistakes around both secrets: the key as a list, the secret too short, and next to a JWKS URL.
+    config.write_text(
+        SUPABASE_CONFIG.replace("${SUPABASE_ANON_KEY}", '["${SUPABASE_ANON_KEY}"]').replace(
+            "  jwt_secret:", "  jwks_url: https://abcdefghijklmnop.supabase.co/keys\n  jwt_secret:"
+        )
+    )
+    for verb in ("check", "run"):
+        result = run_cli(verb, "--config", str(config), env=env)
+        output = result.stdout + result.stderr
+        assert result.returncode == 2, output
+        assert "provider.anon_key" in output and "provider.jwt_secret" in output
+        assert "Traceback" not in output
+    short = jwt_secret[:20]
+    known_secrets.add(short)
+    config.write_text(SUPABASE_CONFIG)
+    result = run_cli("check", "--config", str(config), env={**env, "SUPABASE_JWT_SECRET": short})
+    assert result.returncode == 2 and "provider.jwt_secret: too short" in result.stderr
