@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_path_from, load_config
-from .logs import configure_logging, get_logger
-from .routing import describe_routes
 
 EXIT_CONFIG = 2
 
@@ -193,6 +190,8 @@ def _load(path_arg: str | None) -> Config | None:
 
 
 def _check(path_arg: str | None) -> int:
+    from .routing import describe_routes
+
     config = _load(path_arg)
     if config is None:
         return EXIT_CONFIG
@@ -227,6 +226,12 @@ def config_warnings(config: Config) -> list[str]:
 
 
 def _run(path_arg: str | None) -> int:
+    # Imported here, not at the top: `cookieguard healthcheck` runs every few seconds in the
+    # container and needs neither an event loop nor structlog (README, "Docker").
+    import asyncio
+
+    from .logs import configure_logging, get_logger
+
     config = _load(path_arg)
     if config is None:
         return EXIT_CONFIG
