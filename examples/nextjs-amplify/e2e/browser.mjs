@@ -69,15 +69,7 @@ page.on('response', (response) => {
   hops.push(hop);
   pending.push(
     response.headersArray().then((headers) => {
-      hop.set_cookies = headers
-        .filter((h) => h.name.toLowerCase() === 'set-cookie')
-        .flatMap((h) => h.value.split('\n'))
-        .map((line) => {
-          const [pair] = line.split(';');
-          const name = pair.slice(0, pair.indexOf('='));
-          const value = pair.slice(pair.indexOf('=') + 1);
-          return value === '' ? `-${name}` : `+${name}`;
-        });
+      hop.set_cookies = setCookieNames(headers);
     }),
   );
 });
@@ -94,18 +86,45 @@ function setCookieNames(headers) {
     });
 }
 
-async function recordPoll(response) {
+// A poll is recorded from the network (when, from which page, status, the cookies it set) and
+// from the page: the JSON the script read, handed over by its `cookieguard:session` event. The
+// page is the only reliable source of the body: once the script navigates away on an answer, the
+// browser no longer holds that answer's body for the driver to read.
+const bodies = [];
+
+function recordPoll(response) {
   const referer = response.request().headers().referer;
   const poll = {
     at_ms: Date.now(),
     from: referer ? new URL(referer).pathname : null, // the page whose script polled
     status: response.status(),
-    set_cookies: setCookieNames(await response.headersArray()),
-    body: await response.json().catch(() => null),
+    set_cookies: null,
+    body: response.status() === 200 ? undefined : null,
   };
   watched.polls.push(poll);
+  if (poll.body === undefined && bodies.length) poll.body = bodies.shift();
+  response.headersArray().then((headers) => {
+    poll.set_cookies = setCookieNames(headers);
+    wakePollWaiters();
+  });
+}
+
+function recordBody(body) {
+  if (!watched) return;
+  const poll = watched.polls.find((p) => p.body === undefined);
+  if (poll) poll.body = body;
+  else bodies.push(body);
+  wakePollWaiters();
+}
+
+function wakePollWaiters() {
   for (const wake of pollWaiters) wake();
 }
+
+await page.exposeBinding('__e2eSessionAnswer', (_source, body) => recordBody(body));
+await context.addInitScript(() => {
+  document.addEventListener('cookieguard:session', (event) => window.__e2eSessionAnswer(event.detail));
+});
 
 function nextPoll(timeoutMs) {
   // Resolves at the next recorded poll, or after timeoutMs (the caller checks which).
@@ -180,7 +199,8 @@ const ops = {
     // The first poll at index >= `after` whose JSON `reason` is one of `reasons` (and, with
     // `expired`, that reports the access token as expired: `expires_in` 0).
     const deadline = Date.now() + timeout_ms;
-    const matches = (p) => reasons.includes(p.body?.reason) && (!expired || p.body?.expires_in === 0);
+    const matches = (p) =>
+      p.set_cookies !== null && reasons.includes(p.body?.reason) && (!expired || p.body?.expires_in === 0);
     for (;;) {
       const index = watched.polls.findIndex((p, i) => i >= after && matches(p));
       if (index >= 0) return { index, poll: watched.polls[index], tab: await tabState() };

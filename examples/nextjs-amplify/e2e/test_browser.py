@@ -384,8 +384,8 @@ def short_tokens(emulator: CognitoEmulator) -> Iterator[None]:
 
 
 def _poll_line(poll: dict[str, Any], start_ms: float) -> str:
-    body = poll["body"] or {}
-    cookies = " ".join(_short(name) for name in poll["set_cookies"]) or "none"
+    body = poll.get("body") or {}
+    cookies = " ".join(_short(name) for name in poll.get("set_cookies") or []) or "none"
     return (
         f"    +{(poll['at_ms'] - start_ms) / 1000:5.1f} s  GET {HEALTH_PREFIX}/session {poll['status']}"
         f"  authenticated={body.get('authenticated')} reason={body.get('reason')}"
