@@ -278,6 +278,29 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
     running.close()
 
 
+def _start_cookieguard(
+    emulator: CognitoEmulator,
+    pool: PoolInfo,
+    app_url: str,
+    refresh: dict[str, str],
+    admin_prefix: str | None = None,
+) -> CookieguardProcess:
+    """`cookieguard run` with the configuration the README tells Next.js + Amplify users to run,
+    pointed at the emulator and the app."""
+    config = yaml.safe_load((ROOT / "config" / "cognito.yaml").read_text())
+    config["listen"] = "127.0.0.1:0"
+    config["provider"] |= {"endpoint": emulator.endpoint, "jwks_url": pool.jwks_url}
+    config["refresh"] |= refresh
+    if admin_prefix is not None:
+        config["admin_prefix"] = admin_prefix
+    env = {
+        "APP_UPSTREAM": app_url,
+        "COGNITO_USER_POOL_ID": pool.user_pool_id,
+        "COGNITO_CLIENT_ID": pool.client_id,
+    }
+    return CookieguardProcess(config, env=env).start()
+
+
 def _sign_in(
     browser: Browser, transcript: Transcript, base: str, emulator: CognitoEmulator, pool: PoolInfo
 ) -> str:
@@ -321,19 +344,8 @@ def test_directly_the_app_signs_the_user_out_at_the_first_expiry(
 def test_through_cookieguard_the_user_stays_signed_in(
     emulator: CognitoEmulator, pool: PoolInfo, next_app: str, browser: Browser
 ) -> None:
-    # The configuration the README tells Next.js + Amplify users to run, pointed at the emulator.
-    config = yaml.safe_load((ROOT / "config" / "cognito.yaml").read_text())
-    config["listen"] = "127.0.0.1:0"
-    config["provider"] |= {"endpoint": emulator.endpoint, "jwks_url": pool.jwks_url}
-    config["refresh"]["before_expiry"] = "8s"  # capped at half the lifetime (10 s) anyway
-    proxy = CookieguardProcess(
-        config,
-        env={
-            "APP_UPSTREAM": next_app,
-            "COGNITO_USER_POOL_ID": pool.user_pool_id,
-            "COGNITO_CLIENT_ID": pool.client_id,
-        },
-    ).start()
+    # before_expiry is capped at half the lifetime (10 s) anyway.
+    proxy = _start_cookieguard(emulator, pool, next_app, refresh={"before_expiry": "8s"})
     # localhost, as in production behind a host name: Chromium keeps Amplify's Secure cookies on
     # http://localhost (a secure context), and they are shared by every port of it.
     base = f"http://localhost:{proxy.port}"
@@ -399,21 +411,14 @@ def test_session_health_script_renews_in_place_and_signs_out_only_when_the_idp_s
     poll_s = SESSION_POLL_MS / 1000
     endpoint = f"{HEALTH_PREFIX}/session"
     app_env = {"SESSION_HEALTH_INTERVAL_MS": str(SESSION_POLL_MS), "COOKIEGUARD_SESSION_ENDPOINT": endpoint}
-    config = yaml.safe_load((ROOT / "config" / "cognito.yaml").read_text())
-    config["listen"] = "127.0.0.1:0"
-    config["admin_prefix"] = HEALTH_PREFIX
-    config["provider"] |= {"endpoint": emulator.endpoint, "jwks_url": pool.jwks_url}
-    config["refresh"] |= {"before_expiry": "8s", "backoff": "2s"}  # window capped at 6 s anyway
-
     with _next_server(emulator, pool, "next-session-health.log", app_env) as app_url:
-        proxy = CookieguardProcess(
-            config,
-            env={
-                "APP_UPSTREAM": app_url,
-                "COGNITO_USER_POOL_ID": pool.user_pool_id,
-                "COGNITO_CLIENT_ID": pool.client_id,
-            },
-        ).start()
+        proxy = _start_cookieguard(
+            emulator,
+            pool,
+            app_url,
+            refresh={"before_expiry": "8s", "backoff": "2s"},  # the window is capped at 6 s anyway
+            admin_prefix=HEALTH_PREFIX,
+        )
         base = f"http://localhost:{proxy.port}"
         transcript = Transcript("session-health", emulator)
         transcript.note(
