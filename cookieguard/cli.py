@@ -1,17 +1,14 @@
-"""The `cookieguard` command: run, check, keygen, explain, demo."""
+"""The `cookieguard` command: run, check, healthcheck, keygen, explain, demo."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_path_from, load_config
-from .logs import configure_logging, get_logger
-from .routing import describe_routes
 
 EXIT_CONFIG = 2
 
@@ -39,6 +36,23 @@ def _main(argv: Sequence[str] | None) -> int:
     check = verbs.add_parser("check", help="validate a config and print the effective routes")
     check.add_argument("--config", "-c", help=config_help)
     verbs.add_parser("keygen", help="print a new store encryption key")
+    healthcheck = verbs.add_parser(
+        "healthcheck",
+        help="exit 0 when the proxy this config describes answers its healthz with 200",
+        description=(
+            "Probes http://<listen>/<admin_prefix>/healthz of the proxy the config describes "
+            "(a wildcard listen address means loopback), for a container HEALTHCHECK or a Kubernetes "
+            "exec probe. Exit 0 on 200 within the timeout; otherwise exit 1 with the reason on stderr "
+            "(exit 2 for a config error)."
+        ),
+    )
+    healthcheck.add_argument("--config", "-c", help=config_help)
+    healthcheck.add_argument(
+        "--timeout", type=_probe_timeout, default=3.0, metavar="DURATION", help="whole probe (default 3s)"
+    )
+    healthcheck.add_argument(
+        "--ready", action="store_true", help="probe readyz (store reachable) instead of healthz"
+    )
     explain = verbs.add_parser(
         "explain",
         help="read a Cookie header and say what cookieguard sees and would do (offline)",
@@ -86,6 +100,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     if args.verb == "demo":
         return _demo(args)
+    if args.verb == "healthcheck":
+        return _healthcheck(args)
     if args.verb == "explain":
         return _explain(args)
     parser.print_help()
@@ -123,6 +139,24 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _healthcheck(args: argparse.Namespace) -> int:
+    from .healthcheck import run_healthcheck
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    return run_healthcheck(config, endpoint="readyz" if args.ready else "healthz", timeout_s=args.timeout)
+
+
+def _probe_timeout(text: str) -> float:
+    from .healthcheck import parse_timeout
+
+    try:
+        return parse_timeout(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
@@ -156,6 +190,8 @@ def _load(path_arg: str | None) -> Config | None:
 
 
 def _check(path_arg: str | None) -> int:
+    from .routing import describe_routes
+
     config = _load(path_arg)
     if config is None:
         return EXIT_CONFIG
@@ -198,6 +234,12 @@ def config_warnings(config: Config) -> list[str]:
 
 
 def _run(path_arg: str | None) -> int:
+    # Imported here, not at the top: `cookieguard healthcheck` runs every few seconds in the
+    # container and needs neither an event loop nor structlog (README, "Docker").
+    import asyncio
+
+    from .logs import configure_logging, get_logger
+
     config = _load(path_arg)
     if config is None:
         return EXIT_CONFIG

@@ -1,11 +1,16 @@
-"""The deployment examples agree with the code: every YAML under deploy/ loads, the ports, probe
-paths and config paths match cookieguard's defaults and the Dockerfile, and every cookieguard
-config there passes `cookieguard check` with the environment it is given."""
+"""The deployment examples agree with the code: every YAML under deploy/ loads, the ports and
+config paths match cookieguard's defaults and the Dockerfile, every health probe is
+`cookieguard healthcheck` (so it follows the mounted config's `listen` and `admin_prefix`, proven
+against a real proxy on another port and prefix), and every cookieguard config there passes
+`cookieguard check` with the environment it is given."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,8 @@ import pytest
 import yaml
 
 from cookieguard.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, parse_config
-from tests.support.proxy_process import ROOT, run_cli
+from cookieguard.healthcheck import parse_timeout
+from tests.support.proxy_process import ROOT, CookieguardProcess, run_cli
 
 DEPLOY = ROOT / "deploy"
 DEFAULTS = parse_config("upstream: http://127.0.0.1:3000\n", env={})
@@ -45,6 +51,18 @@ def dockerfile() -> str:
     return (ROOT / "Dockerfile").read_text()
 
 
+def healthcheck_instruction() -> list[str]:
+    """The Dockerfile's HEALTHCHECK command (exec form), as an argv."""
+    match = re.search(r"^HEALTHCHECK .*?CMD (\[.*?\])$", dockerfile(), re.M | re.S)
+    assert match, "no exec-form HEALTHCHECK in the Dockerfile"
+    argv: list[str] = json.loads(match.group(1))
+    return argv
+
+
+def sidecar_config() -> Any:
+    return parse_config((DEPLOY / "cookieguard.yaml").read_text(), env=ENV)
+
+
 def required_env(config_text: str) -> set[str]:
     """Variables a config needs from the environment (`${VAR}` without a default)."""
     return {m.group(1) for m in _ENV_REF.finditer(config_text) if m.group(2) is None}
@@ -64,7 +82,10 @@ def test_dockerfile_matches_the_code() -> None:
     text = dockerfile()
     assert f"{CONFIG_ENV_VAR}={IMAGE_CONFIG}" in text
     assert f"EXPOSE {PORT}" in text
-    assert f"http://127.0.0.1:{PORT}{PREFIX}/healthz" in text
+    # The health check reads the config; no port or prefix is written into it.
+    assert healthcheck_instruction() == ["cookieguard", "healthcheck"]
+    instructions = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "/healthz" not in instructions and "127.0.0.1" not in instructions
     assert 'ENTRYPOINT ["cookieguard"]' in text and 'CMD ["run"]' in text
     assert re.search(r"^USER \d+", text, re.M) and "USER root" not in text
     assert f"COPY deploy/cookieguard.default.yaml {IMAGE_CONFIG}" in text
@@ -72,6 +93,15 @@ def test_dockerfile_matches_the_code() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "**/node_modules", "tests"} <= set(ignored)
     assert "deploy" not in ignored and "cookieguard" not in ignored
+
+
+def test_the_final_stage_is_runtime_only() -> None:
+    build, final = dockerfile().split("\nFROM python:3.11-slim\n")
+    assert "FROM python:3.11-slim AS build" in build
+    # pip and setuptools leave the venv before it is copied; nothing is installed in the final stage.
+    assert "pip uninstall --yes pip setuptools" in build and "strip --strip-unneeded" in build
+    assert "COPY --from=build /opt/venv /opt/venv" in final
+    assert not re.search(r"pip|apt-get|binutils|COPY (\.|pyproject|cookieguard)", final), final
 
 
 @pytest.mark.parametrize(
@@ -116,6 +146,8 @@ def test_compose() -> None:
     assert guard["environment"]["APP_UPSTREAM"] == "http://app:3000"
     assert "ports" not in services["app"]  # only cookieguard is published
     assert set(guard["depends_on"]) == {"app", "redis"}
+    assert guard["healthcheck"]["test"] == ["CMD", *healthcheck_instruction()]
+    assert [int(p.split(":")[-1]) for p in guard["ports"]] == [sidecar_config().listen_port]
 
 
 def test_kubernetes() -> None:
@@ -128,12 +160,18 @@ def test_kubernetes() -> None:
     assert set(containers) == {"app", "cookieguard"}
     guard = containers["cookieguard"]
     ports = {p["name"]: p["containerPort"] for p in guard["ports"]}
-    assert ports == {"http": PORT}
-    assert guard["readinessProbe"]["httpGet"] == {"path": f"{PREFIX}/readyz", "port": "http"}
-    assert guard["livenessProbe"]["httpGet"] == {"path": f"{PREFIX}/healthz", "port": "http"}
+    config = sidecar_config()
+    # What Kubernetes cannot read from the ConfigMap has to agree with it.
+    assert ports == {"http": config.listen_port}
+    readiness, liveness = guard["readinessProbe"]["exec"], guard["livenessProbe"]["exec"]
+    assert readiness["command"][:3] == ["cookieguard", "healthcheck", "--ready"]
+    assert liveness["command"][:2] == ["cookieguard", "healthcheck"] and "--ready" not in liveness["command"]
+    for probe in (guard["readinessProbe"], guard["livenessProbe"]):
+        timeout = probe["exec"]["command"][probe["exec"]["command"].index("--timeout") + 1]
+        assert parse_timeout(timeout) < probe["timeoutSeconds"], "the verb must give its reason first"
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/path"] == f"{PREFIX}/metrics"
-    assert annotations["prometheus.io/port"] == str(PORT)
+    assert annotations["prometheus.io/path"] == f"{config.admin_prefix}/metrics"
+    assert annotations["prometheus.io/port"] == str(config.listen_port)
 
     env = {e["name"]: e for e in guard["env"]}
     assert env[CONFIG_ENV_VAR]["value"] == IMAGE_CONFIG
@@ -160,3 +198,44 @@ def test_kubernetes() -> None:
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]  # cookieguard, not the app
     assert k8s("Service", "redis")["spec"]["ports"][0]["port"] == 6379
+
+
+def _probe_commands() -> dict[str, list[str]]:
+    """Every health probe in the Dockerfile and deploy/, exactly as the orchestrator would run it."""
+    guard = next(
+        c
+        for c in k8s("Deployment", "web")["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "cookieguard"
+    )
+    compose = load_all(DEPLOY / "docker-compose.yaml")[0]["services"]["cookieguard"]["healthcheck"]["test"]
+    return {
+        "Dockerfile HEALTHCHECK": healthcheck_instruction(),
+        "compose healthcheck": compose[1:],
+        "kubernetes readinessProbe": guard["readinessProbe"]["exec"]["command"],
+        "kubernetes livenessProbe": guard["livenessProbe"]["exec"]["command"],
+    }
+
+
+def test_every_probe_follows_the_mounted_config() -> None:
+    """The probes, run as written, against `cookieguard run` on another port and admin prefix:
+    healthy while it serves, unhealthy (exit 1, with the reason) once it has stopped."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    proxy = CookieguardProcess(
+        {"listen": f"127.0.0.1:{port}", "upstream": "http://127.0.0.1:9", "admin_prefix": "/_sidecar/guard"}
+    ).start()
+    env = {CONFIG_ENV_VAR: str(proxy.config_path)}  # what the image's ENV and the mounts provide
+    try:
+        for where, argv in _probe_commands().items():
+            assert argv[0] == "cookieguard", where
+            proc = run_cli(*argv[1:], env=env)
+            assert proc.returncode == 0, f"{where}: {shlex.join(argv)}: {proc.stderr}"
+            assert f"http://127.0.0.1:{port}/_sidecar/guard/" in proc.stdout
+        assert proxy.stop() == 0
+        for where, argv in _probe_commands().items():
+            proc = run_cli(*argv[1:], env=env)
+            assert proc.returncode == 1, (where, proc.stderr)
+            assert "connection refused" in proc.stderr, where
+    finally:
+        proxy.close()

@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,14 @@ PASSWORD = "Correct-Horse-9"
 # at half the lifetime (10 s here), so cookieguard always refreshes before the app would.
 ACCESS_TOKEN_LIFETIME_S = 20
 EXPIRIES = 3
+# The session health run: the app's session-health.js polls every SESSION_POLL_MS; tokens live
+# SESSION_TOKEN_LIFETIME_S, so cookieguard's refresh window (half of it, 6 s) opens a few polls after
+# each refresh, and Amplify (which counts a token as expired 5 s early) never refreshes on its own
+# while the browser signs in. The session endpoint lives under another admin_prefix than the
+# default, handed to the script by the app's layout.
+SESSION_POLL_MS = 1500
+SESSION_TOKEN_LIFETIME_S = 12
+HEALTH_PREFIX = "/_guard"
 # (the dashboard's link, its path, where the browser ends up, what the page says about the way)
 LINKS = [
     ("#go", "/go", "/dashboard", "Reached directly"),
@@ -120,6 +129,14 @@ class Browser:
                 return float(claims["exp"])
         raise AssertionError("the browser holds no access token")
 
+    def auth_cookies(self) -> dict[str, str]:
+        """Amplify's cookies by their last name part (accessToken, refreshToken, ...)."""
+        return {
+            cookie["name"].rsplit(".", 1)[-1]: cookie["value"]
+            for cookie in self.command("cookies")["cookies"]
+            if cookie["name"].startswith("CognitoIdentityServiceProvider.")
+        }
+
     def refresh_token(self) -> str | None:
         for cookie in self.command("cookies")["cookies"]:
             if cookie["name"].endswith(".refreshToken"):
@@ -178,6 +195,11 @@ def _short(cookie_name: str) -> str:
     return sign + name.rsplit(".", 1)[-1]
 
 
+def _exp(jwt: str) -> float:
+    payload = jwt.split(".")[1]
+    return float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+
+
 def _wait_for_expiry(browser: Browser, transcript: Transcript) -> None:
     # The thing awaited is wall-clock time itself: the token has to be really expired.
     exp = browser.access_token_exp()
@@ -203,9 +225,11 @@ def pool(emulator: CognitoEmulator) -> PoolInfo:
     return emulator.create_pool()
 
 
-@pytest.fixture(scope="module")
-def next_app(emulator: CognitoEmulator, pool: PoolInfo) -> Iterator[str]:
-    """`next start -H localhost` of the built app; its URL (http://localhost:<port>)."""
+@contextlib.contextmanager
+def _next_server(
+    emulator: CognitoEmulator, pool: PoolInfo, log_name: str, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`next start -H localhost` of the built app; yields its URL (http://localhost:<port>)."""
     if not (APP / ".next" / "BUILD_ID").exists() or not (APP / "node_modules").is_dir():
         pytest.fail("the example is not built: run `make e2e` (npm ci, next build, then this test)")
     port = _free_port()
@@ -217,9 +241,10 @@ def next_app(emulator: CognitoEmulator, pool: PoolInfo) -> Iterator[str]:
         "COGNITO_JWKS_ORIGIN": emulator.endpoint,
         "NODE_OPTIONS": f"--require {APP / 'e2e' / 'jwks-redirect.cjs'}",
         "NEXT_TELEMETRY_DISABLED": "1",
+        **(extra_env or {}),
     }
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    with (OUTPUT / "next.log").open("wb") as log:
+    with (OUTPUT / log_name).open("wb") as log:
         # -H localhost, not 127.0.0.1: with an IP Next proxies its own rewrites back into itself
         # and runs the middleware twice (vercel/next.js#84341).
         process = subprocess.Popen(
@@ -235,6 +260,13 @@ def next_app(emulator: CognitoEmulator, pool: PoolInfo) -> Iterator[str]:
             yield url
         finally:
             _stop(process)
+
+
+@pytest.fixture(scope="module")
+def next_app(emulator: CognitoEmulator, pool: PoolInfo) -> Iterator[str]:
+    """The app as it ships: the session health script polls every minute (its default)."""
+    with _next_server(emulator, pool, "next.log") as url:
+        yield url
     assert "jwks-redirect:" in (OUTPUT / "next.log").read_text(), "Amplify never fetched the JWKS"
 
 
@@ -244,6 +276,29 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
     running = Browser(profile)
     yield running
     running.close()
+
+
+def _start_cookieguard(
+    emulator: CognitoEmulator,
+    pool: PoolInfo,
+    app_url: str,
+    refresh: dict[str, str],
+    admin_prefix: str | None = None,
+) -> CookieguardProcess:
+    """`cookieguard run` with the configuration the README tells Next.js + Amplify users to run,
+    pointed at the emulator and the app."""
+    config = yaml.safe_load((ROOT / "config" / "cognito.yaml").read_text())
+    config["listen"] = "127.0.0.1:0"
+    config["provider"] |= {"endpoint": emulator.endpoint, "jwks_url": pool.jwks_url}
+    config["refresh"] |= refresh
+    if admin_prefix is not None:
+        config["admin_prefix"] = admin_prefix
+    env = {
+        "APP_UPSTREAM": app_url,
+        "COGNITO_USER_POOL_ID": pool.user_pool_id,
+        "COGNITO_CLIENT_ID": pool.client_id,
+    }
+    return CookieguardProcess(config, env=env).start()
 
 
 def _sign_in(
@@ -289,19 +344,8 @@ def test_directly_the_app_signs_the_user_out_at_the_first_expiry(
 def test_through_cookieguard_the_user_stays_signed_in(
     emulator: CognitoEmulator, pool: PoolInfo, next_app: str, browser: Browser
 ) -> None:
-    # The configuration the README tells Next.js + Amplify users to run, pointed at the emulator.
-    config = yaml.safe_load((ROOT / "config" / "cognito.yaml").read_text())
-    config["listen"] = "127.0.0.1:0"
-    config["provider"] |= {"endpoint": emulator.endpoint, "jwks_url": pool.jwks_url}
-    config["refresh"]["before_expiry"] = "8s"  # capped at half the lifetime (10 s) anyway
-    proxy = CookieguardProcess(
-        config,
-        env={
-            "APP_UPSTREAM": next_app,
-            "COGNITO_USER_POOL_ID": pool.user_pool_id,
-            "COGNITO_CLIENT_ID": pool.client_id,
-        },
-    ).start()
+    # before_expiry is capped at half the lifetime (10 s) anyway.
+    proxy = _start_cookieguard(emulator, pool, next_app, refresh={"before_expiry": "8s"})
     # localhost, as in production behind a host name: Chromium keeps Amplify's Secure cookies on
     # http://localhost (a secure context), and they are shared by every port of it.
     base = f"http://localhost:{proxy.port}"
@@ -339,3 +383,154 @@ def test_through_cookieguard_the_user_stays_signed_in(
 
     outcomes = [event["outcome"] for event in proxy.events("token_refresh")]
     assert outcomes == ["refreshed"] * EXPIRIES
+
+
+# -- the session health script ------------------------------------------------------------------
+
+
+@pytest.fixture
+def short_tokens(emulator: CognitoEmulator) -> Iterator[None]:
+    emulator.access_token_lifetime_s = SESSION_TOKEN_LIFETIME_S
+    yield
+    emulator.reset()  # lifetime and injected failures back to the module's
+
+
+def _poll_line(poll: dict[str, Any], start_ms: float) -> str:
+    body = poll.get("body") or {}
+    cookies = " ".join(_short(name) for name in poll.get("set_cookies") or []) or "none"
+    return (
+        f"    +{(poll['at_ms'] - start_ms) / 1000:5.1f} s  GET {HEALTH_PREFIX}/session {poll['status']}"
+        f"  authenticated={body.get('authenticated')} reason={body.get('reason')}"
+        f" expires_in={body.get('expires_in')}  set-cookie: {cookies}"
+    )
+
+
+def test_session_health_script_renews_in_place_and_signs_out_only_when_the_idp_says_so(
+    emulator: CognitoEmulator, pool: PoolInfo, browser: Browser, short_tokens: None
+) -> None:
+    poll_s = SESSION_POLL_MS / 1000
+    endpoint = f"{HEALTH_PREFIX}/session"
+    app_env = {"SESSION_HEALTH_INTERVAL_MS": str(SESSION_POLL_MS), "COOKIEGUARD_SESSION_ENDPOINT": endpoint}
+    with _next_server(emulator, pool, "next-session-health.log", app_env) as app_url:
+        proxy = _start_cookieguard(
+            emulator,
+            pool,
+            app_url,
+            refresh={"before_expiry": "8s", "backoff": "2s"},  # the window is capped at 6 s anyway
+            admin_prefix=HEALTH_PREFIX,
+        )
+        base = f"http://localhost:{proxy.port}"
+        transcript = Transcript("session-health", emulator)
+        transcript.note(
+            f"3) session health: Chromium -> cookieguard ({base}, admin_prefix {HEALTH_PREFIX}) -> Next.js;"
+            f" session-health.js polls every {poll_s:g} s, access tokens live {SESSION_TOKEN_LIFETIME_S} s"
+        )
+        polls: list[dict[str, Any]] = []
+        start_ms = time.time() * 1000
+        try:
+            # The app serves the repository's script as it is, through cookieguard.
+            with urllib.request.urlopen(base + "/session-health.js", timeout=10) as served:
+                assert served.read() == (ROOT / "examples" / "session-health.js").read_bytes()
+
+            _sign_in(browser, transcript, base, emulator, pool)
+            tab = browser.command("watch_tab", endpoint=endpoint)
+            start_ms = time.time() * 1000
+            assert tab["url"] == "/dashboard" and tab["mark_intact"], tab
+            stays = {"url": "/dashboard", "mark_intact": True, "navigations": 0, "documents": 0}
+
+            # (a) Alive: a poll inside the refresh window renews the cookies; the page never reloads.
+            before = browser.auth_cookies()
+            calls = emulator.refresh_calls
+            transcript.note("(a) the tab sits on /dashboard; the script polls")
+            renewed = browser.command(
+                "wait_poll",
+                after=0,
+                reasons=["refreshed"],
+                timeout_ms=int((SESSION_TOKEN_LIFETIME_S + 3 * poll_s) * 1000),
+            )
+            assert {"+accessToken", "+idToken", "+refreshToken"} <= {
+                _short(n) for n in renewed["poll"]["set_cookies"]
+            }
+            assert {k: renewed["tab"][k] for k in stays} == stays, renewed["tab"]
+            after = browser.auth_cookies()
+            assert after["accessToken"] != before["accessToken"], "the access-token cookie was not renewed"
+            assert _exp(after["accessToken"]) > _exp(before["accessToken"])
+            assert after["refreshToken"] != before["refreshToken"], "the rotated refresh token was lost"
+            assert emulator.refresh_calls == calls + 1
+            next_index = renewed["index"] + 1
+
+            # (c) IdP down (every refresh call answers 503): the tab stays, even once the access
+            # token has expired.
+            emulator.fail_with, emulator.fail_ratio = 503, 1.0
+            transcript.note("(c) the IdP answers every refresh with 503")
+            down = browser.command(
+                "wait_poll",
+                after=next_index,
+                reasons=["refresh_unavailable"],
+                expired=True,
+                timeout_ms=int((_exp(after["accessToken"]) - time.time() + 3 * poll_s) * 1000),
+            )
+            assert {k: down["tab"][k] for k in stays} == stays, down["tab"]
+            assert emulator.injected_failures >= 1
+            outage = browser.command("tab")["polls"][next_index : down["index"] + 1]
+            assert all(p["body"]["authenticated"] is True for p in outage), outage
+            assert any(p["body"]["reason"] == "refresh_unavailable" for p in outage[:-1]), (
+                "expired on the first try?"
+            )
+            assert browser.auth_cookies()["refreshToken"] == after["refreshToken"], "a cookie was touched"
+
+            # The IdP is back: the next poll after the session's backoff refreshes, still in place.
+            emulator.fail_ratio = 0.0
+            transcript.note("    the IdP answers again")
+            back = browser.command(
+                "wait_poll", after=down["index"] + 1, reasons=["refreshed"], timeout_ms=15_000
+            )
+            assert {k: back["tab"][k] for k in stays} == stays, back["tab"]
+
+            # (b) The refresh token is revoked at the IdP: at the next refresh the IdP refuses, and
+            # the tab goes to the sign-in page on that very poll's answer.
+            revoked = browser.auth_cookies()["refreshToken"]
+            emulator.revoke(pool, urllib.parse.unquote(revoked))
+            transcript.note("(b) RevokeToken at the IdP for the browser's refresh token")
+            refused = browser.command(
+                "wait_poll",
+                after=back["index"] + 1,
+                reasons=["rejected", "expired", "invalid_token"],
+                timeout_ms=int((SESSION_TOKEN_LIFETIME_S + 3 * poll_s) * 1000),
+            )
+            assert refused["poll"]["body"]["reason"] == "rejected", refused["poll"]
+            assert "-accessToken" in [_short(n) for n in refused["poll"]["set_cookies"]]
+            landed = browser.command("wait_url", pathname="/sign-in", timeout_ms=int(poll_s * 1000) + 10_000)
+            polls = landed["polls"]
+            page = transcript.step("    the script sends the tab to sign in", landed["page"])
+            assert page["url"] == "/sign-in?next=%2Fdashboard", page
+            assert "Signed in as" not in page["text"] and "Sign in" in page["text"]
+            # The refused poll's answer itself sent the tab away: the sign-in page was requested
+            # before the next poll was due, and no later poll came from the dashboard.
+            load = next(load for load in landed["loads"] if load["at_ms"] >= refused["poll"]["at_ms"])
+            assert load["path"] == "/sign-in?next=%2Fdashboard", landed["loads"]
+            reaction_ms = load["at_ms"] - refused["poll"]["at_ms"]
+            assert reaction_ms < SESSION_POLL_MS, reaction_ms
+            assert [p for p in polls[refused["index"] + 1 :] if p["from"] != "/sign-in"] == [], polls
+            assert landed["tab"]["navigations"] >= 1 and not landed["tab"]["mark_intact"]
+            transcript.note(f"    /sign-in requested {reaction_ms:.0f} ms after the refused poll's answer")
+            assert (
+                "accessToken" not in browser.auth_cookies() and "refreshToken" not in browser.auth_cookies()
+            )
+            browser.command("screenshot", path=str(OUTPUT / "session-health.png"))
+        finally:
+            if not polls:
+                with contextlib.suppress(AssertionError):
+                    polls = browser.command("tab")["polls"]
+            transcript.note("every answer of the session endpoint the tab received:")
+            for poll in polls:
+                transcript.note(_poll_line(poll, start_ms))
+            transcript.write()
+            proxy.close()
+            (OUTPUT / "cookieguard-session-health.log").write_text(proxy.output() + "\n")
+
+    refreshes = proxy.events("token_refresh")
+    assert {event["route"] for event in refreshes} == {endpoint}  # every refresh came from the poll
+    outcomes = [event["outcome"] for event in refreshes]
+    assert outcomes[0] == "refreshed" and outcomes[-1] == "rejected", outcomes
+    assert "failed" in outcomes and set(outcomes) <= {"refreshed", "failed", "rejected"}, outcomes

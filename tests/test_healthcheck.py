@@ -1,0 +1,195 @@
+"""`cookieguard healthcheck` against a real `cookieguard run`, and the ways a probe fails.
+
+The proxy listens on a port chosen at run time with a non-default `admin_prefix`, and the verb
+reads the very file the proxy was started with, as the container's HEALTHCHECK does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from cookieguard.config import parse_config
+from cookieguard.healthcheck import healthcheck_address, parse_timeout
+from tests.support.proxy_process import CookieguardProcess, run_cli
+
+PREFIX = "/_ops/guard"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _config(port: int, prefix: str = PREFIX) -> dict[str, Any]:
+    # The upstream is never contacted: healthz and readyz are answered by cookieguard itself.
+    return {"listen": f"127.0.0.1:{port}", "upstream": "http://127.0.0.1:9", "admin_prefix": prefix}
+
+
+def _write(tmp_path: Path, config: dict[str, Any] | str, name: str = "probe.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def running_proxy() -> Iterator[CookieguardProcess]:
+    """`cookieguard run` on a fixed free port (the healthcheck must find it from the file alone)."""
+    proc = CookieguardProcess(_config(_free_port())).start()
+    yield proc
+    proc.close()
+
+
+def _one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+# -- against the real proxy --------------------------------------------------------------------
+
+
+def test_healthy_proxy_on_another_port_and_prefix(running_proxy: CookieguardProcess) -> None:
+    path = str(running_proxy.config_path)
+    url = f"http://127.0.0.1:{running_proxy.port}{PREFIX}"
+
+    proc = run_cli("healthcheck", "--config", path)
+    assert proc.returncode == 0, proc.stderr
+    assert _one_line(proc.stdout) == f"healthcheck: ok: {url}/healthz answered 200"
+    assert proc.stderr == ""
+
+    # The same file through $COOKIEGUARD_CONFIG (what the image sets), and readyz with --ready.
+    proc = run_cli("healthcheck", "--ready", env={"COOKIEGUARD_CONFIG": path})
+    assert proc.returncode == 0, proc.stderr
+    assert f"{url}/readyz answered 200" in proc.stdout
+
+
+def test_another_admin_prefix_than_the_proxy_is_unhealthy(
+    running_proxy: CookieguardProcess, tmp_path: Path
+) -> None:
+    # /elsewhere/healthz is not an admin path for this proxy: it is proxied, and the upstream
+    # (nothing on port 9) makes it a 502. A probe that only checked "something answered" would pass.
+    other = _write(tmp_path, _config(running_proxy.port or 0, prefix="/elsewhere"))
+    proc = run_cli("healthcheck", "--config", str(other))
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    line = _one_line(proc.stderr)
+    assert line.startswith(f"healthcheck: unhealthy: http://127.0.0.1:{running_proxy.port}/elsewhere/healthz")
+    assert line.endswith("HTTP 502 Bad Gateway"), line
+
+
+def test_stopped_proxy_is_unhealthy(running_proxy: CookieguardProcess) -> None:
+    assert running_proxy.stop() == 0
+    proc = run_cli("healthcheck", "--config", str(running_proxy.config_path))
+    assert proc.returncode == 1
+    assert "connection refused" in _one_line(proc.stderr)
+
+
+# -- failures without a proxy ------------------------------------------------------------------
+
+
+def test_nothing_listening(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = run_cli("healthcheck", "--config", str(_write(tmp_path, _config(port))))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert _one_line(proc.stderr) == (
+        f"healthcheck: unhealthy: http://127.0.0.1:{port}{PREFIX}/healthz: "
+        "connection refused (is cookieguard running and listening there?)"
+    )
+
+
+@pytest.mark.parametrize(("status", "reason"), [(503, "Service Unavailable"), (404, "Not Found")])
+async def test_non_200_answers_are_unhealthy(
+    aiohttp_server: Callable[..., Any], tmp_path: Path, status: int, reason: str
+) -> None:
+    """A plain aiohttp server stands in for the proxy: cookieguard's healthz never answers these."""
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.Response(status=status, text="no\n")
+
+    app = web.Application()
+    app.router.add_get(f"{PREFIX}/healthz", answer)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    path = _write(tmp_path, _config(server.port))
+    proc = await asyncio.to_thread(run_cli, "healthcheck", "--config", str(path))
+    assert seen == [f"{PREFIX}/healthz"]
+    assert proc.returncode == 1
+    assert _one_line(proc.stderr).endswith(f"{PREFIX}/healthz: HTTP {status} {reason}")
+
+
+def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
+    # A listening socket that is never accepted: the kernel completes the handshake, nobody answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        path = _write(tmp_path, _config(silent.getsockname()[1]))
+        started = time.monotonic()
+        proc = run_cli("healthcheck", "--config", str(path), "--timeout", "300ms")
+        elapsed = time.monotonic() - started
+    assert proc.returncode == 1
+    assert _one_line(proc.stderr).endswith("/healthz: no answer within 0.3s")
+    assert elapsed < 5, elapsed  # interpreter start-up plus the 0.3 s, with room for a loaded box
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("listen: 8080\nupstream: http://127.0.0.1:3000\n", "config error: listen: must be host:port"),
+        ("listen: 127.0.0.1:0\nupstream: http://127.0.0.1:3000\n", "listen: port 0 is picked at start-up"),
+    ],
+)
+def test_config_problems_exit_2(tmp_path: Path, text: str, expected: str) -> None:
+    proc = run_cli("healthcheck", "--config", str(_write(tmp_path, text)))
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_missing_config_and_bad_timeout_exit_2(tmp_path: Path) -> None:
+    proc = run_cli("healthcheck", "--config", str(tmp_path / "absent.yaml"))
+    assert proc.returncode == 2 and "cannot read" in proc.stderr
+    proc = run_cli("healthcheck", "--config", str(_write(tmp_path, _config(1))), "--timeout", "soon")
+    assert proc.returncode == 2 and "--timeout" in proc.stderr
+
+
+# -- the address logic -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "url"),
+    [
+        ("0.0.0.0:4180", "127.0.0.1", "http://127.0.0.1:4180/_ops/guard/healthz"),
+        ("[::]:4180", "::1", "http://[::1]:4180/_ops/guard/healthz"),
+        (":4180", "127.0.0.1", "http://127.0.0.1:4180/_ops/guard/healthz"),
+        ("127.0.0.1:8080", "127.0.0.1", "http://127.0.0.1:8080/_ops/guard/healthz"),
+        ("[::1]:8080", "::1", "http://[::1]:8080/_ops/guard/healthz"),
+        ("10.1.2.3:80", "10.1.2.3", "http://10.1.2.3:80/_ops/guard/healthz"),
+    ],
+)
+def test_wildcard_listen_addresses_are_probed_on_loopback(listen: str, host: str, url: str) -> None:
+    config = parse_config(f"listen: '{listen}'\nupstream: http://127.0.0.1:3000\nadmin_prefix: {PREFIX}/\n")
+    target = healthcheck_address(config)
+    assert target.host == host
+    assert target.url("healthz") == url
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("3", 3.0), ("2.5", 2.5), ("3s", 3.0), ("500ms", 0.5)])
+def test_timeout_forms(text: str, seconds: float) -> None:
+    assert parse_timeout(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "-1", "soon", ""])
+def test_timeout_must_be_positive(text: str) -> None:
+    with pytest.raises(ValueError, match="not a positive duration"):
+        parse_timeout(text)
