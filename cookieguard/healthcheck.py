@@ -33,13 +33,11 @@ class ProbeTarget(NamedTuple):
 
 
 def healthcheck_address(config: Config) -> ProbeTarget:
-    """Where the admin endpoints of the proxy configured by `config` answer.
-
-    Today they are served on the proxy's own `listen` address, under `admin_prefix`; a separate
-    admin listener would be chosen here, and nowhere else.
-    """
-    host = _WILDCARD_TO_LOOPBACK.get(config.listen_host, config.listen_host)
-    return ProbeTarget(host, config.listen_port, config.admin_prefix)
+    """Where the admin endpoints of the proxy configured by `config` answer: on `admin_listen`
+    when it is set (healthz, readyz and metrics live there, under `admin_prefix`; readyz is not
+    on the main listener then), else on `listen` under `admin_prefix`."""
+    host, port = config.admin_listen or (config.listen_host, config.listen_port)
+    return ProbeTarget(_WILDCARD_TO_LOOPBACK.get(host, host), port, config.admin_prefix)
 
 
 def probe(target: ProbeTarget, endpoint: str, timeout_s: float) -> str | None:

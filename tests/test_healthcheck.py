@@ -193,3 +193,17 @@ def test_timeout_forms(text: str, seconds: float) -> None:
 def test_timeout_must_be_positive(text: str) -> None:
     with pytest.raises(ValueError, match="not a positive duration"):
         parse_timeout(text)
+
+
+def test_with_admin_listen_the_probe_goes_to_the_admin_listener() -> None:
+    """readyz leaves the main listener when admin_listen is set: the probe follows it there."""
+    main, admin = _free_port(), _free_port()
+    proc = CookieguardProcess({**_config(main), "admin_listen": f"0.0.0.0:{admin}"}).start()
+    try:
+        target = healthcheck_address(parse_config(proc.config_path.read_text(), env={}))
+        assert (target.host, target.port, target.admin_prefix) == ("127.0.0.1", admin, PREFIX)
+        done = run_cli("healthcheck", "--ready", "--config", str(proc.config_path))
+        assert done.returncode == 0, done.stderr
+        assert f"http://127.0.0.1:{admin}{PREFIX}/readyz answered 200" in done.stdout
+    finally:
+        proc.close()
