@@ -13,7 +13,8 @@ import sys
 import time
 from typing import NamedTuple
 
-from .config import Config, parse_duration
+from .config import Config
+from .schema import parse_duration
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
 
