@@ -1,4 +1,4 @@
-"""Merge the proxy's Set-Cookie headers into the upstream's response (SPEC section 2).
+"""Merge the proxy's Set-Cookie headers into the upstream's response (docs/behaviour.md §4).
 
 The upstream's headers are returned untouched: never joined, never split on commas (an `Expires`
 date contains one). One of ours is added only when the upstream did not set the same cookie in

@@ -1,4 +1,4 @@
-"""Scale-out (SPEC 7): several `cookieguard run` replicas sharing one real Redis, in front of one
+"""Scale-out (docs/behaviour.md §7, README "Scale-out"): several `cookieguard run` replicas sharing one real Redis, in front of one
 upstream, with the requests of one page load spread round-robin over them.
 
 Against oidc-provider with rotation and reuse detection (a second refresh with the old token
@@ -183,7 +183,7 @@ def rotating_user(
     known_secrets: KnownSecrets,
 ) -> CognitoUser:
     # Cognito's retry grace lets a replica that lost Redis spend the old token once more: what
-    # degraded mode relies on (SPEC 7); with no grace at all, it would sign that request out.
+    # degraded mode relies on (docs/behaviour.md §7); with no grace at all, it would sign that request out.
     pool = make_cognito_pool(rotate_refresh_tokens=True, retry_grace_period_s=60)
     user = make_cognito_user(pool)
     known_secrets.add(user.refresh_token, user.access_token, user.id_token)

@@ -1,6 +1,6 @@
 """What every identity provider client returns and raises.
 
-Two exceptions, named by what the caller must do (SPEC section 2):
+Two exceptions, named by what the caller must do (docs/behaviour.md §3):
 `RefreshRejected` means the session is dead (clear it, or send the user to sign in);
 `RefreshUnavailable` means the IdP could not answer (forward unchanged, back off, never sign out).
 """

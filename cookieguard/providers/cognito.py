@@ -1,4 +1,4 @@
-"""Amazon Cognito user pools: turn a refresh token into fresh tokens (SPEC section 4).
+"""Amazon Cognito user pools: turn a refresh token into fresh tokens (docs/behaviour.md §6).
 
 Two APIs, chosen by `provider.api`:
 

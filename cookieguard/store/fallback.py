@@ -1,4 +1,4 @@
-"""A shared store that degrades to a local one instead of failing (SPEC 7).
+"""A shared store that degrades to a local one instead of failing (docs/behaviour.md §7).
 
 When Redis cannot be reached, each replica keeps coordinating its own requests (its in-process
 single-flight plus a local store), so a session makes at most one refresh per replica instead of

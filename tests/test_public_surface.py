@@ -1,0 +1,205 @@
+"""The public surface, pinned (docs/behaviour.md, first paragraph): CLI verbs, YAML keys, admin
+endpoints, log events and metric names are interface. Renaming one must be a decision, made
+here, with the README (and a deprecation for one release, as README "Metrics" did for
+`cookieguard_sessions_in_flight`); these tests fail when one changes by accident."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import cookieguard
+from cookieguard.app import build_app
+from cookieguard.config import parse_config
+from cookieguard.metrics import Metrics
+from cookieguard.providers import KINDS
+from tests.support.proxy_process import ROOT, run_cli
+
+README = (ROOT / "README.md").read_text()
+PACKAGE = ROOT / "cookieguard"
+
+CLI_VERBS = {"run", "check", "keygen", "healthcheck", "explain", "demo"}
+
+CONFIG_KEYS = {
+    "listen", "upstream", "admin_prefix", "admin_listen",
+    "provider.kind", "provider.client_id", "provider.client_secret", "provider.timeout",
+    "provider.jwks_url", "provider.user_pool_id", "provider.api", "provider.endpoint",
+    "provider.issuer", "provider.token_endpoint", "provider.client_auth", "provider.url",
+    "provider.anon_key", "provider.jwt_secret",
+    "cookies.layout", "cookies.names", "cookies.storage_key", "cookies.attributes.secure",
+    "cookies.attributes.same_site", "cookies.attributes.path", "cookies.attributes.max_age",
+    "cookies.attributes.http_only", "cookies.attributes.domain",
+    "refresh.before_expiry", "refresh.grace", "refresh.on_rejected", "refresh.login_url",
+    "refresh.backoff",
+    "verify.signature", "verify.audience",
+    "store.kind", "store.url", "store.encryption_key", "store.max_entries", "store.lock_lease",
+    "routes[].match", "routes[].upstream", "routes[].refresh", "routes[].preserve_host",
+    "routes[].timeout",
+    "timeouts.upstream_connect", "timeouts.upstream_read", "timeouts.drain",
+    "timeouts.client_header", "timeouts.client_body_idle", "timeouts.keepalive",
+    "limits.max_connections", "limits.trusted_proxies", "limits.unproven_per_address",
+    "limits.unproven_per_second", "limits.refresh_tokens_per_subject",
+    "limits.idp_calls_per_second", "limits.upstream_connections",
+    "logging.level", "logging.format", "logging.access_log",
+    "metrics.enabled",
+}  # fmt: skip
+
+ENDPOINTS = {"healthz", "readyz", "metrics", "session"}
+
+LOG_EVENTS = {
+    "access", "bad_request", "client_timeout", "config_loaded", "config_warning", "draining",
+    "jwks_fetch", "listening", "reject_storm", "stopped", "store_degraded", "store_recovered",
+    "token_refresh", "upstream_error",
+}  # fmt: skip
+
+METRICS = {
+    "cookieguard_refresh_total",
+    "cookieguard_refresh_duration_seconds",
+    "cookieguard_requests_total",
+    "cookieguard_upstream_duration_seconds",
+    "cookieguard_idp_calls_in_flight",
+    "cookieguard_sessions_in_flight",  # deprecated alias, removed in the next release
+    "cookieguard_store_degraded",
+}
+REFRESH_OUTCOMES = {"refreshed", "joined", "reused", "rejected", "failed", "limited"}
+
+
+def test_the_package_exports_little() -> None:
+    assert cookieguard.__all__ == ["__version__"]
+
+
+def test_cli_verbs() -> None:
+    usage = run_cli("--help").stdout
+    listed = set(re.findall(r"^    ([a-z]+)", usage, re.MULTILINE))
+    assert listed == CLI_VERBS
+
+
+def test_readme_documents_exactly_the_config_keys() -> None:
+    section = README.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    documented = {m.group(1) for m in re.finditer(r"^\| `([a-z_.\[\]]+)` \|", section, re.MULTILINE)}
+    assert documented == CONFIG_KEYS
+
+
+def _nest(path: str, value: Any) -> dict[str, Any]:
+    head, _, rest = path.partition(".")
+    if head == "routes[]":
+        return {"routes": [{"match": "/", **_nest(rest, value)}]}
+    return {head: _nest(rest, value) if rest else value}
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+        )
+    return out
+
+
+@pytest.mark.parametrize("key", sorted(CONFIG_KEYS))
+def test_every_documented_key_is_read_by_the_loader(key: str) -> None:
+    """A value of the wrong shape gets a complaint about its value, never "unknown key"."""
+    path = key.replace("routes[]", "routes[0]")
+    unknown = (f"{path}: unknown key", f"{path}: only valid for")
+    bases: list[dict[str, Any]] = [{"upstream": "http://127.0.0.1:9"}]
+    if key.startswith("provider."):
+        bases = [{"upstream": "http://127.0.0.1:9", "provider": {"kind": kind}} for kind in KINDS]
+    verdicts = []
+    for base in bases:
+        text = yaml.safe_dump(_merge(base, _nest(key, {"probe": True})))
+        try:
+            parse_config(text, env={})
+        except Exception as exc:
+            problems = getattr(exc, "problems", [str(exc)])
+            verdicts.append(not any(p.startswith(unknown) for p in problems))
+        else:
+            verdicts.append(True)
+    assert any(verdicts), key
+
+
+async def test_admin_endpoints(aiohttp_client: Any) -> None:
+    config = parse_config("upstream: http://127.0.0.1:9\nprovider: {kind: oidc, token_endpoint: "
+                          "'http://127.0.0.1:9/token', client_id: c, client_auth: none}\n"
+                          "cookies: {layout: named}\n", env={})  # fmt: skip
+    client = await aiohttp_client(build_app(config))
+    for endpoint in ENDPOINTS:
+        async with client.get(f"/.cookieguard/{endpoint}") as resp:
+            assert resp.status in (200, 503), (endpoint, resp.status)
+    async with client.get("/.cookieguard/nothing-here") as resp:
+        assert resp.status == 404
+
+
+def _constants(tree: ast.Module) -> dict[str, str]:
+    return {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+def _first_string(node: ast.expr, constants: dict[str, str]) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return constants.get(node.id)
+    return None
+
+
+def emitted_log_events() -> set[str]:
+    """Event names passed to a logger anywhere in the package (read from the source)."""
+    events = set()
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        constants = _constants(tree)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            func = node.func
+            is_log_call = (
+                isinstance(func, ast.Attribute)
+                and func.attr in ("debug", "info", "warning", "error", "exception")
+                and "log" in ast.unparse(func.value).lower()
+            ) or (isinstance(func, ast.Name) and func.id == "log")
+            name = _first_string(node.args[0], constants) if is_log_call else None
+            if name is not None:
+                events.add(name)
+    # aiohttp's own parser errors are renamed to this event (cookieguard/logs.py)
+    if '"bad_request"' in (PACKAGE / "logs.py").read_text():
+        events.add("bad_request")
+    return events
+
+
+def test_log_events() -> None:
+    assert emitted_log_events() == LOG_EVENTS
+
+
+def test_metric_names_and_outcomes() -> None:
+    text = Metrics().render().decode()
+    names = set(re.findall(r"^# TYPE (cookieguard_[a-z_]+) ", text, re.MULTILINE))
+    names = {n for n in names if not n.endswith("_created")}  # prometheus-client's own series
+    assert names == METRICS
+    outcomes = set(re.findall(r'cookieguard_refresh_total\{outcome="([a-z]+)"\}', text))
+    assert outcomes == REFRESH_OUTCOMES
+    for name in METRICS:
+        assert f"`{name}" in README, name
+
+
+def test_the_contract_lives_in_the_repository() -> None:
+    """Code comments cite the README and docs/, never a document that is not in the repository."""
+    assert (ROOT / "docs/behaviour.md").is_file()
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in [*PACKAGE.rglob("*.py"), *Path(ROOT / "tests").rglob("*.py")]
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bSPEC\b", line) and path.name != "test_public_surface.py"
+    ]
+    assert offenders == []
