@@ -1,6 +1,6 @@
 """Load and validate cookieguard's YAML configuration.
 
-The whole schema (SPEC section 5) lives here: YAML is read once, `${VAR}` references are
+The whole schema (README "Configuration reference") lives here: YAML is read once, `${VAR}` references are
 expanded, and every value is checked and turned into frozen dataclasses. All problems are
 collected with their key path and reported together; nothing downstream re-checks config.
 """

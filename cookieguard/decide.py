@@ -20,7 +20,7 @@ def needs_refresh(
     clock_drift_ms: int = 0,
     access_issued_at: float | None = None,
 ) -> Action:
-    """SPEC 2. `access_expires_at` is None when there is no usable access token.
+    """docs/behaviour.md §2. `access_expires_at` is None when there is no usable access token.
 
     Amplify keeps `clockDrift` = server time - browser time (ms) and judges expiry on the
     server's clock; the proxy does the same so both agree on when a token is due.

@@ -245,7 +245,7 @@ class Proxy:
         )
         result = await self.auth.refresher.refresh(
             session.refresh_token,
-            # Cognito's SECRET_HASH is computed over the username the cookies name (SPEC 3).
+            # Cognito's SECRET_HASH is computed over the username the cookies name (docs/behaviour.md §5).
             username=session.user,
             device_key=session.device_key,
             claimant=Claimant(address, proof.subject),
@@ -385,7 +385,7 @@ class Proxy:
         return (check.claims.iat, check.claims.exp) if check.claims else (None, None)
 
     def _opaque_lifetime(self, token: str) -> tuple[float | None, float | None]:
-        # An opaque token's lifetime is known only from a token response we saw ourselves (SPEC 4:
+        # An opaque token's lifetime is known only from a token response we saw ourselves (docs/behaviour.md §2:
         # expires_in); one we never saw is treated as not due: the app's own login just issued it.
         assert self.auth is not None
         return self.auth.refresher.opaque_lifetime(token) or (None, float("inf"))

@@ -1,7 +1,7 @@
 """One refresh per refresh token: single-flight in the process, a leased lock in the store, and
 the result kept for `refresh.grace` so late requests reuse it instead of spending the token again.
 
-Outcomes (SPEC 6): `refreshed` (this request called the IdP), `joined` (it waited for a refresh
+Outcomes (docs/behaviour.md §3): `refreshed` (this request called the IdP), `joined` (it waited for a refresh
 already under way), `reused` (it found a result from the grace window), `rejected` (the IdP said
 the session is over), `failed` (the IdP could not answer: keep the session, back off), `limited`
 (a budget of README "Abuse limits" refused the IdP call: nothing stored, no backoff, the session
@@ -215,7 +215,7 @@ class Refresher:
                 return
 
     def note_opaque_lifetime(self, access_token: str, issued_at: float, expires_at: float) -> None:
-        """Remember the lifetime of an opaque access token we received (SPEC 4: expires_in)."""
+        """Remember the lifetime of an opaque access token we received (docs/behaviour.md §2: expires_in)."""
         self._opaque_lifetimes[store_key(access_token)] = (issued_at, expires_at)
         while len(self._opaque_lifetimes) > self.max_entries:
             self._opaque_lifetimes.popitem(last=False)

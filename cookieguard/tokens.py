@@ -1,10 +1,10 @@
-"""Reading JWT claims and verifying tokens (SPEC section 4 "Token checks").
+"""Reading JWT claims and verifying tokens (docs/behaviour.md §2, §6).
 
 Two layers:
 
 * A pure core. `read_claims` decodes a JWT's header and payload *without* verifying anything and
   never raises; it is memoised per token string, because the proxy sees the same few thousand
-  tokens over and over and the fast path (SPEC section 2) must cost one dict lookup, not base64 +
+  tokens over and over and the fast path (docs/behaviour.md §1) must cost one dict lookup, not base64 +
   JSON. `check_claims` judges verified claims against what the configured client expects.
 * An I/O shell, `TokenVerifier`, which fetches the IdP's JWKS with the proxy's aiohttp session
   (PyJWT's `PyJWKClient` uses blocking urllib and would stall the event loop) and verifies
@@ -279,7 +279,7 @@ def read_claims(token: str) -> Claims | None:
 
 
 def session_id(refresh_token: str) -> str:
-    """The `session` log field (SPEC section 6): names a session without revealing its token."""
+    """The `session` log field (README "Logs"): names a session without revealing its token."""
     return hashlib.sha256(refresh_token.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
