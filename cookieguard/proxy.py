@@ -385,8 +385,9 @@ class Proxy:
         return (check.claims.iat, check.claims.exp) if check.claims else (None, None)
 
     def _opaque_lifetime(self, token: str) -> tuple[float | None, float | None]:
-        # An opaque token's lifetime is known only from a token response we saw ourselves (docs/behaviour.md §2:
-        # expires_in); one we never saw is treated as not due: the app's own login just issued it.
+        # An opaque token's lifetime is known only from a token response we saw ourselves
+        # (docs/behaviour.md §2: expires_in); one we never saw is treated as not due: the app's
+        # own login just issued it.
         assert self.auth is not None
         return self.auth.refresher.opaque_lifetime(token) or (None, float("inf"))
 
