@@ -1,4 +1,4 @@
-"""A real browser, the real Next.js + @supabase/ssr app, a GoTrue-compatible server, with and without cookieguard.
+"""A real browser, the real Next.js + @supabase/ssr app, a GoTrue-like server, with and without cookieguard.
 
 What runs, all on loopback and ephemeral ports, each stopped by its own PID (or, for the auth
 server, closed on its own event loop):
@@ -353,7 +353,9 @@ def test_directly_the_redirect_drops_the_refreshed_session(
         signed_in = browser.session()
         assert signed_in is not None
         _wait_until(signed_in["expires_at"] + 1, "the access token has expired", transcript)
-        page = transcript.step("after the expiry: follow the link to /", browser.command("click", selector="#home"))
+        page = transcript.step(
+            "after the expiry: follow the link to /", browser.command("click", selector="#home")
+        )
         browser.command("screenshot", path=str(OUTPUT / "supabase-direct.png"))
         after = browser.session()
     finally:
@@ -377,7 +379,9 @@ def test_directly_the_redirect_drops_the_refreshed_session(
     assert after is not None and after["refresh_token"] != signed_in["refresh_token"]
 
 
-def test_through_cookieguard_one_refresh_per_expiry(auth: AuthServer, next_app: str, browser: Browser) -> None:
+def test_through_cookieguard_one_refresh_per_expiry(
+    auth: AuthServer, next_app: str, browser: Browser
+) -> None:
     auth.fresh_tokens_last(BEFORE_EXPIRY_S + THROUGH_DUE_AFTER_S)
     # The agreed configuration for Next.js + Supabase users, pointed at the test server.
     config = {
@@ -399,7 +403,9 @@ def test_through_cookieguard_one_refresh_per_expiry(auth: AuthServer, next_app: 
             before = browser.session()
             assert before is not None
             _wait_until(
-                before["expires_at"] - BEFORE_EXPIRY_S + 0.5, f"cookieguard's window opens ({expiry})", transcript
+                before["expires_at"] - BEFORE_EXPIRY_S + 0.5,
+                f"cookieguard's window opens ({expiry})",
+                transcript,
             )
             page = transcript.step(
                 f"expiry {expiry}: follow the link to /", browser.command("click", selector="#home")
@@ -408,11 +414,17 @@ def test_through_cookieguard_one_refresh_per_expiry(auth: AuthServer, next_app: 
             # cookieguard refreshed before forwarding and merged the new session cookie into the
             # app's bare redirect; /dashboard then had a fresh token and nothing to refresh.
             assert (redirect["path"], redirect["status"], redirect["location"]) == ("/", 307, "/dashboard")
-            assert f"+{COOKIE}" in _cookie_names(redirect) or f"+{COOKIE}.0" in _cookie_names(redirect), redirect
+            assert f"+{COOKIE}" in _cookie_names(redirect) or f"+{COOKIE}.0" in _cookie_names(redirect), (
+                redirect
+            )
             assert [hop["path"] for hop in rest] == ["/dashboard"]
             assert _cookie_names(rest[0]) == [], rest[0]
             assert page["url"] == "/dashboard" and f"Signed in as {email}" in page["text"], page
-            assert (transcript.refresh_calls, transcript.already_used, transcript.reused_parent) == (expiry, 0, 0)
+            assert (transcript.refresh_calls, transcript.already_used, transcript.reused_parent) == (
+                expiry,
+                0,
+                0,
+            )
             after = browser.session()
             assert after is not None
             assert after["refresh_token"] != before["refresh_token"], "the rotated refresh token was lost"
