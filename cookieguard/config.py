@@ -68,9 +68,10 @@ class CookieAttributes:
 
 @dataclass(frozen=True)
 class CookiesConfig:
-    layout: str = "amplify"  # amplify | named
+    layout: str = "amplify"  # amplify | named | supabase
     names: CookieNames = field(default_factory=CookieNames)
     attributes: CookieAttributes = field(default_factory=CookieAttributes)
+    storage_key: str | None = None  # layout supabase: the cookie name, else derived from provider.url
 
 
 @dataclass(frozen=True)
@@ -350,15 +351,21 @@ def _build_cookies(root: _Section, provider: ProviderConfig | None) -> CookiesCo
             s.error("names", f"only valid with layout {named} ({layout} cookie names are not configurable)")
     else:
         s.seen.add("names")
+    storage_key = s.get("storage_key", _cookie_name, None)
+    if storage_key is not None and not LAYOUTS[layout].uses_storage_key:
+        keyed = " or ".join(name for name, other in LAYOUTS.items() if other.uses_storage_key)
+        s.error("storage_key", f"only valid with layout {keyed}")
+    # A layout's defaults are its cookie library's (README, "Configuration reference").
+    defaults = CookieAttributes(**LAYOUTS[layout].attribute_defaults)
     a = s.section("attributes")
-    max_age = a.get("max_age", parse_duration, 31536000.0)
+    max_age = a.get("max_age", parse_duration, float(defaults.max_age_s))
     attributes = CookieAttributes(
-        secure=a.get("secure", _bool, True),
-        same_site=a.get("same_site", _same_site, "Lax"),
-        path=a.get("path", _cookie_path, "/"),
+        secure=a.get("secure", _bool, defaults.secure),
+        same_site=a.get("same_site", _same_site, defaults.same_site),
+        path=a.get("path", _cookie_path, defaults.path),
         max_age_s=int(max_age),
-        http_only=a.get("http_only", _bool, False),
-        domain=a.get("domain", _cookie_domain, None),
+        http_only=a.get("http_only", _bool, defaults.http_only),
+        domain=a.get("domain", _cookie_domain, defaults.domain),
     )
     a.finish()
     if attributes.same_site == "None" and not attributes.secure:
@@ -374,7 +381,11 @@ def _build_cookies(root: _Section, provider: ProviderConfig | None) -> CookiesCo
             f"{layout} layout needs provider.kind {' or '.join(kinds)} "
             f"(use layout {' or '.join(fitting)} for {provider.kind})",
         )
-    return CookiesConfig(layout=layout, names=names, attributes=attributes)
+    if LAYOUTS[layout].uses_storage_key and storage_key is None and provider is None:
+        s.error(
+            "storage_key", f"required with layout {layout} when there is no provider (it names the cookie)"
+        )
+    return CookiesConfig(layout=layout, names=names, attributes=attributes, storage_key=storage_key)
 
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token

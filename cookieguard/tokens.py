@@ -75,8 +75,10 @@ JWKS_RETRY_AFTER_FAILURE_S: Final = 5.0
 JWKS_MAX_AGE_S: Final = 3600.0
 MAX_JWKS_BYTES: Final = 1 << 20
 
-# Only public-key algorithms. `none` and HS* are never accepted: an HS256 token "signed" with
-# the IdP's public key as HMAC secret is the classic algorithm-confusion forgery.
+# Only public-key algorithms. `none` and HS* are never accepted from a JWKS: an HS256 token
+# "signed" with the IdP's public key as HMAC secret is the classic algorithm-confusion forgery.
+# The one HS256 path is a configured shared secret (`provider.hmac_key`: a legacy Supabase
+# project's JWT secret), and then it is the only algorithm and no JWKS is used.
 ASYMMETRIC_ALGORITHMS: Final = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K", "EdDSA"}
 )
@@ -445,6 +447,12 @@ class TokenVerifier:
             return _OPAQUE if opaque_allowed else _NOT_A_JWT
         if not self.verify.signature:
             return TokenCheck(TokenStatus.VALID, claims, "unverified")
+        hmac_key = self.provider.hmac_key
+        if hmac_key is not None:
+            # A legacy Supabase project's shared JWT secret: HS256 with it, and nothing else.
+            if claims.alg != "HS256":
+                return TokenCheck(TokenStatus.INVALID, reason="alg_not_allowed")
+            return self._verified(token, hmac_key, "HS256", kind)
         if claims.alg not in ASYMMETRIC_ALGORITHMS:
             # Decided before any key lookup: a forged `alg` must not cost a JWKS fetch.
             return TokenCheck(TokenStatus.INVALID, reason="alg_not_allowed")
@@ -454,9 +462,13 @@ class TokenVerifier:
             return TokenCheck(TokenStatus.UNKNOWN, claims, "jwks_unavailable")
         if key is None:
             return TokenCheck(TokenStatus.INVALID, reason="unknown_kid")
+        return self._verified(token, key, key.algorithm_name, kind)
+
+    def _verified(self, token: str, key: jwt.PyJWK | str, algorithm: str, kind: TokenKind) -> TokenCheck:
+        """The signature checked with `key` for `algorithm` alone, then the claims."""
         self.signature_checks += 1
         try:
-            decoded = self._jwt.decode_complete(token, key=key, algorithms=[key.algorithm_name])
+            decoded = self._jwt.decode_complete(token, key=key, algorithms=[algorithm])
         except jwt.InvalidSignatureError:
             return TokenCheck(TokenStatus.INVALID, reason="bad_signature")
         except jwt.InvalidAlgorithmError:

@@ -57,7 +57,9 @@ def test_full_example_loads_with_defaults_filled_in() -> None:
 
 def test_the_shipped_example_configs_are_valid() -> None:
     for path in sorted((ROOT / "config").glob("*.yaml")):
-        load_config(path, env={"COGNITO_CLIENT_SECRET": "x", "COOKIEGUARD_STORE_KEY": ""})
+        load_config(
+            path, env={"COGNITO_CLIENT_SECRET": "x", "COOKIEGUARD_STORE_KEY": "", "SUPABASE_ANON_KEY": "x"}
+        )
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from .amplify import AmplifyLayout
 from .base import Chunks, FreshTokens, Layout, Session, SessionReader
 from .named import NamedLayout
+from .supabase import SupabaseLayout
 
 if TYPE_CHECKING:
     from cookieguard.config import CookiesConfig
@@ -25,12 +26,14 @@ __all__ = [
     "NamedLayout",
     "Session",
     "SessionReader",
+    "SupabaseLayout",
     "make_layout",
 ]
 
 LAYOUTS: dict[str, type[Layout]] = {
     "amplify": AmplifyLayout,
     "named": NamedLayout,
+    "supabase": SupabaseLayout,
 }
 
 

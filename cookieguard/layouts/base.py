@@ -62,6 +62,11 @@ class Layout(ABC):
     provider_kinds: ClassVar[tuple[str, ...] | None] = None
     # Whether `cookies.names` configures it.
     uses_names: ClassVar[bool] = False
+    # Whether `cookies.storage_key` configures it.
+    uses_storage_key: ClassVar[bool] = False
+    # `cookies.attributes` defaults of this layout where they differ from CookieAttributes' own
+    # (field name -> value): what the app's own cookie library writes.
+    attribute_defaults: ClassVar[Mapping[str, Any]] = {}
 
     @classmethod
     @abstractmethod

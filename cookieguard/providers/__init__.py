@@ -14,6 +14,7 @@ from cookieguard.schema import Section, one_of
 from .base import Provider, ProviderConfig, RefreshRejected, RefreshUnavailable, TokenSet, load_common
 from .cognito import CognitoConfig
 from .oidc import OidcConfig
+from .supabase import SupabaseConfig
 
 __all__ = [
     "KINDS",
@@ -29,6 +30,7 @@ __all__ = [
 KINDS: dict[str, type[ProviderConfig]] = {
     CognitoConfig.kind: CognitoConfig,
     OidcConfig.kind: OidcConfig,
+    SupabaseConfig.kind: SupabaseConfig,
 }
 
 
@@ -41,7 +43,7 @@ def load_provider(s: Section) -> ProviderConfig | None:
         s.seen.update(s.data)  # the other keys cannot be judged without a kind
         return None
     record = KINDS[kind]
-    config = record.load(s, load_common(s))
+    config = record.load(s, load_common(s, record))
     for key in s.data:
         owners = [name for name, other in KINDS.items() if other is not record and key in other.yaml_keys]
         if key not in s.seen and owners:

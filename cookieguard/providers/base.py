@@ -103,6 +103,9 @@ class ProviderConfig(ABC):
     opaque_access_tokens: ClassVar[bool] = False
     # Why `verify.audience` means nothing for this kind (None: it is checked on access tokens).
     audience_unused: ClassVar[str | None] = None
+    # Whether `client_id` and `client_secret` are keys of this kind (Supabase has neither: the
+    # project is named by its URL and the app by its anon key).
+    uses_client: ClassVar[bool] = True
 
     client_id: str
     client_secret: str | None = field(default=None, repr=False)
@@ -119,6 +122,12 @@ class ProviderConfig(ABC):
     @abstractmethod
     def issuer(self) -> str | None:
         """The `iss` its tokens carry; None when not known from the configuration."""
+
+    @property
+    def hmac_key(self) -> str | None:
+        """The shared secret that signs this configuration's tokens with HS256, or None: then only
+        public keys from the JWKS verify them, and HS256 is refused (algorithm confusion)."""
+        return None
 
     @property
     def default_jwks_url(self) -> str | None:
@@ -139,12 +148,19 @@ class ProviderConfig(ABC):
         """The refresh client for this configuration, over the proxy's IdP session."""
 
 
-def load_common(s: Section) -> dict[str, Any]:
+def load_common(s: Section, record: type[ProviderConfig]) -> dict[str, Any]:
     """The keys every kind has, read into the fields of ProviderConfig (only those set)."""
-    common: dict[str, Any] = {"client_id": s.get("client_id", nonempty_string, "")}
-    if not common["client_id"] and not s.has("client_id"):
-        s.error("client_id", "required")
-    if s.has("client_secret"):
+    if not record.uses_client:
+        for key in ("client_id", "client_secret"):
+            s.seen.add(key)
+            if key in s.data:
+                s.error(key, f"not used by kind {record.kind}")
+        common: dict[str, Any] = {}
+    else:
+        common = {"client_id": s.get("client_id", nonempty_string, "")}
+        if not common["client_id"] and not s.has("client_id"):
+            s.error("client_id", "required")
+    if s.has("client_secret") and record.uses_client:
         common["client_secret"] = s.get("client_secret", string, "") or None
     if s.has("timeout"):
         common["timeout_s"] = s.get("timeout", positive_duration, ProviderConfig.timeout_s)

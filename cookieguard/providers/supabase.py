@@ -31,18 +31,23 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from cookieguard.providers.base import (
+    ProviderConfig,
     RefreshRejected,
     RefreshUnavailable,
     TokenSet,
     idp_timeout,
     parse_retry_after,
 )
+from cookieguard.schema import Section, http_url, nonempty_string, string
+from cookieguard.tokens import Expectations, TokenKind
 
 # supabase/auth internal/api/apierrors/errorcode.go: the refresh token or its session is gone.
 SESSION_OVER_CODES = frozenset(
@@ -63,10 +68,98 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
+# GoTrue's default `aud` (GOTRUE_JWT_AUD); `verify.audience` overrides it.
+AUDIENCE = "authenticated"
+# Supabase generates legacy JWT secrets of 40 characters and refuses shorter than 32; an HMAC key
+# shorter than the hash (RFC 7518 3.2) is also what PyJWT warns about.
+MIN_JWT_SECRET_CHARS = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupabaseConfig(ProviderConfig):
+    """`provider.kind: supabase`: a Supabase project's Auth (GoTrue), named by its URL.
+
+    There is no client id or secret: the project is its URL and the app is its anon (publishable)
+    key, sent as `apikey`. `client_id` holds the project ref (`<ref>.supabase.co`) for the places
+    that print one. Access tokens are verified against the project's JWKS (asymmetric keys), or,
+    with `jwt_secret` (legacy projects), with HS256 and that secret only: never both, so a token
+    "signed" with a public key as HMAC secret cannot pass (algorithm confusion).
+    """
+
+    kind: ClassVar[str] = "supabase"
+    yaml_keys: ClassVar[tuple[str, ...]] = ("url", "anon_key", "jwt_secret")
+    uses_client: ClassVar[bool] = False
+
+    url: str
+    anon_key: str = field(repr=False)
+    jwt_secret: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, s: Section, common: dict[str, Any]) -> SupabaseConfig | None:
+        url = s.get("url", http_url, "").rstrip("/")
+        if not s.has("url"):
+            s.error("url", "required for kind supabase (the project URL, e.g. https://<ref>.supabase.co)")
+        elif url and urlsplit(url).query:
+            s.error("url", "the project URL has no query string")
+        # Never echoed: the messages of these parsers do not quote the value.
+        anon_key = s.get("anon_key", nonempty_string, "")
+        if not s.has("anon_key"):
+            s.error("anon_key", "required for kind supabase (the project's anon or publishable key)")
+        jwt_secret = s.get("jwt_secret", string, "") or None
+        if jwt_secret is not None and len(jwt_secret) < MIN_JWT_SECRET_CHARS:
+            s.error(
+                "jwt_secret",
+                f"too short for a Supabase JWT secret (at least {MIN_JWT_SECRET_CHARS} characters)",
+            )
+        if jwt_secret is not None and common.get("jwks_url"):
+            s.error(
+                "jwt_secret",
+                "not with jwks_url: a legacy project signs with its JWT secret (HS256), a current one "
+                "with the keys of its JWKS; configure one of them",
+            )
+        ref = (urlsplit(url).hostname or "").split(".")[0]
+        return cls(url=url, anon_key=anon_key, jwt_secret=jwt_secret, client_id=ref, **common)
+
+    @property
+    def issuer(self) -> str:
+        return f"{self.url}/auth/v1"
+
+    @property
+    def hmac_key(self) -> str | None:
+        return self.jwt_secret
+
+    @property
+    def default_jwks_url(self) -> str | None:
+        if self.jwt_secret:
+            return None  # HS256 only: no public key may verify these tokens
+        return self.jwks_url or f"{self.issuer}/.well-known/jwks.json"
+
+    @property
+    def refresh_endpoint(self) -> str:
+        return f"{self.issuer}/token?grant_type=refresh_token"
+
+    def expectations(self, token: TokenKind, *, audience: str | None) -> Expectations:
+        # Supabase has access tokens only (no id token); `sub` is the user's id.
+        return Expectations(issuers=(self.issuer,), audience=audience or AUDIENCE)
+
+    def make_provider(self, session: aiohttp.ClientSession) -> SupabaseProvider:
+        return SupabaseProvider(
+            self.url, self.anon_key, timeout_s=self.timeout_s, session=session, jwks_url=self.default_jwks_url
+        )
+
+
 class SupabaseProvider:
     """Refreshes Supabase sessions at `{url}/auth/v1/token`."""
 
-    def __init__(self, url: str, anon_key: str, *, timeout_s: float, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        url: str,
+        anon_key: str,
+        *,
+        timeout_s: float,
+        session: aiohttp.ClientSession,
+        jwks_url: str | None = None,
+    ) -> None:
         if not anon_key:
             raise ValueError("SupabaseProvider needs the project's anon or publishable key")
         self._token_url = url.rstrip("/") + "/auth/v1/token?grant_type=refresh_token"
@@ -78,10 +171,15 @@ class SupabaseProvider:
         }
         self._timeout = idp_timeout(timeout_s)
         self._session = session
+        self._jwks_url = jwks_url
 
     @property
     def token_url(self) -> str:
         return self._token_url
+
+    async def resolve_jwks_url(self) -> str | None:
+        """Known from the configuration (None for a legacy HS256 project: no keys to fetch)."""
+        return self._jwks_url
 
     async def refresh(
         self, refresh_token: str, *, username: str | None = None, device_key: str | None = None

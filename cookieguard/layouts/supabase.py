@@ -1,8 +1,8 @@
-"""The `@supabase/ssr` session cookie: read it, and write it back after a refresh.
+"""The `supabase` layout: the session cookie `@supabase/ssr` keeps, read and written back whole.
 
-Pure functions over plain data: no I/O, no clock, no logging. What they reproduce was read in
+Pure: no I/O, no clock, no logging. What it reproduces was read in
 `@supabase/ssr` 0.12.7 (`cookies.js`, `utils/chunker.js`, `utils/base64url.js`,
-`utils/constants.js`) and checked against the library itself by tests/test_supabase_cookie.py
+`utils/constants.js`) and checked against the library itself by tests/test_layout_supabase.py
 (the README's Supabase section states the same facts):
 
 - The cookie is named after auth-js's storage key, `sb-<ref>-auth-token`, where `ref` is the
@@ -35,19 +35,23 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from cookieguard.cookies import encode_uri_component
+from cookieguard.cookies import SetCookie, encode_uri_component, format_cookie_header, select_cookies
+from cookieguard.layouts.base import Chunks, FreshTokens, Layout, Pairs, Session
+from cookieguard.tokens import decode_claims
+
+if TYPE_CHECKING:
+    from cookieguard.config import CookieAttributes, CookiesConfig
+    from cookieguard.providers.base import ProviderConfig
 
 __all__ = [
     "BASE64_PREFIX",
     "DEFAULT_MAX_AGE_S",
     "MAX_CHUNK_SIZE",
     "OWNED_FIELDS",
-    "CookieWrite",
-    "SupabaseCookieAttributes",
+    "SupabaseLayout",
     "decode_value",
     "encode_value",
     "read_session",
@@ -64,41 +68,6 @@ DEFAULT_MAX_AGE_S = 400 * 24 * 60 * 60
 OWNED_FIELDS = ("access_token", "refresh_token", "expires_in", "expires_at", "token_type")
 
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
-
-
-@dataclass(frozen=True)
-class SupabaseCookieAttributes:
-    """The attributes written with the cookie; the defaults are @supabase/ssr's."""
-
-    path: str = "/"
-    domain: str | None = None
-    max_age_s: int = DEFAULT_MAX_AGE_S
-    secure: bool = False
-    http_only: bool = False
-    same_site: str | None = "Lax"
-
-
-@dataclass(frozen=True)
-class CookieWrite:
-    """One `Set-Cookie`: `value` is already encoded for the header; `max_age_s == 0` deletes."""
-
-    name: str
-    value: str = field(repr=False)
-    max_age_s: int
-    host_only: bool = False  # a deletion sent without the configured Domain
-
-    def header(self, attrs: SupabaseCookieAttributes) -> str:
-        parts = [f"{self.name}={self.value}", f"Path={attrs.path}"]
-        if attrs.domain and not self.host_only:
-            parts.append(f"Domain={attrs.domain}")
-        parts.append(f"Max-Age={self.max_age_s}")
-        if attrs.secure:
-            parts.append("Secure")
-        if attrs.http_only:
-            parts.append("HttpOnly")
-        if attrs.same_site:
-            parts.append(f"SameSite={attrs.same_site}")
-        return "; ".join(parts)
 
 
 def storage_key(project_url: str, explicit: str | None = None) -> str:
@@ -267,8 +236,8 @@ def session_cookies(
     key: str,
     session: Mapping[str, Any],
     request_cookie_names: Sequence[str],
-    attrs: SupabaseCookieAttributes = SupabaseCookieAttributes(),
-) -> list[CookieWrite]:
+    attrs: CookieAttributes,
+) -> list[SetCookie]:
     """The `Set-Cookie`s that store `session`: deletions of the request's stale chunks (and of
     the unchunked cookie when switching to chunks, or back), then the new value or chunks."""
     writes = split_chunks(key, encode_value(session))
@@ -277,9 +246,134 @@ def session_cookies(
     for name in request_cookie_names:
         if _is_chunk_like(name, key) and name not in written and name not in stale:
             stale.append(name)
-    deletions = [CookieWrite(name, "", 0) for name in stale]
+    deletions = [SetCookie.expired(name, attrs) for name in stale]
     if attrs.domain:
-        deletions = [CookieWrite(name, "", 0, host_only=True) for name in stale] + deletions
+        # A cookie the browser client wrote host-only would survive a deletion with Domain.
+        host_only = [SetCookie.expired(name, attrs) for name in stale]
+        deletions = [_without_domain(c) for c in host_only] + deletions
     return deletions + [
-        CookieWrite(name, encode_uri_component(value), attrs.max_age_s) for name, value in writes
+        SetCookie.with_attributes(name, encode_uri_component(value), attrs) for name, value in writes
     ]
+
+
+def _without_domain(cookie: SetCookie) -> SetCookie:
+    return SetCookie(
+        name=cookie.name,
+        value=cookie.value,
+        path=cookie.path,
+        domain=None,
+        max_age_s=cookie.max_age_s,
+        secure=cookie.secure,
+        http_only=cookie.http_only,
+        same_site=cookie.same_site,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The layout
+# ---------------------------------------------------------------------------------------------
+
+
+class SupabaseLayout(Layout):
+    """`sb-<ref>-auth-token` (or `cookies.storage_key`), chunked as @supabase/ssr chunks it.
+
+    The session JSON is the layout's `payload`: after a refresh it is written back whole, with
+    the fields of `OWNED_FIELDS` replaced and every other one (`user`, `provider_token`, ...)
+    kept as read.
+    """
+
+    provider_kinds: ClassVar[tuple[str, ...] | None] = ("supabase",)
+    uses_storage_key: ClassVar[bool] = True
+    # @supabase/ssr's DEFAULT_COOKIE_OPTIONS: not Secure (it runs on http://localhost too),
+    # Max-Age 400 days (the longest Chrome keeps).
+    attribute_defaults: ClassVar[Mapping[str, Any]] = {"secure": False, "max_age_s": DEFAULT_MAX_AGE_S}
+
+    @classmethod
+    def from_config(cls, cookies: CookiesConfig, provider: ProviderConfig | None) -> SupabaseLayout:
+        if cookies.storage_key:
+            return cls(cookies.storage_key)
+        url = getattr(provider, "url", None)
+        if not isinstance(url, str) or not url:
+            raise ValueError("the supabase cookie layout needs provider.url or cookies.storage_key")
+        return cls(storage_key(url))
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._prefixes = (key,)
+
+    def relevant_cookies(self, header: str) -> Pairs:
+        return select_cookies(header, self._prefixes)
+
+    def _base_of(self, name: str) -> str | None:
+        return self.key if _is_chunk_like(name, self.key) else None
+
+    def read(self, cookies: Sequence[tuple[str, str]]) -> Session | None:
+        names = frozenset(name for name, _ in cookies if _is_chunk_like(name, self.key))
+        if not names:
+            return None
+        payload = read_session(cookies, self.key)
+        if payload is None:
+            # Chunks of two different writes, or not a session at all: as @supabase/ssr does,
+            # no session (the cookies are passed through untouched).
+            return None
+        user = payload.get("user")
+        email = user.get("email") if isinstance(user, dict) else None
+        sub = user.get("id") if isinstance(user, dict) else None
+        return Session(
+            user=_text(email) or _text(sub),
+            access_token=_text(payload.get("access_token")),
+            id_token=None,
+            refresh_token=_text(payload.get("refresh_token")),
+            cookie_names=names,
+            payload=payload,
+        )
+
+    def fresh_session(self, session: Session, tokens: FreshTokens) -> dict[str, Any]:
+        """The session JSON after a refresh (`expires_at` from the new token's `exp`)."""
+        old: Mapping[str, Any] = session.payload if isinstance(session.payload, Mapping) else {}
+        claims = decode_claims(tokens.access_token)
+        exp = int(claims.exp) if claims and claims.exp is not None else None
+        iat = int(claims.iat) if claims and claims.iat is not None else None
+        expires_in = tokens.expires_in_s
+        if expires_in is None and exp is not None and iat is not None:
+            expires_in = exp - iat
+        if exp is None and iat is not None and expires_in is not None:
+            exp = iat + expires_in  # no `exp` claim: the token response's lifetime from its issue
+        return updated_session(
+            old,
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token,
+            # auth-js requires `expires_at` (isValidSession); a token without `exp` or `iat`
+            # keeps the old one, so the browser client refreshes it itself.
+            expires_in=expires_in if expires_in is not None else _int(old.get("expires_in")),
+            expires_at=exp if exp is not None else _int(old.get("expires_at")),
+        )
+
+    def _fresh_pairs(self, session: Session, tokens: FreshTokens) -> Pairs:
+        value = encode_value(self.fresh_session(session, tokens))
+        return [(name, encode_uri_component(part)) for name, part in split_chunks(self.key, value)]
+
+    def cookie_header(self, cookies: Sequence[tuple[str, str]], session: Session, tokens: FreshTokens) -> str:
+        fresh = {self.key: self._fresh_pairs(session, tokens)}
+        return format_cookie_header(Chunks.replace(cookies, session.cookie_names, fresh, self._base_of))
+
+    def set_cookies(self, session: Session, tokens: FreshTokens, attrs: CookieAttributes) -> list[SetCookie]:
+        return session_cookies(
+            self.key,
+            self.fresh_session(session, tokens),
+            sorted(session.cookie_names, key=_chunk_order),
+            attrs,
+        )
+
+
+def _chunk_order(name: str) -> tuple[int, str]:
+    index = name.rpartition(".")[2]
+    return (int(index) if index.isdigit() else -1, name)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0

@@ -1,4 +1,4 @@
-"""cookieguard/supabase_cookie.py against the real @supabase/ssr (tests/supabase_ssr, Node).
+"""cookieguard/layouts/supabase.py against the real @supabase/ssr (tests/supabase_ssr, Node).
 
 Round trips both ways: cookies the library writes are read by our codec, and cookies our codec
 writes are read by the library's `createServerClient(...).auth.getSession()`, unchunked and
@@ -9,11 +9,8 @@ library serialized, so both sides meet in what a browser really carries.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,12 +18,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cookieguard.cookies import encode_uri_component
-from cookieguard.supabase_cookie import (
+from cookieguard.config import CookieAttributes
+from cookieguard.cookies import SetCookie, encode_uri_component
+from cookieguard.layouts import LAYOUTS
+from cookieguard.layouts.supabase import (
     DEFAULT_MAX_AGE_S,
     MAX_CHUNK_SIZE,
-    CookieWrite,
-    SupabaseCookieAttributes,
     decode_value,
     encode_value,
     read_session,
@@ -36,66 +33,14 @@ from cookieguard.supabase_cookie import (
     updated_session,
 )
 from tests.support.gotrue import GoTrueServer
+from tests.support.ssr import Jar, needs_node, ssr
 
-SSR_DIR = Path(__file__).resolve().parent / "supabase_ssr"
-NODE_TIMEOUT_S = 30.0
-
-needs_node = pytest.mark.skipif(
-    shutil.which("node") is None or not (SSR_DIR / "node_modules" / "@supabase" / "ssr").is_dir(),
-    reason="node or tests/supabase_ssr/node_modules missing (make supabase-node)",
-)
+# What `cookies.attributes` is for this layout when the YAML leaves it out: @supabase/ssr's.
+SSR_ATTRS = CookieAttributes(**LAYOUTS["supabase"].attribute_defaults)
 
 
-async def ssr(request: dict[str, Any]) -> dict[str, Any]:
-    """One call of tests/supabase_ssr/ssr.mjs (the real library)."""
-    process = await asyncio.create_subprocess_exec(
-        "node",
-        "ssr.mjs",
-        cwd=SSR_DIR,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(
-            process.communicate(json.dumps(request).encode()), NODE_TIMEOUT_S
-        )
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
-    answer: dict[str, Any] = json.loads(stdout)
-    return answer
-
-
-class Jar:
-    """A browser's cookies for one site: applies Set-Cookie headers, sends a Cookie header."""
-
-    def __init__(self) -> None:
-        self.cookies: dict[str, str] = {}
-
-    def apply(self, set_cookies: list[str]) -> None:
-        for header in set_cookies:
-            pair, *attributes = header.split(";")
-            name, _, value = pair.partition("=")
-            max_age = next(
-                (a.split("=")[1] for a in attributes if a.strip().lower().startswith("max-age=")), None
-            )
-            if max_age is not None and int(max_age) <= 0:
-                self.cookies.pop(name, None)
-            else:
-                self.cookies[name] = value
-
-    def header(self) -> str:
-        return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
-
-    def pairs(self) -> list[tuple[str, str]]:
-        return list(self.cookies.items())
-
-
-def headers(writes: list[CookieWrite], attrs: SupabaseCookieAttributes | None = None) -> list[str]:
-    return [w.header(attrs or SupabaseCookieAttributes()) for w in writes]
+def headers(writes: list[SetCookie]) -> list[str]:
+    return [w.header() for w in writes]
 
 
 @pytest.fixture
@@ -165,15 +110,17 @@ def test_a_refresh_keeps_every_field_cookieguard_does_not_own() -> None:
 
 def test_stale_chunks_are_deleted_first() -> None:
     small = {"access_token": "a", "refresh_token": "r", "expires_at": 1}
-    writes = session_cookies("k", small, ["k.0", "k.1", "k.2", "other", "k.x"])
+    writes = session_cookies("k", small, ["k.0", "k.1", "k.2", "other", "k.x"], SSR_ATTRS)
     assert [(w.name, w.max_age_s) for w in writes] == [
         ("k.0", 0),
         ("k.1", 0),
         ("k.2", 0),
         ("k", DEFAULT_MAX_AGE_S),
     ]
-    attrs = SupabaseCookieAttributes(domain="example.com", secure=True)
-    with_domain = headers(session_cookies("k", small, ["k", "k.0"], attrs), attrs)
+    attrs = CookieAttributes(
+        **LAYOUTS["supabase"].attribute_defaults | {"domain": "example.com", "secure": True}
+    )
+    with_domain = headers(session_cookies("k", small, ["k", "k.0"], attrs))
     assert with_domain[0] == "k.0=; Path=/; Max-Age=0; Secure; SameSite=Lax"  # host-only first
     assert with_domain[1] == "k.0=; Path=/; Domain=example.com; Max-Age=0; Secure; SameSite=Lax"
     assert with_domain[2].startswith("k=base64-") and with_domain[2].endswith(
@@ -191,7 +138,7 @@ json_values = st.recursive(
 @given(st.dictionaries(st.text(), json_values, max_size=6), st.integers(0, 6000))
 def test_encode_then_read_gives_the_session_back(session: dict[str, Any], padding: int) -> None:
     session = session | {"pad": "ü" * padding}
-    writes = session_cookies("sb-x-auth-token", session, [])
+    writes = session_cookies("sb-x-auth-token", session, [], SSR_ATTRS)
     assert all(len(w.value) <= MAX_CHUNK_SIZE for w in writes)
     assert read_session([(w.name, w.value) for w in writes], "sb-x-auth-token") == session
 
@@ -243,7 +190,7 @@ async def test_library_writes_our_codec_reads(gotrue: GoTrueServer, metadata_siz
 async def test_our_codec_writes_library_reads(gotrue: GoTrueServer, metadata_size: int) -> None:
     session = a_session(gotrue, metadata_size)
     jar = Jar()
-    jar.apply(headers(session_cookies(KEY, session, [])))
+    jar.apply(headers(session_cookies(KEY, session, [], SSR_ATTRS)))
     answer = await ssr({"op": "read", "url": URL, "cookieHeader": jar.header()})
     assert answer["error"] is None
     assert answer["session"] == session
@@ -264,10 +211,10 @@ async def test_our_writes_match_the_library_when_the_chunk_count_changes(
     gotrue: GoTrueServer, before: int, after: int, stale: bool
 ) -> None:
     jar = Jar()
-    jar.apply(headers(session_cookies(KEY, a_session(gotrue, before), [])))
+    jar.apply(headers(session_cookies(KEY, a_session(gotrue, before), [], SSR_ATTRS)))
     new = a_session(gotrue, after)
     library = await ssr({"op": "write", "url": URL, "session": new, "cookieHeader": jar.header()})
-    ours = session_cookies(KEY, new, list(jar.cookies))
+    ours = session_cookies(KEY, new, list(jar.cookies), SSR_ATTRS)
     theirs = [
         (item["name"], encode_uri_component(item["value"]), item["options"]["maxAge"])
         for item in library["setAll"]
@@ -297,7 +244,7 @@ async def test_legacy_plain_json_cookies_are_read(gotrue: GoTrueServer) -> None:
 async def test_after_our_refresh_the_library_reads_our_cookie(gotrue: GoTrueServer) -> None:
     session = a_session(gotrue, 9000)
     jar = Jar()
-    jar.apply(headers(session_cookies(KEY, session, [])))
+    jar.apply(headers(session_cookies(KEY, session, [], SSR_ATTRS)))
     chunks_before = len(jar.cookies)
     async with (
         aiohttp.ClientSession() as http,
@@ -318,7 +265,7 @@ async def test_after_our_refresh_the_library_reads_our_cookie(gotrue: GoTrueServ
         expires_at=tokens["expires_at"],
     )
     fresh["user"]["user_metadata"] = {"bio": "short now"}  # fewer chunks: stale ones must go
-    jar.apply(headers(session_cookies(KEY, fresh, list(jar.cookies))))
+    jar.apply(headers(session_cookies(KEY, fresh, list(jar.cookies), SSR_ATTRS)))
     assert len(jar.cookies) < chunks_before
     answer = await ssr({"op": "read", "url": URL, "cookieHeader": jar.header()})
     assert answer["session"] == fresh
@@ -335,7 +282,7 @@ async def test_after_the_library_refreshes_our_codec_reads_its_cookie(gotrue: Go
     gotrue.clock.advance(7200)
     key = storage_key(gotrue.url)
     jar = Jar()
-    jar.apply(headers(session_cookies(key, session, [])))
+    jar.apply(headers(session_cookies(key, session, [], SSR_ATTRS)))
     answer = await ssr(
         {"op": "read", "url": gotrue.url, "anonKey": gotrue.anon_key, "cookieHeader": jar.header()}
     )
