@@ -63,22 +63,24 @@ bench: $(STAMP)
 		apt-get update && apt-get install -y nginx wrk; fi
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-# A real browser against the Next.js + Amplify example, directly and through cookieguard
-# (examples/nextjs-amplify/README.md); about 4 minutes, not part of `make test`. Installs Debian's
-# chromium when missing, the example's npm packages from its lockfile, and builds it.
-E2E_APP := examples/nextjs-amplify
-E2E_SOURCES := $(wildcard $(E2E_APP)/*.ts $(E2E_APP)/*.json $(E2E_APP)/app/*.tsx $(E2E_APP)/app/*/*.tsx)
+# A real browser against the two Next.js examples, Amplify (examples/nextjs-amplify/README.md) and
+# Supabase (examples/nextjs-supabase/README.md), each directly and through cookieguard; about 7
+# minutes, not part of `make test`. Installs Debian's chromium when missing, each example's npm
+# packages from its lockfile, and builds each.
+E2E_APPS := examples/nextjs-amplify examples/nextjs-supabase
+e2e_sources = $(wildcard $(1)/*.ts $(1)/*.json $(1)/app/*.tsx $(1)/app/*/*.ts $(1)/app/*/*.tsx $(1)/utils/*/*.ts)
 .PHONY: e2e
-e2e: $(STAMP) $(E2E_APP)/.next/BUILD_ID
+e2e: $(STAMP) $(E2E_APPS:%=%/.next/BUILD_ID)
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
-	$(PY) -m pytest $(E2E_APP)/e2e -p no:cacheprovider -v -s
+	$(PY) -m pytest $(E2E_APPS:%=%/e2e) -p no:cacheprovider -v -s
 
-$(E2E_APP)/node_modules/.package-lock.json: $(E2E_APP)/package-lock.json
-	cd $(E2E_APP) && npm ci --no-audit --no-fund --loglevel=error
+%/node_modules/.package-lock.json: %/package-lock.json
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-$(E2E_APP)/.next/BUILD_ID: $(E2E_APP)/node_modules/.package-lock.json $(E2E_SOURCES)
-	cd $(E2E_APP) && NEXT_TELEMETRY_DISABLED=1 node_modules/.bin/next build
+.SECONDEXPANSION:
+$(E2E_APPS:%=%/.next/BUILD_ID): %/.next/BUILD_ID: %/node_modules/.package-lock.json $$(call e2e_sources,%)
+	cd $* && NEXT_TELEMETRY_DISABLED=1 node_modules/.bin/next build
 
 # Load with faults (bench/README.md, "Load with faults"): 1,000 keep-alive connections for 60 s
 # against `cookieguard run`, sessions expiring mid-run, the IdP failing 10% of refresh calls;
