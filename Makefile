@@ -70,7 +70,7 @@ bench: $(STAMP)
 E2E_APPS := examples/nextjs-amplify examples/nextjs-supabase
 e2e_sources = $(wildcard $(1)/*.ts $(1)/*.json $(1)/app/*.tsx $(1)/app/*/*.ts $(1)/app/*/*.tsx $(1)/utils/*/*.ts)
 .PHONY: e2e
-e2e: $(STAMP) $(E2E_APPS:%=%/.next/BUILD_ID)
+e2e: $(STAMP) $(E2E_APPS:%=%/.next/BUILD_ID) examples/nextjs-amplify/public/session-health.js
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(PY) -m pytest $(E2E_APPS:%=%/e2e) -p no:cacheprovider -v -s
 
@@ -81,6 +81,10 @@ e2e: $(STAMP) $(E2E_APPS:%=%/.next/BUILD_ID)
 .SECONDEXPANSION:
 $(E2E_APPS:%=%/.next/BUILD_ID): %/.next/BUILD_ID: %/node_modules/.package-lock.json $$(call e2e_sources,%)
 	cd $* && NEXT_TELEMETRY_DISABLED=1 node_modules/.bin/next build
+
+# The Amplify example serves the session health script as it is in examples/ (never a copy in git).
+examples/nextjs-amplify/public/session-health.js: examples/session-health.js
+	mkdir -p $(@D) && cp $< $@
 
 # Load with faults (bench/README.md, "Load with faults"): 1,000 keep-alive connections for 60 s
 # against `cookieguard run`, sessions expiring mid-run, the IdP failing 10% of refresh calls;
