@@ -19,7 +19,7 @@ A retry of a refresh token already charged to the same subject or address is fre
 memory of a bucket); a join and a grace reuse never reach the budgets at all (refresh.py charges
 after its single-flight and stored-result checks).
 
-Two layers, like tokens.py:
+Two layers, like claims.py and verifier.py:
 
 * A pure core: `TokenBucket`, `BucketTable` (what the memory store keeps), `LogThrottle`. No I/O,
   no logger, the clock is passed in.

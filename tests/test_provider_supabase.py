@@ -20,7 +20,7 @@ from cookieguard.layouts import SupabaseLayout, make_layout
 from cookieguard.logs import get_logger
 from cookieguard.providers.base import ProviderConfig, RefreshRejected, RefreshUnavailable
 from cookieguard.providers.supabase import SupabaseConfig, SupabaseProvider
-from cookieguard.tokens import TokenVerifier
+from cookieguard.verifier import TokenVerifier
 from tests.support.gotrue import GoTrueServer
 from tests.support.no_secrets import KnownSecrets
 

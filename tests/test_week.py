@@ -91,13 +91,13 @@ async def live_a_week(
 def access_exp(browser: Browser, pool: PoolInfo) -> float | None:
     from urllib.parse import unquote
 
-    from cookieguard.tokens import read_claims
+    from cookieguard.claims import decode_claims
 
     for name, value in browser.cookies.items():
         if name.startswith(f"CognitoIdentityServiceProvider.{pool.client_id}.") and name.endswith(
             ".accessToken"
         ):
-            claims = read_claims(unquote(value))
+            claims = decode_claims(unquote(value))
             return claims.exp if claims else None
     return None
 
