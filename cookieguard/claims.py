@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import hashlib
 import json
 import math
@@ -22,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from .lru import LRU
+from .lru import LRU, MISSING
 
 if TYPE_CHECKING:
     from cookieguard.config import VerifyConfig
@@ -189,13 +188,6 @@ def is_cacheable(token: str, claims: Claims | None) -> bool:
     return sum(len(value) for value in strings if value) <= MAX_CACHED_CLAIM_CHARS
 
 
-class _Missing(enum.Enum):
-    MISSING = 0
-
-
-_MISSING: Final = _Missing.MISSING
-
-
 class ClaimsReader:
     """`decode_claims`, memoised per token: an `LRU` of `size` entries keyed by `token_key`.
 
@@ -216,8 +208,8 @@ class ClaimsReader:
         if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
             return None  # also keeps huge strings out of the memo
         key = token_key(token)
-        claims = self._memo.get(key, _MISSING)
-        if claims is _MISSING:
+        claims = self._memo.get(key, MISSING)
+        if claims is MISSING:
             claims = decode_claims(token)
             if is_cacheable(token, claims):
                 self._memo.put(key, claims)

@@ -13,13 +13,22 @@ Pure: no I/O, no logging. Not thread-safe: it lives on the event loop, like the 
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
-from typing import Generic, TypeVar, overload
+from typing import Final, Generic, TypeVar, overload
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 D = TypeVar("D")
+
+
+class Missing(enum.Enum):
+    MISSING = 0
+
+
+# `get`'s default where None is a value worth remembering: `if (v := c.get(k, MISSING)) is MISSING`.
+MISSING: Final = Missing.MISSING
 
 
 class LRU(Generic[K, V]):
@@ -77,6 +86,10 @@ class LRU(Generic[K, V]):
         """Keys, least recently used first."""
         return iter(self._entries)
 
+    def items(self) -> Iterator[tuple[K, V]]:
+        """(key, value) pairs, least recently used first; not a use."""
+        return iter(self._entries.items())
+
 
 class ExpiringLRU(Generic[K, V]):
     """An `LRU` whose entries also lapse at their own `expires_at` (seconds, the caller's clock).
@@ -122,9 +135,12 @@ class ExpiringLRU(Generic[K, V]):
 
     def prune(self, now: float) -> None:
         """Drop lapsed entries from the least recently used end, up to the first live one."""
-        entries = self._entries._entries
-        while entries and next(iter(entries.values()))[0] <= now:
-            entries.popitem(last=False)
+        entries = self._entries._entries  # the same module's LRU: its order is ours to walk
+        while entries:
+            key, (expires_at, _) = next(iter(entries.items()))
+            if expires_at > now:
+                return
+            del entries[key]
 
     def pop(self, key: K) -> None:
         self._entries.pop(key)
@@ -135,3 +151,11 @@ class ExpiringLRU(Generic[K, V]):
     def __len__(self) -> int:
         """Entries held, lapsed ones not yet dropped included."""
         return len(self._entries)
+
+    def __iter__(self) -> Iterator[K]:
+        """Keys, lapsed ones not yet dropped included, least recently used first."""
+        return iter(self._entries)
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        """(key, value) pairs, lapsed ones not yet dropped included, least recently used first."""
+        return ((key, entry[1]) for key, entry in self._entries.items())
