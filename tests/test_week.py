@@ -20,9 +20,10 @@ import aiohttp
 import pytest
 
 from cookieguard.app import build_app
-from cookieguard.config import CookieAttributes, parse_config
+from cookieguard.config import CookieAttributes
 from cookieguard.demo.app import DemoApp
 from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.loader import parse_config
 from tests.support.apps import Browser, amplify_cookies
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets
