@@ -112,7 +112,6 @@ class BucketTable:
     state it would have refilled to anyway after a quiet window) and `MAX_MEMBERS` members each."""
 
     def __init__(self, max_buckets: int = MAX_BUCKETS) -> None:
-        self.max_buckets = max_buckets
         self._budgets: LRU[str, _Budget] = LRU(max_buckets)
 
     def __len__(self) -> int:
