@@ -24,10 +24,11 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cookieguard.claims import ClaimsReader, decode_claims
 from cookieguard.config import VerifyConfig
 from cookieguard.demo.emulator import CognitoEmulator
 from cookieguard.providers.cognito import CognitoConfig
-from cookieguard.tokens import TokenVerifier, decode_claims, read_claims
+from cookieguard.verifier import TokenVerifier
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support.oidc_idp runs the test IdP
@@ -72,11 +73,12 @@ async def token_costs() -> None:
     port = runner.addresses[0][1]
     token = access_token(key, "bench")
     copies = ["".join(list(token)) for _ in range(20_000)]  # as if parsed from fresh Cookie headers
-    read_claims(token)
+    reader = ClaimsReader()
+    reader.read(token)
     it = iter(copies)
     cold = per_call_us(lambda: decode_claims(token), 20_000)
-    hit_same = per_call_us(lambda: read_claims(token), 200_000)
-    hit_fresh = per_call_us(lambda: read_claims(next(it)), 20_000)
+    hit_same = per_call_us(lambda: reader.read(token), 200_000)
+    hit_fresh = per_call_us(lambda: reader.read(next(it)), 20_000)
     provider = CognitoConfig(client_id=CLIENT_ID, user_pool_id=POOL_ID)
     async with aiohttp.ClientSession() as session:
         verifier = TokenVerifier(
@@ -98,8 +100,8 @@ async def token_costs() -> None:
     await runner.cleanup()
     print(f"token: {len(token)} chars (RS256, Cognito access token shape)")
     print(f"  decode_claims (base64 + json)       {cold:8.2f} us")
-    print(f"  read_claims, memo hit (same str)    {hit_same:8.3f} us")
-    print(f"  read_claims, memo hit (equal str)   {hit_fresh:8.3f} us")
+    print(f"  ClaimsReader, memo hit (same str)   {hit_same:8.3f} us")
+    print(f"  ClaimsReader, memo hit (equal str)  {hit_fresh:8.3f} us")
     print(f"  first check incl. JWKS fetch        {first_ms:8.2f} ms")
     print(f"  RS256 verify + claims, per token    {verify_us:8.1f} us")
     print(f"  peek, verdict cache hit             {peek:8.3f} us")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 
@@ -12,7 +12,7 @@ from .proxy import SessionCheck
 
 # A readiness check returns None when its dependency is fine, else a short reason.
 ReadinessCheck = Callable[[], Awaitable[dict[str, str] | None]]
-# Session repair for the session endpoint (the proxy's `check_session`), set once it exists.
+# Session repair for the session endpoint: the proxy's `check_session`.
 SessionChecker = Callable[[web.Request], Awaitable[SessionCheck]]
 
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -22,32 +22,15 @@ class Admin:
     def __init__(
         self,
         metrics: Metrics,
-        checks: dict[str, ReadinessCheck] | None = None,
+        checks: Mapping[str, ReadinessCheck] | None = None,
         *,
+        check_session: SessionChecker | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
         self.checks: dict[str, ReadinessCheck] = dict(checks or {})
-        self.check_session: SessionChecker | None = None
+        self.check_session = check_session
         self.clock = clock
-
-    def add_routes(self, app: web.Application, prefix: str, *, hidden: Iterable[str] = ()) -> None:
-        """Every endpoint under `prefix`, except those named in `hidden` (404 here: they are
-        served on the other listener, README "Endpoints")."""
-        endpoints = {
-            "healthz": (self.healthz, "GET, HEAD"),
-            "readyz": (self.readyz, "GET, HEAD"),
-            "metrics": (self.metrics_endpoint, "GET"),
-            "session": (self.session, "GET"),
-        }
-        for name in hidden:
-            del endpoints[name]
-        for name, (handler, allowed) in endpoints.items():
-            app.router.add_get(f"{prefix}/{name}", handler, allow_head="HEAD" in allowed)
-        # Nothing under the prefix is ever proxied: other methods get 405, other paths 404.
-        for name, (_, allowed) in endpoints.items():
-            app.router.add_route("*", f"{prefix}/{name}", _method_not_allowed(allowed))
-        app.router.add_route("*", prefix + "/{tail:.*}", _not_found)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n", headers=_NO_STORE)
@@ -106,6 +89,39 @@ def session_report(check: SessionCheck, now_s: float) -> dict[str, object]:
         "refreshed": check.refreshed,
         "reason": check.reason,
     }
+
+
+# The `Admin` an application's admin endpoints answer with, set when the application starts.
+ADMIN_KEY = web.AppKey("admin", Admin)
+
+# Endpoint -> (the Admin method that serves it, the methods it allows).
+_ENDPOINTS: dict[str, tuple[str, str]] = {
+    "healthz": ("healthz", "GET, HEAD"),
+    "readyz": ("readyz", "GET, HEAD"),
+    "metrics": ("metrics_endpoint", "GET"),
+    "session": ("session", "GET"),
+}
+
+
+def add_routes(app: web.Application, prefix: str, *, hidden: Iterable[str] = ()) -> None:
+    """Every endpoint under `prefix`, except those named in `hidden` (404 here: they are
+    served on the other listener, README "Endpoints"). Served by `app[ADMIN_KEY]`: the routes
+    are fixed before the application starts, the `Admin` is built when it does."""
+    endpoints = {name: spec for name, spec in _ENDPOINTS.items() if name not in set(hidden)}
+    for name, (method, allowed) in endpoints.items():
+        app.router.add_get(f"{prefix}/{name}", _served_by(method), allow_head="HEAD" in allowed)
+    # Nothing under the prefix is ever proxied: other methods get 405, other paths 404.
+    for name, (_, allowed) in endpoints.items():
+        app.router.add_route("*", f"{prefix}/{name}", _method_not_allowed(allowed))
+    app.router.add_route("*", prefix + "/{tail:.*}", _not_found)
+
+
+def _served_by(method: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        endpoint: Callable[[web.Request], Awaitable[web.Response]] = getattr(request.app[ADMIN_KEY], method)
+        return await endpoint(request)
+
+    return handler
 
 
 def _method_not_allowed(allowed: str) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from .admin import Admin
+from .admin import ADMIN_KEY, Admin, ReadinessCheck, add_routes
+from .claims import ClaimsReader
 from .config import Config
 from .layouts import make_layout
 from .limits import Budgets
@@ -23,8 +26,8 @@ from .providers.base import idp_timeout
 from .proxy import Auth, Proxy
 from .refresh import Refresher
 from .store import make_store
-from .tokens import TokenVerifier
 from .upstream import UpstreamClient
+from .verifier import TokenVerifier
 
 # Browsers send cookies up to 4096 bytes each and many of them; aiohttp's 8 KB header field
 # limit would turn a large but legitimate Cookie header into a 400.
@@ -32,7 +35,6 @@ MAX_FIELD_SIZE = 64 * 1024
 MAX_LINE_SIZE = 16 * 1024
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
-ADMIN_KEY = web.AppKey("admin", Admin)
 
 # With `admin_listen` set, these are served only there (README "Endpoints"): readyz and metrics
 # describe the deployment (store state, traffic, refresh outcomes) and have no business on a
@@ -41,83 +43,114 @@ ADMIN_KEY = web.AppKey("admin", Admin)
 ADMIN_ONLY = ("readyz", "metrics")
 
 
-def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
-    """`clock` is the wall clock token expiry is judged by (tests move it forward)."""
-    app = web.Application(client_max_size=0)
-    app.on_response_prepare.append(_server_header)
-    metrics = Metrics()
-    admin = Admin(metrics)
-    app[ADMIN_KEY] = admin
-    hidden = ADMIN_ONLY if config.admin_listen is not None else ()
-    admin.add_routes(app, config.admin_prefix, hidden=hidden)
-    auth_holder: list[Auth | None] = [None]
+@dataclass(frozen=True)
+class Services:
+    """Everything the proxy and the admin endpoints run on, built once by `open_services`."""
 
-    async def upstream_client(app: web.Application) -> AsyncIterator[None]:
+    metrics: Metrics
+    upstream: UpstreamClient
+    websockets: aiohttp.ClientSession
+    auth: Auth | None  # None: no provider configured, nothing is refreshed
+    readiness: dict[str, ReadinessCheck]
+
+
+@contextlib.asynccontextmanager
+async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIterator[Services]:
+    """Build the services for one app, and close them (in reverse order) when it stops.
+
+    Nothing here talks to the IdP or to Redis: an IdP or Redis outage at start-up must not stop
+    the proxy (README, "Start-up"). The JWKS URL is resolved when the first token is checked,
+    and the Redis store falls back to local coordination until Redis answers.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        metrics = Metrics()
         # One pooled client for the app's lifetime (cookieguard.upstream): no cookie jar, no
         # decompression, no headers of its own; the upstream's bytes pass through as they are.
-        http = UpstreamClient(
+        upstream = UpstreamClient(
             connect_timeout_s=config.timeouts.upstream_connect_s,
             max_connections=config.limits.upstream_connections,
         )
+        stack.push_async_callback(upstream.close)
         # WebSocket upgrades use aiohttp's client. DummyCookieJar: the proxy must never remember
         # one user's cookies and send them for another.
-        session = aiohttp.ClientSession(
+        websockets = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True),
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        app[PROXY_KEY] = Proxy(config, http, session, metrics, auth_holder[0])
-        admin.check_session = app[PROXY_KEY].check_session
-        yield
-        await http.close()
-        await session.close()
-
-    async def identity_provider(app: web.Application) -> AsyncIterator[None]:
-        if config.provider is None:
-            yield
-            return
-        # A separate pool for the IdP: upstream traffic never queues IdP calls behind it.
-        idp = aiohttp.ClientSession(
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=idp_timeout(config.provider.timeout_s),
-            connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
-        )
-        store = make_store(config.store, on_degraded=metrics.store_degraded.set)
-        provider = make_provider(config.provider, idp)
-        verifier = None
-        if config.verify.signature:
-            # The JWKS URL is resolved when the first token is checked, never here (README,
-            # "Start-up"): an IdP outage at start-up must not stop the proxy.
-            verifier = TokenVerifier(
-                config.provider, config.verify, idp, resolve_jwks_url=provider.resolve_jwks_url, clock=clock
+        stack.push_async_callback(websockets.close)
+        auth: Auth | None = None
+        readiness: dict[str, ReadinessCheck] = {}
+        if config.provider is not None:
+            # A separate pool for the IdP: upstream traffic never queues IdP calls behind it.
+            idp = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=idp_timeout(config.provider.timeout_s),
+                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
             )
+            stack.push_async_callback(idp.close)
+            store = make_store(config.store, on_degraded=metrics.store_degraded.set)
+            stack.push_async_callback(store.close)
+            readiness["store"] = store.readiness
+            provider = make_provider(config.provider, idp)
+            claims = ClaimsReader()
+            verifier = None
+            if config.verify.signature:
+                verifier = TokenVerifier(
+                    config.provider,
+                    config.verify,
+                    idp,
+                    claims=claims,
+                    resolve_jwks_url=provider.resolve_jwks_url,
+                    clock=clock,
+                )
+                stack.push_async_callback(verifier.close)
+            refresher = Refresher(
+                provider,
+                store,
+                config.refresh,
+                config.store,
+                idp_timeout_s=config.provider.timeout_s,
+                on_idp_call=metrics.idp_call,
+                budgets=Budgets(config.limits, store, clock),
+                # Nothing can be proven without signature checks: then every verdict counts.
+                unproven_feed_guard=not config.verify.signature,
+            )
+            auth = Auth(
+                wall_clock=clock,
+                layout=make_layout(config.cookies, config.provider),
+                refresher=refresher,
+                verifier=verifier,
+                claims=claims,
+            )
+        yield Services(metrics, upstream, websockets, auth, readiness)
 
-        refresher = Refresher(
-            provider,
-            store,
-            config.refresh,
-            config.store,
-            idp_timeout_s=config.provider.timeout_s,
-            on_idp_call=metrics.idp_call,
-            budgets=Budgets(config.limits, store, clock),
-            # Nothing can be proven without signature checks: then every verdict counts.
-            unproven_feed_guard=not config.verify.signature,
-        )
-        auth_holder[0] = Auth(
-            wall_clock=clock,
-            layout=make_layout(config.cookies, config.provider),
-            refresher=refresher,
-            verifier=verifier,
-        )
-        admin.checks["store"] = store.readiness
-        yield
-        await store.close()
-        await idp.close()
 
-    app.cleanup_ctx.append(identity_provider)
-    app.cleanup_ctx.append(upstream_client)
+def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+    """`clock` is the wall clock token expiry is judged by (tests move it forward).
+
+    The routes are fixed here; what serves them (`Proxy`, `Admin`) is built at start-up from
+    the services, in one `cleanup_ctx` step, and found through the app's keys.
+    """
+    app = web.Application(client_max_size=0)
+    app.on_response_prepare.append(_server_header)
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        async with open_services(config, clock) as services:
+            proxy = Proxy(config, services.upstream, services.websockets, services.metrics, services.auth)
+            app[PROXY_KEY] = proxy
+            app[ADMIN_KEY] = Admin(
+                services.metrics,
+                services.readiness,
+                check_session=proxy.check_session,
+            )
+            yield
+
+    app.cleanup_ctx.append(lifetime)
+    hidden = ADMIN_ONLY if config.admin_listen is not None else ()
+    add_routes(app, config.admin_prefix, hidden=hidden)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         return await request.app[PROXY_KEY].handle(request)
@@ -130,7 +163,8 @@ def build_admin_app(admin: Admin, config: Config) -> web.Application:
     """The `admin_listen` listener's application: healthz, readyz and metrics, nothing proxied."""
     app = web.Application()
     app.on_response_prepare.append(_server_header)
-    admin.add_routes(app, config.admin_prefix, hidden=("session",))
+    app[ADMIN_KEY] = admin
+    add_routes(app, config.admin_prefix, hidden=("session",))
     return app
 
 

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_path_from, load_config
+from .config import Config
+from .loader import DEFAULT_CONFIG_PATH, ConfigError, config_path_from, load_config
 
 EXIT_CONFIG = 2
 
@@ -112,8 +113,8 @@ def _explain(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from .config import parse_config
     from .explain import cookie_header_from, explain
+    from .loader import parse_config
 
     path = config_path_from(args.config)
     if args.config is None and not os.path.exists(path):

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
+from .claims import Claims, TokenKind, check_claims, decode_claims, expectations_for, session_id
 from .config import Config
 from .cookies import parse_cookie_header, percent_decode
 from .decide import Action, needs_refresh
 from .layouts import AmplifyLayout, Session, make_layout
 from .layouts.amplify import AMPLIFY_PREFIX, LAST_AUTH_USER
-from .tokens import Claims, TokenKind, check_claims, expectations_for, read_claims, session_id
 
 _AMPLIFY_KEYS = ("accessToken", "idToken", "refreshToken", "clockDrift", "deviceKey", "signInDetails")
 _HEADER_PREFIX = re.compile(r"^\s*cookie\s*:\s*", re.IGNORECASE)
@@ -116,9 +116,9 @@ def explain(
     if isinstance(session.payload, dict):
         out += _session_json_lines(session.payload, now_s, tz)
 
-    access = read_claims(session.access_token) if session.access_token else None
+    access = decode_claims(session.access_token) if session.access_token else None
     out += _token_lines("access token", session.access_token, access, now_s, tz)
-    out += _token_lines("id token", session.id_token, read_claims(session.id_token or ""), now_s, tz)
+    out += _token_lines("id token", session.id_token, decode_claims(session.id_token or ""), now_s, tz)
     if session.refresh_token:
         out.append(
             f"refresh token: {len(session.refresh_token)} chars, session {session_id(session.refresh_token)}"
@@ -219,7 +219,7 @@ def _proof_line(session: Session, config: Config, now_s: float) -> str:
     for kind, token in candidates:
         if not token:
             continue
-        claims = read_claims(token)
+        claims = decode_claims(token)
         if claims is None:
             problems.append(f"{kind} token is not a JWT")
             continue

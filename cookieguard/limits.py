@@ -19,7 +19,7 @@ A retry of a refresh token already charged to the same subject or address is fre
 memory of a bucket); a join and a grace reuse never reach the budgets at all (refresh.py charges
 after its single-flight and stored-result checks).
 
-Two layers, like tokens.py:
+Two layers, like claims.py and verifier.py:
 
 * A pure core: `TokenBucket`, `BucketTable` (what the memory store keeps), `LogThrottle`. No I/O,
   no logger, the clock is passed in.
@@ -31,12 +31,12 @@ Two layers, like tokens.py:
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from .config import LimitsConfig
+from .lru import LRU, ExpiringLRU
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -102,7 +102,7 @@ class TokenBucket:
 @dataclass
 class _Budget:
     bucket: TokenBucket
-    members: OrderedDict[str, float]  # member -> when it was charged, oldest first
+    members: ExpiringLRU[str, None]  # charged within the window, until the window is over
 
 
 class BucketTable:
@@ -112,8 +112,7 @@ class BucketTable:
     state it would have refilled to anyway after a quiet window) and `MAX_MEMBERS` members each."""
 
     def __init__(self, max_buckets: int = MAX_BUCKETS) -> None:
-        self.max_buckets = max_buckets
-        self._budgets: OrderedDict[str, _Budget] = OrderedDict()
+        self._budgets: LRU[str, _Budget] = LRU(max_buckets)
 
     def __len__(self) -> int:
         return len(self._budgets)
@@ -123,23 +122,15 @@ class BucketTable:
     ) -> str:
         budget = self._budgets.get(name)
         if budget is None:
-            budget = _Budget(TokenBucket.full(rate_per_s, burst, now), OrderedDict())
-            self._budgets[name] = budget
-            while len(self._budgets) > self.max_buckets:
-                self._budgets.popitem(last=False)
-        else:
-            self._budgets.move_to_end(name)
+            budget = _Budget(TokenBucket.full(rate_per_s, burst, now), ExpiringLRU(MAX_MEMBERS))
+            self._budgets.put(name, budget)
         members = budget.members
-        while members and next(iter(members.values())) <= now - window_s:
-            members.popitem(last=False)
-        if member and member in members:
+        if member and members.expires_at(member, now) is not None:
             return FREE
         if not budget.bucket.take(now):
             return REFUSED
         if member:
-            members[member] = now
-            while len(members) > MAX_MEMBERS:
-                members.popitem(last=False)
+            members.put(member, None, now + window_s, now)
         return CHARGED
 
 
@@ -148,17 +139,12 @@ class LogThrottle:
 
     def __init__(self, every_s: float = LIMITED_LOG_EVERY_S, max_keys: int = 10_000) -> None:
         self.every_s = every_s
-        self.max_keys = max_keys
-        self._last: OrderedDict[str, float] = OrderedDict()
+        self._quiet: ExpiringLRU[str, None] = ExpiringLRU(max_keys)  # logged, until every_s passes
 
     def allow(self, key: str, now: float) -> bool:
-        last = self._last.get(key)
-        if last is not None and now - last < self.every_s:
+        if self._quiet.expires_at(key, now) is not None:
             return False
-        self._last[key] = now
-        self._last.move_to_end(key)
-        while len(self._last) > self.max_keys:
-            self._last.popitem(last=False)
+        self._quiet.put(key, None, now + self.every_s, now)
         return True
 
 

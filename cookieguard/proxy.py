@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 from prometheus_client import Counter
 from yarl import URL
 
+from .claims import Claims, ClaimsReader, TokenKind, session_id
 from .config import Config, IPNetwork, Route
 from .cookies import SetCookie, parse_cookie_header
 from .decide import Action, is_navigation, needs_refresh
@@ -31,7 +32,6 @@ from .merge import merge_set_cookies, set_cookie_key, signs_out
 from .metrics import Metrics
 from .refresh import FAILED, LIMITED, REFRESHED, REJECTED, Refresher, RefreshResult
 from .routing import Router, Target, parse_target
-from .tokens import Claims, TokenKind, TokenStatus, TokenVerifier, read_claims, session_id
 from .upstream import (
     Origin,
     UpstreamBusy,
@@ -40,6 +40,7 @@ from .upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from .verifier import TokenStatus, TokenVerifier
 
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
 HOP_BY_HOP = frozenset(
@@ -111,7 +112,7 @@ class Proof:
 
 def reported_user(claims: Claims) -> str | None:
     """The user a verified token names: Cognito's `username` (access) / `cognito:username` (id),
-    else OIDC's `preferred_username` (tokens.claims_from picks them in that order), else `sub`."""
+    else OIDC's `preferred_username` (claims.claims_from picks them in that order), else `sub`."""
     return claims.username or claims.sub
 
 
@@ -122,6 +123,7 @@ class Auth:
     layout: Layout
     refresher: Refresher
     verifier: TokenVerifier | None  # None: verify.signature is false
+    claims: ClaimsReader  # the process's claims memo, shared with the verifier
     wall_clock: Callable[[], float] = time.time
     sessions: SessionReader = field(init=False)
     # One `outcome: limited` line per budget and address or subject per minute (README "Logs").
@@ -368,7 +370,7 @@ class Proxy:
             return None, None  # absent but refreshable
         verifier = self.auth.verifier
         if verifier is None:
-            claims = read_claims(token)
+            claims = self.auth.claims.read(token)
             if claims is None:
                 opaque = self.config.provider is not None and self.config.provider.opaque_access_tokens
                 return self._opaque_lifetime(token) if opaque else None
@@ -395,8 +397,9 @@ class Proxy:
         tokens = result.tokens
         if tokens is None or session.refresh_token is None:
             return None
-        claims = read_claims(tokens.access_token)
-        if claims is None and tokens.expires_in_s is not None and self.auth is not None:
+        assert self.auth is not None
+        claims = self.auth.claims.read(tokens.access_token)
+        if claims is None and tokens.expires_in_s is not None:
             self.auth.refresher.note_opaque_lifetime(tokens.access_token, now, now + tokens.expires_in_s)
         drift = round(claims.iat * 1000 - now * 1000) if claims and claims.iat else session.clock_drift_ms
         return FreshTokens(
@@ -433,7 +436,7 @@ class Proxy:
         self.metrics.refresh_total.labels(outcome=result.outcome).inc()
         if result.outcome == REFRESHED:
             self.metrics.refresh_duration.observe(result.duration_ms / 1000)
-        new_claims = read_claims(fresh.access_token) if fresh else None
+        new_claims = self.auth.claims.read(fresh.access_token) if fresh else None
         # The user a verified token names; else the one the IdP's fresh token names (it came from
         # the IdP itself); the cookies' name only when nothing can be verified.
         user = proof.user

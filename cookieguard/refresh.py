@@ -25,7 +25,6 @@ import hashlib
 import json
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ from .config import RefreshConfig, StoreConfig
 from .guard import RejectStormGuard, StormChange
 from .limits import Budgets, Claimant
 from .logs import get_logger
+from .lru import LRU, ExpiringLRU
 from .providers.base import Provider, RefreshRejected, RefreshUnavailable, TokenSet
 from .store.base import Store
 from .store.crypto import Sealer
@@ -82,14 +82,15 @@ class Refresher:
         self.idp_timeout_s = idp_timeout_s
         self.clock = clock
         self.sealer = Sealer(store_config.encryption_keys)
-        self.max_entries = store_config.max_entries
         self.on_idp_call = on_idp_call  # metrics hook: True when a call starts, False when it ends
         self.guard = guard or RejectStormGuard(max_sessions=store_config.max_entries)
         self.budgets = budgets
         self.unproven_feed_guard = unproven_feed_guard
         self._in_flight: dict[str, asyncio.Task[RefreshResult]] = {}
-        self._backoff: OrderedDict[str, float] = OrderedDict()
-        self._opaque_lifetimes: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # Refresh tokens the IdP could not refresh lately (README "When the refresh does not
+        # succeed"), and the lifetimes of opaque access tokens from token responses we saw.
+        self._backoff: ExpiringLRU[str, None] = ExpiringLRU(store_config.max_entries)
+        self._opaque_lifetimes: LRU[str, tuple[float, float]] = LRU(store_config.max_entries)
 
     @property
     def in_flight(self) -> int:
@@ -110,11 +111,9 @@ class Refresher:
         if task is not None:
             result = await asyncio.shield(task)
             return _as_joined(result)
-        until = self._backoff.get(key)
+        until = self._backoff.expires_at(key, self.clock())
         if until is not None:
-            if until > self.clock():
-                return RefreshResult(FAILED, error="backoff", retry_after_s=until - self.clock())
-            del self._backoff[key]
+            return RefreshResult(FAILED, error="backoff", retry_after_s=until - self.clock())
         task = asyncio.ensure_future(self._coordinated(key, refresh_token, username, device_key, claimant))
         self._in_flight[key] = task
         task.add_done_callback(lambda _t: self._in_flight.pop(key, None))
@@ -216,9 +215,7 @@ class Refresher:
 
     def note_opaque_lifetime(self, access_token: str, issued_at: float, expires_at: float) -> None:
         """Remember the lifetime of an opaque access token we received (docs/behaviour.md §2: expires_in)."""
-        self._opaque_lifetimes[store_key(access_token)] = (issued_at, expires_at)
-        while len(self._opaque_lifetimes) > self.max_entries:
-            self._opaque_lifetimes.popitem(last=False)
+        self._opaque_lifetimes.put(store_key(access_token), (issued_at, expires_at))
 
     def opaque_lifetime(self, access_token: str) -> tuple[float, float] | None:
         return self._opaque_lifetimes.get(store_key(access_token))
@@ -235,10 +232,8 @@ class Refresher:
             )
 
     def _remember_backoff(self, key: str, seconds: float) -> None:
-        self._backoff[key] = self.clock() + seconds
-        self._backoff.move_to_end(key)
-        while len(self._backoff) > self.max_entries:
-            self._backoff.popitem(last=False)
+        now = self.clock()
+        self._backoff.put(key, None, now + seconds, now)
 
     async def _stored(self, key: str) -> RefreshResult | None:
         raw = await self.store.get_result(key)

@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 
 from cookieguard.app import build_app
-from cookieguard.config import parse_config
 from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.layouts import AmplifyLayout
+from cookieguard.loader import parse_config
 from tests.support.apps import amplify_cookies, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header
 from tests.support.no_secrets import KnownSecrets

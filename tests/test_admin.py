@@ -18,11 +18,11 @@ import aiohttp
 import pytest
 
 from cookieguard.admin import session_report
+from cookieguard.claims import decode_claims
 from cookieguard.cookies import encode_uri_component
 from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.layouts import AmplifyLayout
 from cookieguard.proxy import SessionCheck
-from cookieguard.tokens import read_claims
 from tests.support.apps import seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets, find_leaks
@@ -138,7 +138,7 @@ async def test_a_fresh_session_is_reported_without_a_refresh(
     app = await start_buggy_app(aiohttp_server)
     guard = cookieguard_process(guard_config(cognito_pool, str(app.make_url(""))))
     status, body, headers, set_cookies = await get_session(guard, cookie_header(user))
-    claims = read_claims(user.access_token)
+    claims = decode_claims(user.access_token)
     assert claims is not None and claims.exp is not None
     assert status == 200 and set(body) >= FIELDS
     assert body["authenticated"] is True and body["refreshed"] is False and body["reason"] == "ok"
@@ -169,7 +169,7 @@ async def test_a_due_session_is_refreshed_and_the_fresh_cookies_come_back(
     assert status == 200
     assert body["authenticated"] is True and body["refreshed"] is True and body["reason"] == "refreshed"
     assert body["user"] == expiring_user.username
-    new_claims = read_claims(new_access)
+    new_claims = decode_claims(new_access)
     assert new_claims is not None and new_claims.exp is not None
     assert body["expires_at"] == int(new_claims.exp) and body["expires_in"] > 3000
     assert body["expires_at"] >= before + 3000

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cookieguard.config import ConfigError, config_path_from, load_config, parse_config, parse_duration
+from cookieguard.loader import ConfigError, config_path_from, load_config, parse_config
+from cookieguard.schema import parse_duration
 from tests.support.proxy_process import ROOT, run_cli
 
 GOOD = """

@@ -260,9 +260,11 @@ def test_the_session_reader_reads_each_header_once_and_stays_bounded() -> None:
     assert first == amplify.read(parse_cookie_header(header)) and first is not None
     assert reader.read(header[:-1] + header[-1]) is first, "an equal header is not read again"
     assert reader.read("theme=dark") is None
-    other = reader.read(header + "; theme=dark")  # the third distinct header: the memo starts over
+    reader.read(header)  # `header` is now the most recently used, "theme=dark" the least
+    other = reader.read(header + "; theme=dark")  # the third distinct header: one has to go
     assert other == first and other is not first
-    assert len(reader._seen) == 1
+    assert len(reader) == 2
+    assert reader.read(header) is first, "the most recently used header stayed"
 
 
 def test_amplify_reads_a_real_session() -> None:

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from cookieguard.config import CookieAttributes, parse_config
+from cookieguard.claims import session_id
+from cookieguard.config import CookieAttributes
 from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.explain import cookie_header_from, explain
 from cookieguard.layouts import LAYOUTS
 from cookieguard.layouts.supabase import session_cookies
-from cookieguard.tokens import session_id
+from cookieguard.loader import parse_config
 from tests.support.apps import amplify_cookies
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets

@@ -15,12 +15,13 @@ import jwt
 import pytest
 from aiohttp import web
 
-from cookieguard.config import ConfigError, CookieAttributes, CookiesConfig, VerifyConfig, parse_config
+from cookieguard.config import CookieAttributes, CookiesConfig, VerifyConfig
 from cookieguard.layouts import SupabaseLayout, make_layout
+from cookieguard.loader import ConfigError, parse_config
 from cookieguard.logs import get_logger
 from cookieguard.providers.base import ProviderConfig, RefreshRejected, RefreshUnavailable
 from cookieguard.providers.supabase import SupabaseConfig, SupabaseProvider
-from cookieguard.tokens import TokenVerifier
+from cookieguard.verifier import TokenVerifier
 from tests.support.gotrue import GoTrueServer
 from tests.support.no_secrets import KnownSecrets
 

@@ -15,7 +15,7 @@ import yaml
 
 import cookieguard
 from cookieguard.app import build_app
-from cookieguard.config import parse_config
+from cookieguard.loader import parse_config
 from cookieguard.metrics import Metrics
 from cookieguard.providers import KINDS
 from tests.support.proxy_process import ROOT, run_cli

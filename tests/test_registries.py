@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cookieguard.config import ConfigError, parse_config
 from cookieguard.layouts import LAYOUTS, Layout
+from cookieguard.loader import ConfigError, parse_config
 from cookieguard.providers import KINDS, ProviderConfig
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")

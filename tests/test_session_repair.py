@@ -17,9 +17,9 @@ from urllib.parse import unquote
 import aiohttp
 import pytest
 
+from cookieguard.claims import decode_claims
 from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.layouts import AmplifyLayout
-from cookieguard.tokens import read_claims
 from tests.support.apps import cookie_value, seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets
@@ -81,7 +81,7 @@ async def test_every_response_carries_fresh_tokens_and_the_app_saw_them(
     new_access = unquote(written[access_name])
     known_secrets.add(new_access)
     assert new_access != expiring_user.access_token
-    claims = read_claims(new_access)
+    claims = decode_claims(new_access)
     assert claims is not None and claims.exp is not None and claims.username == expiring_user.username
     assert set(written) >= {
         access_name,

@@ -1,4 +1,5 @@
-"""Tests for cookieguard/tokens.py: claim reading (pure) and verification against a real JWKS server."""
+"""Tests for cookieguard/claims.py (claim reading, pure) and cookieguard/verifier.py (verification
+against a real JWKS server)."""
 
 from __future__ import annotations
 
@@ -20,26 +21,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from cookieguard import tokens as tokens_module
-from cookieguard.config import VerifyConfig
-from cookieguard.providers import ProviderConfig, RefreshUnavailable
-from cookieguard.providers.cognito import CognitoConfig
-from cookieguard.providers.oidc import OidcConfig
-from cookieguard.tokens import (
+from cookieguard.claims import (
     MAX_TOKEN_CHARS,
     Claims,
+    ClaimsReader,
     Expectations,
     TokenKind,
-    TokenStatus,
-    TokenVerifier,
     check_claims,
     clock_drift_ms,
     decode_claims,
     is_cacheable,
-    parse_jwks,
-    read_claims,
     session_id,
 )
+from cookieguard.config import VerifyConfig
+from cookieguard.providers import ProviderConfig, RefreshUnavailable
+from cookieguard.providers.cognito import CognitoConfig
+from cookieguard.providers.oidc import OidcConfig
+from cookieguard.verifier import TokenStatus, TokenVerifier, parse_jwks
 
 NOW = 1_750_000_000.0
 CLIENT_ID = "3n4b5urk1ft4fl3mg5e62d9ado"
@@ -136,12 +134,12 @@ def oidc_claims(**overrides: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# read_claims: the pure part
+# decode_claims and ClaimsReader: the pure part
 # ---------------------------------------------------------------------------------------------
 
 
-def test_read_claims_of_a_cognito_access_token() -> None:
-    claims = read_claims(sign(cognito_access()))
+def test_decode_claims_of_a_cognito_access_token() -> None:
+    claims = decode_claims(sign(cognito_access()))
     assert claims == Claims(
         exp=NOW + 3600,
         iat=NOW - 100,
@@ -156,26 +154,26 @@ def test_read_claims_of_a_cognito_access_token() -> None:
     )
 
 
-def test_read_claims_of_an_id_token_takes_cognito_username_and_normalises_aud() -> None:
-    claims = read_claims(sign(cognito_id()))
+def test_decode_claims_of_an_id_token_takes_cognito_username_and_normalises_aud() -> None:
+    claims = decode_claims(sign(cognito_id()))
     assert claims is not None
     assert claims.username == "alice@example.com"
     assert claims.aud == (CLIENT_ID,)
-    listed = read_claims(sign(oidc_claims(aud=["api", 7, "web-app"], preferred_username="bob")))
+    listed = decode_claims(sign(oidc_claims(aud=["api", 7, "web-app"], preferred_username="bob")))
     assert listed is not None
     assert listed.aud == ("api", "web-app")
     assert listed.username == "bob"
 
 
-def test_read_claims_ignores_ill_typed_claims() -> None:
-    claims = read_claims(
+def test_decode_claims_ignores_ill_typed_claims() -> None:
+    claims = decode_claims(
         unsigned(
             {"alg": 5, "kid": ["x"]},
             {"exp": "1700000000", "iat": True, "nbf": 10**400, "sub": 42, "aud": {"a": 1}},
         )
     )
     assert claims == Claims()
-    not_finite = read_claims(_with_raw_payload(b'{"exp": NaN, "iat": Infinity, "nbf": -Infinity}'))
+    not_finite = decode_claims(_with_raw_payload(b'{"exp": NaN, "iat": Infinity, "nbf": -Infinity}'))
     assert not_finite == Claims(alg="RS256")
 
 
@@ -209,19 +207,19 @@ GARBAGE = [
 
 
 @pytest.mark.parametrize("token", GARBAGE, ids=range(len(GARBAGE)))
-def test_read_claims_of_garbage_is_none(token: str) -> None:
-    assert read_claims(token) is None
+def test_decode_claims_of_garbage_is_none(token: str) -> None:
+    assert decode_claims(token) is None
     assert decode_claims(token) is None
 
 
-def test_read_claims_of_non_strings_is_none() -> None:
-    assert read_claims(None) is None  # type: ignore[arg-type]
-    assert read_claims(b"a.b.c") is None  # type: ignore[arg-type]
+def test_decode_claims_of_non_strings_is_none() -> None:
+    assert decode_claims(None) is None  # type: ignore[arg-type]
+    assert decode_claims(b"a.b.c") is None  # type: ignore[arg-type]
 
 
 @given(st.text(max_size=300))
-def test_read_claims_never_raises_on_any_text(text: str) -> None:
-    result = read_claims(text)
+def test_decode_claims_never_raises_on_any_text(text: str) -> None:
+    result = decode_claims(text)
     assert result is None or isinstance(result, Claims)
 
 
@@ -235,20 +233,38 @@ _json = st.recursive(
 
 
 @given(header=_json, payload=_json, signature=st.binary(max_size=20))
-def test_read_claims_never_raises_on_any_well_formed_segments(
+def test_decode_claims_never_raises_on_any_well_formed_segments(
     header: Any, payload: Any, signature: bytes
 ) -> None:
     token = unsigned(header, payload, signature)
-    result = read_claims(token)
+    result = decode_claims(token)
     assert (result is not None) == (isinstance(header, dict) and isinstance(payload, dict))
 
 
-def test_read_claims_is_memoised_per_token() -> None:
+def test_claims_reader_memoises_per_token() -> None:
+    reader = ClaimsReader()
     token = sign(cognito_access(jti="memo"))
-    first = read_claims(token)
-    assert first is not None
-    assert read_claims(token) is first
-    assert read_claims("".join(list(token))) is first  # an equal string from another cookie parse
+    first = reader.read(token)
+    assert first is not None and first == decode_claims(token)
+    assert reader.read(token) is first
+    assert reader.read("".join(list(token))) is first  # an equal string from another cookie parse
+    assert ClaimsReader().read(token) is not first  # each reader its own memo: nothing process-wide
+
+
+def test_claims_reader_is_bounded() -> None:
+    reader = ClaimsReader(size=3)
+    tokens = [sign(cognito_access(jti=f"bounded-{i}")) for i in range(4)]
+    firsts = [reader.read(t) for t in tokens]
+    assert len(reader) == 3
+    assert reader.read(tokens[0]) is not firsts[0]  # the least recently used went first
+    assert reader.read(tokens[3]) is firsts[3]
+
+
+def test_claims_reader_refuses_non_strings_and_huge_tokens() -> None:
+    reader = ClaimsReader()
+    assert reader.read(None) is None  # type: ignore[arg-type]
+    assert reader.read("a." * MAX_TOKEN_CHARS) is None
+    assert len(reader) == 0
 
 
 def test_session_id_is_a_short_hash_not_the_token() -> None:
@@ -767,14 +783,14 @@ async def test_no_jwks_url_at_all_leaves_tokens_unknown(session: aiohttp.ClientS
 # -- verify.signature: false --------------------------------------------------------------------
 
 
-async def test_without_signature_checks_claims_come_from_read_claims(
+async def test_without_signature_checks_claims_come_from_decode_claims(
     make_verifier: MakeVerifier, jwks: Jwks
 ) -> None:
     verifier = make_verifier(verify=VerifyConfig(signature=False))
     forged = sign(cognito_access(client_id="whatever"), key=ATTACKER_KEY)
     result = await verifier.check(forged, kind="access")
     assert result.status is TokenStatus.VALID and result.reason == "unverified"
-    assert result.claims == read_claims(forged)
+    assert result.claims == decode_claims(forged)
     assert (await verifier.check("garbage", kind="access")).reason == "not_a_jwt"
     assert jwks.fetches == 0 and verifier.signature_checks == 0
 
@@ -805,13 +821,13 @@ def _big_none_token(n: int, size: int = 16_000) -> str:
 
 
 async def test_alg_none_tokens_never_grow_the_caches(make_verifier: MakeVerifier, jwks: Jwks) -> None:
-    verifier = make_verifier()
-    memo_before = len(tokens_module._claims_memo)
+    reader = ClaimsReader()
+    verifier = make_verifier(claims=reader)
     for n in range(1_000):
         token = _big_none_token(n)
-        assert read_claims(token) is not None  # still read (the proxy judges it), never remembered
+        assert reader.read(token) is not None  # still read (the proxy judges it), never remembered
         assert (await verifier.check(token, kind="access")).reason == "alg_not_allowed"
-    assert len(tokens_module._claims_memo) == memo_before
+    assert len(reader) == 0
     # The verdicts are remembered without claims: a key and a shared reason, not the token's bulk.
     cached = [verifier.peek(_big_none_token(n), "access") for n in range(1_000)]
     assert all(check is not None and check.claims is None for check in cached)
@@ -823,12 +839,12 @@ async def test_claims_are_remembered_only_for_sane_tokens(make_verifier: MakeVer
     huge_sub = sign(cognito_access(sub="s" * 3_000))
     huge_token = sign(cognito_access(padding="p" * 9_000))
     many_auds = unsigned({"alg": "RS256", "kid": "k1"}, oidc_claims(aud=[f"aud-{i:04}" for i in range(300)]))
-    before = len(tokens_module._claims_memo)
+    reader = ClaimsReader()
     for token in (normal, huge_sub, huge_token, many_auds):
-        assert read_claims(token) is not None
-    assert len(tokens_module._claims_memo) == before + 1
-    assert read_claims(normal) is read_claims(normal)
-    assert read_claims(huge_sub) is not read_claims(huge_sub)
+        assert reader.read(token) is not None
+    assert len(reader) == 1
+    assert reader.read(normal) is reader.read(normal)
+    assert reader.read(huge_sub) is not reader.read(huge_sub)
     # A verdict with claims follows the same rule when verify.signature is off.
     verifier = make_verifier(verify=VerifyConfig(signature=False))
     for token in (normal, huge_sub, unsigned({"alg": "none"}, cognito_access(jti="unverified"))):
@@ -841,5 +857,5 @@ async def test_claims_are_remembered_only_for_sane_tokens(make_verifier: MakeVer
 def test_claims_of_a_token_that_cannot_pass_the_alg_check_are_not_cacheable(alg: str | None) -> None:
     header = {"alg": alg} if alg else {}
     token = unsigned(header, cognito_access())
-    assert not is_cacheable(token, read_claims(token))
+    assert not is_cacheable(token, decode_claims(token))
     assert is_cacheable("opaque-token", None)

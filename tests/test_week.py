@@ -20,9 +20,10 @@ import aiohttp
 import pytest
 
 from cookieguard.app import build_app
-from cookieguard.config import CookieAttributes, parse_config
+from cookieguard.config import CookieAttributes
 from cookieguard.demo.app import DemoApp
 from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.loader import parse_config
 from tests.support.apps import Browser, amplify_cookies
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets
@@ -91,13 +92,13 @@ async def live_a_week(
 def access_exp(browser: Browser, pool: PoolInfo) -> float | None:
     from urllib.parse import unquote
 
-    from cookieguard.tokens import read_claims
+    from cookieguard.claims import decode_claims
 
     for name, value in browser.cookies.items():
         if name.startswith(f"CognitoIdentityServiceProvider.{pool.client_id}.") and name.endswith(
             ".accessToken"
         ):
-            claims = read_claims(unquote(value))
+            claims = decode_claims(unquote(value))
             return claims.exp if claims else None
     return None
 

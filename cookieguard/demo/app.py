@@ -32,11 +32,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from cookieguard.claims import ClaimsReader, clock_drift_ms
 from cookieguard.config import CookieAttributes
 from cookieguard.cookies import parse_cookie_header
 from cookieguard.demo.emulator import PoolInfo
 from cookieguard.layouts import AmplifyLayout, FreshTokens, Session
-from cookieguard.tokens import clock_drift_ms, read_claims
 
 _TARGET_PREFIX = "AWSCognitoIdentityProviderService."
 # Pages the middleware does not run on (Next's `config.matcher` excluding them).
@@ -68,6 +68,7 @@ class DemoApp:
 
     def __post_init__(self) -> None:
         self.layout = AmplifyLayout(self.pool.client_id)
+        self.claims = ClaimsReader()
         self._idp: aiohttp.ClientSession | None = None
 
     @property
@@ -115,7 +116,7 @@ class DemoApp:
     def _write(self, session: Session, result: dict[str, Any], refresh_token: str) -> tuple[list[str], float]:
         """Amplify's cookies for a token result, as Set-Cookie header values; and the new expiry."""
         access_token = result["AccessToken"]
-        claims = read_claims(access_token)
+        claims = self.claims.read(access_token)
         drift = clock_drift_ms(claims, self.clock()) if claims is not None else 0
         tokens = FreshTokens(
             access_token=access_token,
@@ -142,7 +143,7 @@ class DemoApp:
         event: AppEvent | None = None
         session = self.layout.read(parse_cookie_header(request.headers.get("Cookie", "")))
         if session is not None and session.user:
-            claims = read_claims(session.access_token or "")
+            claims = self.claims.read(session.access_token or "")
             exp = claims.exp if claims is not None and claims.exp is not None else 0.0
             # Amplify's isTokenExpired: now + clockDrift + tolerance > expiresAt.
             if self.clock() + self.refresh_tolerance_s < exp:

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from cookieguard.claims import decode_claims
 from cookieguard.cookies import format_cookie_header
 from cookieguard.layouts import AmplifyLayout, Session
-from cookieguard.tokens import read_claims
 
 _TITLE = re.compile(r"<title>([^<]*)</title>", re.IGNORECASE)
 
@@ -99,7 +99,7 @@ class ScriptedBrowser:
 
     def access_token_exp(self, client_id: str) -> float | None:
         session = self.session(client_id)
-        claims = read_claims(session.access_token or "") if session is not None else None
+        claims = decode_claims(session.access_token or "") if session is not None else None
         return claims.exp if claims is not None else None
 
     def refresh_token_id(self, client_id: str) -> str | None:

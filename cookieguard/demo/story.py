@@ -23,8 +23,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from cookieguard.config import CookieAttributes, parse_config
+from cookieguard.config import CookieAttributes
 from cookieguard.demo.emulator import CognitoEmulator, EmulatorUnavailable, PoolInfo
+from cookieguard.loader import parse_config
 
 from .app import AppEvent, DemoApp
 from .browser import Hop, ScriptedBrowser, short_name

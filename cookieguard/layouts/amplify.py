@@ -21,6 +21,7 @@ from cookieguard.cookies import (
     unquote_value,
 )
 from cookieguard.layouts.base import FreshTokens, Layout, Session
+from cookieguard.lru import LRU, MISSING
 
 if TYPE_CHECKING:
     from cookieguard.config import CookieAttributes, CookiesConfig
@@ -38,7 +39,7 @@ LAST_AUTH_USER = "LastAuthUser"
 _AMPLIFY_SESSION_KEYS = (ACCESS_TOKEN, ID_TOKEN, REFRESH_TOKEN, CLOCK_DRIFT, "signInDetails", "oauthMetadata")
 _AMPLIFY_READ_KEYS = (*_AMPLIFY_SESSION_KEYS, DEVICE_KEY)
 _CLOCK_DRIFT = re.compile(r"[+-]?\d{1,15}")
-_KEY_MEMO_SIZE = 4096  # (cookie name, user) pairs; cleared when full, a few KB per hundred users
+_KEY_MEMO_SIZE = 4096  # (cookie name, user) pairs; a few KB per hundred users
 
 
 class AmplifyLayout(Layout):
@@ -56,7 +57,7 @@ class AmplifyLayout(Layout):
         self.client_id = client_id
         self._prefix = f"{AMPLIFY_PREFIX}.{client_id}."
         self._prefixes = (self._prefix,)
-        self._keys: dict[tuple[str, str], str | None] = {}
+        self._keys: LRU[tuple[str, str], str | None] = LRU(_KEY_MEMO_SIZE)
         self.last_auth_user_name = js_cookie_name(f"{AMPLIFY_PREFIX}.{client_id}.{LAST_AUTH_USER}")
         if not is_valid_cookie_name(self.last_auth_user_name):
             raise ValueError(f"client id {client_id!r} cannot be part of a cookie name")
@@ -71,13 +72,10 @@ class AmplifyLayout(Layout):
     def _key_of(self, raw_name: str, user: str) -> str | None:
         # The same few names come back on every request: decoding them is worth remembering.
         memo_key = (raw_name, user)
-        try:
-            return self._keys[memo_key]
-        except KeyError:
-            pass
-        if len(self._keys) >= _KEY_MEMO_SIZE:
-            self._keys.clear()
-        key = self._keys[memo_key] = self._decode_key(raw_name, user)
+        key = self._keys.get(memo_key, MISSING)
+        if key is MISSING:
+            key = self._decode_key(raw_name, user)
+            self._keys.put(memo_key, key)
         return key
 
     def _decode_key(self, raw_name: str, user: str) -> str | None:

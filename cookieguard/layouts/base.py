@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cookieguard.cookies import MAX_COOKIE_BYTES, SetCookie, format_cookie_header, is_valid_cookie_name
+from cookieguard.lru import LRU, MISSING
 
 if TYPE_CHECKING:
     from typing import Self
@@ -104,24 +105,24 @@ class SessionReader:
 
     A browser sends the same Cookie header on every request of a page load (documents, assets,
     API calls) until a cookie changes, so the hot path reads each header once. Sessions are
-    immutable and the read depends on nothing but the header. Bounded: cleared when full, so
-    its worst case is `size` headers of at most 64 KB each (typically ~4 KB: 2 MB at 512).
+    immutable and the read depends on nothing but the header. Bounded (an `LRU`): its worst
+    case is `size` headers of at most 64 KB each (typically ~4 KB: 2 MB at 512).
     """
+
+    __slots__ = ("_seen", "layout")
 
     def __init__(self, layout: Layout, size: int = 512) -> None:
         self.layout = layout
-        self.size = size
-        self._seen: dict[str, Session | None] = {}
+        self._seen: LRU[str, Session | None] = LRU(size)
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def read(self, header: str) -> Session | None:
-        try:
-            return self._seen[header]
-        except KeyError:
-            pass
-        session = self.layout.read(self.layout.relevant_cookies(header))
-        if len(self._seen) >= self.size:
-            self._seen.clear()
-        self._seen[header] = session
+        session = self._seen.get(header, MISSING)
+        if session is MISSING:
+            session = self.layout.read(self.layout.relevant_cookies(header))
+            self._seen.put(header, session)
         return session
 
 

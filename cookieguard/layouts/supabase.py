@@ -38,9 +38,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+from cookieguard.claims import decode_claims
 from cookieguard.cookies import SetCookie, encode_uri_component, format_cookie_header, select_cookies
 from cookieguard.layouts.base import Chunks, FreshTokens, Layout, Pairs, Session
-from cookieguard.tokens import decode_claims
 
 if TYPE_CHECKING:
     from cookieguard.config import CookieAttributes, CookiesConfig

@@ -22,7 +22,7 @@ from cookieguard.schema import http_url as _http_url
 if TYPE_CHECKING:
     from typing import Self
 
-    from cookieguard.tokens import Expectations, TokenKind
+    from cookieguard.claims import Expectations, TokenKind
 
 # How long a call may queue for one of the IdP client's pooled connections during a refresh
 # storm. `provider.timeout` bounds the call itself (connecting, and each wait for the IdP's

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 
+from cookieguard.claims import Expectations, TokenKind
 from cookieguard.providers.base import (
     ProviderConfig,
     RefreshRejected,
@@ -42,7 +43,6 @@ from cookieguard.providers.base import (
     parse_retry_after,
 )
 from cookieguard.schema import Section, http_url, nonempty_string, one_of
-from cookieguard.tokens import Expectations, TokenKind
 
 TARGET_PREFIX = "AWSCognitoIdentityProviderService."
 CONTENT_TYPE = "application/x-amz-json-1.1"

@@ -34,6 +34,7 @@ from urllib.parse import quote_plus, urlsplit
 
 import aiohttp
 
+from cookieguard.claims import Expectations, TokenKind
 from cookieguard.providers.base import (
     ProviderConfig,
     RefreshRejected,
@@ -43,7 +44,6 @@ from cookieguard.providers.base import (
     parse_retry_after,
 )
 from cookieguard.schema import Section, http_url, one_of
-from cookieguard.tokens import Expectations, TokenKind
 
 # Token responses are a few kB of JWTs; anything far larger is not a token response.
 MAX_RESPONSE_BYTES = 1024 * 1024

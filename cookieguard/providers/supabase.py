@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from cookieguard.claims import Expectations, TokenKind
 from cookieguard.providers.base import (
     ProviderConfig,
     RefreshRejected,
@@ -47,7 +48,6 @@ from cookieguard.providers.base import (
     parse_retry_after,
 )
 from cookieguard.schema import Section, http_url, nonempty_string, string
-from cookieguard.tokens import Expectations, TokenKind
 
 # supabase/auth internal/api/apierrors/errorcode.go: the refresh token or its session is gone.
 SESSION_OVER_CODES = frozenset(

@@ -15,10 +15,6 @@ class Sealer:
     def __init__(self, keys: Sequence[str]) -> None:
         self._fernet = MultiFernet([Fernet(k.encode()) for k in keys]) if keys else None
 
-    @property
-    def encrypts(self) -> bool:
-        return self._fernet is not None
-
     def seal(self, plain: bytes) -> bytes:
         return self._fernet.encrypt(plain) if self._fernet else plain
 

@@ -1,19 +1,19 @@
 """The in-process store: a single replica needs nothing else.
 
-Bounded: results and locks expire, and at most `max_entries` results are kept (oldest evicted
-first), so any number of distinct sessions passing through keeps memory bounded. Results are
-kept in the order they were written; since they share one lifetime (`refresh.grace`), that is
-also the order they expire in, and each write drops the expired ones at the front: memory
-follows the sessions refreshed in the last `grace`, not the cap.
+Bounded: results and locks expire, and at most `max_entries` results are kept (least recently
+used evicted first), so any number of distinct sessions passing through keeps memory bounded.
+Results share one lifetime (`refresh.grace`), so the least recently used are the first to lapse,
+and each write drops the lapsed ones there: memory follows the sessions refreshed in the last
+`grace`, not the cap.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from ..limits import BucketTable
+from ..lru import ExpiringLRU
 
 
 class MemoryStore:
@@ -22,7 +22,7 @@ class MemoryStore:
     def __init__(self, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = max_entries
         self.clock = clock
-        self._results: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._results: ExpiringLRU[str, bytes] = ExpiringLRU(max_entries)
         self._locks: dict[str, tuple[float, str]] = {}
         self._budgets = BucketTable(max_buckets=max_entries)
 
@@ -30,22 +30,11 @@ class MemoryStore:
         return len(self._results)
 
     async def get_result(self, key: str) -> bytes | None:
-        entry = self._results.get(key)
-        if entry is None:
-            return None
-        expires_at, value = entry
-        if expires_at <= self.clock():
-            del self._results[key]
-            return None
-        return value
+        return self._results.get(key, self.clock())
 
     async def put_result(self, key: str, value: bytes, ttl_s: float) -> None:
         now = self.clock()
-        self._results[key] = (now + ttl_s, value)
-        self._results.move_to_end(key)
-        results = self._results
-        while results and (len(results) > self.max_entries or next(iter(results.values()))[0] <= now):
-            results.popitem(last=False)
+        self._results.put(key, value, now + ttl_s, now)
 
     async def acquire(self, key: str, owner: str, lease_s: float) -> bool:
         now = self.clock()
