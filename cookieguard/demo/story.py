@@ -148,7 +148,7 @@ async def _start_stack(
 ) -> _Stack:
     """The IdP, then the app, then cookieguard; on failure, what was started is stopped."""
     from cookieguard.app import build_app
-    from cookieguard.logs import configure_logging
+    from cookieguard.logs import configure_logging, get_logger
 
     configure_logging(log_level, "console")
     idp = make_idp(settings.provider, settings.token_lifetime_s)
@@ -160,6 +160,15 @@ async def _start_stack(
         stack.runners.append(runner)
         text, env = guard_config_yaml(idp, stack.app_url, settings, log_level=log_level)
         config = parse_config(text, env=env, source="<demo>")
+        # What `cookieguard run` logs at start-up, so the demo's log names its provider too.
+        get_logger().info(
+            "config_loaded",
+            path=config.source,
+            routes=len(config.routes),
+            provider=idp.kind,
+            layout=config.cookies.layout,
+            store=config.store.kind,
+        )
         runner, stack.guard_url = await _start(build_app(config), settings.host, settings.port)
         stack.runners.append(runner)
     except BaseException:
