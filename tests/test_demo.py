@@ -114,7 +114,6 @@ def test_short_supabase_demo_counts_what_the_redirect_bug_costs_with_gotrues_reu
     assert elapsed < 40, f"the short demo took {elapsed:.1f} s"
 
 
-@needs_moto
 def test_demo_rejects_a_nonsense_expiry_count() -> None:
     result = run_cli("demo", "--expiries", "0")
     assert result.returncode == 2
