@@ -88,6 +88,13 @@ def _main(argv: Sequence[str] | None) -> int:
     demo.add_argument("--token-lifetime", type=_positive_int, metavar="SECONDS", help="access-token lifetime")
     demo.add_argument("--port", type=int, help="cookieguard's port with --serve (default 8080; 0: any)")
     demo.add_argument("--app-port", type=int, help="the app's port with --serve (default 3000; 0: any)")
+    demo.add_argument(
+        "--provider",
+        choices=("cognito", "supabase"),
+        default="cognito",
+        help="the IdP and the app's auth library: cognito (Amplify, moto) or supabase (@supabase/ssr, "
+        "a GoTrue-compatible server); default cognito",
+    )
 
     args = parser.parse_args(argv)
     if args.verb == "run":
@@ -172,11 +179,13 @@ def _demo(args: argparse.Namespace) -> int:
             token_lifetime_s=args.token_lifetime or 30,
             port=8080 if args.port is None else args.port,
             app_port=3000 if args.app_port is None else args.app_port,
+            provider=args.provider,
         )
         return serve_demo(settings)
     settings = DemoSettings(
         expiries=args.expiries or (2 if args.short else 3),
         token_lifetime_s=args.token_lifetime or (3 if args.short else 5),
+        provider=args.provider,
     )
     return run_demo(settings)
 

@@ -1,44 +1,49 @@
 """The demo's app: a tiny site whose auth middleware has the seed's bug, faithfully.
 
-It behaves like a Next.js app with Amplify v6's server-side auth (`runWithAmplifyServerContext` +
-`fetchAuthSession` in `middleware.ts`):
+It behaves like a Next.js app with server-side auth in `middleware.ts`, with either library
+(`demo.idps.AppAuth`): Amplify v6 (`runWithAmplifyServerContext` + `fetchAuthSession`) against
+Cognito, or `@supabase/ssr`'s `createServerClient` + `auth.getUser()` (the Next.js template's
+`updateSession`) against Supabase Auth:
 
-- `POST /login` signs the user in against the IdP (InitiateAuth USER_PASSWORD_AUTH) and writes
-  Amplify's cookies on its redirect. That response carries its cookies: there is no bug here.
-- The middleware runs on every other page. It reads Amplify's cookies; when the access token has
-  expired (Amplify's `isTokenExpired`, with a tolerance scaled down to the demo's short token
-  lifetimes) it refreshes the tokens itself with `GetTokensFromRefreshToken` and writes the new
-  cookies on the response it was *given* (`NextResponse.next()`).
+- `POST /login` signs the user in against the IdP and writes the library's cookies on its
+  redirect. That response carries its cookies: there is no bug here.
+- The middleware runs on every other page. It reads the library's cookies; when the access token
+  has expired (Amplify's `isTokenExpired`, auth-js's `EXPIRY_MARGIN_MS`, with a tolerance scaled
+  down to the demo's short token lifetimes) it refreshes the tokens itself at the IdP and writes
+  the new cookies on the response it was *given* (`NextResponse.next()`, the template's
+  `supabaseResponse`).
 - Then it may answer with a *different* response: `/` sends a signed-in user to `/dashboard` and
   anyone else to `/login` (`NextResponse.redirect(...)`), and a page that needs a user redirects
   to `/login` when there is none. Those redirects are fresh responses: the refreshed `Set-Cookie`
-  headers written a moment ago are dropped. That is the bug.
+  headers written a moment ago are dropped. That is the bug (the Supabase template's comment
+  warns about exactly this: "the user's session terminates prematurely").
 
-With refresh-token rotation the dropped cookies are fatal: the IdP has already invalidated the
+With Cognito's rotation the dropped cookies are fatal: the IdP has already invalidated the
 refresh token the browser still holds, so the next request's refresh is rejected and the user is
-signed out. Every refresh attempt and what became of its cookies is recorded in `events`, so the
-demo can tell what happened; the app itself never prints or logs a token.
+signed out. GoTrue forgives the parent of its active token, so there the next request's refresh
+costs a second IdP call instead. Every refresh attempt and what became of its cookies is
+recorded in `events`, so the demo can tell what happened; the app itself never prints or logs a
+token.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from cookieguard.claims import ClaimsReader, clock_drift_ms
+from cookieguard.claims import ClaimsReader, decode_claims
 from cookieguard.config import CookieAttributes
 from cookieguard.cookies import parse_cookie_header
 from cookieguard.demo.emulator import PoolInfo
-from cookieguard.layouts import AmplifyLayout, FreshTokens, Session
+from cookieguard.layouts import FreshTokens, Session
 
-_TARGET_PREFIX = "AWSCognitoIdentityProviderService."
+from .idps import DEMO_PASSWORD, AppAuth, CognitoAuth, IdPError
+
 # Pages the middleware does not run on (Next's `config.matcher` excluding them).
 _PUBLIC_PATHS = frozenset({"/login", "/logout", "/favicon.ico"})
 USER_KEY = web.RequestKey("demo_user", str)
@@ -57,9 +62,12 @@ class AppEvent:
 
 @dataclass
 class DemoApp:
-    """The app; `build()` returns the aiohttp application, `events` what it did."""
+    """The app; `build()` returns the aiohttp application, `events` what it did.
 
-    pool: PoolInfo
+    `auth` is the app's auth library and its IdP; a Cognito `PoolInfo` stands for Amplify's.
+    """
+
+    auth: AppAuth | PoolInfo
     refresh_tolerance_s: float = 0.5  # Amplify's isTokenExpired uses 5 s for hour-long tokens
     cookie_attributes: CookieAttributes = field(default_factory=CookieAttributes)
     on_event: Callable[[AppEvent], None] | None = None
@@ -67,7 +75,8 @@ class DemoApp:
     clock: Callable[[], float] = time.time  # wall clock; tests move it forward
 
     def __post_init__(self) -> None:
-        self.layout = AmplifyLayout(self.pool.client_id)
+        self.library: AppAuth = CognitoAuth(self.auth) if isinstance(self.auth, PoolInfo) else self.auth
+        self.layout = self.library.layout
         self.claims = ClaimsReader()
         self._idp: aiohttp.ClientSession | None = None
 
@@ -96,35 +105,15 @@ class DemoApp:
         yield
         await self._idp.close()
 
-    async def _cognito(
-        self, operation: str, body: dict[str, Any]
-    ) -> tuple[dict[str, Any] | None, str | None]:
-        """One Cognito call: (answer, None) or (None, error code)."""
-        assert self._idp is not None
-        headers = {
-            "Content-Type": "application/x-amz-json-1.1",
-            "X-Amz-Target": _TARGET_PREFIX + operation,
-        }
-        async with self._idp.post(self.pool.endpoint + "/", data=json.dumps(body), headers=headers) as resp:
-            text = await resp.text()
-            if resp.status != 200:
-                code = resp.headers.get("x-amzn-ErrorType") or f"HTTP {resp.status}"
-                return None, code.split(":", 1)[0]
-        answer: dict[str, Any] = json.loads(text)
-        return answer, None
+    @property
+    def idp(self) -> aiohttp.ClientSession:
+        assert self._idp is not None, "the app is not running"
+        return self._idp
 
-    def _write(self, session: Session, result: dict[str, Any], refresh_token: str) -> tuple[list[str], float]:
-        """Amplify's cookies for a token result, as Set-Cookie header values; and the new expiry."""
-        access_token = result["AccessToken"]
-        claims = self.claims.read(access_token)
-        drift = clock_drift_ms(claims, self.clock()) if claims is not None else 0
-        tokens = FreshTokens(
-            access_token=access_token,
-            id_token=result.get("IdToken"),
-            refresh_token=result.get("RefreshToken") or refresh_token,
-            clock_drift_ms=drift,
-        )
+    def _write(self, session: Session, tokens: FreshTokens) -> tuple[list[str], float]:
+        """The library's cookies for fresh tokens, as Set-Cookie header values; and the new expiry."""
         headers = [c.header() for c in self.layout.set_cookies(session, tokens, self.cookie_attributes)]
+        claims = decode_claims(tokens.access_token)
         exp = claims.exp if claims is not None and claims.exp is not None else 0.0
         return headers, exp
 
@@ -136,33 +125,30 @@ class DemoApp:
     ) -> web.StreamResponse:
         if request.path in _PUBLIC_PATHS:
             return await handler(request)
-        # `NextResponse.next()`: the response Amplify's cookie adapter writes refreshed tokens on.
+        # `NextResponse.next()`: the response the library's cookie adapter writes refreshed tokens on.
         pending: list[str] = []
         user: str | None = None
         exp = 0.0
         event: AppEvent | None = None
         session = self.layout.read(parse_cookie_header(request.headers.get("Cookie", "")))
         if session is not None and session.user:
-            claims = self.claims.read(session.access_token or "")
+            claims = self.claims.read(session.access_token or "")  # per token, once
             exp = claims.exp if claims is not None and claims.exp is not None else 0.0
-            # Amplify's isTokenExpired: now + clockDrift + tolerance > expiresAt.
+            # Amplify's isTokenExpired (now + clockDrift + tolerance > expiresAt); auth-js's
+            # `expires_at - now < EXPIRY_MARGIN_MS` is the same test.
             if self.clock() + self.refresh_tolerance_s < exp:
                 user = session.user
             elif session.refresh_token:
-                body = {"ClientId": self.pool.client_id, "RefreshToken": session.refresh_token}
-                if self.pool.client_secret:
-                    body["ClientSecret"] = self.pool.client_secret
-                answer, error = await self._cognito("GetTokensFromRefreshToken", body)
-                if answer is not None:
-                    result = answer["AuthenticationResult"]
-                    pending, exp = self._write(session, result, session.refresh_token)
-                    user = session.user
-                    event = AppEvent(request.path, "refreshed")
-                else:
-                    # Amplify clears its tokens after a rejection, on the same response object.
+                answer = await self.library.refresh(self.idp, session, self.clock())
+                if isinstance(answer, IdPError):
+                    # Both libraries clear their session after a rejection, on the same response.
                     attrs = self.cookie_attributes
                     pending = [c.header() for c in self.layout.clear_cookies(session, attrs)]
-                    event = AppEvent(request.path, "refresh_rejected", error=error)
+                    event = AppEvent(request.path, "refresh_rejected", error=answer.code)
+                else:
+                    pending, exp = self._write(session, answer)
+                    user = session.user
+                    event = AppEvent(request.path, "refreshed")
 
         if request.path == "/" or user is None:
             # `return NextResponse.redirect(...)`: a new response; `pending` is not on it.
@@ -204,29 +190,20 @@ class DemoApp:
             "Sign in",
             "<p>You are signed out.</p>"
             '<form method="post" action="/login">'
-            '<label>User <input name="username" value="demo"></label> '
-            '<label>Password <input name="password" type="password" value="Demo-Passw0rd!"></label> '
+            f'<label>User <input name="username" value="{html.escape(self.library.demo_user)}"></label> '
+            f'<label>Password <input name="password" type="password" value="{DEMO_PASSWORD}"></label> '
             '<button type="submit">Sign in</button></form>',
         )
 
     async def _login(self, request: web.Request) -> web.Response:
         form = await request.post()
         username, password = str(form.get("username", "")), str(form.get("password", ""))
-        answer, error = await self._cognito(
-            "InitiateAuth",
-            {
-                "ClientId": self.pool.client_id,
-                "AuthFlow": "USER_PASSWORD_AUTH",
-                "AuthParameters": {"USERNAME": username, "PASSWORD": password},
-            },
-        )
-        if answer is None or "AuthenticationResult" not in answer:
-            self._record(AppEvent("/login", "sign_in_failed", error=error))
+        answer = await self.library.sign_in(self.idp, username, password, self.clock())
+        if isinstance(answer, IdPError):
+            self._record(AppEvent("/login", "sign_in_failed", error=answer.code))
             return _page("Sign in", "<p>Wrong user or password.</p>", status=401)
-        result = answer["AuthenticationResult"]
-        session = Session(user=username, access_token=None, id_token=None, refresh_token=None)
         response = web.Response(status=302, headers={"Location": "/dashboard"})
-        for header in self._write(session, result, result["RefreshToken"])[0]:
+        for header in self._write(answer.session, answer.tokens)[0]:
             response.headers.add("Set-Cookie", header)
         self._record(AppEvent("/login", "signed_in"))
         return response

@@ -20,7 +20,7 @@ import aiohttp
 
 from cookieguard.claims import decode_claims
 from cookieguard.cookies import format_cookie_header
-from cookieguard.layouts import AmplifyLayout, Session
+from cookieguard.layouts import Layout, Session
 
 _TITLE = re.compile(r"<title>([^<]*)</title>", re.IGNORECASE)
 
@@ -43,6 +43,7 @@ class Hop:
 class ScriptedBrowser:
     base_url: str
     http: aiohttp.ClientSession
+    layout: Layout  # the app's cookie layout: what the page's own script reads
     jar: dict[str, str] = field(default_factory=dict)
 
     async def request(self, method: str, path: str, form: dict[str, str] | None = None) -> Hop:
@@ -92,19 +93,19 @@ class ScriptedBrowser:
                 stored.append(name)
         return stored, deleted, refused
 
-    # -- what the page's own script (Amplify in the browser) could read ---------------------------
+    # -- what the page's own script (Amplify or supabase-js in the browser) could read ---------
 
-    def session(self, client_id: str) -> Session | None:
-        return AmplifyLayout(client_id).read(list(self.jar.items()))
+    def session(self) -> Session | None:
+        return self.layout.read(list(self.jar.items()))
 
-    def access_token_exp(self, client_id: str) -> float | None:
-        session = self.session(client_id)
+    def access_token_exp(self) -> float | None:
+        session = self.session()
         claims = decode_claims(session.access_token or "") if session is not None else None
         return claims.exp if claims is not None else None
 
-    def refresh_token_id(self, client_id: str) -> str | None:
+    def refresh_token_id(self) -> str | None:
         """A digest naming the refresh token the browser holds (never the token itself)."""
-        session = self.session(client_id)
+        session = self.session()
         if session is None or not session.refresh_token:
             return None
         return hashlib.sha256(session.refresh_token.encode()).hexdigest()[:12]

@@ -1,10 +1,13 @@
 """The demo's two modes: a scripted story (`run_demo`) and a pair left running (`serve_demo`).
 
-What is printed is counted, not assumed: refresh calls at the IdP (the emulator's counter), the
-app's own refresh attempts and what became of their cookies (the app's record), cookieguard's
-refresh outcomes (its `/metrics`), and the refresh tokens that actually reached the browser (its
-cookie jar). A refresh is *lost* when the IdP issued new tokens that never reached the browser:
-with rotating refresh tokens, that signs the user out on the next refresh.
+One story for every provider (`demo.idps`: Cognito + Amplify, Supabase + `@supabase/ssr`). What
+is printed is counted, not assumed: refresh calls at the IdP (its own counter), the app's own
+refresh attempts and what became of their cookies (the app's record), cookieguard's refresh
+outcomes (its `/metrics`), the refresh tokens that actually reached the browser (its cookie jar)
+and, where the IdP counts them, its `already used` answers. A refresh is *lost* when the IdP
+answered with tokens that never reached the browser: with Cognito's rotation that signs the user
+out on the next refresh; GoTrue gives the same refresh token out again when its parent comes
+back, so there a lost answer costs a second refresh instead.
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -24,18 +26,19 @@ import yaml
 from aiohttp import web
 
 from cookieguard.config import CookieAttributes
-from cookieguard.demo.emulator import CognitoEmulator, EmulatorUnavailable, PoolInfo
+from cookieguard.demo.emulator import EmulatorUnavailable
 from cookieguard.loader import parse_config
 
 from .app import AppEvent, DemoApp
 from .browser import Hop, ScriptedBrowser, short_name
+from .idps import DEMO_PASSWORD, DemoIdP, make_idp
 
-DEMO_USER = "demo"
-DEMO_PASSWORD = "Demo-Passw0rd!"
 # The demo runs on plain http, where browsers refuse `Secure` cookies: both the app and
 # cookieguard write them without it here. cookieguard's own default is `Secure`.
 DEMO_COOKIES = CookieAttributes(secure=False)
-APP_REFRESH_TOLERANCE_S = 0.5  # Amplify's isTokenExpired tolerance (5 s), scaled to short lifetimes
+# Amplify's isTokenExpired tolerance (5 s) and auth-js's EXPIRY_MARGIN_MS (90 s), scaled down to
+# the demo's short lifetimes.
+APP_REFRESH_TOLERANCE_S = 0.5
 EXPIRY_MARGIN_S = 0.3  # how long after the access token's `exp` the browser comes back
 MAX_REDIRECTS = 5
 
@@ -52,6 +55,7 @@ class DemoSettings:
     host: str = "127.0.0.1"
     port: int = 0  # cookieguard (`--serve` defaults to 8080)
     app_port: int = 0  # the app (`--serve` defaults to 3000)
+    provider: str = "cognito"  # `--provider`: cognito | supabase
 
     @property
     def before_expiry_s(self) -> int:
@@ -70,6 +74,8 @@ class PhaseResult:
     rejected: int = 0
     successful: int = 0
     delivered: int = 0  # new refresh tokens the browser received after sign-in
+    already_used: int | None = None  # the IdP's `already used` answers, where it counts them
+    reissued: int = 0  # refreshes the IdP answered with a token it had issued before
 
     @property
     def lost(self) -> int:
@@ -83,15 +89,17 @@ class PhaseResult:
             state = f"signed in after {_plural(self.expiries_passed, 'expiry', 'expiries')}"
         else:
             state = f"signed out after {_plural(self.signed_out_at or 0, 'expiry', 'expiries')}"
-        return f"{state}, {refreshes}, {self.lost} lost"
+        text = f"{state}, {refreshes}, {self.lost} lost"
+        if self.already_used is not None:
+            text += f", {self.already_used} already used"
+        return text
 
 
 @dataclass
 class _Stack:
     """What one demo run started, stopped in reverse order."""
 
-    emulator: CognitoEmulator
-    pool: PoolInfo
+    idp: DemoIdP
     app: DemoApp
     app_url: str = ""
     guard_url: str = ""
@@ -107,31 +115,21 @@ def _plural(n: int, one: str, many: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _identity_provider(settings: DemoSettings) -> Iterator[tuple[CognitoEmulator, PoolInfo]]:
-    emulator = CognitoEmulator(
-        access_token_lifetime_s=settings.token_lifetime_s, rotate_refresh_tokens=True, retry_grace_period_s=0
-    )
-    emulator.start()
-    try:
-        pool = emulator.create_pool(name="cookieguard-demo")
-        emulator.create_user(pool, DEMO_USER, DEMO_PASSWORD)
-        yield emulator, pool
-    finally:
-        emulator.stop()
-
-
-def guard_config_yaml(pool: PoolInfo, app_url: str, settings: DemoSettings, *, log_level: str) -> str:
-    """cookieguard's configuration for the demo (a YAML document, as a user would write it)."""
+def guard_config_yaml(
+    idp: DemoIdP, app_url: str, settings: DemoSettings, *, log_level: str
+) -> tuple[str, dict[str, str]]:
+    """cookieguard's configuration for the demo (a YAML document, as a user would write it) and
+    the environment its `${...}` refer to (Supabase's anon key)."""
+    provider, env = idp.guard_sections()
     config: dict[str, Any] = {
         "listen": f"{settings.host}:{settings.port}",
         "upstream": app_url,
-        "provider": pool.provider_yaml(),
-        "cookies": {"layout": "amplify", "attributes": {"secure": DEMO_COOKIES.secure}},
+        "provider": provider,
+        "cookies": {"layout": idp.layout_name, "attributes": {"secure": DEMO_COOKIES.secure}},
         "refresh": {"before_expiry": f"{settings.before_expiry_s}s"},
         "logging": {"level": log_level, "format": "console"},
     }
-    return yaml.safe_dump(config, sort_keys=False)
+    return yaml.safe_dump(config, sort_keys=False), env
 
 
 async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
@@ -146,24 +144,45 @@ async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRun
     return runner, f"http://{bound_host}:{bound_port}"
 
 
-async def _start_pair(stack: _Stack, settings: DemoSettings, *, log_level: str) -> None:
+async def _start_stack(
+    settings: DemoSettings, *, log_level: str, on_event: Callable[[AppEvent], None] | None = None
+) -> _Stack:
+    """The IdP, then the app, then cookieguard; on failure, what was started is stopped."""
     from cookieguard.app import build_app
-    from cookieguard.logs import configure_logging
+    from cookieguard.logs import configure_logging, get_logger
 
     configure_logging(log_level, "console")
-    runner, stack.app_url = await _start(stack.app.build(), settings.host, settings.app_port)
-    stack.runners.append(runner)
-    config = parse_config(
-        guard_config_yaml(stack.pool, stack.app_url, settings, log_level=log_level), env={}, source="<demo>"
-    )
-    runner, stack.guard_url = await _start(build_app(config), settings.host, settings.port)
-    stack.runners.append(runner)
+    idp = make_idp(settings.provider, settings.token_lifetime_s)
+    await idp.start()
+    app = DemoApp(idp.auth, APP_REFRESH_TOLERANCE_S, DEMO_COOKIES, on_event=on_event)
+    stack = _Stack(idp, app)
+    try:
+        runner, stack.app_url = await _start(app.build(), settings.host, settings.app_port)
+        stack.runners.append(runner)
+        text, env = guard_config_yaml(idp, stack.app_url, settings, log_level=log_level)
+        config = parse_config(text, env=env, source="<demo>")
+        # What `cookieguard run` logs at start-up, so the demo's log names its provider too.
+        get_logger().info(
+            "config_loaded",
+            path=config.source,
+            routes=len(config.routes),
+            provider=idp.kind,
+            layout=config.cookies.layout,
+            store=config.store.kind,
+        )
+        runner, stack.guard_url = await _start(build_app(config), settings.host, settings.port)
+        stack.runners.append(runner)
+    except BaseException:
+        await _stop_stack(stack)
+        raise
+    return stack
 
 
-async def _stop_pair(stack: _Stack) -> None:
+async def _stop_stack(stack: _Stack) -> None:
     for runner in reversed(stack.runners):
         await runner.cleanup()
     stack.runners.clear()
+    await stack.idp.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,19 +216,18 @@ class _Story:
 
     async def phase(self, name: str, base_url: str, expiries: int, *, through_guard: bool) -> PhaseResult:
         result = PhaseResult(name)
-        browser = ScriptedBrowser(base_url, self.http)
-        client_id = self.stack.pool.client_id
-        idp_before = self.stack.emulator.refresh_calls
-        app_before = self.stack.app.refreshes
-        events_before = len(self.stack.app.events)
+        idp, app = self.stack.idp, self.stack.app
+        browser = ScriptedBrowser(base_url, self.http, app.layout)
+        idp_before, app_before, reissued_before = idp.refresh_calls, app.refreshes, idp.reissued
+        already_used_before = idp.already_used
+        events_before = len(app.events)
         guard_before = await self._guard_outcomes() if through_guard else {}
 
-        signed_in = await self.navigate(
-            browser, result, "sign in", "POST", "/login", {"username": DEMO_USER, "password": DEMO_PASSWORD}
-        )
+        form = {"username": app.library.demo_user, "password": DEMO_PASSWORD}
+        signed_in = await self.navigate(browser, result, "sign in", "POST", "/login", form)
         self.say.line(f"  {'':<9} => {'signed in' if signed_in else 'NOT signed in'}")
         for n in range(1, expiries + 1):
-            exp = browser.access_token_exp(client_id)
+            exp = browser.access_token_exp()
             if exp is None:
                 break
             wait_s = max(0.0, exp + EXPIRY_MARGIN_S - time.time())
@@ -223,9 +241,12 @@ class _Story:
             result.expiries_passed = n
             self.say.line(f"  {'':<9} => still signed in")
 
-        result.idp_refreshes = self.stack.emulator.refresh_calls - idp_before
-        result.app_refreshes = self.stack.app.refreshes - app_before
-        app_events = self.stack.app.events[events_before:]
+        result.idp_refreshes = idp.refresh_calls - idp_before
+        result.app_refreshes = app.refreshes - app_before
+        result.reissued = idp.reissued - reissued_before
+        if already_used_before is not None:
+            result.already_used = (idp.already_used or 0) - already_used_before
+        app_events = app.events[events_before:]
         result.successful = sum(1 for e in app_events if e.action == "refreshed")
         result.rejected = sum(1 for e in app_events if e.action == "refresh_rejected")
         if through_guard:
@@ -244,20 +265,21 @@ class _Story:
         form: dict[str, str] | None = None,
     ) -> bool:
         """Request `path` and follow redirects like a browser; True if it ends signed in."""
-        client_id = self.stack.pool.client_id
+        idp, app = self.stack.idp, self.stack.app
         hop: Hop | None = None
         for _ in range(MAX_REDIRECTS):
-            idp_before = self.stack.emulator.refresh_calls
-            events_before = len(self.stack.app.events)
-            held = browser.refresh_token_id(client_id)
+            idp_before, reissued_before = idp.refresh_calls, idp.reissued
+            events_before = len(app.events)
+            held = browser.refresh_token_id()
             hop = await browser.request(method, path, form)
-            idp_calls = self.stack.emulator.refresh_calls - idp_before
-            events = self.stack.app.events[events_before:]
-            now_held = browser.refresh_token_id(client_id)
+            idp_calls = idp.refresh_calls - idp_before
+            events = app.events[events_before:]
+            now_held = browser.refresh_token_id()
             signing_in = any(e.action == "signed_in" for e in events)
             if now_held is not None and now_held != held and not signing_in:
                 result.delivered += 1  # a refreshed (rotated) refresh token reached the browser
-            self.say.hop(label, hop, _explain(events, idp_calls))
+            reissued = idp.reissued - reissued_before
+            self.say.hop(label, hop, _explain(events, idp_calls, reissued, app.library.reuse_error))
             label = ""
             if hop.location is None or hop.status not in (301, 302, 303, 307, 308):
                 break
@@ -274,8 +296,8 @@ class _Story:
         return counts
 
 
-def _explain(events: list[AppEvent], idp_calls: int) -> str:
-    """Who did what on one request, from the app's record and the IdP's counter."""
+def _explain(events: list[AppEvent], idp_calls: int, reissued: int, reuse_error: str) -> str:
+    """Who did what on one request, from the app's record and the IdP's counters."""
     notes: list[str] = []
     app_calls = 0
     for event in events:
@@ -287,14 +309,15 @@ def _explain(events: list[AppEvent], idp_calls: int) -> str:
                 notes.append("the app refreshed at the IdP and its page carried the new cookies")
         elif event.action == "refresh_rejected":
             app_calls += 1
-            why = (
-                " (a refresh token that was already used)"
-                if event.error == "RefreshTokenReuseException"
-                else ""
-            )
+            why = " (a refresh token that was already used)" if event.error == reuse_error else ""
             notes.append(f"the app's refresh was rejected by the IdP: {event.error}{why}")
         elif event.action == "signed_in":
             notes.append("the app signed the user in")
+    if reissued:
+        notes.append(
+            "the browser's refresh token was the parent of the active one: GoTrue answered with the "
+            "token the redirect had dropped"
+        )
     guard_calls = idp_calls - app_calls
     if guard_calls > 0:
         tail = "; the app got a fresh token and had nothing to refresh" if app_calls == 0 else ""
@@ -302,20 +325,21 @@ def _explain(events: list[AppEvent], idp_calls: int) -> str:
     return "; ".join(notes)
 
 
-async def _story(stack: _Stack, settings: DemoSettings, say: _Narrator) -> tuple[PhaseResult, PhaseResult]:
-    await _start_pair(stack, settings, log_level="warning")
+async def _story(settings: DemoSettings, say: _Narrator) -> tuple[PhaseResult, PhaseResult]:
+    stack = await _start_stack(settings, log_level="warning")
     try:
-        say.line("cookieguard demo: an app with the redirect bug, a local Cognito IdP, cookieguard in front")
+        idp = stack.idp
         say.line(
-            f"  IdP          moto's Cognito server on {stack.pool.endpoint}: access tokens live "
-            f"{settings.token_lifetime_s} s, refresh tokens rotate (a used one is rejected)"
+            f"cookieguard demo: an app with the redirect bug, a local {idp.title} IdP, cookieguard in front"
         )
+        say.line(f"  IdP          {idp.describe(settings.token_lifetime_s)}")
         say.line(
             f"  app          {stack.app_url}: its middleware refreshes an expired token itself, then `/` "
             "answers with a redirect that drops the new cookies"
         )
         say.line(
-            f"  cookieguard  {stack.guard_url} -> app, refresh.before_expiry {settings.before_expiry_s}s "
+            f"  cookieguard  {stack.guard_url} -> app, provider.kind {idp.kind}, cookies.layout "
+            f"{idp.layout_name}, refresh.before_expiry {settings.before_expiry_s}s "
             "(cookies without `Secure`: the demo runs on plain http)"
         )
         timeout = aiohttp.ClientTimeout(total=15)
@@ -331,7 +355,7 @@ async def _story(stack: _Stack, settings: DemoSettings, say: _Narrator) -> tuple
             )
         return direct, guarded
     finally:
-        await _stop_pair(stack)
+        await _stop_stack(stack)
 
 
 def run_demo(settings: DemoSettings, out: TextIO | None = None) -> int:
@@ -339,9 +363,7 @@ def run_demo(settings: DemoSettings, out: TextIO | None = None) -> int:
     say = _Narrator(out or sys.stdout)
     started = time.monotonic()
     try:
-        with _identity_provider(settings) as (emulator, pool):
-            stack = _Stack(emulator, pool, DemoApp(pool, APP_REFRESH_TOLERANCE_S, DEMO_COOKIES))
-            direct, guarded = asyncio.run(_story(stack, settings, say))
+        direct, guarded = asyncio.run(_story(settings, say))
     except EmulatorUnavailable as exc:
         print(f"cookieguard demo: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -349,15 +371,31 @@ def run_demo(settings: DemoSettings, out: TextIO | None = None) -> int:
     say.line("verdict")
     say.line(f"  direct:              {direct.verdict()}")
     say.line(f"  through cookieguard: {guarded.verdict()}")
-    say.line(
-        "  (lost: tokens the IdP issued that never reached the browser; counted at the IdP and in the jar)"
-    )
+    say.line("  (lost: refresh answers that never reached the browser; counted at the IdP and in the jar)")
     if guarded.app_refreshes:
         say.line(f"  (behind cookieguard the app still refreshed {guarded.app_refreshes} time(s) itself)")
-    if direct.signed_in:
+    if direct.signed_in and direct.reissued:
+        say.line(
+            f"  (directly the user stayed signed in, at a price: each time the redirect dropped the app's "
+            f"refresh, the next page refreshed again with the same spent refresh token and GoTrue, which "
+            f"forgives the parent of the active token at any time, answered with the token it had already "
+            f"issued: {direct.idp_refreshes} refreshes for {direct.expiries_passed} expiries, "
+            f"{direct.reissued} of them answered that way)"
+        )
+        say.line(
+            "  (with GoTrue the redirect bug alone does not sign one browser out; "
+            "`refresh_token_already_used` needs a refresh token two rotations old, used more than 10 s "
+            "after its revocation, e.g. by a request that was in flight across two refreshes)"
+        )
+    elif direct.signed_in:
         say.line("  (the direct run did not show the bug this time)")
     say.line(f"  took {time.monotonic() - started:.1f} s")
-    fixed = guarded.signed_in and guarded.lost == 0 and guarded.expiries_passed == settings.expiries
+    fixed = (
+        guarded.signed_in
+        and guarded.lost == 0
+        and not guarded.already_used
+        and guarded.expiries_passed == settings.expiries
+    )
     return EXIT_OK if fixed else EXIT_FIX_FAILED
 
 
@@ -370,9 +408,7 @@ def serve_demo(settings: DemoSettings, out: TextIO | None = None) -> int:
     """Start the IdP, the app and cookieguard, print URLs, run until SIGTERM/SIGINT."""
     say = _Narrator(out or sys.stdout)
     try:
-        with _identity_provider(settings) as (emulator, pool):
-            app = DemoApp(pool, APP_REFRESH_TOLERANCE_S, DEMO_COOKIES, on_event=_print_event(say))
-            return asyncio.run(_serve(_Stack(emulator, pool, app), settings, say))
+        return asyncio.run(_serve(settings, say))
     except EmulatorUnavailable as exc:
         print(f"cookieguard demo: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -393,15 +429,14 @@ def _print_event(say: _Narrator) -> Callable[[AppEvent], None]:
     return show
 
 
-async def _serve(stack: _Stack, settings: DemoSettings, say: _Narrator) -> int:
+async def _serve(settings: DemoSettings, say: _Narrator) -> int:
     try:
-        await _start_pair(stack, settings, log_level="info")
+        stack = await _start_stack(settings, log_level="info", on_event=_print_event(say))
     except OSError as exc:
         print(
             f"cookieguard demo: cannot listen: {exc.strerror or exc} (use --port / --app-port)",
             file=sys.stderr,
         )
-        await _stop_pair(stack)
         return EXIT_CANNOT_LISTEN
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -411,22 +446,27 @@ async def _serve(stack: _Stack, settings: DemoSettings, say: _Narrator) -> int:
         # Browsers do not separate cookies by port: the direct app is shown under another host
         # name so that its cookies and cookieguard's never mix in one browser.
         direct_url = stack.app_url.replace("127.0.0.1", "localhost", 1)
+        idp = stack.idp
         say.line("cookieguard demo is running (Ctrl-C stops it):")
         say.line(f"  through cookieguard (the fix):  {stack.guard_url}/")
         say.line(f"  the app directly (the bug):     {direct_url}/")
-        say.line(f"  sign in as {DEMO_USER!r}, password {DEMO_PASSWORD!r} (prefilled)")
-        say.line(
-            f"  access tokens live {settings.token_lifetime_s} s; after that, click Home: directly you are "
-            "signed out, through cookieguard you stay signed in"
-        )
-        say.line(f"  IdP (moto's Cognito server): {stack.pool.endpoint}")
+        say.line(f"  sign in as {stack.app.library.demo_user!r}, password {DEMO_PASSWORD!r} (prefilled)")
+        if idp.already_used is None:
+            after = "directly you are signed out, through cookieguard you stay signed in"
+        else:
+            after = (
+                "directly the app refreshes twice (the second time GoTrue hands out the token the "
+                "redirect dropped), through cookieguard once"
+            )
+        say.line(f"  access tokens live {settings.token_lifetime_s} s; after that, click Home: {after}")
+        say.line(f"  IdP ({idp.title}): {idp.endpoint}")
         say.line(f"  cookieguard admin: {stack.guard_url}/.cookieguard/healthz, /.cookieguard/metrics")
         say.line("  cookies are written without `Secure` because the demo runs on plain http")
         await stop.wait()
         say.line("cookieguard demo: stopping")
     finally:
         # The handlers stay while stopping: a second Ctrl-C must not interrupt the cleanup.
-        await _stop_pair(stack)
+        await _stop_stack(stack)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return EXIT_OK
