@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import web
 
 from .metrics import Metrics
-from .proxy import SessionCheck
+from .plan import SessionCheck
 
 # A readiness check returns None when its dependency is fine, else a short reason.
 ReadinessCheck = Callable[[], Awaitable[dict[str, str] | None]]
@@ -72,7 +72,7 @@ class Admin:
         )
 
     async def session(self, request: web.Request) -> web.Response:
-        """The browser's session health check (SPEC 6). Never a token; cookies only in Set-Cookie.
+        """The browser's session health check (README "Session endpoint"). Never a token; cookies only in Set-Cookie.
 
         Meant for `fetch(prefix + "/session", {credentials: "include"})` from the app's own pages,
         which share cookieguard's origin, so no CORS headers are sent (and none are needed). A due
@@ -94,7 +94,7 @@ class Admin:
 
 
 def session_report(check: SessionCheck, now_s: float) -> dict[str, object]:
-    """The session endpoint's JSON: SPEC 6's fields, plus `reason` (a short code, never content)."""
+    """The session endpoint's JSON (README "Session endpoint"): its fields, plus `reason` (a short code, never content)."""
     expires_at = int(check.expires_at) if check.expires_at is not None else None
     return {
         "authenticated": check.authenticated,

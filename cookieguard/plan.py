@@ -390,7 +390,9 @@ def session_check(
         return SessionCheck(authenticated=False, reason="no_session")
     if plan.outcome == REJECTED and policy.on_rejected != "pass":
         # The session is over; the answer carries the expired auth cookies.
-        return SessionCheck(False, _user(session, verdicts, policy), reason="rejected", set_cookies=set_cookies)
+        return SessionCheck(
+            False, _user(session, verdicts, policy), reason="rejected", set_cookies=set_cookies
+        )
     fresh = plan.fresh if isinstance(plan, Forward) else None
     if fresh is not None:
         access = _fresh_access(fresh, plan.opaque_lifetime if isinstance(plan, Forward) else None)
