@@ -72,7 +72,8 @@ class Admin:
         )
 
     async def session(self, request: web.Request) -> web.Response:
-        """The browser's session health check (README "Session endpoint"). Never a token; cookies only in Set-Cookie.
+        """The browser's session health check (README "Session endpoint"). Never a token;
+        cookies only in Set-Cookie.
 
         Meant for `fetch(prefix + "/session", {credentials: "include"})` from the app's own pages,
         which share cookieguard's origin, so no CORS headers are sent (and none are needed). A due
@@ -94,7 +95,7 @@ class Admin:
 
 
 def session_report(check: SessionCheck, now_s: float) -> dict[str, object]:
-    """The session endpoint's JSON (README "Session endpoint"): its fields, plus `reason` (a short code, never content)."""
+    """The session endpoint's JSON (README "Session endpoint"), `reason` a short code, never content."""
     expires_at = int(check.expires_at) if check.expires_at is not None else None
     return {
         "authenticated": check.authenticated,
