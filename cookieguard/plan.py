@@ -22,7 +22,7 @@ A caller runs it in steps (README "How it works"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .cookies import SetCookie, parse_cookie_header
 from .decide import Action, needs_refresh
@@ -57,14 +57,12 @@ class Policy:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Lifetime:
+class Lifetime(NamedTuple):
     issued_at: float
     expires_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Verdicts:
+class Verdicts(NamedTuple):
     """What the caller learnt about the session's tokens. A verdict left None is not gathered
     yet (the plan asks for it with `Check` when it needs it); a token the session lacks has none.
 
@@ -104,8 +102,7 @@ class Proof:
 NOT_VERIFIED = Proof(reason="not_verified")
 
 
-@dataclass(frozen=True, slots=True)
-class AccessState:
+class AccessState(NamedTuple):
     """What the access token says about the session.
 
     `reason`: `ok` (its lifetime is known as far as it goes: `expires_at` None when it has no
@@ -131,10 +128,16 @@ OPAQUE_UNSEEN = AccessState("opaque_unseen")
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """Gather this token's verdict, then plan again."""
+    """Gather the verdict on the session's token of this kind, then plan again."""
 
     kind: TokenKind
-    token: str = field(repr=False)
+
+    def token(self, session: Session) -> str | None:
+        return session.access_token if self.kind == "access" else session.id_token
+
+
+CHECK_ACCESS = Check("access")
+CHECK_ID = Check("id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +304,7 @@ def judge_access(session: Session, verdicts: Verdicts) -> AccessState | Check:
         return ABSENT  # absent but refreshable
     verdict = verdicts.access
     if verdict is None:
-        return Check("access", token)
+        return CHECK_ACCESS
     if verdict.status is TokenStatus.INVALID:
         return INVALID
     if verdict.status is TokenStatus.OPAQUE:
@@ -317,15 +320,15 @@ def prove(session: Session, verdicts: Verdicts, policy: Policy) -> Proof | Check
     if not policy.signature_verified:
         return NOT_VERIFIED
     reason = "no_token"
-    candidates: tuple[tuple[TokenKind, str | None, TokenCheck | None], ...] = (
-        ("access", session.access_token, verdicts.access),
-        ("id", session.id_token, verdicts.id),
+    candidates: tuple[tuple[Check, str | None, TokenCheck | None], ...] = (
+        (CHECK_ACCESS, session.access_token, verdicts.access),
+        (CHECK_ID, session.id_token, verdicts.id),
     )
-    for kind, token, verdict in candidates:
+    for check, token, verdict in candidates:
         if not token:
             continue
         if verdict is None:
-            return Check(kind, token)
+            return check
         if verdict.status is TokenStatus.VALID and verdict.claims is not None and verdict.claims.sub:
             return Proof(verdict.claims.sub, reported_user(verdict.claims))
         reason = verdict.reason if verdict.status is not TokenStatus.VALID else "no_sub"

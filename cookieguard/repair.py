@@ -38,7 +38,7 @@ from .plan import (
     session_check,
 )
 from .refresh import FAILED, LIMITED, REFRESHED, Refresher, RefreshResult
-from .tokens import TokenCheck, TokenStatus, TokenVerifier, read_claims, session_id
+from .tokens import TokenCheck, TokenKind, TokenStatus, TokenVerifier, read_claims, session_id
 
 
 @dataclass
@@ -80,7 +80,7 @@ class Pacer:
         asyncio.get_running_loop().call_soon(self._slots.release)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Judged:
     """What was gathered for one request's plan; the plan after the refresh reads it again."""
 
@@ -108,7 +108,13 @@ class SessionRepair:
         verdicts = NO_VERDICTS
         plan = plan_session(session, verdicts, now, self.policy)
         while isinstance(plan, Check):
-            verdicts = await self._gather(verdicts, plan)
+            assert session is not None
+            token = plan.token(session) or ""
+            verdict = self._peek(plan.kind, token)  # the hot path: a token seen before, no await
+            if verdict is not None and verdict.status is not TokenStatus.OPAQUE:
+                verdicts = verdicts.with_verdict(plan.kind, verdict, verdicts.opaque_lifetime)
+            else:
+                verdicts = await self._gather(verdicts, plan.kind, token)
             plan = plan_session(session, verdicts, now, self.policy)
         return plan, Judged(cookie_header, session, verdicts, now)
 
@@ -166,30 +172,32 @@ class SessionRepair:
         session, verdicts = judged.session, judged.verdicts
         if session is not None:  # the report names the user whichever token verifies
             if session.access_token and verdicts.access is None:
-                verdicts = await self._gather(verdicts, Check("access", session.access_token))
+                verdicts = await self._gather(verdicts, "access", session.access_token)
             if session.id_token and verdicts.id is None:
-                verdicts = await self._gather(verdicts, Check("id", session.id_token))
+                verdicts = await self._gather(verdicts, "id", session.id_token)
         return session_check(session, verdicts, plan, judged.now_s, self.policy)
 
-    async def _gather(self, verdicts: Verdicts, check: Check) -> Verdicts:
-        verdict = await self._verdict(check)
+    async def _gather(self, verdicts: Verdicts, kind: TokenKind, token: str) -> Verdicts:
+        verdict = await self._verdict(kind, token)
         lifetime = None
-        if check.kind == "access" and verdict.status is TokenStatus.OPAQUE:
-            seen = self.auth.refresher.opaque_lifetime(check.token)
+        if kind == "access" and verdict.status is TokenStatus.OPAQUE:
+            seen = self.auth.refresher.opaque_lifetime(token)
             lifetime = Lifetime(*seen) if seen is not None else None
-        return verdicts.with_verdict(check.kind, verdict, lifetime or verdicts.opaque_lifetime)
+        return verdicts.with_verdict(kind, verdict, lifetime or verdicts.opaque_lifetime)
 
-    async def _verdict(self, check: Check) -> TokenCheck:
-        """Verdicts are cached by the verifier: a token seen before costs a dictionary lookup."""
+    def _peek(self, kind: TokenKind, token: str) -> TokenCheck | None:
+        """The verifier's cached verdict: a token seen before costs a dictionary lookup."""
+        verifier = self.auth.verifier
+        return verifier.peek(token, kind) if verifier is not None else None
+
+    async def _verdict(self, kind: TokenKind, token: str) -> TokenCheck:
         verifier = self.auth.verifier
         if verifier is None:
-            return unverified_verdict(
-                check.token, opaque_allowed=check.kind == "access" and self._opaque_allowed
-            )
-        verdict = verifier.peek(check.token, check.kind)
+            return unverified_verdict(token, opaque_allowed=kind == "access" and self._opaque_allowed)
+        verdict = verifier.peek(token, kind)
         if verdict is None:
             await self._pacer.turn()  # a token not seen before costs a signature check
-            verdict = await verifier.check(check.token, kind=check.kind)
+            verdict = await verifier.check(token, kind=kind)
         return verdict
 
     def _log_refresh(
