@@ -109,7 +109,9 @@ class Proxy:
                 )
             return response
         finally:
-            clear_contextvars()  # a keep-alive connection's next request starts with none
+            # aiohttp runs each request in a task of its own, whose context ends with it; other
+            # callers (tests, an embedding app) get the same clean slate.
+            clear_contextvars()
 
     def _count_request(self, route: str, status: int) -> None:
         # prometheus-client's labels() costs a lock and a few allocations per call; the children
