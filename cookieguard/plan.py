@@ -383,27 +383,27 @@ class SessionCheck:
 
 def session_check(
     session: Session | None, verdicts: Verdicts, plan: Forward | Answer, now_s: float, policy: Policy
-) -> SessionCheck:
-    """The session endpoint's report on a plan carried out (README "Session endpoint").
-
-    `verdicts` must hold both tokens' verdicts (the user comes from whichever verifies).
-    """
+) -> SessionCheck | Check:
+    """The session endpoint's report on a plan carried out (README "Session endpoint"), or the
+    verdict it still needs (the user comes from whichever token verifies)."""
     set_cookies = [cookie.header() for cookie in plan.set_cookies]
     if session is None:
         return SessionCheck(authenticated=False, reason="no_session")
-    if plan.outcome == REJECTED and policy.on_rejected != "pass":
-        # The session is over; the answer carries the expired auth cookies.
-        return SessionCheck(
-            False, _user(session, verdicts, policy), reason="rejected", set_cookies=set_cookies
-        )
     fresh = plan.fresh if isinstance(plan, Forward) else None
-    if fresh is not None:
+    if fresh is None:
+        judged = judge_access(session, verdicts)
+        if isinstance(judged, Check):
+            return judged
+        proof = prove(session, verdicts, policy)
+        if isinstance(proof, Check):
+            return proof
+        access, user = judged, user_of(proof, session)
+    else:
         access = _fresh_access(fresh, plan.opaque_lifetime if isinstance(plan, Forward) else None)
         user = _fresh_user(session, fresh, policy)
-    else:
-        judged = judge_access(session, verdicts)
-        access = judged if isinstance(judged, AccessState) else ABSENT
-        user = _user(session, verdicts, policy)
+    if plan.outcome == REJECTED and policy.on_rejected != "pass":
+        # The session is over; the answer carries the expired auth cookies.
+        return SessionCheck(False, user, reason="rejected", set_cookies=set_cookies)
     if access is INVALID:
         return SessionCheck(authenticated=False, user=user, reason="invalid_token")
     expires_at = access.expires_at
@@ -426,11 +426,6 @@ def session_check(
         reason="refreshed" if refreshed else "ok",
         set_cookies=set_cookies,
     )
-
-
-def _user(session: Session, verdicts: Verdicts, policy: Policy) -> str | None:
-    proof = prove(session, verdicts, policy)
-    return user_of(proof, session) if isinstance(proof, Proof) else None
 
 
 def _fresh_access(fresh: FreshTokens, opaque_lifetime: Lifetime | None) -> AccessState:

@@ -170,12 +170,12 @@ class SessionRepair:
             plan = self.plan_after(judged, plan, result, address, is_navigation=False)
         assert isinstance(plan, Forward | Answer)
         session, verdicts = judged.session, judged.verdicts
-        if session is not None:  # the report names the user whichever token verifies
-            if session.access_token and verdicts.access is None:
-                verdicts = await self._gather(verdicts, "access", session.access_token)
-            if session.id_token and verdicts.id is None:
-                verdicts = await self._gather(verdicts, "id", session.id_token)
-        return session_check(session, verdicts, plan, judged.now_s, self.policy)
+        report = session_check(session, verdicts, plan, judged.now_s, self.policy)
+        while isinstance(report, Check):
+            assert session is not None
+            verdicts = await self._gather(verdicts, report.kind, report.token(session) or "")
+            report = session_check(session, verdicts, plan, judged.now_s, self.policy)
+        return report
 
     async def _gather(self, verdicts: Verdicts, kind: TokenKind, token: str) -> Verdicts:
         verdict = await self._verdict(kind, token)

@@ -220,7 +220,9 @@ class Playbook:
     def report(self) -> SessionCheck:
         last = self.plans[-1]
         assert isinstance(last, Forward | Answer)
-        return session_check(self.session, self.verdicts, last, self.now, self.policy)
+        report = session_check(self.session, self.verdicts, last, self.now, self.policy)
+        assert isinstance(report, SessionCheck), f"the report asks for {report}"
+        return report
 
 
 def playbook(
@@ -451,11 +453,9 @@ def test_no_session_and_no_refresh_token() -> None:
 def test_proven_by_the_access_token(layout: str) -> None:
     token = access_token(NOW - 60)
     book = playbook(layout, token, id_=id_token() if layout != "supabase" else None)
-    assert (
-        book
-        >> Verdict("access", valid(token))
-        << like(Refresh, proof=Proof(SUB, USER), username=book.session.user)
-    )  # type: ignore[union-attr]
+    assert book.session is not None
+    expected = like(Refresh, proof=Proof(SUB, USER), username=book.session.user)
+    assert book >> Verdict("access", valid(token)) << expected
 
 
 def test_proven_by_the_id_token_when_the_access_token_cannot_be() -> None:
@@ -531,3 +531,15 @@ def test_verdicts_given_up_front_need_no_check() -> None:
     book = playbook("amplify", token)
     book.given = Verdicts(access=valid(token))
     assert book << like(Refresh)
+
+
+def test_report_asks_for_the_id_verdict_only_when_the_access_token_proves_nothing() -> None:
+    token = access_token(NOW + 3000, NOW - 600)
+    book = playbook("amplify", token, id_=id_token())
+    assert book >> Verdict("access", valid(token)) << like(Forward, reason="fresh")
+    assert book.report().user == USER  # no id verdict was needed
+    book = playbook("amplify", token, id_=id_token())
+    assert book >> Verdict("access", unknown(token)) << like(Forward, reason="fresh")
+    plan = book.plans[-1]
+    assert isinstance(plan, Forward)
+    assert session_check(book.session, book.verdicts, plan, NOW, book.policy) == Check("id")
