@@ -106,11 +106,13 @@ class SessionRepair:
         session = auth.sessions.read(cookie_header) if cookie_header else None
         now = auth.wall_clock()
         verdicts = NO_VERDICTS
+        verifier = auth.verifier
         plan = plan_session(session, verdicts, now, self.policy)
         while isinstance(plan, Check):
             assert session is not None
             token = plan.token(session) or ""
-            verdict = self._peek(plan.kind, token)  # the hot path: a token seen before, no await
+            # The hot path: a token seen before costs a dictionary lookup, and no await.
+            verdict = verifier.peek(token, plan.kind) if verifier is not None else None
             if verdict is not None and verdict.status is not TokenStatus.OPAQUE:
                 verdicts = verdicts.with_verdict(plan.kind, verdict, verdicts.opaque_lifetime)
             else:
@@ -184,11 +186,6 @@ class SessionRepair:
             seen = self.auth.refresher.opaque_lifetime(token)
             lifetime = Lifetime(*seen) if seen is not None else None
         return verdicts.with_verdict(kind, verdict, lifetime or verdicts.opaque_lifetime)
-
-    def _peek(self, kind: TokenKind, token: str) -> TokenCheck | None:
-        """The verifier's cached verdict: a token seen before costs a dictionary lookup."""
-        verifier = self.auth.verifier
-        return verifier.peek(token, kind) if verifier is not None else None
 
     async def _verdict(self, kind: TokenKind, token: str) -> TokenCheck:
         verifier = self.auth.verifier
