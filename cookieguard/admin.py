@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from aiohttp import web
 
 from .metrics import Metrics
-from .proxy import SessionCheck
+from .plan import SessionCheck
 
 # A readiness check returns None when its dependency is fine, else a short reason.
 ReadinessCheck = Callable[[], Awaitable[dict[str, str] | None]]
@@ -78,8 +78,7 @@ class Admin:
 
 
 def session_report(check: SessionCheck, now_s: float) -> dict[str, object]:
-    """The session endpoint's JSON (README "Session endpoint"): its fields, plus `reason` (a short
-    code, never content)."""
+    """The session endpoint's JSON (README "Session endpoint"), `reason` a short code, never content."""
     expires_at = int(check.expires_at) if check.expires_at is not None else None
     return {
         "authenticated": check.authenticated,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import json
 import math
@@ -268,3 +269,35 @@ def check_claims(
     ):
         return NOT_YET_VALID
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts: plain data the verifier produces and the plan (cookieguard.plan) reads
+# ---------------------------------------------------------------------------------------------
+
+
+class TokenStatus(enum.Enum):
+    VALID = "valid"
+    INVALID = "invalid"
+    OPAQUE = "opaque"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCheck:
+    """The verdict on one token. See the module docstring for what the proxy does with each.
+
+    `claims`: verified for VALID (or merely decoded when `verify.signature` is off), unverified for
+    UNKNOWN, None otherwise. `reason` is a short code for logs and metrics, never token content:
+    ok, unverified, opaque, not_a_jwt, alg_not_allowed, unknown_kid, jwks_unavailable,
+    bad_signature, malformed, wrong_issuer, wrong_token_use, wrong_client, wrong_audience, no_exp,
+    not_yet_valid.
+    """
+
+    status: TokenStatus
+    claims: Claims | None = None
+    reason: str = "ok"
+
+    @property
+    def is_valid(self) -> bool:
+        return self.status is TokenStatus.VALID

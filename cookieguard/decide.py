@@ -20,7 +20,8 @@ def needs_refresh(
     clock_drift_ms: int = 0,
     access_issued_at: float | None = None,
 ) -> Action:
-    """docs/behaviour.md §2. `access_expires_at` is None when there is no usable access token.
+    """README "How it works" (Decide). `access_expires_at` is None when there is no usable
+    access token.
 
     Amplify keeps `clockDrift` = server time - browser time (ms) and judges expiry on the
     server's clock; the proxy does the same so both agree on when a token is due.
@@ -32,13 +33,18 @@ def needs_refresh(
         return Action.FORWARD
     if access_expires_at is None:
         return Action.REFRESH
-    window = before_expiry_s
-    if access_issued_at is not None and access_expires_at > access_issued_at:
-        window = min(window, (access_expires_at - access_issued_at) / 2)
+    window = refresh_window(before_expiry_s, access_expires_at, access_issued_at)
     server_now = now_s + clock_drift_ms / 1000.0
     if access_expires_at - server_now <= window:
         return Action.REFRESH
     return Action.FORWARD
+
+
+def refresh_window(before_expiry_s: float, expires_at: float, issued_at: float | None) -> float:
+    """`before_expiry`, capped at half the token's lifetime when its `iat` is known."""
+    if issued_at is not None and expires_at > issued_at:
+        return min(before_expiry_s, (expires_at - issued_at) / 2)
+    return before_expiry_s
 
 
 def is_navigation(headers: Mapping[str, str]) -> bool:

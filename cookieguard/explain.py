@@ -2,7 +2,7 @@
 
 Offline and pure: no IdP call, no JWKS fetch, no signature check. Claims are read from the
 tokens' payloads and checked against the configuration (issuer, client, token use), so the verdict
-is the proxy's own (`needs_refresh`, the same refresh window) except for the signature.
+is the proxy's own (cookieguard.plan, the same refresh window) except for the signature.
 
 It never prints a token or a cookie value: only cookie names, lengths and a few claims (`sub`,
 `username`, `client_id`, `token_use`, `iss`, `iat`, `exp`), and the session id (the first 12 hex
@@ -16,12 +16,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
-from .claims import Claims, TokenKind, check_claims, decode_claims, expectations_for, session_id
+from .claims import (
+    Claims,
+    TokenCheck,
+    TokenKind,
+    TokenStatus,
+    check_claims,
+    decode_claims,
+    expectations_for,
+    session_id,
+)
 from .config import Config
 from .cookies import parse_cookie_header, percent_decode
-from .decide import Action, needs_refresh
-from .layouts import AmplifyLayout, Session, make_layout
+from .decide import refresh_window
+from .layouts import AmplifyLayout, Layout, Session, make_layout
 from .layouts.amplify import AMPLIFY_PREFIX, LAST_AUTH_USER
+from .plan import Check, Policy, Refresh, Verdicts, plan_session
 
 _AMPLIFY_KEYS = ("accessToken", "idToken", "refreshToken", "clockDrift", "deviceKey", "signInDetails")
 _HEADER_PREFIX = re.compile(r"^\s*cookie\s*:\s*", re.IGNORECASE)
@@ -125,7 +135,7 @@ def explain(
         )
     else:
         out.append("refresh token: absent")
-    out += _verdict_lines(_decide(session, access, config, now_s))
+    out += _verdict_lines(_decide(session, layout, config, now_s))
     out.append(_proof_line(session, config, now_s))
     if config.provider is not None and config.verify.signature:
         out.append("note: the proxy also verifies the signature against the IdP's keys (not done here)")
@@ -146,53 +156,68 @@ def _session_json_lines(payload: dict[str, object], now_s: float, tz: tzinfo | N
     return lines
 
 
-def _decide(session: Session, access: Claims | None, config: Config, now_s: float) -> Verdict:
-    if not session.refresh_token:
+def offline_verdict(token: str, kind: TokenKind, config: Config, now_s: float) -> TokenCheck:
+    """What explain can say about a token without the IdP's keys: its claims as read, checked
+    against the configuration; UNKNOWN (the signature is not checked) when nothing is wrong."""
+    claims = decode_claims(token)
+    provider = config.provider
+    if claims is None:
+        if kind == "access" and provider is not None and provider.opaque_access_tokens:
+            return TokenCheck(TokenStatus.OPAQUE, reason="opaque")
+        return TokenCheck(TokenStatus.INVALID, reason="not_a_jwt")
+    if provider is not None and config.verify.signature:
+        problem = check_claims(claims, expectations_for(provider, config.verify, kind), now_s)
+        if problem is not None and problem != "not_yet_valid":
+            return TokenCheck(TokenStatus.INVALID, reason=problem)
+    return TokenCheck(TokenStatus.UNKNOWN, claims, "not_checked")
+
+
+def _decide(session: Session, layout: Layout, config: Config, now_s: float) -> Verdict:
+    """The proxy's own plan (cookieguard.plan), on verdicts read offline; an opaque access token
+    counts as never seen issued (its lifetime is known only to the proxy that received it)."""
+    verdicts = Verdicts(
+        access=offline_verdict(session.access_token, "access", config, now_s)
+        if session.access_token
+        else None,
+        id=offline_verdict(session.id_token, "id", config, now_s) if session.id_token else None,
+    )
+    plan = plan_session(session, verdicts, now_s, Policy.from_config(config, layout))
+    assert not isinstance(plan, Check), "every token's verdict is given"
+    access = verdicts.access.claims if verdicts.access is not None else None
+    if plan.reason == "no_refresh_token":
         if access is not None and access.exp is not None and access.exp <= now_s:
             return Verdict(
                 "forward", "no refresh token, and the access token has expired: the user must sign in"
             )
         return Verdict("forward", "no refresh token: cookieguard cannot refresh this session")
-    if session.access_token and access is None:
-        if config.provider is not None and config.provider.opaque_access_tokens:
-            return Verdict(
-                "forward",
-                "the access token is not a JWT (opaque): its expiry is known only from a token response "
-                "cookieguard saw itself, so it refreshes it only when that lifetime runs out",
-            )
+    if plan.reason == "opaque_unseen":
         return Verdict(
             "forward",
-            "the access token is not a JWT: treated as no session (never refreshed, passed through)",
+            "the access token is not a JWT (opaque): its expiry is known only from a token response "
+            "cookieguard saw itself, so it refreshes it only when that lifetime runs out",
         )
-    if access is not None and config.provider is not None and config.verify.signature:
-        problem = check_claims(access, expectations_for(config.provider, config.verify, "access"), now_s)
-        if problem is not None and problem != "not_yet_valid":
+    if plan.reason == "invalid_token":
+        problem = verdicts.access.reason if verdicts.access is not None else "invalid"
+        if problem == "not_a_jwt":
             return Verdict(
-                "forward", f"the access token fails the claim checks ({problem}): treated as no session"
+                "forward",
+                "the access token is not a JWT: treated as no session (never refreshed, passed through)",
             )
-    expires_at = access.exp if access else None
-    action = needs_refresh(
-        has_refresh_token=True,
-        access_expires_at=expires_at,
-        access_issued_at=access.iat if access else None,
-        now_s=now_s,
-        before_expiry_s=config.refresh.before_expiry_s,
-        clock_drift_ms=session.clock_drift_ms,
-    )
-    if expires_at is None:
+        return Verdict(
+            "forward", f"the access token fails the claim checks ({problem}): treated as no session"
+        )
+    if plan.reason == "absent":
         return Verdict("refresh", "no access token, but a refresh token: cookieguard refreshes")
-    server_now = now_s + session.clock_drift_ms / 1000
-    left = expires_at - server_now
-    window = config.refresh.before_expiry_s
-    capped = access is not None and access.iat is not None and expires_at > access.iat
-    if capped and access is not None and access.iat is not None:
-        window = min(window, (expires_at - access.iat) / 2)
+    if plan.reason == "no_exp" or access is None or access.exp is None:
+        return Verdict("refresh", "the access token has no exp claim: cookieguard refreshes")
+    left = access.exp - (now_s + session.clock_drift_ms / 1000)
+    window = refresh_window(config.refresh.before_expiry_s, access.exp, access.iat)
     window_text = f"the {_relative(window)} refresh window" + (
         " (refresh.before_expiry)"
         if window == config.refresh.before_expiry_s
         else " (half the token's lifetime)"
     )
-    if action is Action.REFRESH:
+    if isinstance(plan, Refresh):
         if left <= 0:
             return Verdict("refresh", f"the access token expired {_relative(-left)} ago")
         return Verdict("refresh", f"the access token expires in {_relative(left)}, within {window_text}")

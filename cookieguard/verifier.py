@@ -27,11 +27,9 @@ No token ever appears in a log line, an exception message or a repr from this mo
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
@@ -42,10 +40,11 @@ from .claims import (
     ASYMMETRIC_ALGORITHMS,
     MAX_TOKEN_CHARS,
     NOT_YET_VALID,
-    Claims,
     ClaimsReader,
     Expectations,
+    TokenCheck,
     TokenKind,
+    TokenStatus,
     check_claims,
     claims_from,
     expectations_for,
@@ -53,6 +52,8 @@ from .claims import (
     token_key,
 )
 from .lru import LRU
+
+__all__ = ["JwksError", "TokenCheck", "TokenStatus", "TokenVerifier", "parse_jwks"]
 
 if TYPE_CHECKING:
     from cookieguard.config import VerifyConfig
@@ -68,33 +69,6 @@ JWKS_RETRY_AFTER_FAILURE_S: Final = 5.0
 # verifying new tokens. If that re-read fails, the keys we have keep working.
 JWKS_MAX_AGE_S: Final = 3600.0
 MAX_JWKS_BYTES: Final = 1 << 20
-
-
-class TokenStatus(enum.Enum):
-    VALID = "valid"
-    INVALID = "invalid"
-    OPAQUE = "opaque"
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCheck:
-    """The verdict on one token. See the module docstring for what the proxy does with each.
-
-    `claims`: verified for VALID (or merely decoded when `verify.signature` is off), unverified for
-    UNKNOWN, None otherwise. `reason` is a short code for logs and metrics, never token content:
-    ok, unverified, opaque, not_a_jwt, alg_not_allowed, unknown_kid, jwks_unavailable,
-    bad_signature, malformed, wrong_issuer, wrong_token_use, wrong_client, wrong_audience, no_exp,
-    not_yet_valid.
-    """
-
-    status: TokenStatus
-    claims: Claims | None = None
-    reason: str = "ok"
-
-    @property
-    def is_valid(self) -> bool:
-        return self.status is TokenStatus.VALID
 
 
 _OPAQUE: Final = TokenCheck(TokenStatus.OPAQUE, reason="opaque")

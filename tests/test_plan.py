@@ -1,0 +1,545 @@
+"""cookieguard.plan as a playbook: events in (the session as read, verdicts, the clock, the
+refresh result), plans out, in order. No socket, no sleep, no IdP: the plan is pure.
+
+After mitmproxy's test/mitmproxy/proxy/tutils.py `Playbook`: `>>` feeds an event, `<<` names
+the plan expected next; the playbook replays the whole exchange when asserted.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from cookieguard.claims import TokenCheck, TokenKind, TokenStatus, decode_claims
+from cookieguard.config import CookieAttributes, CookieNames
+from cookieguard.cookies import parse_cookie_header
+from cookieguard.layouts import AmplifyLayout, Layout, NamedLayout, Session, SupabaseLayout
+from cookieguard.layouts.supabase import session_cookies
+from cookieguard.plan import (
+    Answer,
+    Check,
+    Forward,
+    Lifetime,
+    Plan,
+    Policy,
+    Proof,
+    Refresh,
+    SessionCheck,
+    Verdicts,
+    plan_session,
+    session_check,
+)
+from cookieguard.providers.base import TokenSet
+from cookieguard.refresh import FAILED, JOINED, LIMITED, REFRESHED, REJECTED, REUSED, RefreshResult
+from tests.support.apps import amplify_cookies
+
+NOW = 1_800_000_000.0
+CID = "3n4b5urk1ft4fl3mg5e62d9ado"
+USER = "jane@example.com"
+SUB = "0f1e-sub"
+REFRESH_TOKEN = "opaque-refresh-" + "r" * 40
+SB_KEY = "sb-abcdefghijklmnop-auth-token"
+LOGIN = "/login?next=here"
+SSR_ATTRS = CookieAttributes(secure=False, max_age_s=34560000)
+
+
+def jwt(**claims: Any) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256', 'kid': 'k1'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def access_token(exp: float, iat: float | None = None, *, sub: str = SUB, username: str = USER) -> str:
+    issued = iat if iat is not None else exp - 3600
+    return jwt(sub=sub, username=username, client_id=CID, token_use="access", exp=exp, iat=issued)
+
+
+def id_token(exp: float = NOW + 3600, *, sub: str = SUB) -> str:
+    return jwt(sub=sub, **{"cognito:username": USER}, aud=CID, token_use="id", exp=exp, iat=exp - 3600)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions as each layout reads them
+# ---------------------------------------------------------------------------------------------
+
+
+def amplify(
+    access: str | None, id_: str | None = None, refresh: str | None = REFRESH_TOKEN
+) -> tuple[Layout, str]:
+    cookies = amplify_cookies(CID, USER, access_token=access, id_token=id_, refresh_token=refresh)
+    return AmplifyLayout(CID), "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+
+def named(
+    access: str | None, id_: str | None = None, refresh: str | None = REFRESH_TOKEN
+) -> tuple[Layout, str]:
+    layout = NamedLayout(CookieNames(id_token="id_token"))
+    pairs = [("_ga", "GA1.1.1"), ("access_token", access), ("id_token", id_), ("refresh_token", refresh)]
+    return layout, "; ".join(f"{k}={v}" for k, v in pairs if v is not None)
+
+
+def supabase(
+    access: str | None, id_: str | None = None, refresh: str | None = REFRESH_TOKEN
+) -> tuple[Layout, str]:
+    payload: dict[str, Any] = {"token_type": "bearer", "user": {"id": SUB, "email": USER}}
+    if access is not None:
+        payload["access_token"] = access
+        claims = decode_claims(access)
+        if claims is not None and claims.exp is not None:
+            payload["expires_at"] = int(claims.exp)
+    if refresh is not None:
+        payload["refresh_token"] = refresh
+    written = session_cookies(SB_KEY, payload, [], SSR_ATTRS)
+    return SupabaseLayout(SB_KEY), "; ".join(["_ga=GA1.1.1", *(f"{c.name}={c.value}" for c in written)])
+
+
+LAYOUTS: dict[str, Callable[..., tuple[Layout, str]]] = {
+    "amplify": amplify,
+    "named": named,
+    "supabase": supabase,
+}
+
+
+def valid(token: str) -> TokenCheck:
+    return TokenCheck(TokenStatus.VALID, decode_claims(token), "ok")
+
+
+def unknown(token: str) -> TokenCheck:
+    return TokenCheck(TokenStatus.UNKNOWN, decode_claims(token), "jwks_unavailable")
+
+
+INVALID = TokenCheck(TokenStatus.INVALID, reason="bad_signature")
+OPAQUE = TokenCheck(TokenStatus.OPAQUE, reason="opaque")
+
+
+def policy(layout: Layout, on_rejected: str = "clear", *, signature: bool = True) -> Policy:
+    attrs = SSR_ATTRS if isinstance(layout, SupabaseLayout) else CookieAttributes()
+    return Policy(
+        layout=layout,
+        before_expiry_s=300,
+        on_rejected=on_rejected,
+        login_url=LOGIN,
+        attributes=attrs,
+        signature_verified=signature,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The playbook
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Event: the caller gathered the verdict a `Check` asked for."""
+
+    kind: TokenKind
+    check: TokenCheck
+    opaque_lifetime: Lifetime | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """Event: the planned refresh is done."""
+
+    result: RefreshResult
+    is_navigation: bool = False
+
+
+@dataclass(frozen=True)
+class Like:
+    """An expected plan: its type, the fields named, and any further checks."""
+
+    kind: type
+    checks: tuple[Callable[[Any], bool], ...] = ()
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def matches(self, plan: Plan) -> bool:
+        return (
+            type(plan) is self.kind
+            and all(getattr(plan, k) == v for k, v in self.fields.items())
+            and all(check(plan) for check in self.checks)
+        )
+
+
+def like(plan_type: type, /, *checks: Callable[[Any], bool], **fields: Any) -> Like:
+    return Like(plan_type, checks, fields)
+
+
+class Playbook:
+    """Feeds a session to the plan: `>> event` answers the last plan, `<< expected` is the next one."""
+
+    def __init__(
+        self, layout: Layout, header: str, pol: Policy, *, now: float = NOW, verdicts: Verdicts | None = None
+    ) -> None:
+        self.layout, self.header, self.policy, self.now = layout, header, pol, now
+        self.session: Session | None = layout.read(parse_cookie_header(header))
+        self.given = self.verdicts = verdicts or Verdicts()
+        self.steps: list[Verdict | Result | Like] = []
+        self.plans: list[Plan] = []
+
+    def __rshift__(self, event: Verdict | Result) -> Playbook:
+        self.steps.append(event)
+        return self
+
+    def __lshift__(self, expected: Like) -> Playbook:
+        self.steps.append(expected)
+        return self
+
+    def __bool__(self) -> bool:
+        result: Result | None = None
+        self.verdicts, self.plans = self.given, []
+        for step in self.steps:
+            if isinstance(step, Verdict):
+                self.verdicts = self.verdicts.with_verdict(step.kind, step.check, step.opaque_lifetime)
+                continue
+            if isinstance(step, Result):
+                result = step
+                continue
+            plan = plan_session(
+                self.session,
+                self.verdicts,
+                self.now,
+                self.policy,
+                cookie_header=self.header,
+                result=result.result if result else None,
+                is_navigation=result.is_navigation if result else False,
+            )
+            self.plans.append(plan)
+            if not step.matches(plan):
+                raise AssertionError(f"step {len(self.plans)}: expected {step}, planned {plan}")
+        return True
+
+    def report(self) -> SessionCheck:
+        last = self.plans[-1]
+        assert isinstance(last, Forward | Answer)
+        report = session_check(self.session, self.verdicts, last, self.now, self.policy)
+        assert isinstance(report, SessionCheck), f"the report asks for {report}"
+        return report
+
+
+def playbook(
+    layout_name: str,
+    access: str | None,
+    *,
+    id_: str | None = None,
+    refresh: str | None = REFRESH_TOKEN,
+    on_rejected: str = "clear",
+    signature: bool = True,
+    now: float = NOW,
+) -> Playbook:
+    layout, header = LAYOUTS[layout_name](access, id_, refresh)
+    return Playbook(layout, header, policy(layout, on_rejected, signature=signature), now=now)
+
+
+def carries(token: str) -> Callable[[Forward], bool]:
+    """The outgoing Cookie header and the Set-Cookies hold this token (as the layout writes it)."""
+
+    def check(plan: Forward) -> bool:
+        assert plan.cookie_header is not None
+        layout_session = _reread(plan.cookie_header)
+        return layout_session is not None and layout_session.access_token == token and bool(plan.set_cookies)
+
+    return check
+
+
+_READERS: list[Layout] = [
+    AmplifyLayout(CID),
+    NamedLayout(CookieNames(id_token="id_token")),
+    SupabaseLayout(SB_KEY),
+]
+
+
+def _reread(header: str) -> Session | None:
+    for layout in _READERS:
+        session = layout.read(parse_cookie_header(header))
+        if session is not None:
+            return session
+    return None
+
+
+def keeps_other_cookies(plan: Forward) -> bool:
+    return plan.cookie_header is not None and "_ga=GA1.1." in plan.cookie_header
+
+
+def without_auth_cookies(plan: Forward) -> bool:
+    return plan.cookie_header is not None and _reread(plan.cookie_header) is None
+
+
+def expires_every_auth_cookie(session: Session) -> Callable[[Forward | Answer], bool]:
+    def check(plan: Forward | Answer) -> bool:
+        return {c.name for c in plan.set_cookies} == set(session.cookie_names) and all(
+            c.max_age_s == 0 and c.value == "" for c in plan.set_cookies
+        )
+
+    return check
+
+
+def untouched(plan: Forward) -> bool:
+    return plan.cookie_header is None and plan.set_cookies == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# The matrix: on_rejected x outcome x layout (x navigation)
+# ---------------------------------------------------------------------------------------------
+
+FRESH_ACCESS = access_token(NOW + 3600, NOW)
+WITH_TOKENS = {REFRESHED, JOINED, REUSED}
+OUTCOMES = [REFRESHED, JOINED, REUSED, REJECTED, FAILED, LIMITED]
+MATRIX = list(itertools.product(["clear", "pass", "login"], OUTCOMES, sorted(LAYOUTS), [True, False]))
+
+
+def result_for(outcome: str) -> RefreshResult:
+    if outcome in WITH_TOKENS:
+        return RefreshResult(
+            outcome, TokenSet(FRESH_ACCESS, refresh_token="rotated-" + "x" * 40, expires_in_s=3600)
+        )
+    if outcome == REJECTED:
+        return RefreshResult(outcome, error="NotAuthorizedException", idp_status=400)
+    if outcome == LIMITED:
+        return RefreshResult(outcome, error="unproven_per_address")
+    return RefreshResult(outcome, error="timeout")
+
+
+@pytest.mark.parametrize(("on_rejected", "outcome", "layout", "navigation"), MATRIX)
+def test_matrix(on_rejected: str, outcome: str, layout: str, navigation: bool) -> None:
+    expired = access_token(NOW - 60)
+    book = playbook(layout, expired, on_rejected=on_rejected)
+    session = book.session
+    assert session is not None
+    book << like(Check, kind="access") >> Verdict("access", valid(expired))
+    book << like(Refresh, refresh_token=REFRESH_TOKEN, reason="expired", old_expires_at=NOW - 60)
+    book >> Result(result_for(outcome), is_navigation=navigation)
+    if outcome in WITH_TOKENS:
+        book << like(Forward, carries(FRESH_ACCESS), keeps_other_cookies, reason=outcome, outcome=outcome)
+    elif outcome != REJECTED or on_rejected == "pass":
+        book << like(Forward, untouched, reason=outcome, outcome=outcome)
+    elif on_rejected == "clear":
+        book << like(
+            Forward,
+            without_auth_cookies,
+            keeps_other_cookies,
+            expires_every_auth_cookie(session),
+            outcome=REJECTED,
+        )
+    elif navigation:
+        book << like(Answer, expires_every_auth_cookie(session), status=302, location=LOGIN, outcome=REJECTED)
+    else:
+        book << like(Answer, expires_every_auth_cookie(session), status=401, location=None, outcome=REJECTED)
+    assert book
+
+    report = book.report()
+    expected = {
+        REFRESHED: (True, "refreshed"),
+        JOINED: (True, "refreshed"),
+        REUSED: (True, "refreshed"),
+        FAILED: (True, "refresh_unavailable"),
+        LIMITED: (True, "limited"),
+        REJECTED: (False, "rejected"),
+    }[outcome]
+    assert (report.authenticated, report.reason) == expected
+    assert report.user == USER
+    if outcome in WITH_TOKENS:
+        assert report.refreshed and report.expires_at == NOW + 3600
+    elif outcome == REJECTED and on_rejected != "pass":
+        assert len(report.set_cookies) == len(session.cookie_names) and report.expires_at is None
+    else:
+        assert report.set_cookies == [] and report.expires_at == NOW - 60
+
+
+def test_matrix_size() -> None:
+    assert len(MATRIX) == 108
+
+
+# ---------------------------------------------------------------------------------------------
+# Before the refresh: when, and charged to whom
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_fresh_session_is_forwarded_unchanged(layout: str) -> None:
+    token = access_token(NOW + 3000, NOW - 600)
+    book = playbook(layout, token)
+    assert (
+        book
+        << like(Check, kind="access")
+        >> Verdict("access", valid(token))
+        << like(Forward, untouched, reason="fresh")
+    )
+    report = book.report()
+    assert (report.authenticated, report.reason, report.expires_at, report.user) == (
+        True,
+        "ok",
+        NOW + 3000,
+        USER,
+    )
+
+
+def test_window_is_half_a_short_lifetime() -> None:
+    # A 5-minute token with before_expiry 5m: due only in its last 150 s, not on every request.
+    token = access_token(NOW + 200, NOW - 100)
+    assert playbook("named", token) >> Verdict("access", valid(token)) << like(Forward, reason="fresh")
+    token = access_token(NOW + 100, NOW - 200)
+    assert playbook("named", token) >> Verdict("access", valid(token)) << like(Refresh, reason="due")
+
+
+@pytest.mark.parametrize(
+    ("drift_ms", "expected"), [(0, Forward), (3_000_000, Refresh), (-10_000_000, Forward)]
+)
+def test_the_apps_own_clock_drift(drift_ms: int, expected: type) -> None:
+    """Amplify's clockDrift (server - browser): expiry is judged on the server's clock."""
+    token = access_token(NOW + 3000, NOW - 600)
+    cookies = amplify_cookies(CID, USER, access_token=token, id_token=None, refresh_token=REFRESH_TOKEN)
+    cookies[AmplifyLayout(CID).cookie_name(USER, "clockDrift")] = str(drift_ms)
+    layout = AmplifyLayout(CID)
+    book = Playbook(layout, "; ".join(f"{k}={v}" for k, v in cookies.items()), policy(layout))
+    assert book.session is not None and book.session.clock_drift_ms == drift_ms
+    assert book >> Verdict("access", valid(token)) << like(expected)
+
+
+def test_fresh_tokens_carry_the_new_drift() -> None:
+    book = playbook("amplify", access_token(NOW - 1))
+    fresh = access_token(NOW + 3600 + 42, NOW + 42)  # the IdP's clock is 42 s ahead
+    book >> Verdict("access", valid(access_token(NOW - 1))) << like(Refresh)
+    assert (
+        book
+        >> Result(RefreshResult(REFRESHED, TokenSet(fresh)))
+        << like(Forward, lambda plan: plan.fresh.clock_drift_ms == 42_000)
+    )
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_absent_access_token_is_refreshed(layout: str) -> None:
+    book = playbook(layout, None, id_=id_token() if layout != "supabase" else None)
+    if layout == "supabase":  # no id token: nothing proves the session
+        book << like(Refresh, reason="absent", proof=Proof(reason="no_token"))
+    else:
+        book << like(Check, kind="id") >> Verdict("id", valid(id_token()))
+        book << like(Refresh, reason="absent", proof=Proof(SUB, USER))
+    assert book
+    assert book >> Result(result_for(FAILED)) << like(Forward, untouched)
+    assert book.report().reason == "refresh_unavailable"
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_invalid_token_is_no_session(layout: str) -> None:
+    book = playbook(layout, access_token(NOW - 60))
+    assert book >> Verdict("access", INVALID) << like(Forward, untouched, reason="invalid_token")
+    report = book.report()
+    assert (report.authenticated, report.reason, report.user) == (False, "invalid_token", None)
+
+
+def test_no_session_and_no_refresh_token() -> None:
+    layout = NamedLayout(CookieNames())
+    book = Playbook(layout, "_ga=1; theme=dark", policy(layout))
+    assert book << like(Forward, reason="no_session")
+    assert book.report() == SessionCheck(False, reason="no_session")
+    expired = access_token(NOW - 60)
+    book = playbook("named", expired, refresh=None)
+    assert book << like(Forward, untouched, reason="no_refresh_token")  # no verdict needed to say so
+    book.given = book.verdicts = Verdicts(access=valid(expired))
+    report = book.report()
+    assert (report.authenticated, report.reason, report.expires_at) == (False, "expired", NOW - 60)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_proven_by_the_access_token(layout: str) -> None:
+    token = access_token(NOW - 60)
+    book = playbook(layout, token, id_=id_token() if layout != "supabase" else None)
+    assert book.session is not None
+    expected = like(Refresh, proof=Proof(SUB, USER), username=book.session.user)
+    assert book >> Verdict("access", valid(token)) << expected
+
+
+def test_proven_by_the_id_token_when_the_access_token_cannot_be() -> None:
+    token = access_token(NOW - 60)
+    book = playbook("amplify", token, id_=id_token())
+    book >> Verdict("access", unknown(token)) << like(Check, kind="id")
+    assert book >> Verdict("id", valid(id_token())) << like(Refresh, proof=Proof(SUB, USER))
+
+
+def test_unproven_when_nothing_verifies() -> None:
+    token = access_token(NOW - 60)
+    book = playbook("amplify", token, id_=id_token())
+    book >> Verdict("access", unknown(token)) << like(Check, kind="id")
+    assert book >> Verdict("id", INVALID) << like(Refresh, proof=Proof(reason="bad_signature"))
+    # The report names no user: no token of the session verifies.
+    book >> Result(result_for(FAILED)) << like(Forward)
+    assert book and book.report().user is None
+
+
+def test_unproven_without_signature_checks_reports_the_cookies_user() -> None:
+    token = access_token(NOW - 60, sub="someone-else", username="mallory")
+    book = playbook("amplify", token, id_=id_token(), signature=False)
+    book >> Verdict("access", TokenCheck(TokenStatus.VALID, decode_claims(token), "unverified"))
+    assert book << like(Refresh, proof=Proof(reason="not_verified"), username=USER)
+    book >> Result(result_for(FAILED)) << like(Forward)
+    assert book and book.report().user == USER
+
+
+def test_a_token_of_another_user_reports_the_tokens_user() -> None:
+    token = access_token(NOW + 3000, NOW - 600, sub="s2", username="mallory")
+    book = playbook("amplify", token)
+    assert book >> Verdict("access", valid(token)) << like(Forward, reason="fresh")
+    assert book.report().user == "mallory"
+
+
+# ---------------------------------------------------------------------------------------------
+# Opaque access tokens (README "Any OIDC provider")
+# ---------------------------------------------------------------------------------------------
+
+OPAQUE_ACCESS = "opaque-access-" + "a" * 30
+
+
+def test_opaque_token_never_seen_issued_is_left_alone() -> None:
+    book = playbook("named", OPAQUE_ACCESS)
+    assert book >> Verdict("access", OPAQUE) << like(Forward, untouched, reason="opaque_unseen")
+    report = book.report()
+    assert (report.authenticated, report.reason, report.expires_at) == (True, "ok", None)
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "expected"), [(NOW + 3000, "fresh"), (NOW + 100, "due"), (NOW - 1, "expired")]
+)
+def test_opaque_token_seen_issued_has_its_expires_in(expires_at: float, expected: str) -> None:
+    book = playbook("named", OPAQUE_ACCESS)
+    book >> Verdict("access", OPAQUE, Lifetime(expires_at - 3600, expires_at))
+    if expected == "fresh":
+        assert book << like(Forward, reason="fresh")
+    else:
+        assert book << like(Refresh, reason=expected, old_expires_at=expires_at)
+
+
+def test_fresh_opaque_token_lifetime_is_remembered() -> None:
+    book = playbook("named", OPAQUE_ACCESS)
+    book >> Verdict("access", OPAQUE, Lifetime(NOW - 3600, NOW - 1)) << like(Refresh)
+    fresh = RefreshResult(REFRESHED, TokenSet("opaque-fresh-" + "f" * 30, expires_in_s=600))
+    assert book >> Result(fresh) << like(Forward, opaque_lifetime=Lifetime(NOW, NOW + 600), reason=REFRESHED)
+    report = book.report()
+    assert (report.reason, report.expires_at) == ("refreshed", NOW + 600)
+
+
+def test_verdicts_given_up_front_need_no_check() -> None:
+    token = access_token(NOW - 60)
+    book = playbook("amplify", token)
+    book.given = Verdicts(access=valid(token))
+    assert book << like(Refresh)
+
+
+def test_report_asks_for_the_id_verdict_only_when_the_access_token_proves_nothing() -> None:
+    token = access_token(NOW + 3000, NOW - 600)
+    book = playbook("amplify", token, id_=id_token())
+    assert book >> Verdict("access", valid(token)) << like(Forward, reason="fresh")
+    assert book.report().user == USER  # no id verdict was needed
+    book = playbook("amplify", token, id_=id_token())
+    assert book >> Verdict("access", unknown(token)) << like(Forward, reason="fresh")
+    plan = book.plans[-1]
+    assert isinstance(plan, Forward)
+    assert session_check(book.session, book.verdicts, plan, NOW, book.policy) == Check("id")
