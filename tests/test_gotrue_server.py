@@ -13,7 +13,7 @@ import aiohttp
 import jwt
 import pytest
 
-from tests.support.gotrue import GoTrueServer
+from tests.support.gotrue import DEAD_SESSIONS, GoTrueServer, end_session
 
 
 @pytest.fixture
@@ -113,24 +113,28 @@ async def test_parent_reuse_returns_the_active_token_even_after_the_interval(
     assert gotrue.stats.already_used == 0
 
 
-async def test_older_token_inside_the_interval_is_swapped(
-    gotrue: GoTrueServer, http: aiohttp.ClientSession
-) -> None:
+async def three_generations(http: aiohttp.ClientSession, gotrue: GoTrueServer) -> tuple[str, str, str]:
+    """Sign in and refresh twice: the grandparent, parent and child refresh tokens."""
     grandparent = gotrue.sign_in()["refresh_token"]
     _, parent, _ = await refresh(http, gotrue, grandparent)
     _, child, _ = await refresh(http, gotrue, parent["refresh_token"])
+    return grandparent, parent["refresh_token"], child["refresh_token"]
+
+
+async def test_older_token_inside_the_interval_is_swapped(
+    gotrue: GoTrueServer, http: aiohttp.ClientSession
+) -> None:
+    grandparent, parent, child = await three_generations(http, gotrue)
     gotrue.clock.advance(9)
     status, body, _ = await refresh(http, gotrue, grandparent)
     assert status == 200
-    assert body["refresh_token"] not in (grandparent, parent["refresh_token"], child["refresh_token"])
+    assert body["refresh_token"] not in (grandparent, parent, child)
 
 
 async def test_older_token_after_the_interval_revokes_the_family(
     gotrue: GoTrueServer, http: aiohttp.ClientSession
 ) -> None:
-    grandparent = gotrue.sign_in()["refresh_token"]
-    _, parent, _ = await refresh(http, gotrue, grandparent)
-    _, child, _ = await refresh(http, gotrue, parent["refresh_token"])
+    grandparent, _, child = await three_generations(http, gotrue)
     gotrue.clock.advance(11)
     status, body, headers = await refresh(http, gotrue, grandparent)
     assert status == 400
@@ -141,12 +145,11 @@ async def test_older_token_after_the_interval_revokes_the_family(
     }
     assert headers["x-sb-error-code"] == "refresh_token_already_used"
     assert gotrue.stats.already_used == 1
-    session_id = gotrue.session_id_of(child["refresh_token"])
-    assert gotrue.active_refresh_token(session_id) is None
+    assert gotrue.active_refresh_token(gotrue.session_id_of(child)) is None
     # The family revocation stamps updated_at, so the last active token is refused once the
     # reuse interval has passed again (models.RevokeTokenFamily).
     gotrue.clock.advance(11)
-    status, body, _ = await refresh(http, gotrue, child["refresh_token"])
+    status, body, _ = await refresh(http, gotrue, child)
     assert status == 400 and body["error_code"] == "refresh_token_already_used"
 
 
@@ -164,19 +167,13 @@ async def test_api_version_2024_error_shape(gotrue: GoTrueServer, http: aiohttp.
 
 @pytest.mark.parametrize(
     ("action", "code"),
-    [
-        ("sign_out", "refresh_token_not_found"),
-        ("forget_session", "session_not_found"),
-        ("expire_session", "session_expired"),
-        ("ban", "user_banned"),
-    ],
+    DEAD_SESSIONS,
 )
 async def test_dead_sessions(
     action: str, code: str, gotrue: GoTrueServer, http: aiohttp.ClientSession
 ) -> None:
     token = gotrue.sign_in("carol@example.com")["refresh_token"]
-    session_id = gotrue.session_id_of(token)
-    getattr(gotrue, action)("carol@example.com" if action == "ban" else session_id)
+    end_session(gotrue, action, "carol@example.com", token)
     status, body, _ = await refresh(http, gotrue, token)
     assert (status, body["error_code"]) == (400, code)
 

@@ -22,7 +22,7 @@ from cookieguard.logs import get_logger
 from cookieguard.providers.base import ProviderConfig, RefreshRejected, RefreshUnavailable
 from cookieguard.providers.supabase import SupabaseConfig, SupabaseProvider
 from cookieguard.verifier import TokenVerifier
-from tests.support.gotrue import GoTrueServer
+from tests.support.gotrue import DEAD_SESSIONS, GoTrueServer, end_session
 from tests.support.no_secrets import KnownSecrets
 
 
@@ -115,19 +115,14 @@ async def test_parent_reuse_gets_the_active_token(gotrue: GoTrueServer, http: ai
 
 @pytest.mark.parametrize(
     ("action", "code"),
-    [
-        ("sign_out", "refresh_token_not_found"),
-        ("forget_session", "session_not_found"),
-        ("expire_session", "session_expired"),
-        ("ban", "user_banned"),
-    ],
+    DEAD_SESSIONS,
 )
 async def test_dead_sessions_are_rejected(
     action: str, code: str, gotrue: GoTrueServer, http: aiohttp.ClientSession, known_secrets: KnownSecrets
 ) -> None:
     token = gotrue.sign_in("erin@example.com")["refresh_token"]
     known_secrets.add(token, gotrue.anon_key)
-    getattr(gotrue, action)("erin@example.com" if action == "ban" else gotrue.session_id_of(token))
+    end_session(gotrue, action, "erin@example.com", token)
     with pytest.raises(RefreshRejected) as caught:
         await provider(gotrue, http).refresh(token)
     assert (caught.value.code, caught.value.status) == (code, 400)

@@ -102,6 +102,14 @@ async def fetch(
         response.release()
 
 
+async def serve_root(aiohttp_server: Any, page: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Origin:
+    """Start a real aiohttp upstream whose one route, GET /, is `page`; its origin."""
+    app = web.Application()
+    app.router.add_get("/", page)
+    server = await aiohttp_server(app)
+    return Origin.parse(str(server.make_url("")))
+
+
 async def test_keep_alive_connections_are_reused(aiohttp_server: Any, client: UpstreamClient) -> None:
     peers: list[Any] = []
 
@@ -109,10 +117,7 @@ async def test_keep_alive_connections_are_reused(aiohttp_server: Any, client: Up
         peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         return web.Response(text=f"hello {request.query.get('n')}")
 
-    app = web.Application()
-    app.router.add_get("/", page)
-    server = await aiohttp_server(app)
-    origin = Origin.parse(str(server.make_url("")))
+    origin = await serve_root(aiohttp_server, page)
     for n in range(3):
         status, _headers, body = await fetch(client, origin, target=f"/?n={n}")
         assert (status, body) == (200, f"hello {n}".encode())
@@ -195,10 +200,8 @@ async def test_head_answers_end_at_their_headers_and_the_connection_is_reused(
         peers.add(request.transport.get_extra_info("peername") if request.transport else None)
         return web.Response(body=b"x" * 1000)
 
-    app = web.Application()
-    app.router.add_get("/", page)  # aiohttp answers HEAD for GET routes, with Content-Length: 1000
-    server = await aiohttp_server(app)
-    origin = Origin.parse(str(server.make_url("")))
+    # aiohttp answers HEAD for GET routes, with Content-Length: 1000.
+    origin = await serve_root(aiohttp_server, page)
     status, headers, body = await asyncio.wait_for(fetch(client, origin, "HEAD"), 3)
     assert (status, body) == (200, b"") and ("Content-Length", "1000") in headers
     assert (await fetch(client, origin))[2] == b"x" * 1000
@@ -594,10 +597,7 @@ async def test_at_the_cap_a_request_waits_for_a_connection_to_be_released(aiohtt
         in_flight -= 1
         return web.Response(text="done")
 
-    app = web.Application()
-    app.router.add_get("/", page)
-    server = await aiohttp_server(app)
-    origin = Origin.parse(str(server.make_url("")))
+    origin = await serve_root(aiohttp_server, page)
     http = UpstreamClient(connect_timeout_s=5.0, max_connections=2)
     try:
         tasks = [asyncio.ensure_future(fetch(http, origin)) for _ in range(3)]
@@ -688,10 +688,7 @@ async def test_a_request_that_gives_up_waiting_leaves_the_pool_whole(aiohttp_ser
         await release.wait()
         return web.Response(text="done")
 
-    app = web.Application()
-    app.router.add_get("/", page)
-    server = await aiohttp_server(app)
-    origin = Origin.parse(str(server.make_url("")))
+    origin = await serve_root(aiohttp_server, page)
     http = UpstreamClient(connect_timeout_s=5.0, max_connections=1)
     try:
         first = asyncio.ensure_future(fetch(http, origin))
