@@ -102,7 +102,9 @@ async def fetch(
         response.release()
 
 
-async def serve_root(aiohttp_server: Any, page: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Origin:
+async def serve_root(
+    aiohttp_server: Any, page: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> Origin:
     """Start a real aiohttp upstream whose one route, GET /, is `page`; its origin."""
     app = web.Application()
     app.router.add_get("/", page)
