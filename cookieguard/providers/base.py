@@ -7,6 +7,7 @@ Two exceptions, named by what the caller must do (docs/behaviour.md §3):
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -168,6 +169,15 @@ def load_common(s: Section, record: type[ProviderConfig]) -> dict[str, Any]:
         common["jwks_url"] = s.get("jwks_url", _http_url, None)
     s.seen.update(("client_secret", "timeout", "jwks_url"))
     return common
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """`body` as a JSON object, or None when it is not one (an HTML error page, garbage, a list)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:  # also UnicodeDecodeError
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

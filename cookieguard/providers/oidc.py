@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import math
 import re
 import time
@@ -41,6 +40,7 @@ from cookieguard.providers.base import (
     RefreshUnavailable,
     TokenSet,
     idp_timeout,
+    json_object,
     parse_retry_after,
 )
 from cookieguard.schema import Section, http_url, one_of
@@ -245,7 +245,7 @@ class OidcProvider:
             raise RefreshUnavailable("discovery_bad_response") from None
         if status != 200:
             raise RefreshUnavailable(f"discovery_http_{status}", status=status)
-        metadata = None if body is None else _json_object(body)
+        metadata = None if body is None else json_object(body)
         if metadata is None or not _is_http_url(metadata.get("token_endpoint")):
             raise RefreshUnavailable("discovery_bad_response", status=status)
         jwks_uri = metadata.get("jwks_uri")
@@ -266,7 +266,7 @@ def _token_set(
     if body is None:
         raise RefreshUnavailable("bad_response", status=status)
     if status == 200:
-        payload = _json_object(body)
+        payload = json_object(body)
         access_token = payload.get("access_token") if payload else None
         if payload is None or not isinstance(access_token, str) or not access_token:
             raise RefreshUnavailable("bad_response", status=status)
@@ -295,16 +295,8 @@ async def _read_limited(response: aiohttp.ClientResponse) -> bytes | None:
     return None if len(body) > MAX_RESPONSE_BYTES else body
 
 
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(body)
-    except ValueError:  # also UnicodeDecodeError; an HTML error page lands here
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
 def _error_code(body: bytes) -> str | None:
-    payload = _json_object(body)
+    payload = json_object(body)
     error = payload.get("error") if payload else None
     if isinstance(error, str) and _ERROR_CODE.fullmatch(error):
         return error

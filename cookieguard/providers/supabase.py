@@ -28,7 +28,6 @@ Rules that shape this module (the README's Supabase section says the same):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from cookieguard.providers.base import (
     RefreshUnavailable,
     TokenSet,
     idp_timeout,
+    json_object,
     parse_retry_after,
 )
 from cookieguard.schema import Section, http_url, nonempty_string, string
@@ -212,7 +212,7 @@ class SupabaseProvider:
 def _token_set(
     status: int, body: bytes, header_code: str | None, old_refresh_token: str, retry_after_s: float | None
 ) -> TokenSet:
-    payload = _json_object(body)
+    payload = json_object(body)
     if status == 200:
         access_token = payload.get("access_token") if payload else None
         new_refresh_token = payload.get("refresh_token") if payload else None
@@ -245,14 +245,6 @@ def _error_code(header_code: str | None, payload: dict[str, Any] | None) -> str 
         if isinstance(candidate, str) and _ERROR_CODE.fullmatch(candidate):
             return candidate
     return None
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None
-    return payload if isinstance(payload, dict) else None
 
 
 def _expires_in_s(value: object) -> int | None:
