@@ -190,13 +190,8 @@ class Budgets:
         if claimant.subject is not None:
             if not self.ceiling.can_take(self.clock()):
                 return IDP_CEILING
-            spent = await self.store.spend(
-                budget_name("subject", claimant.subject),
-                token_key,
-                limits.refresh_tokens_per_subject / SUBJECT_WINDOW_S,
-                limits.refresh_tokens_per_subject,
-                SUBJECT_WINDOW_S,
-                self.clock(),
+            spent = await self._spend_shared(
+                "subject", claimant.subject, token_key, limits.refresh_tokens_per_subject, SUBJECT_WINDOW_S
             )
             if spent == REFUSED:
                 return SUBJECT
@@ -207,13 +202,8 @@ class Budgets:
             return IDP_CEILING
         if not self.unproven_total.can_take(now):
             return UNPROVEN_TOTAL
-        spent = await self.store.spend(
-            budget_name("address", claimant.address),
-            token_key,
-            limits.unproven_per_address / ADDRESS_WINDOW_S,
-            limits.unproven_per_address,
-            ADDRESS_WINDOW_S,
-            self.clock(),
+        spent = await self._spend_shared(
+            "address", claimant.address, token_key, limits.unproven_per_address, ADDRESS_WINDOW_S
         )
         if spent == REFUSED:
             return UNPROVEN_ADDRESS
@@ -221,3 +211,12 @@ class Budgets:
         if spent == CHARGED and not self.unproven_total.take(now):
             return UNPROVEN_TOTAL
         return None if self.ceiling.take(now, keep=keep) else IDP_CEILING
+
+    async def _spend_shared(
+        self, kind: str, value: str, token_key: str, per_window: int, window_s: float
+    ) -> str:
+        """Charge `token_key` to the store's bucket for `kind` `value`: `per_window` charges
+        per `window_s`, refilled evenly. CHARGED, FREE (a retry) or REFUSED, as `Store.spend`."""
+        return await self.store.spend(
+            budget_name(kind, value), token_key, per_window / window_s, per_window, window_s, self.clock()
+        )
