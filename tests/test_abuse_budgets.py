@@ -16,13 +16,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from cookieguard.app import build_app
 from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.layouts import AmplifyLayout
 from cookieguard.loader import parse_config
 from tests.support.apps import amplify_cookies, set_cookie_values, start_buggy_app
-from tests.support.cognito_idp import CognitoUser, amplify_cookie_header
+from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets
 
 
@@ -34,23 +35,13 @@ class FrozenClock:
         return self.now
 
 
-async def start_guard(aiohttp_server: Any, pool: PoolInfo, clock: FrozenClock, limits: str = "{}") -> str:
+async def start_guard(
+    aiohttp_server: Any, pool: PoolInfo, clock: FrozenClock, limits: dict[str, Any] | None = None
+) -> str:
     app = await start_buggy_app(aiohttp_server)
+    upstream = str(app.make_url("")).rstrip("/")
     config = parse_config(
-        f"""
-        upstream: {str(app.make_url("")).rstrip("/")}
-        provider:
-          kind: cognito
-          user_pool_id: {pool.user_pool_id}
-          client_id: {pool.client_id}
-          endpoint: {pool.endpoint}
-          jwks_url: {pool.jwks_url}
-          timeout: 5s
-        refresh: {{before_expiry: 5m, backoff: 3s}}
-        limits: {limits}
-        logging: {{level: debug}}
-        """,
-        env={},
+        yaml.safe_dump(cognito_guard_config(pool, upstream, timeout="5s", limits=limits or {})), env={}
     )
     guard = await aiohttp_server(build_app(config, clock=clock))
     return str(guard.make_url("")).rstrip("/")
@@ -168,7 +159,7 @@ async def test_one_subject_with_a_hundred_refresh_tokens_costs_five_calls(
     tokens under it are budgeted per subject, not per address."""
     mallory, bob = make_expiring_user(cognito_pool), make_expiring_user(cognito_pool)
     clock = FrozenClock()
-    url = await start_guard(aiohttp_server, cognito_pool, clock, "{unproven_per_address: 1000}")
+    url = await start_guard(aiohttp_server, cognito_pool, clock, {"unproven_per_address": 1000})
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
         results = await asyncio.gather(
             *(
@@ -216,11 +207,9 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_is_budgeted(
     aiohttp_server: Any, cognito_idp: CognitoEmulator, cognito_pool: PoolInfo, trusted: bool
 ) -> None:
     clock = FrozenClock()
-    limits = (
-        "{unproven_per_second: 100, trusted_proxies: [127.0.0.0/8]}"
-        if trusted
-        else "{unproven_per_second: 100}"
-    )
+    limits: dict[str, Any] = {"unproven_per_second": 100}
+    if trusted:
+        limits["trusted_proxies"] = ["127.0.0.0/8"]
     url = await start_guard(aiohttp_server, cognito_pool, clock, limits)
     async with aiohttp.ClientSession() as s:
         for _ in range(10):

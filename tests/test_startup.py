@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -95,17 +96,13 @@ async def test_cognito_idp_down_at_start_up(aiohttp_server: Any, known_secrets: 
         emulator.stop()  # the IdP is down from here until the proxy has served with it down
         upstream = await start_buggy_app(aiohttp_server)
         config = parse_config(
-            f"""
-            upstream: {str(upstream.make_url("")).rstrip("/")}
-            provider:
-              kind: cognito
-              user_pool_id: {pool.user_pool_id}
-              client_id: {pool.client_id}
-              endpoint: {pool.endpoint}
-              jwks_url: {pool.jwks_url}
-              timeout: 2s
-            refresh: {{backoff: 100ms}}
-            """,
+            yaml.safe_dump(
+                {
+                    "upstream": str(upstream.make_url("")).rstrip("/"),
+                    "provider": pool.provider_yaml(timeout="2s"),
+                    "refresh": {"backoff": "100ms"},
+                }
+            ),
             env={},
         )
         clock = Clock()
