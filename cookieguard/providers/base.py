@@ -180,6 +180,16 @@ def json_object(body: bytes) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
+def expires_in_s(value: object) -> int | None:
+    """A token response's `expires_in` as whole seconds; None when it is not a finite number >= 0,
+    so the caller falls back to the token's own `exp`."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+        return int(value)
+    return None
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Retry-After as seconds (RFC 9110 section 10.2.3: delta-seconds or an HTTP-date)."""
     if not value:

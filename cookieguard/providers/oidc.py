@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +38,7 @@ from cookieguard.providers.base import (
     RefreshRejected,
     RefreshUnavailable,
     TokenSet,
+    expires_in_s,
     idp_timeout,
     json_object,
     parse_retry_after,
@@ -306,13 +306,9 @@ def _error_code(body: bytes) -> str | None:
 def _expires_in_s(value: object) -> int | None:
     # Some IdPs (Azure AD v1) send expires_in as a string; a value we cannot read is treated as
     # absent, so the caller falls back to the token's own `exp`.
-    if isinstance(value, bool):
-        return None
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
-    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
-        return int(value)
-    return None
+    return expires_in_s(value)
 
 
 def _is_http_url(value: object) -> bool:

@@ -28,7 +28,6 @@ Rules that shape this module (the README's Supabase section says the same):
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +42,7 @@ from cookieguard.providers.base import (
     RefreshRejected,
     RefreshUnavailable,
     TokenSet,
+    expires_in_s,
     idp_timeout,
     json_object,
     parse_retry_after,
@@ -222,7 +222,7 @@ def _token_set(
         return TokenSet(
             access_token=access_token,
             refresh_token=new_refresh_token if rotated else None,
-            expires_in_s=_expires_in_s(payload.get("expires_in")),
+            expires_in_s=expires_in_s(payload.get("expires_in")),
         )
     if status == 429 or status >= 500:
         raise RefreshUnavailable(f"http_{status}", status=status, retry_after_s=retry_after_s)
@@ -244,12 +244,4 @@ def _error_code(header_code: str | None, payload: dict[str, Any] | None) -> str 
     for candidate in candidates:
         if isinstance(candidate, str) and _ERROR_CODE.fullmatch(candidate):
             return candidate
-    return None
-
-
-def _expires_in_s(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
-        return int(value)
     return None
