@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -71,6 +73,20 @@ class RefreshUnavailable(RefreshError):
     def __init__(self, code: str, *, status: int | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(code, status=status)
         self.retry_after_s = retry_after_s
+
+
+@contextmanager
+def transport_errors(prefix: str = "") -> Iterator[None]:
+    """Turns a failed HTTP exchange with the IdP into `RefreshUnavailable`: `<prefix>timeout`,
+    `<prefix>connection_error` or `<prefix>bad_response` (the session is kept; no message kept)."""
+    try:
+        yield
+    except TimeoutError:
+        raise RefreshUnavailable(prefix + "timeout") from None
+    except aiohttp.ClientConnectionError:
+        raise RefreshUnavailable(prefix + "connection_error") from None
+    except aiohttp.ClientError:
+        raise RefreshUnavailable(prefix + "bad_response") from None
 
 
 class Provider(Protocol):

@@ -42,6 +42,7 @@ from cookieguard.providers.base import (
     idp_timeout,
     json_object,
     parse_retry_after,
+    transport_errors,
 )
 from cookieguard.schema import Section, http_url, one_of
 
@@ -191,7 +192,7 @@ class OidcProvider:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         headers = {"Accept": "application/json"}
         self._authenticate(form, headers)
-        try:
+        with transport_errors():
             async with self._session.post(
                 self._token_endpoint,
                 data=form,
@@ -203,12 +204,6 @@ class OidcProvider:
                 status = response.status
                 retry_after_s = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
                 body = await _read_limited(response)
-        except TimeoutError:
-            raise RefreshUnavailable("timeout") from None
-        except aiohttp.ClientConnectionError:
-            raise RefreshUnavailable("connection_error") from None
-        except aiohttp.ClientError:
-            raise RefreshUnavailable("bad_response") from None
         return _token_set(status, body, refresh_token, retry_after_s)
 
     def _authenticate(self, form: dict[str, str], headers: dict[str, str]) -> None:
@@ -231,18 +226,12 @@ class OidcProvider:
         assert issuer is not None
         # OpenID Connect Discovery 1.0 section 4: drop a trailing "/" before appending.
         url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-        try:
+        with transport_errors("discovery_"):
             async with self._session.get(
                 url, headers={"Accept": "application/json"}, timeout=self._timeout, raise_for_status=False
             ) as response:
                 status = response.status
                 body = await _read_limited(response)
-        except TimeoutError:
-            raise RefreshUnavailable("discovery_timeout") from None
-        except aiohttp.ClientConnectionError:
-            raise RefreshUnavailable("discovery_connection_error") from None
-        except aiohttp.ClientError:
-            raise RefreshUnavailable("discovery_bad_response") from None
         if status != 200:
             raise RefreshUnavailable(f"discovery_http_{status}", status=status)
         metadata = None if body is None else json_object(body)

@@ -46,6 +46,7 @@ from cookieguard.providers.base import (
     idp_timeout,
     json_object,
     parse_retry_after,
+    transport_errors,
 )
 from cookieguard.schema import Section, http_url, nonempty_string, string
 
@@ -185,7 +186,7 @@ class SupabaseProvider:
         self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
     ) -> TokenSet:
         """One refresh; `username`/`device_key` are Cognito's, unused here."""
-        try:
+        with transport_errors():
             async with self._session.post(
                 self._token_url,
                 json={"refresh_token": refresh_token},
@@ -198,12 +199,6 @@ class SupabaseProvider:
                 retry_after_s = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
                 header_code = response.headers.get("x-sb-error-code")
                 body = await response.content.read(MAX_RESPONSE_BYTES + 1)
-        except TimeoutError:
-            raise RefreshUnavailable("timeout") from None
-        except aiohttp.ClientConnectionError:
-            raise RefreshUnavailable("connection_error") from None
-        except aiohttp.ClientError:
-            raise RefreshUnavailable("bad_response") from None
         if len(body) > MAX_RESPONSE_BYTES:
             raise RefreshUnavailable("bad_response", status=status)
         return _token_set(status, body, header_code, refresh_token, retry_after_s)
