@@ -33,11 +33,9 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        self.refresh_duration = Histogram(
+        self.refresh_duration = self._latency(
             "cookieguard_refresh_duration_seconds",
             "Time spent calling the identity provider to refresh tokens.",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
         )
         self.requests_total = Counter(
             "cookieguard_requests_total",
@@ -45,11 +43,9 @@ class Metrics:
             ["route", "status"],
             registry=self.registry,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = self._latency(
             "cookieguard_upstream_duration_seconds",
             "Time until the upstream's response headers arrived.",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
         )
         self.idp_calls_in_flight = Gauge(
             "cookieguard_idp_calls_in_flight",
@@ -70,6 +66,10 @@ class Metrics:
         )
         for outcome in ("refreshed", "joined", "reused", "rejected", "failed", "limited"):
             self.refresh_total.labels(outcome=outcome)
+
+    def _latency(self, name: str, documentation: str) -> Histogram:
+        """A seconds histogram with the shared latency buckets, in this instance's registry."""
+        return Histogram(name, documentation, buckets=_LATENCY_BUCKETS, registry=self.registry)
 
     def idp_call(self, starting: bool) -> None:
         """A refresh call to the IdP starts (True) or ends (False)."""
