@@ -14,6 +14,14 @@ from .loader import DEFAULT_CONFIG_PATH, ConfigError, config_path_from, load_con
 EXIT_CONFIG = 2
 
 
+def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The --config option of every verb that reads a config file."""
+    parser.add_argument(
+        "--config", "-c", help=f"YAML config (default: $COOKIEGUARD_CONFIG, else {DEFAULT_CONFIG_PATH})"
+    )
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -30,42 +38,41 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"cookieguard {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
-    config_help = f"YAML config (default: $COOKIEGUARD_CONFIG, else {DEFAULT_CONFIG_PATH})"
 
-    run = verbs.add_parser("run", help="run the proxy")
-    run.add_argument("--config", "-c", help=config_help)
-    check = verbs.add_parser("check", help="validate a config and print the effective routes")
-    check.add_argument("--config", "-c", help=config_help)
+    _with_config(verbs.add_parser("run", help="run the proxy"))
+    _with_config(verbs.add_parser("check", help="validate a config and print the effective routes"))
     verbs.add_parser("keygen", help="print a new store encryption key")
-    healthcheck = verbs.add_parser(
-        "healthcheck",
-        help="exit 0 when the proxy this config describes answers its healthz with 200",
-        description=(
-            "Probes http://<listen>/<admin_prefix>/healthz of the proxy the config describes "
-            "(a wildcard listen address means loopback), for a container HEALTHCHECK or a Kubernetes "
-            "exec probe. Exit 0 on 200 within the timeout; otherwise exit 1 with the reason on stderr "
-            "(exit 2 for a config error)."
-        ),
+    healthcheck = _with_config(
+        verbs.add_parser(
+            "healthcheck",
+            help="exit 0 when the proxy this config describes answers its healthz with 200",
+            description=(
+                "Probes http://<listen>/<admin_prefix>/healthz of the proxy the config describes "
+                "(a wildcard listen address means loopback), for a container HEALTHCHECK or a Kubernetes "
+                "exec probe. Exit 0 on 200 within the timeout; otherwise exit 1 with the reason on stderr "
+                "(exit 2 for a config error)."
+            ),
+        )
     )
-    healthcheck.add_argument("--config", "-c", help=config_help)
     healthcheck.add_argument(
         "--timeout", type=_probe_timeout, default=3.0, metavar="DURATION", help="whole probe (default 3s)"
     )
     healthcheck.add_argument(
         "--ready", action="store_true", help="probe readyz (store reachable) instead of healthz"
     )
-    explain = verbs.add_parser(
-        "explain",
-        help="read a Cookie header and say what cookieguard sees and would do (offline)",
-        description=(
-            "Reads a Cookie header (argument, or stdin; e.g. pasted from the browser's dev tools, with "
-            "or without `Cookie:`) and prints the user, the auth cookies present, each token's expiry, "
-            "and what cookieguard would do and why. Offline: no IdP call, no signature check. Never "
-            "prints a token."
-        ),
+    explain = _with_config(
+        verbs.add_parser(
+            "explain",
+            help="read a Cookie header and say what cookieguard sees and would do (offline)",
+            description=(
+                "Reads a Cookie header (argument, or stdin; e.g. pasted from the browser's dev tools, with "
+                "or without `Cookie:`) and prints the user, the auth cookies present, each token's expiry, "
+                "and what cookieguard would do and why. Offline: no IdP call, no signature check. Never "
+                "prints a token."
+            ),
+        )
     )
     explain.add_argument("cookie", nargs="?", help="the Cookie header; '-' or absent: read stdin")
-    explain.add_argument("--config", "-c", help=config_help)
     explain.add_argument("--client-id", help="the app client id (amplify layout), overriding the config's")
     demo = verbs.add_parser(
         "demo",
