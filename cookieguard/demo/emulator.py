@@ -541,23 +541,28 @@ class _ShiftedTime:
         return float(self._real()) + self._offset_s
 
 
+def _before_refresh(response: Any, call: RefreshCall) -> Any:
+    """The injected failure to answer this refresh with, or None: go on (also when no emulator
+    of ours serves the request). Counts the call and adds the configured latency."""
+    emulator = _hooks.emulator_for_request(response)
+    return None if emulator is None else emulator._before_refresh(call)
+
+
 def _make_initiate_auth(original: Any) -> Any:
     def initiate_auth(response: Any) -> Any:
         if response._get_param("AuthFlow") not in _REFRESH_FLOWS:
             return original(response)
         parameters = response._get_param("AuthParameters") or {}
         client_id = response._get_param("ClientId")
-        emulator = _hooks.emulator_for_request(response)
-        if emulator is not None:
-            call = RefreshCall(
-                api="InitiateAuth",
-                client_id=client_id,
-                device_key=parameters.get("DEVICE_KEY"),
-                sent_secret="SECRET_HASH" in parameters,
-            )
-            injected = emulator._before_refresh(call)
-            if injected is not None:
-                return injected
+        call = RefreshCall(
+            api="InitiateAuth",
+            client_id=client_id,
+            device_key=parameters.get("DEVICE_KEY"),
+            sent_secret="SECRET_HASH" in parameters,
+        )
+        injected = _before_refresh(response, call)
+        if injected is not None:
+            return injected
         found = _find_client(client_id)
         if found is not None and _rotation(found[1])[0]:
             from moto.cognitoidp.exceptions import InvalidParameterException
@@ -579,17 +584,15 @@ def _get_tokens_from_refresh_token(response: Any) -> Any:
     client_id = response._get_param("ClientId")
     refresh_token = response._get_param("RefreshToken")
     client_secret = response._get_param("ClientSecret")
-    emulator = _hooks.emulator_for_request(response)
-    if emulator is not None:
-        call = RefreshCall(
-            api="GetTokensFromRefreshToken",
-            client_id=client_id,
-            device_key=response._get_param("DeviceKey"),
-            sent_secret=client_secret is not None,
-        )
-        injected = emulator._before_refresh(call)
-        if injected is not None:
-            return injected
+    call = RefreshCall(
+        api="GetTokensFromRefreshToken",
+        client_id=client_id,
+        device_key=response._get_param("DeviceKey"),
+        sent_secret=client_secret is not None,
+    )
+    injected = _before_refresh(response, call)
+    if injected is not None:
+        return injected
 
     found = _find_client(client_id)
     if found is None:
