@@ -37,17 +37,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from cookieguard.claims import Expectations, TokenKind
-from cookieguard.providers.base import (
-    ProviderConfig,
-    RefreshRejected,
-    RefreshUnavailable,
-    TokenSet,
-    expires_in_s,
-    idp_timeout,
-    json_object,
-    parse_retry_after,
-    transport_errors,
-)
+from cookieguard.providers import base
 from cookieguard.schema import Section, http_url, nonempty_string, string
 
 # supabase/auth internal/api/apierrors/errorcode.go: the refresh token or its session is gone.
@@ -77,7 +67,7 @@ MIN_JWT_SECRET_CHARS = 32
 
 
 @dataclass(frozen=True, kw_only=True)
-class SupabaseConfig(ProviderConfig):
+class SupabaseConfig(base.ProviderConfig):
     """`provider.kind: supabase`: a Supabase project's Auth (GoTrue), named by its URL.
 
     There is no client id or secret: the project is its URL and the app is its anon (publishable)
@@ -170,7 +160,7 @@ class SupabaseProvider:
             "X-Supabase-Api-Version": API_VERSION,
             "Accept": "application/json",
         }
-        self._timeout = idp_timeout(timeout_s)
+        self._timeout = base.idp_timeout(timeout_s)
         self._session = session
         self._jwks_url = jwks_url
 
@@ -184,9 +174,9 @@ class SupabaseProvider:
 
     async def refresh(
         self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
-    ) -> TokenSet:
+    ) -> base.TokenSet:
         """One refresh; `username`/`device_key` are Cognito's, unused here."""
-        with transport_errors():
+        with base.transport_errors():
             async with self._session.post(
                 self._token_url,
                 json={"refresh_token": refresh_token},
@@ -196,38 +186,38 @@ class SupabaseProvider:
                 raise_for_status=False,
             ) as response:
                 status = response.status
-                retry_after_s = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
+                retry_after_s = base.parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
                 header_code = response.headers.get("x-sb-error-code")
                 body = await response.content.read(MAX_RESPONSE_BYTES + 1)
         if len(body) > MAX_RESPONSE_BYTES:
-            raise RefreshUnavailable("bad_response", status=status)
+            raise base.RefreshUnavailable("bad_response", status=status)
         return _token_set(status, body, header_code, refresh_token, retry_after_s)
 
 
 def _token_set(
     status: int, body: bytes, header_code: str | None, old_refresh_token: str, retry_after_s: float | None
-) -> TokenSet:
-    payload = json_object(body)
+) -> base.TokenSet:
+    payload = base.json_object(body)
     if status == 200:
         access_token = payload.get("access_token") if payload else None
         new_refresh_token = payload.get("refresh_token") if payload else None
         if payload is None or not isinstance(access_token, str) or not access_token:
-            raise RefreshUnavailable("bad_response", status=status)
+            raise base.RefreshUnavailable("bad_response", status=status)
         rotated = isinstance(new_refresh_token, str) and new_refresh_token not in ("", old_refresh_token)
-        return TokenSet(
+        return base.TokenSet(
             access_token=access_token,
             refresh_token=new_refresh_token if rotated else None,
-            expires_in_s=expires_in_s(payload.get("expires_in")),
+            expires_in_s=base.expires_in_s(payload.get("expires_in")),
         )
     if status == 429 or status >= 500:
-        raise RefreshUnavailable(f"http_{status}", status=status, retry_after_s=retry_after_s)
+        raise base.RefreshUnavailable(f"http_{status}", status=status, retry_after_s=retry_after_s)
     code = _error_code(header_code, payload)
     if code in SESSION_OVER_CODES and status in (400, 401, 403, 404):
-        raise RefreshRejected(code, status=status)
+        raise base.RefreshRejected(code, status=status)
     if status == 401 and code is None and payload is not None and "message" in payload:
         # The API gateway's key check ({"message", "hint"}): the configured key is wrong.
         code = "invalid_api_key"
-    raise RefreshUnavailable(code or f"http_{status}", status=status, retry_after_s=retry_after_s)
+    raise base.RefreshUnavailable(code or f"http_{status}", status=status, retry_after_s=retry_after_s)
 
 
 def _error_code(header_code: str | None, payload: dict[str, Any] | None) -> str | None:
