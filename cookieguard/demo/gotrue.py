@@ -207,17 +207,10 @@ class GoTrueServer:
         """The project URL, as `createClient(url, key)` takes it."""
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def issuer(self) -> str:
-        return f"{self.url}/auth/v1"
-
-    @property
-    def token_url(self) -> str:
-        return f"{self.issuer}/token"
-
-    @property
-    def jwks_url(self) -> str:
-        return f"{self.issuer}/.well-known/jwks.json"
+    # GoTrue's own addresses under the project URL (supabase/auth's routes).
+    issuer = property(lambda self: f"{self.url}/auth/v1")
+    token_url = property(lambda self: f"{self.issuer}/token")
+    jwks_url = property(lambda self: f"{self.issuer}/.well-known/jwks.json")
 
     # -- test controls -----------------------------------------------------------------------
 
