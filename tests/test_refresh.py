@@ -16,7 +16,7 @@ from cookieguard.config import RefreshConfig, StoreConfig
 from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
 from cookieguard.refresh import Refresher, store_key
 from cookieguard.store.memory import MemoryStore
-from tests.support.fakes import Clock, ScriptedProvider
+from tests.support.fakes import Clock, ScriptedProvider, assert_a_slow_refresh_is_joined
 
 
 class CountingStore(MemoryStore):
@@ -135,20 +135,10 @@ async def test_retry_after_longer_than_the_backoff_is_respected() -> None:
 async def test_a_slow_idp_keeps_the_lock_so_another_replica_joins_instead_of_calling() -> None:
     """Two refreshers sharing one store stand for two replicas; the lease is 0.3 s, the IdP takes 1 s."""
     store = CountingStore()
-    slow = ScriptedProvider(answers=[TokenSet(access_token="A2", refresh_token="R2")])
-    slow.gate.clear()
-    other = ScriptedProvider()
-    replica_a, replica_b = make(slow, store), make(other, store)
-    first = asyncio.ensure_future(replica_a.refresh("R1"))
-    await slow.started.wait()
-    second = asyncio.ensure_future(replica_b.refresh("R1"))
-    await store.extended(times=9)  # three lease periods pass (an extension every third of one)
-    assert not second.done()
-    slow.gate.set()
-    a, b = await asyncio.gather(first, second)
-    assert (a.outcome, b.outcome) == ("refreshed", "joined")
-    assert b.tokens is not None and b.tokens.refresh_token == "R2"
-    assert other.calls == []
+    await assert_a_slow_refresh_is_joined(
+        lambda slow, other: (make(slow, store), make(other, store)),
+        lambda: store.extended(times=9),  # three lease periods pass (an extension every third of one)
+    )
 
 
 async def test_stored_results_are_encrypted_and_keyed_by_hash() -> None:

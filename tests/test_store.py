@@ -31,7 +31,7 @@ from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, Toke
 from cookieguard.refresh import Refresher, RefreshResult, store_key
 from cookieguard.store import FallbackStore, MemoryStore, Store, StoreUnavailable, make_store
 from cookieguard.store.redis import RedisStore
-from tests.support.fakes import FastForwardClock, ScriptedProvider
+from tests.support.fakes import FastForwardClock, ScriptedProvider, assert_a_slow_refresh_is_joined
 from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess, run_cli
 from tests.support.redis_server import RedisServer
@@ -208,22 +208,14 @@ async def test_results_expire_after_their_ttl(backend: Backend) -> None:
 async def test_a_slow_refresh_keeps_the_lock_so_another_replica_joins(backend: Backend) -> None:
     """Four lease periods pass while the IdP call is open: without extension the second replica
     would take the lock and call the IdP."""
-    slow = ScriptedProvider(answers=[TokenSet(access_token="A2", refresh_token="R2")])
-    slow.gate.clear()
-    other = ScriptedProvider()
     counted = ExtensionCounter(backend.shared)
-    replica_a = refresher(slow, counted)  # type: ignore[arg-type]
-    replica_b = refresher(other, backend.replica())
-    first = asyncio.ensure_future(replica_a.refresh("R1"))
-    await slow.started.wait()
-    second = asyncio.ensure_future(replica_b.refresh("R1"))
-    await counted.extended(times=12)  # four lease periods pass (an extension every third of one)
-    assert not second.done()
-    slow.gate.set()
-    a, b = await asyncio.gather(first, second)
-    assert (a.outcome, b.outcome) == ("refreshed", "joined")
-    assert b.tokens is not None and b.tokens.refresh_token == "R2"
-    assert other.calls == []
+    await assert_a_slow_refresh_is_joined(
+        lambda slow, other: (
+            refresher(slow, counted),
+            refresher(other, backend.replica()),
+        ),
+        lambda: counted.extended(times=12),  # four lease periods pass (an extension every third of one)
+    )
 
 
 async def test_a_failed_refresh_releases_the_lock_and_stores_nothing(backend: Backend) -> None:

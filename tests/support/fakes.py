@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cookieguard.providers.base import TokenSet
+from cookieguard.refresh import Refresher
 
 
 @dataclass
@@ -60,3 +62,26 @@ class FastForwardClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+
+async def assert_a_slow_refresh_is_joined(
+    replicas: Callable[[ScriptedProvider, ScriptedProvider], tuple[Refresher, Refresher]],
+    leases_pass: Callable[[], Awaitable[None]],
+) -> None:
+    """Replica A's IdP call is held open while `leases_pass` lets several lock leases go by and
+    replica B asks for the same refresh token: B must still be waiting, then join A's result
+    without calling its own IdP. `replicas(slow, other)` builds A on `slow` and B on `other`."""
+    slow = ScriptedProvider(answers=[TokenSet(access_token="A2", refresh_token="R2")])
+    slow.gate.clear()
+    other = ScriptedProvider()
+    replica_a, replica_b = replicas(slow, other)
+    first = asyncio.ensure_future(replica_a.refresh("R1"))
+    await slow.started.wait()
+    second = asyncio.ensure_future(replica_b.refresh("R1"))
+    await leases_pass()
+    assert not second.done()
+    slow.gate.set()
+    a, b = await asyncio.gather(first, second)
+    assert (a.outcome, b.outcome) == ("refreshed", "joined")
+    assert b.tokens is not None and b.tokens.refresh_token == "R2"
+    assert other.calls == []
