@@ -16,27 +16,7 @@ from cookieguard.config import RefreshConfig, StoreConfig
 from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
 from cookieguard.refresh import Refresher, store_key
 from cookieguard.store.memory import MemoryStore
-from tests.support.fakes import Clock, ScriptedProvider, assert_a_slow_refresh_is_joined
-
-
-class CountingStore(MemoryStore):
-    """The memory store, telling the test when the lock has been extended `times` times."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._extensions = 0
-        self._extension = asyncio.Condition()
-
-    async def extend(self, key: str, owner: str, lease_s: float) -> bool:
-        extended = await super().extend(key, owner, lease_s)
-        async with self._extension:
-            self._extensions += extended
-            self._extension.notify_all()
-        return extended
-
-    async def extended(self, times: int) -> None:
-        async with self._extension:
-            await asyncio.wait_for(self._extension.wait_for(lambda: self._extensions >= times), 10)
+from tests.support.fakes import Clock, ExtensionCounter, ScriptedProvider, assert_a_slow_refresh_is_joined
 
 
 def make(
@@ -134,7 +114,7 @@ async def test_retry_after_longer_than_the_backoff_is_respected() -> None:
 
 async def test_a_slow_idp_keeps_the_lock_so_another_replica_joins_instead_of_calling() -> None:
     """Two refreshers sharing one store stand for two replicas; the lease is 0.3 s, the IdP takes 1 s."""
-    store = CountingStore()
+    store = ExtensionCounter(MemoryStore())
     await assert_a_slow_refresh_is_joined(
         lambda slow, other: (make(slow, store), make(other, store)),
         lambda: store.extended(times=9),  # three lease periods pass (an extension every third of one)

@@ -31,7 +31,12 @@ from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, Toke
 from cookieguard.refresh import Refresher, RefreshResult, store_key
 from cookieguard.store import FallbackStore, MemoryStore, Store, StoreUnavailable, make_store
 from cookieguard.store.redis import RedisStore
-from tests.support.fakes import FastForwardClock, ScriptedProvider, assert_a_slow_refresh_is_joined
+from tests.support.fakes import (
+    ExtensionCounter,
+    FastForwardClock,
+    ScriptedProvider,
+    assert_a_slow_refresh_is_joined,
+)
 from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess, run_cli
 from tests.support.redis_server import RedisServer
@@ -127,29 +132,6 @@ async def wait_until(predicate: Callable[[], Any], timeout_s: float = 5.0) -> fl
         assert time.monotonic() - started < timeout_s, "condition not met in time"
         await asyncio.sleep(0.01)
     return time.monotonic() - started
-
-
-class ExtensionCounter:
-    """Wraps a store and lets the test wait until the lock was extended `times` times."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.extensions = 0
-        self._changed = asyncio.Condition()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-    async def extend(self, key: str, owner: str, lease_s: float) -> bool:
-        extended = await self.store.extend(key, owner, lease_s)
-        async with self._changed:
-            self.extensions += extended
-            self._changed.notify_all()
-        return extended
-
-    async def extended(self, times: int) -> None:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: self.extensions >= times), 10)
 
 
 # --- the contract ---------------------------------------------------------------------------

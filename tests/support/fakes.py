@@ -11,9 +11,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cookieguard.providers.base import TokenSet
 from cookieguard.refresh import Refresher
+from cookieguard.store import Store
 
 
 @dataclass
@@ -62,6 +64,29 @@ class FastForwardClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+
+class ExtensionCounter:
+    """Wraps a store and lets the test wait until the lock was extended `times` times."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.extensions = 0
+        self._changed = asyncio.Condition()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def extend(self, key: str, owner: str, lease_s: float) -> bool:
+        extended = await self.store.extend(key, owner, lease_s)
+        async with self._changed:
+            self.extensions += extended
+            self._changed.notify_all()
+        return extended
+
+    async def extended(self, times: int) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.extensions >= times), 10)
 
 
 async def assert_a_slow_refresh_is_joined(
