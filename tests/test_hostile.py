@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from cookieguard.demo.emulator import PoolInfo
-from tests.support.apps import seen_by, start_buggy_app
+from tests.support.apps import reset_mid_body, seen_by, start_buggy_app
 from tests.support.cognito_idp import cognito_guard_config
 from tests.support.proxy_process import CookieguardProcess
 
@@ -147,18 +147,8 @@ async def test_request_smuggling_shapes_are_rejected_not_forwarded(
 async def test_upstream_reset_mid_body_breaks_the_client_response_instead_of_hanging(
     aiohttp_server: Any, cookieguard_process: Start
 ) -> None:
-    async def broken(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        response.content_length = 1_000_000
-        await response.prepare(request)
-        await response.write(b"x" * 1000)
-        await asyncio.sleep(0.1)
-        assert request.transport is not None
-        request.transport.abort()  # connection reset in the middle of the body
-        return response
-
     app = web.Application()
-    app.router.add_get("/", broken)
+    app.router.add_get("/", reset_mid_body)
     upstream = await aiohttp_server(app)
     guard = cookieguard_process({"upstream": str(upstream.make_url(""))})
     async with aiohttp.ClientSession() as s:

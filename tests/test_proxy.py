@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cookieguard.proxy import Pacer
+from tests.support.apps import reset_mid_body
 from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess
 
@@ -400,22 +401,12 @@ async def test_upstream_error_events_never_carry_the_requests_cookies(
     known_secrets.add(jwt_like, secret)
     cookie = f"accessToken={jwt_like}; refreshToken={secret}; theme=dark"
 
-    async def broken(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        response.content_length = 1_000_000
-        await response.prepare(request)
-        await response.write(b"x" * 1000)
-        await asyncio.sleep(0.1)
-        assert request.transport is not None
-        request.transport.abort()
-        return response
-
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(5)
         return web.Response()
 
     app = web.Application()
-    app.router.add_get("/broken", broken)
+    app.router.add_get("/broken", reset_mid_body)
     app.router.add_get("/slow", slow)
     upstream = await aiohttp_server(app)
     with socket.socket() as sock:

@@ -16,27 +16,7 @@ from cookieguard.config import RefreshConfig, StoreConfig
 from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
 from cookieguard.refresh import Refresher, store_key
 from cookieguard.store.memory import MemoryStore
-from tests.support.fakes import Clock, ScriptedProvider
-
-
-class CountingStore(MemoryStore):
-    """The memory store, telling the test when the lock has been extended `times` times."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._extensions = 0
-        self._extension = asyncio.Condition()
-
-    async def extend(self, key: str, owner: str, lease_s: float) -> bool:
-        extended = await super().extend(key, owner, lease_s)
-        async with self._extension:
-            self._extensions += extended
-            self._extension.notify_all()
-        return extended
-
-    async def extended(self, times: int) -> None:
-        async with self._extension:
-            await asyncio.wait_for(self._extension.wait_for(lambda: self._extensions >= times), 10)
+from tests.support.fakes import Clock, ExtensionCounter, ScriptedProvider, assert_a_slow_refresh_is_joined
 
 
 def make(
@@ -134,21 +114,11 @@ async def test_retry_after_longer_than_the_backoff_is_respected() -> None:
 
 async def test_a_slow_idp_keeps_the_lock_so_another_replica_joins_instead_of_calling() -> None:
     """Two refreshers sharing one store stand for two replicas; the lease is 0.3 s, the IdP takes 1 s."""
-    store = CountingStore()
-    slow = ScriptedProvider(answers=[TokenSet(access_token="A2", refresh_token="R2")])
-    slow.gate.clear()
-    other = ScriptedProvider()
-    replica_a, replica_b = make(slow, store), make(other, store)
-    first = asyncio.ensure_future(replica_a.refresh("R1"))
-    await slow.started.wait()
-    second = asyncio.ensure_future(replica_b.refresh("R1"))
-    await store.extended(times=9)  # three lease periods pass (an extension every third of one)
-    assert not second.done()
-    slow.gate.set()
-    a, b = await asyncio.gather(first, second)
-    assert (a.outcome, b.outcome) == ("refreshed", "joined")
-    assert b.tokens is not None and b.tokens.refresh_token == "R2"
-    assert other.calls == []
+    store = ExtensionCounter(MemoryStore())
+    await assert_a_slow_refresh_is_joined(
+        lambda slow, other: (make(slow, store), make(other, store)),
+        lambda: store.extended(times=9),  # three lease periods pass (an extension every third of one)
+    )
 
 
 async def test_stored_results_are_encrypted_and_keyed_by_hash() -> None:

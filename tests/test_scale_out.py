@@ -190,6 +190,21 @@ def rotating_user(
     return user
 
 
+@pytest.fixture
+async def short_lease_replicas(
+    aiohttp_server: Any,
+    cookieguard_process: Start,
+    rotating_user: CognitoUser,
+    redis_server: RedisServer,
+    store_key_secret: str,
+) -> list[CookieguardProcess]:
+    """Three Cognito replicas in front of one buggy app, sharing Redis with a 500 ms lock lease."""
+    app = await start_buggy_app(aiohttp_server)
+    store = store_config(redis_server, store_key_secret, lease="500ms")
+    upstream = str(app.make_url(""))
+    return [cookieguard_process(cognito_config(rotating_user.pool, upstream, store)) for _ in range(3)]
+
+
 def expired_amplify_header(user: CognitoUser, refresh_token: str | None = None) -> str:
     cookies = amplify_cookies(
         user.pool.client_id,
@@ -202,20 +217,12 @@ def expired_amplify_header(user: CognitoUser, refresh_token: str | None = None) 
 
 
 async def test_a_slow_idp_keeps_the_lease_extended_across_replicas(
-    aiohttp_server: Any,
-    cookieguard_process: Start,
     cognito_idp: CognitoEmulator,
     rotating_user: CognitoUser,
-    redis_server: RedisServer,
-    store_key_secret: str,
+    short_lease_replicas: list[CookieguardProcess],
     known_secrets: KnownSecrets,
 ) -> None:
-    user = rotating_user
-    app = await start_buggy_app(aiohttp_server)
-    store = store_config(redis_server, store_key_secret, lease="500ms")  # the IdP takes 4 leases
-    replicas = [
-        cookieguard_process(cognito_config(user.pool, str(app.make_url("")), store)) for _ in range(3)
-    ]
+    user, replicas = rotating_user, short_lease_replicas  # the lease is 500 ms: the IdP takes 4 leases
     layout = AmplifyLayout(user.pool.client_id)
     access, refresh = (layout.cookie_name(user.username, k) for k in ("accessToken", "refreshToken"))
     cognito_idp.delay_s = 2.0
@@ -253,21 +260,14 @@ async def test_a_slow_idp_keeps_the_lease_extended_across_replicas(
 
 
 async def test_redis_dying_mid_burst_degrades_each_replica_and_coordination_resumes(
-    aiohttp_server: Any,
-    cookieguard_process: Start,
     cognito_idp: CognitoEmulator,
     rotating_user: CognitoUser,
     make_cognito_user: Callable[..., CognitoUser],
     redis_server: RedisServer,
-    store_key_secret: str,
+    short_lease_replicas: list[CookieguardProcess],
     known_secrets: KnownSecrets,
 ) -> None:
-    user = rotating_user
-    app = await start_buggy_app(aiohttp_server)
-    store = store_config(redis_server, store_key_secret, lease="500ms")
-    replicas = [
-        cookieguard_process(cognito_config(user.pool, str(app.make_url("")), store)) for _ in range(3)
-    ]
+    user, replicas = rotating_user, short_lease_replicas
     layout = AmplifyLayout(user.pool.client_id)
     access = layout.cookie_name(user.username, "accessToken")
     cognito_idp.delay_s = 1.0

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from cookieguard.config import CookieNames
 from cookieguard.cookies import parse_cookie_header
@@ -58,20 +59,27 @@ def session(oidc_idp: OidcIdp, known_secrets: KnownSecrets) -> dict[str, Any]:
     return minted
 
 
+@pytest.fixture
+async def proxied(
+    aiohttp_server: Any, cookieguard_process: Start, oidc_idp: OidcIdp
+) -> tuple[TestServer, CookieguardProcess]:
+    """The buggy app, and `cookieguard run` in front of it with the named layout on the test IdP."""
+    app = await start_buggy_app(aiohttp_server)
+    return app, cookieguard_process(guard_config(oidc_idp, str(app.make_url(""))))
+
+
 def upstream_tokens(cookie_header: str) -> tuple[str | None, str | None]:
     read = NamedLayout(NAMES).read(parse_cookie_header(cookie_header))
     return (read.access_token, read.refresh_token) if read else (None, None)
 
 
 async def test_rotation_is_safe_and_late_requests_reuse_the_result(
-    aiohttp_server: Any,
-    cookieguard_process: Start,
     oidc_idp: OidcIdp,
     session: dict[str, Any],
+    proxied: tuple[TestServer, CookieguardProcess],
     known_secrets: KnownSecrets,
 ) -> None:
-    app = await start_buggy_app(aiohttp_server)
-    guard = cookieguard_process(guard_config(oidc_idp, str(app.make_url(""))))
+    app, guard = proxied
     browser = Browser({"rt": session["refresh_token"], "idt": session["id_token"], "theme": "dark"})
     old_cookies = browser.header()
     async with aiohttp.ClientSession() as s:
@@ -117,14 +125,12 @@ async def test_rotation_is_safe_and_late_requests_reuse_the_result(
 
 
 async def test_chunked_cookies_are_reassembled_rewritten_and_stale_chunks_deleted(
-    aiohttp_server: Any,
-    cookieguard_process: Start,
     oidc_idp: OidcIdp,
     session: dict[str, Any],
+    proxied: tuple[TestServer, CookieguardProcess],
     known_secrets: KnownSecrets,
 ) -> None:
-    app = await start_buggy_app(aiohttp_server)
-    guard = cookieguard_process(guard_config(oidc_idp, str(app.make_url(""))))
+    app, guard = proxied
     refresh = session["refresh_token"]
     third = len(refresh) // 3
     # The app wrote its refresh token in three chunks (as it would for a value over 4 KB), and
@@ -180,7 +186,7 @@ async def test_opaque_access_tokens_use_expires_in_from_the_token_response(
 
 
 async def test_a_forged_access_token_is_no_session_and_is_never_refreshed(
-    aiohttp_server: Any, cookieguard_process: Start, oidc_idp: OidcIdp, session: dict[str, Any]
+    oidc_idp: OidcIdp, session: dict[str, Any], proxied: tuple[TestServer, CookieguardProcess]
 ) -> None:
     import base64
     import json
@@ -190,8 +196,7 @@ async def test_a_forged_access_token_is_no_session_and_is_never_refreshed(
     payload["sub"] = "mallory"
     forged_payload = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
     forged = f"{header_b64}.{forged_payload}.{sig}"
-    app = await start_buggy_app(aiohttp_server)
-    guard = cookieguard_process(guard_config(oidc_idp, str(app.make_url(""))))
+    app, guard = proxied
     header = f"at={forged}; rt={session['refresh_token']}"
     async with aiohttp.ClientSession() as s, s.get(f"{guard.url}/page", headers={"Cookie": header}) as resp:
         assert resp.status == 200 and "Set-Cookie" not in resp.headers
@@ -212,17 +217,15 @@ async def test_a_forged_access_token_is_no_session_and_is_never_refreshed(
     ],
 )
 async def test_every_response_kind_carries_the_named_layouts_fresh_chunks(
-    aiohttp_server: Any,
-    cookieguard_process: Start,
     oidc_idp: OidcIdp,
     session: dict[str, Any],
+    proxied: tuple[TestServer, CookieguardProcess],
     known_secrets: KnownSecrets,
     method: str,
     path: str,
     status: int,
 ) -> None:
-    app = await start_buggy_app(aiohttp_server)
-    guard = cookieguard_process(guard_config(oidc_idp, str(app.make_url(""))))
+    app, guard = proxied
     refresh = session["refresh_token"]
     half = len(refresh) // 2
     header = f"rt.0={refresh[:half]}; rt.1={refresh[half:]}; idt={session['id_token']}"

@@ -31,7 +31,12 @@ from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, Toke
 from cookieguard.refresh import Refresher, RefreshResult, store_key
 from cookieguard.store import FallbackStore, MemoryStore, Store, StoreUnavailable, make_store
 from cookieguard.store.redis import RedisStore
-from tests.support.fakes import FastForwardClock, ScriptedProvider
+from tests.support.fakes import (
+    ExtensionCounter,
+    FastForwardClock,
+    ScriptedProvider,
+    assert_a_slow_refresh_is_joined,
+)
 from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess, run_cli
 from tests.support.redis_server import RedisServer
@@ -129,29 +134,6 @@ async def wait_until(predicate: Callable[[], Any], timeout_s: float = 5.0) -> fl
     return time.monotonic() - started
 
 
-class ExtensionCounter:
-    """Wraps a store and lets the test wait until the lock was extended `times` times."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.extensions = 0
-        self._changed = asyncio.Condition()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-    async def extend(self, key: str, owner: str, lease_s: float) -> bool:
-        extended = await self.store.extend(key, owner, lease_s)
-        async with self._changed:
-            self.extensions += extended
-            self._changed.notify_all()
-        return extended
-
-    async def extended(self, times: int) -> None:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: self.extensions >= times), 10)
-
-
 # --- the contract ---------------------------------------------------------------------------
 
 
@@ -208,22 +190,14 @@ async def test_results_expire_after_their_ttl(backend: Backend) -> None:
 async def test_a_slow_refresh_keeps_the_lock_so_another_replica_joins(backend: Backend) -> None:
     """Four lease periods pass while the IdP call is open: without extension the second replica
     would take the lock and call the IdP."""
-    slow = ScriptedProvider(answers=[TokenSet(access_token="A2", refresh_token="R2")])
-    slow.gate.clear()
-    other = ScriptedProvider()
     counted = ExtensionCounter(backend.shared)
-    replica_a = refresher(slow, counted)  # type: ignore[arg-type]
-    replica_b = refresher(other, backend.replica())
-    first = asyncio.ensure_future(replica_a.refresh("R1"))
-    await slow.started.wait()
-    second = asyncio.ensure_future(replica_b.refresh("R1"))
-    await counted.extended(times=12)  # four lease periods pass (an extension every third of one)
-    assert not second.done()
-    slow.gate.set()
-    a, b = await asyncio.gather(first, second)
-    assert (a.outcome, b.outcome) == ("refreshed", "joined")
-    assert b.tokens is not None and b.tokens.refresh_token == "R2"
-    assert other.calls == []
+    await assert_a_slow_refresh_is_joined(
+        lambda slow, other: (
+            refresher(slow, counted),
+            refresher(other, backend.replica()),
+        ),
+        lambda: counted.extended(times=12),  # four lease periods pass (an extension every third of one)
+    )
 
 
 async def test_a_failed_refresh_releases_the_lock_and_stores_nothing(backend: Backend) -> None:

@@ -21,6 +21,18 @@ from cookieguard.layouts import AmplifyLayout
 SEEN = web.AppKey("seen", list)
 
 
+async def reset_mid_body(request: web.Request) -> web.StreamResponse:
+    """An upstream handler that promises a 1 MB body, sends 1 KB, then resets the connection."""
+    response = web.StreamResponse()
+    response.content_length = 1_000_000
+    await response.prepare(request)
+    await response.write(b"x" * 1000)
+    await asyncio.sleep(0.1)
+    assert request.transport is not None
+    request.transport.abort()  # connection reset in the middle of the body
+    return response
+
+
 async def start_buggy_app(aiohttp_server: Any) -> TestServer:
     seen: list[dict[str, str]] = []
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cookieguard.providers.base import TokenSet
+from cookieguard.refresh import Refresher
+from cookieguard.store import Store
 
 
 @dataclass
@@ -60,3 +64,49 @@ class FastForwardClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+
+class ExtensionCounter:
+    """Wraps a store and lets the test wait until the lock was extended `times` times."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.extensions = 0
+        self._changed = asyncio.Condition()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def extend(self, key: str, owner: str, lease_s: float) -> bool:
+        extended = await self.store.extend(key, owner, lease_s)
+        async with self._changed:
+            self.extensions += extended
+            self._changed.notify_all()
+        return extended
+
+    async def extended(self, times: int) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.extensions >= times), 10)
+
+
+async def assert_a_slow_refresh_is_joined(
+    replicas: Callable[[ScriptedProvider, ScriptedProvider], tuple[Refresher, Refresher]],
+    leases_pass: Callable[[], Awaitable[None]],
+) -> None:
+    """Replica A's IdP call is held open while `leases_pass` lets several lock leases go by and
+    replica B asks for the same refresh token: B must still be waiting, then join A's result
+    without calling its own IdP. `replicas(slow, other)` builds A on `slow` and B on `other`."""
+    slow = ScriptedProvider(answers=[TokenSet(access_token="A2", refresh_token="R2")])
+    slow.gate.clear()
+    other = ScriptedProvider()
+    replica_a, replica_b = replicas(slow, other)
+    first = asyncio.ensure_future(replica_a.refresh("R1"))
+    await slow.started.wait()
+    second = asyncio.ensure_future(replica_b.refresh("R1"))
+    await leases_pass()
+    assert not second.done()
+    slow.gate.set()
+    a, b = await asyncio.gather(first, second)
+    assert (a.outcome, b.outcome) == ("refreshed", "joined")
+    assert b.tokens is not None and b.tokens.refresh_token == "R2"
+    assert other.calls == []
