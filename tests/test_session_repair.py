@@ -20,7 +20,7 @@ import pytest
 from cookieguard.claims import decode_claims
 from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.layouts import AmplifyLayout
-from tests.support.apps import cookie_value, seen_by, set_cookie_values, start_buggy_app
+from tests.support.apps import RESPONSE_KINDS, cookie_value, seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess
@@ -37,19 +37,7 @@ def names(user: CognitoUser) -> AmplifyLayout:
     return AmplifyLayout(user.pool.client_id)
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "status"),
-    [
-        ("GET", "/redirect", 302),
-        ("GET", "/rewrite", 200),
-        ("GET", "/not-modified", 304),
-        ("GET", "/missing", 404),
-        ("GET", "/broken", 500),
-        ("HEAD", "/page", 200),
-        ("GET", "/stream", 200),
-        ("POST", "/redirect", 302),
-    ],
-)
+@pytest.mark.parametrize(("method", "path", "status"), [*RESPONSE_KINDS, ("POST", "/redirect", 302)])
 async def test_every_response_carries_fresh_tokens_and_the_app_saw_them(
     aiohttp_server: Any,
     cookieguard_process: Start,

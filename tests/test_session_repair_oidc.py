@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from cookieguard.config import CookieNames
 from cookieguard.cookies import parse_cookie_header
 from cookieguard.layouts import NamedLayout
-from tests.support.apps import Browser, seen_by, set_cookie_values, start_buggy_app
+from tests.support.apps import RESPONSE_KINDS, Browser, seen_by, set_cookie_values, start_buggy_app
 from tests.support.no_secrets import KnownSecrets
 from tests.support.oidc_idp import OidcIdp
 from tests.support.proxy_process import CookieguardProcess
@@ -204,18 +204,7 @@ async def test_a_forged_access_token_is_no_session_and_is_never_refreshed(
     assert seen_by(app)[0]["cookie"] == header
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "status"),
-    [
-        ("GET", "/redirect", 302),
-        ("GET", "/rewrite", 200),
-        ("GET", "/not-modified", 304),
-        ("GET", "/missing", 404),
-        ("GET", "/broken", 500),
-        ("HEAD", "/page", 200),
-        ("GET", "/stream", 200),
-    ],
-)
+@pytest.mark.parametrize(("method", "path", "status"), RESPONSE_KINDS)
 async def test_every_response_kind_carries_the_named_layouts_fresh_chunks(
     oidc_idp: OidcIdp,
     session: dict[str, Any],

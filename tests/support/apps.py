@@ -20,6 +20,18 @@ from cookieguard.layouts import AmplifyLayout
 
 SEEN = web.AppKey("seen", list)
 
+# Every kind of answer start_buggy_app gives, as (method, path, status): session repair must put
+# its cookies on each of them (redirects, rewrites, 304, 4xx, 5xx, HEAD, streamed bodies).
+RESPONSE_KINDS = [
+    ("GET", "/redirect", 302),
+    ("GET", "/rewrite", 200),
+    ("GET", "/not-modified", 304),
+    ("GET", "/missing", 404),
+    ("GET", "/broken", 500),
+    ("HEAD", "/page", 200),
+    ("GET", "/stream", 200),
+]
+
 
 async def reset_mid_body(request: web.Request) -> web.StreamResponse:
     """An upstream handler that promises a 1 MB body, sends 1 KB, then resets the connection."""
