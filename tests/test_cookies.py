@@ -253,6 +253,13 @@ def test_percent_decode_inverts_encode_uri_component(text: str) -> None:
 amplify = AmplifyLayout(CLIENT_ID)
 
 
+def read_amplify(header: str) -> Session:
+    """The amplify layout's session in a Cookie header; there must be one."""
+    session = amplify.read(parse_cookie_header(header))
+    assert session is not None
+    return session
+
+
 def test_the_session_reader_reads_each_header_once_and_stays_bounded() -> None:
     reader = SessionReader(amplify, size=2)
     header = amplify_header()
@@ -324,8 +331,7 @@ def test_amplify_last_auth_user_without_tokens_is_still_a_session() -> None:
 
 def test_amplify_tokens_without_refresh_token_is_still_a_session() -> None:
     header = f"{PREFIX}.LastAuthUser=bob; {PREFIX}.bob.accessToken={ACCESS}; {PREFIX}.bob.refreshToken="
-    session = amplify.read(parse_cookie_header(header))
-    assert session is not None
+    session = read_amplify(header)
     assert session.access_token == ACCESS and session.refresh_token is None
 
 
@@ -334,8 +340,7 @@ def test_amplify_only_last_auth_user_counts() -> None:
         f"{PREFIX}.alice.accessToken=alice-at; {PREFIX}.alice.refreshToken=alice-rt; "
         f"{PREFIX}.LastAuthUser=bob; {PREFIX}.bob.accessToken=bob-at; {PREFIX}.bob.refreshToken=bob-rt"
     )
-    session = amplify.read(parse_cookie_header(header))
-    assert session is not None
+    session = read_amplify(header)
     assert (session.user, session.access_token, session.refresh_token) == ("bob", "bob-at", "bob-rt")
     assert not any("alice" in name for name in session.cookie_names)
 
@@ -345,8 +350,7 @@ def test_amplify_user_with_dots_is_not_confused_with_a_longer_name() -> None:
         f"{PREFIX}.LastAuthUser=john.doe; {PREFIX}.john.doe.accessToken=mine; "
         f"{PREFIX}.john.doe.x.accessToken=other-user; {PREFIX}.john.accessToken=other"
     )
-    session = amplify.read(parse_cookie_header(header))
-    assert session is not None
+    session = read_amplify(header)
     assert session.access_token == "mine"
     assert session.cookie_names == {f"{PREFIX}.LastAuthUser", f"{PREFIX}.john.doe.accessToken"}
 
@@ -354,15 +358,14 @@ def test_amplify_user_with_dots_is_not_confused_with_a_longer_name() -> None:
 def test_amplify_finds_cookies_spelled_by_js_cookie_in_the_browser() -> None:
     # js-cookie escapes ( and ) in names; Amplify's server side does not. Both spell the same cookie.
     header = f"{PREFIX}.LastAuthUser=a(b); {PREFIX}.a%28b%29.accessToken=at; {PREFIX}.a(b).refreshToken=rt"
-    session = amplify.read(parse_cookie_header(header))
-    assert session is not None
+    session = read_amplify(header)
     assert (session.access_token, session.refresh_token) == ("at", "rt")
 
 
 def test_amplify_first_duplicate_wins() -> None:
     header = f"{PREFIX}.LastAuthUser=bob; {PREFIX}.bob.accessToken=deep-path; {PREFIX}.bob.accessToken=root"
-    session = amplify.read(parse_cookie_header(header))
-    assert session is not None and session.access_token == "deep-path"
+    session = read_amplify(header)
+    assert session.access_token == "deep-path"
 
 
 def test_amplify_values_are_percent_decoded_leniently() -> None:
@@ -370,8 +373,7 @@ def test_amplify_values_are_percent_decoded_leniently() -> None:
         f'{PREFIX}.LastAuthUser="jos%C3%A9"; {PREFIX}.jos%C3%A9.accessToken=a%2Eb%zz; '
         f"{PREFIX}.jos%C3%A9.refreshToken=%E0%A4"
     )
-    session = amplify.read(parse_cookie_header(header))
-    assert session is not None
+    session = read_amplify(header)
     assert session.user == "josé"
     assert session.access_token == "a.b%zz"
     assert session.refresh_token == "%E0%A4"
