@@ -191,14 +191,17 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         "max_field_size": MAX_FIELD_SIZE,
         "max_line_size": MAX_LINE_SIZE,
     }
-    limits = ClientLimits(config.timeouts.client_header_s, config.limits.max_connections)
+    client_cut = app[PROXY_KEY].metrics.client_cut  # cookieguard_clients_cut_total{reason}
+    limits = ClientLimits(config.timeouts.client_header_s, config.limits.max_connections, on_cut=client_cut)
     listeners = [await listen(runner, config.listen_host, config.listen_port, limits, **handler_kwargs)]
     runners = [runner]
     if config.admin_listen is not None:
         # Not under max_connections: a probe must get through while the public port is flooded.
         admin_runner = web.AppRunner(build_admin_app(app[ADMIN_KEY], config), handle_signals=False)
         await admin_runner.setup()
-        admin_limits = ClientLimits(config.timeouts.client_header_s, None)
+        admin_limits = ClientLimits(
+            config.timeouts.client_header_s, None, on_cut=app[PROXY_KEY].metrics.client_cut
+        )
         host, port = config.admin_listen
         listeners.append(await listen(admin_runner, host, port, admin_limits, **handler_kwargs))
         runners.append(admin_runner)

@@ -22,6 +22,7 @@ handled) and `_waiter` (set while the connection waits for its next request), an
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -56,7 +57,12 @@ class ClientLimits:
     header_timeout_s: float
     max_connections: int | None  # None: no cap (the admin listener)
     open_connections: int = 0
-    rejected_connections: int = 0
+    # Told why a client was cut off: "header_timeout" or "max_connections" (a metric).
+    on_cut: Callable[[str], None] | None = None
+
+    def cut(self, reason: str) -> None:
+        if self.on_cut is not None:
+            self.on_cut(reason)
 
 
 class EdgeHandler(web.RequestHandler):
@@ -75,7 +81,7 @@ class EdgeHandler(web.RequestHandler):
             # bytes are read (closing with unread bytes would reset the connection and could
             # destroy the 503 on its way), or at the head deadline.
             self._rejected = True
-            limits.rejected_connections += 1
+            limits.cut("max_connections")
             transport.write(_SERVICE_UNAVAILABLE)  # type: ignore[attr-defined]
         else:
             limits.open_connections += 1
@@ -144,6 +150,7 @@ class EdgeHandler(web.RequestHandler):
             if self._waiter is None:
                 return  # a request is being handled: its head arrived, this deadline is not its
             transport.write(_REQUEST_TIMEOUT)
+            self._limits.cut("header_timeout")
             get_logger().debug("client_timeout", phase="header", timeout_s=self._limits.header_timeout_s)
         self.force_close()
 

@@ -17,6 +17,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+# Why cookieguard cut a client off: the `reason` label of cookieguard_clients_cut_total.
+CLIENT_CUT_REASONS = ("header_timeout", "body_timeout", "max_connections")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -64,12 +66,25 @@ class Metrics:
             "1 while the shared store is unreachable and refreshes coordinate per replica only.",
             registry=self.registry,
         )
+        self.clients_cut = Counter(
+            "cookieguard_clients_cut_total",
+            'Client connections cookieguard answered and closed itself (README "The proxy"): '
+            "header_timeout and body_timeout (408), max_connections (503).",
+            ["reason"],
+            registry=self.registry,
+        )
         for outcome in ("refreshed", "joined", "reused", "rejected", "failed", "limited"):
             self.refresh_total.labels(outcome=outcome)
+        for reason in CLIENT_CUT_REASONS:
+            self.clients_cut.labels(reason=reason)
 
     def _latency(self, name: str, documentation: str) -> Histogram:
         """A seconds histogram with the shared latency buckets, in this instance's registry."""
         return Histogram(name, documentation, buckets=_LATENCY_BUCKETS, registry=self.registry)
+
+    def client_cut(self, reason: str) -> None:
+        """A client was answered 408 or 503 and closed (one of CLIENT_CUT_REASONS)."""
+        self.clients_cut.labels(reason=reason).inc()
 
     def idp_call(self, starting: bool) -> None:
         """A refresh call to the IdP starts (True) or ends (False)."""

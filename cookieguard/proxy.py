@@ -198,6 +198,7 @@ class Proxy:
         # The upstream request was aborted with its connection (upstream.py closes a connection
         # whose request body failed). The client's connection is closed as soon as the 408 is
         # out: aiohttp would otherwise linger, reading the rest of a body that is not coming.
+        self.metrics.client_cut("body_timeout")
         self.log.info(
             "client_timeout",
             phase="body",

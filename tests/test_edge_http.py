@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -53,6 +54,23 @@ def status_of(response: bytes) -> int:
 # -- slow and idle clients ------------------------------------------------------------------------
 
 
+async def clients_cut(proxy: CookieguardProcess, reason: str) -> float:
+    """cookieguard_clients_cut_total{reason} as the proxy's metrics endpoint reports it (polled
+    while the scrape itself is refused for lack of a free connection slot)."""
+    deadline = time.monotonic() + 5
+    async with aiohttp.ClientSession() as s:
+        while True:
+            async with s.get(f"{proxy.url}/.cookieguard/metrics") as resp:
+                text = await resp.text()
+            if resp.status != 503 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    assert resp.status == 200, resp.status
+    found = re.search(rf'^cookieguard_clients_cut_total{{reason="{reason}"}} (\S+)$', text, re.MULTILINE)
+    assert found is not None, text
+    return float(found.group(1))
+
+
 async def test_trickled_heads_are_closed_by_the_header_deadline_while_normal_requests_are_served(
     aiohttp_server: Any, cookieguard_process: Start
 ) -> None:
@@ -98,6 +116,7 @@ async def test_trickled_heads_are_closed_by_the_header_deadline_while_normal_req
         assert elapsed < 4.0  # 1 s deadline, generous slack for a loaded machine
         assert status_of(answer) == 408
         assert b"/trickle" not in answer and b"app.example" not in answer
+    assert await clients_cut(proxy, "header_timeout") == 200  # what an operator sees
 
 
 async def test_slow_uploads_are_cut_by_the_body_deadline_and_release_the_upstream(
@@ -148,6 +167,7 @@ async def test_slow_uploads_are_cut_by_the_body_deadline_and_release_the_upstrea
             break
         await asyncio.sleep(0.05)
     assert len(logged) == UPLOADS
+    assert await clients_cut(proxy, "body_timeout") == UPLOADS
 
 
 async def test_an_idle_keepalive_connection_is_closed_after_timeouts_keepalive(
@@ -191,6 +211,7 @@ async def test_max_connections_answers_503_beyond_the_cap_and_keeps_open_connect
             if status_of(answer) == 200 or time.monotonic() > deadline:
                 break
         assert status_of(answer) == 200
+        assert await clients_cut(proxy, "max_connections") >= 1
     finally:
         for _, writer in open_:
             writer.close()

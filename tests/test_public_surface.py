@@ -65,6 +65,7 @@ METRICS = {
     "cookieguard_idp_calls_in_flight",
     "cookieguard_sessions_in_flight",  # deprecated alias, removed in the next release
     "cookieguard_store_degraded",
+    "cookieguard_clients_cut_total",
 }
 REFRESH_OUTCOMES = {"refreshed", "joined", "reused", "rejected", "failed", "limited"}
 
