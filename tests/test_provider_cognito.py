@@ -40,6 +40,7 @@ from cookieguard.providers.cognito import (
     parse_retry_after,
     secret_hash,
 )
+from tests.support.apps import close_without_answer
 from tests.support.cognito_idp import CognitoUser
 
 APIS = ["get_tokens_from_refresh_token", "initiate_auth"]
@@ -643,12 +644,7 @@ async def test_connection_refused(http: aiohttp.ClientSession, unused_tcp_port: 
 
 
 async def test_dropped_connection(fake_cognito: Any) -> None:
-    async def drop(request: web.Request) -> web.StreamResponse:
-        assert request.transport is not None
-        request.transport.close()
-        return web.Response()
-
-    provider = await fake_cognito(drop)
+    provider = await fake_cognito(close_without_answer)
     with pytest.raises(RefreshUnavailable) as unavailable:
         await provider.refresh("rt-1")
     assert unavailable.value.code == "connection_error"

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from cookieguard.providers.base import RefreshRejected, RefreshUnavailable
 from cookieguard.providers.oidc import OidcConfig, OidcProvider
+from tests.support.apps import close_without_answer
 from tests.support.oidc_idp import OidcIdp
 
 CLIENT_AUTHS = ["client_secret_basic", "client_secret_post", "none"]
@@ -392,12 +393,7 @@ async def test_hanging_idp_is_a_timeout_after_one_attempt(
 async def test_reset_connection_is_connection_error(
     fake_idp: Callable[[Handler], Awaitable[FakeIdp]], http: aiohttp.ClientSession
 ) -> None:
-    async def reset(request: web.Request) -> web.StreamResponse:
-        assert request.transport is not None
-        request.transport.close()
-        return web.Response()
-
-    idp = await fake_idp(reset)
+    idp = await fake_idp(close_without_answer)
     with pytest.raises(RefreshUnavailable) as caught:
         await OidcProvider(idp.config(), http).refresh("rt")
     assert caught.value.code in ("connection_error", "bad_response")

@@ -45,6 +45,13 @@ async def reset_mid_body(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def close_without_answer(request: web.Request) -> web.StreamResponse:
+    """A server handler that closes the connection instead of answering (an IdP dropping it)."""
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
+
+
 async def start_buggy_app(aiohttp_server: Any) -> TestServer:
     seen: list[dict[str, str]] = []
 
