@@ -165,6 +165,7 @@ class Forward:
     set_cookies: tuple[SetCookie, ...] = field(default=(), repr=False)  # merged into the answer
     outcome: str | None = None  # the refresh outcome, when a refresh was made
     fresh: FreshTokens | None = None  # the tokens the refresh gave
+    fresh_claims: Claims | None = None  # the fresh access token's claims, decoded once (None: opaque)
     # Remember this lifetime for the fresh access token: it is opaque, and only this token
     # response says when it expires.
     opaque_lifetime: Lifetime | None = None
@@ -280,6 +281,7 @@ def _after_refresh(
             set_cookies=tuple(layout.set_cookies(session, fresh, policy.attributes)),
             outcome=result.outcome,
             fresh=fresh,
+            fresh_claims=claims,
             opaque_lifetime=opaque_lifetime,
         )
     if result.outcome != REJECTED or policy.on_rejected == "pass":
@@ -350,16 +352,26 @@ def user_of(proof: Proof, session: Session) -> str | None:
     return session.user if proof is NOT_VERIFIED else None
 
 
-def refreshed_user(proof: Proof, session: Session, fresh: FreshTokens | None) -> str | None:
+def refreshed_user(proof: Proof, session: Session, plan: Plan) -> str | None:
     """The user a refresh is logged under: the one a verified token names; else the one the
-    IdP's fresh token names (it came from the IdP itself); the cookies' name only when nothing
+    IdP's fresh tokens name (they came from the IdP itself); the cookies' name only when nothing
     can be verified."""
     if proof.user is not None:
         return proof.user
-    claims = decode_claims(fresh.access_token) if fresh is not None else None
-    if claims is not None and reported_user(claims) is not None:
-        return reported_user(claims)
+    if isinstance(plan, Forward) and plan.fresh is not None:
+        user = fresh_user(plan.fresh, plan.fresh_claims)
+        if user is not None:
+            return user
     return session.user if proof is NOT_VERIFIED else None
+
+
+def fresh_user(fresh: FreshTokens, access_claims: Claims | None) -> str | None:
+    """The user the IdP's fresh tokens name: the access token's, else the id token's."""
+    user = reported_user(access_claims) if access_claims is not None else None
+    if user is None and fresh.id_token:
+        id_claims = decode_claims(fresh.id_token)
+        user = reported_user(id_claims) if id_claims is not None else None
+    return user
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,8 +411,9 @@ def session_check(
             return proof
         access, user = judged, user_of(proof, session)
     else:
-        access = _fresh_access(fresh, plan.opaque_lifetime if isinstance(plan, Forward) else None)
-        user = _fresh_user(session, fresh, policy)
+        assert isinstance(plan, Forward)
+        access = _fresh_access(plan)
+        user = session.user if not policy.signature_verified else fresh_user(fresh, plan.fresh_claims)
     if plan.outcome == REJECTED and policy.on_rejected != "pass":
         # The session is over; the answer carries the expired auth cookies.
         return SessionCheck(False, user, reason="rejected", set_cookies=set_cookies)
@@ -428,21 +441,10 @@ def session_check(
     )
 
 
-def _fresh_access(fresh: FreshTokens, opaque_lifetime: Lifetime | None) -> AccessState:
-    claims = decode_claims(fresh.access_token)
+def _fresh_access(plan: Forward) -> AccessState:
+    claims = plan.fresh_claims
     if claims is not None:
         return AccessState("ok", claims.iat, claims.exp)
-    if opaque_lifetime is not None:
-        return AccessState("ok", opaque_lifetime.issued_at, opaque_lifetime.expires_at)
+    if plan.opaque_lifetime is not None:
+        return AccessState("ok", plan.opaque_lifetime.issued_at, plan.opaque_lifetime.expires_at)
     return OPAQUE_UNSEEN
-
-
-def _fresh_user(session: Session, fresh: FreshTokens, policy: Policy) -> str | None:
-    """The user of a session the IdP just refreshed: its fresh tokens name it."""
-    if not policy.signature_verified:
-        return session.user
-    for token in (fresh.access_token, fresh.id_token):
-        claims = decode_claims(token) if token else None
-        if claims is not None and claims.sub:
-            return reported_user(claims)
-    return None

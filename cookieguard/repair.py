@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from structlog.contextvars import bind_contextvars
 
-from .claims import ClaimsReader, TokenKind, decode_claims, session_id
+from .claims import ClaimsReader, TokenKind, session_id
 from .config import Config
 from .edge import client_address
 from .layouts import Layout, Session, SessionReader
@@ -209,7 +209,6 @@ class SessionRepair:
         if result.outcome == REFRESHED:
             self.metrics.refresh_duration.observe(result.duration_ms / 1000)
         proof = refresh.proof
-        fresh = plan.fresh if isinstance(plan, Forward) else None
         extra: dict[str, object] = {}
         if result.outcome == LIMITED:
             # A spray must not flood the logs: one line per budget and subject or address a minute.
@@ -218,12 +217,12 @@ class SessionRepair:
                 return
             # The address is logged as it is: operators need it to act, and it is no credential.
             extra = {"limit": result.error, "address": address}
-        new_claims = decode_claims(fresh.access_token) if fresh else None
+        new_claims = plan.fresh_claims if isinstance(plan, Forward) else None
         log = self.log.warning if result.outcome in (FAILED, LIMITED) else self.log.info
         log(
             "token_refresh",
             outcome=result.outcome,
-            user=refreshed_user(proof, session, fresh),
+            user=refreshed_user(proof, session, plan),
             proven=proof.proven,
             **extra,
             old_exp=int(refresh.old_expires_at) if refresh.old_expires_at else None,
