@@ -41,17 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -60,6 +55,7 @@ from typing import Any, TypeVar
 import pytest
 
 from cookieguard.demo.gotrue import GoTrueServer, ManualClock, User
+from tests.support.e2e import BrowserDriver, free_port, stop, wait_until_serving
 from tests.support.proxy_process import CookieguardProcess
 
 pytestmark = pytest.mark.e2e
@@ -132,58 +128,8 @@ class AuthServer:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{url}: the server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.2)
-    raise AssertionError(f"{url}: not serving after {timeout_s} s")
-
-
-def _stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-class Browser:
-    """Chromium through browser.mjs: one JSON command per line, one JSON answer per line."""
-
-    def __init__(self, profile_dir: Path) -> None:
-        self._process = subprocess.Popen(
-            ["node", str(APP / "e2e" / "browser.mjs"), str(profile_dir)],
-            cwd=APP,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def command(self, op: str, **arguments: Any) -> dict[str, Any]:
-        assert self._process.stdin is not None and self._process.stdout is not None
-        self._process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
-        self._process.stdin.flush()
-        line = self._process.stdout.readline()
-        if not line:
-            raise AssertionError(f"the browser driver exited ({self._process.wait()}) during {op!r}")
-        answer: dict[str, Any] = json.loads(line)
-        if not answer.pop("ok"):
-            raise AssertionError(f"browser {op!r} failed: {answer['error']}")
-        return answer
+class Browser(BrowserDriver):
+    app = APP
 
     def session(self) -> dict[str, Any] | None:
         """The session in Chromium's cookie jar: `sb-127-auth-token` (or its chunks), decoded."""
@@ -201,14 +147,6 @@ class Browser:
         encoded = value.removeprefix("base64-")
         session: dict[str, Any] = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
         return session
-
-    def close(self) -> None:
-        with contextlib.suppress(AssertionError, BrokenPipeError, ValueError):
-            self.command("close")
-        try:
-            self._process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            _stop(self._process)
 
 
 class Transcript:
@@ -286,7 +224,7 @@ def next_app(auth: AuthServer) -> Iterator[str]:
     """`next start -H localhost` of the built app; its URL (http://localhost:<port>)."""
     if not (APP / ".next" / "BUILD_ID").exists() or not (APP / "node_modules").is_dir():
         pytest.fail("the example is not built: run `make e2e` (npm ci, next build, then this test)")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "NEXT_PUBLIC_SUPABASE_URL": auth.server.url,
@@ -309,10 +247,10 @@ def next_app(auth: AuthServer) -> Iterator[str]:
         )
         try:
             url = f"http://localhost:{port}"
-            _wait_until_serving(url + "/login", process, timeout_s=60)
+            wait_until_serving(url + "/login", process, timeout_s=60)
             yield url
         finally:
-            _stop(process)
+            stop(process)
 
 
 @pytest.fixture
