@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess
 from tests.test_proxy import base_config, header, start_upstream
 
@@ -120,8 +121,13 @@ async def test_trickled_heads_are_closed_by_the_header_deadline_while_normal_req
 
 
 async def test_slow_uploads_are_cut_by_the_body_deadline_and_release_the_upstream(
-    aiohttp_server: Any, cookieguard_process: Start
+    aiohttp_server: Any, cookieguard_process: Start, known_secrets: KnownSecrets
 ) -> None:
+    """Also: the `client_timeout` lines (body and head, logged at debug) never carry the cookies
+    the cut requests sent (the autouse fixture scans all of cookieguard's output too)."""
+    jwt_like = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzbG93In0.c2lnbmF0dXJlLXNsb3c"
+    secret = "slow-upload-secret-7c41d2"
+    known_secrets.add(jwt_like, secret)
     in_flight = 0
     reached = 0
 
@@ -138,13 +144,23 @@ async def test_slow_uploads_are_cut_by_the_body_deadline_and_release_the_upstrea
     app = web.Application()
     app.router.add_post("/upload", upload)
     upstream = await aiohttp_server(app)
-    proxy = cookieguard_process(base_config(str(upstream.make_url("")), timeouts={"client_body_idle": "1s"}))
+    proxy = cookieguard_process(
+        {
+            **base_config(
+                str(upstream.make_url("")), timeouts={"client_body_idle": "1s", "client_header": "1s"}
+            ),
+            "logging": {"level": "debug", "access_log": True},
+        }
+    )
 
     async def slow_upload() -> tuple[float, bytes]:
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         try:
-            writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nfirst-byte")
+            writer.write(
+                b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                + f"Cookie: at={jwt_like}; rt={secret}\r\n\r\nfirst-byte".encode()
+            )
             # The next byte would come in 2 s; cookieguard must not wait that long.
             answer = await asyncio.wait_for(reader.read(), 5.0)
         finally:
@@ -168,6 +184,16 @@ async def test_slow_uploads_are_cut_by_the_body_deadline_and_release_the_upstrea
         await asyncio.sleep(0.05)
     assert len(logged) == UPLOADS
     assert await clients_cut(proxy, "body_timeout") == UPLOADS
+    # A head cut at its deadline after part of a Cookie header arrived: logged without it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(f"GET /a HTTP/1.1\r\nHost: x\r\nCookie: rt={secret}".encode())
+        assert status_of(await asyncio.wait_for(reader.read(), 5.0)) == 408
+    finally:
+        writer.close()
+    await asyncio.to_thread(proxy.wait_for_event, "client_timeout", 5, lambda e: e.get("phase") == "header")
+    logged_text = proxy.output()
+    assert secret not in logged_text and jwt_like not in logged_text
 
 
 async def test_an_idle_keepalive_connection_is_closed_after_timeouts_keepalive(
