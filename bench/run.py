@@ -55,7 +55,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 sys.path.insert(0, str(ROOT))
 
 from cookieguard.cookies import encode_uri_component  # noqa: E402
-from cookieguard.layouts import AmplifyLayout  # noqa: E402
+from cookieguard.session.layouts import AmplifyLayout  # noqa: E402
 
 ANALYTICS = {
     "_ga": "GA1.1.1234567890.1732512345",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .providers import ProviderConfig
+    from cookieguard.tokens.providers import ProviderConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

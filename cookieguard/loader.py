@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .config import (
+from cookieguard.config import (
     DEFAULT_ADMIN_PREFIX,
     DEFAULT_LISTEN,
     Config,
@@ -35,17 +35,17 @@ from .config import (
     TimeoutsConfig,
     VerifyConfig,
 )
-from .layouts import LAYOUTS
-from .providers import KINDS, ProviderConfig, load_provider
-from .schema import Section as _Section
-from .schema import boolean as _bool
-from .schema import http_url as _url
-from .schema import nonempty_string as _nonempty_str
-from .schema import one_of as _one_of
-from .schema import parse_duration
-from .schema import positive_duration as _positive_duration
-from .schema import positive_int as _positive_int
-from .schema import string as _str
+from cookieguard.schema import Section as _Section
+from cookieguard.schema import boolean as _bool
+from cookieguard.schema import http_url as _url
+from cookieguard.schema import nonempty_string as _nonempty_str
+from cookieguard.schema import one_of as _one_of
+from cookieguard.schema import parse_duration
+from cookieguard.schema import positive_duration as _positive_duration
+from cookieguard.schema import positive_int as _positive_int
+from cookieguard.schema import string as _str
+from cookieguard.session.layouts import LAYOUTS
+from cookieguard.tokens.providers import KINDS, ProviderConfig, load_provider
 
 DEFAULT_CONFIG_PATH = "config/cookieguard.yaml"
 CONFIG_ENV_VAR = "COOKIEGUARD_CONFIG"

@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 
 from cookieguard.config import CookieAttributes
 from cookieguard.cookies import SetCookie
-from cookieguard.merge import _parse_scope, clears_cookie, merge_set_cookies, set_cookie_key, signs_out
+from cookieguard.session.merge import (
+    _parse_scope,
+    clears_cookie,
+    merge_set_cookies,
+    set_cookie_key,
+    signs_out,
+)
 from tests.support.properties import core_property
 
 AT = "CognitoIdentityServiceProvider.3n4b5urk1ft4fl3mg5e62d9ado.user+tag%40example.com.accessToken"

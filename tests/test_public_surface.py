@@ -17,7 +17,7 @@ import cookieguard
 from cookieguard.app import build_app
 from cookieguard.loader import parse_config
 from cookieguard.metrics import Metrics
-from cookieguard.providers import KINDS
+from cookieguard.tokens.providers import KINDS
 from tests.support.proxy_process import ROOT, run_cli
 
 README = (ROOT / "README.md").read_text()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cookieguard.layouts import LAYOUTS, Layout
 from cookieguard.loader import ConfigError, parse_config
-from cookieguard.providers import KINDS, ProviderConfig
+from cookieguard.session.layouts import LAYOUTS, Layout
+from cookieguard.tokens.providers import KINDS, ProviderConfig
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 

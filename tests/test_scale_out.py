@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from cryptography.fernet import Fernet
 
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
-from cookieguard.layouts import AmplifyLayout
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.session.layouts import AmplifyLayout
 from tests.support.apps import amplify_cookies, seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets

@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cookieguard.app import build_app
-from cookieguard.demo.emulator import CognitoEmulator
 from cookieguard.loader import parse_config
+from cookieguard.ops.demo.emulator import CognitoEmulator
 from tests.support.apps import amplify_cookies, seen_by, set_cookie_values, start_buggy_app
 from tests.support.no_secrets import KnownSecrets
 from tests.support.oidc_idp import start_oidc_idp

@@ -26,11 +26,11 @@ import redis.asyncio
 from cryptography.fernet import Fernet
 
 from cookieguard.config import RefreshConfig, StoreConfig
-from cookieguard.limits import CHARGED, FREE, REFUSED
-from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
-from cookieguard.refresh import Refresher, RefreshResult, store_key
+from cookieguard.session.refresh import Refresher, RefreshResult, store_key
 from cookieguard.store import FallbackStore, MemoryStore, Store, StoreUnavailable, make_store
+from cookieguard.store.buckets import CHARGED, FREE, REFUSED
 from cookieguard.store.redis import RedisStore
+from cookieguard.tokens.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
 from tests.support.fakes import (
     ExtensionCounter,
     FastForwardClock,

@@ -1,4 +1,4 @@
-"""The upstream client (cookieguard.upstream) on the wire, against real servers on 127.0.0.1.
+"""The upstream client (cookieguard.edge.upstream) on the wire, against real servers on 127.0.0.1.
 
 Most behaviour is exercised end to end through `cookieguard run` (test_proxy, test_streaming,
 test_hostile). These tests cover what a well-behaved aiohttp upstream never does: interim 1xx
@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cookieguard.upstream import Origin, UpstreamBusy, UpstreamClient, UpstreamError, UpstreamTimeout
+from cookieguard.edge.upstream import Origin, UpstreamBusy, UpstreamClient, UpstreamError, UpstreamTimeout
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
