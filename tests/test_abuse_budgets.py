@@ -223,3 +223,45 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_is_budgeted(
         assert cognito_idp.refresh_calls == 5
         await get(s, f"{url}/rsc", made_up_session(cognito_pool), **{"X-Forwarded-For": "198.51.100.9"})
         assert cognito_idp.refresh_calls == (6 if trusted else 5)
+
+
+SELF_REGISTERED = 40
+
+
+async def test_forty_self_registered_accounts_cannot_switch_off_clearing_a_revoked_session(
+    aiohttp_server: Any,
+    cognito_idp: CognitoEmulator,
+    cognito_pool: PoolInfo,
+    make_expiring_user: Callable[..., CognitoUser],
+    known_secrets: KnownSecrets,
+    no_secrets_in_logs: Any,
+) -> None:
+    """Each attacker account proves its subject with its own (expired) access token and sends 5
+    made-up refresh tokens under it: 200 proven sessions the IdP rejects. None of those refresh
+    tokens ever refreshed, so none counts toward the reject-storm guard (README "Threat model"),
+    and a genuinely revoked victim is still cleared."""
+    bob, victim = make_expiring_user(cognito_pool), make_expiring_user(cognito_pool)
+    attackers = [make_expiring_user(cognito_pool) for _ in range(SELF_REGISTERED)]
+    cognito_idp.revoke(cognito_pool, victim.refresh_token)
+    clock = FrozenClock()
+    url = await start_guard(aiohttp_server, cognito_pool, clock, {"idp_calls_per_second": 1000})
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
+        # The site works: a real user refreshes.
+        status, values, _ = await get(s, f"{url}/page", amplify_cookie_header(bob))
+        known_secrets.add(*values.values())
+        assert status == 200 and refreshed(bob, values)
+        results = await asyncio.gather(
+            *(
+                get(s, f"{url}/rsc/{n}", amplify_cookie_header(mallory, refresh_token=f"made-up-{i}-{n}"))
+                for i, mallory in enumerate(attackers)
+                for n in range(5)
+            )
+        )
+        assert all(status == 200 for status, _, _ in results)
+        assert cognito_idp.refresh_calls == 1 + SELF_REGISTERED * 5
+        status, _, set_cookies = await get(s, f"{url}/page", amplify_cookie_header(victim))
+        assert status == 200 and cleared(victim, set_cookies)
+    events = refresh_events(no_secrets_in_logs)
+    assert sum(e["outcome"] == "rejected" for e in events) == SELF_REGISTERED * 5 + 1
+    assert not any(e.get("error") == "reject_storm" for e in events)
+    assert '"reject_storm"' not in no_secrets_in_logs.getvalue()

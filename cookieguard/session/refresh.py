@@ -16,6 +16,13 @@ session is being rejected at once, the configuration is wrong, not the sessions,
 become `failed` with error `reject_storm`. Only proven sessions' verdicts feed the guard (with
 `verify.signature: false` nothing can be proven and every verdict does): anybody can make up
 refresh tokens the IdP rejects, and a spray of them must not switch off clearing for everyone.
+
+Proof of a subject is not enough either: anybody can register accounts, and each account's own
+(expired) access token proves its subject beside any number of made-up refresh tokens. So once
+this process has seen one refresh succeed (the configuration works), a rejection feeds the guard
+only when its refresh token had refreshed here before; until then (a deploy with a wrong secret
+never sees a success) every proven rejection does. Each subject counts as one session, so one
+account's many tokens weigh as one (README "Threat model").
 """
 
 from __future__ import annotations
@@ -91,6 +98,10 @@ class Refresher:
         # succeed"), and the lifetimes of opaque access tokens from token responses we saw.
         self._backoff: ExpiringLRU[str, None] = ExpiringLRU(store_config.max_entries)
         self._opaque_lifetimes: LRU[str, tuple[float, float]] = LRU(store_config.max_entries)
+        # Refresh tokens (store keys) that refreshed here, and whether any refresh succeeded yet:
+        # which rejections may feed the reject-storm guard.
+        self._worked: LRU[str, None] = LRU(store_config.max_entries)
+        self._seen_success = False
 
     @property
     def in_flight(self) -> int:
@@ -151,7 +162,10 @@ class Refresher:
                 if limit is not None:
                     return RefreshResult(LIMITED, error=limit)
             feeds_guard = claimant is None or claimant.proven or self.unproven_feed_guard
-            return await self._call_idp(key, owner, refresh_token, username, device_key, feeds_guard)
+            guard_key = claimant.subject if claimant is not None and claimant.subject else key
+            return await self._call_idp(
+                key, owner, refresh_token, username, device_key, guard_key if feeds_guard else None
+            )
         finally:
             await self.store.release(key, owner)
 
@@ -162,8 +176,10 @@ class Refresher:
         refresh_token: str,
         username: str | None,
         device_key: str | None,
-        feeds_guard: bool,
+        guard_key: str | None,
     ) -> RefreshResult:
+        """`guard_key`: whom the verdict counts for in the reject-storm guard (the subject, or the
+        session); None: it does not feed the guard."""
         keeper = asyncio.ensure_future(self._keep_lease(key, owner))
         started = time.perf_counter()
         if self.on_idp_call:
@@ -171,8 +187,8 @@ class Refresher:
         try:
             tokens = await self.provider.refresh(refresh_token, username=username, device_key=device_key)
         except RefreshRejected as exc:
-            if feeds_guard:
-                self._note_storm(self.guard.record(key, rejected=True, now=self.clock()))
+            if guard_key is not None and (key in self._worked or not self._seen_success):
+                self._note_storm(self.guard.record(guard_key, rejected=True, now=self.clock()))
             if self.guard.storming:
                 # Not believed: forward unchanged, store nothing, and back off like any IdP trouble.
                 self._remember_backoff(key, self.config.backoff_s)
@@ -200,8 +216,9 @@ class Refresher:
             keeper.cancel()
             if self.on_idp_call:
                 self.on_idp_call(False)
-        if feeds_guard:
-            self._note_storm(self.guard.record(key, rejected=False, now=self.clock()))
+        self._note_worked(key, tokens)
+        if guard_key is not None:
+            self._note_storm(self.guard.record(guard_key, rejected=False, now=self.clock()))
         result = RefreshResult(REFRESHED, tokens=tokens, duration_ms=_ms(started))
         await self.store.put_result(key, self._seal(result), self.config.grace_s)
         return result
@@ -230,6 +247,12 @@ class Refresher:
                 sessions=change.sessions,
                 window_s=change.window_s,
             )
+
+    def _note_worked(self, key: str, tokens: TokenSet | None) -> None:
+        self._seen_success = True
+        self._worked.put(key, None)
+        if tokens is not None and tokens.refresh_token:  # rotated: the successor is known good too
+            self._worked.put(store_key(tokens.refresh_token), None)
 
     def _remember_backoff(self, key: str, seconds: float) -> None:
         now = self.clock()
