@@ -93,6 +93,8 @@ class TimeoutsConfig:
     client_header_s: float = 10.0
     client_body_idle_s: float = 30.0
     keepalive_s: float = 75.0
+    # A proxied WebSocket with no message either way for this long is closed (1001).
+    websocket_idle_s: float = 300.0
 
 
 @dataclass(frozen=True)

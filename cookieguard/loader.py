@@ -401,6 +401,7 @@ def _build_timeouts(root: _Section) -> TimeoutsConfig:
         client_header_s=s.get("client_header", _positive_duration, d.client_header_s),
         client_body_idle_s=s.get("client_body_idle", _positive_duration, d.client_body_idle_s),
         keepalive_s=s.get("keepalive", _positive_duration, d.keepalive_s),
+        websocket_idle_s=s.get("websocket_idle", _positive_duration, d.websocket_idle_s),
     )
     s.finish()
     return cfg

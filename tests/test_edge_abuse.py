@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from tests.support.proxy_process import CookieguardProcess
-from tests.test_edge_http import read_response
+from tests.test_edge_http import raw_exchange, read_response, status_of
 from tests.test_proxy import base_config, header, start_upstream
 
 Start = Callable[..., CookieguardProcess]
@@ -90,7 +93,9 @@ async def test_a_grpc_web_like_request_with_trailers_is_answered_and_the_trailer
     request = (
         b"POST /svc.Echo/Say HTTP/1.1\r\nHost: app.example\r\nContent-Type: application/grpc-web+proto\r\n"
         b"TE: trailers\r\nTransfer-Encoding: chunked\r\n\r\n"
-        + b"%x\r\n" % len(message) + message + b"\r\n0\r\ngrpc-status: 0\r\n\r\n"
+        + b"%x\r\n" % len(message)
+        + message
+        + b"\r\n0\r\ngrpc-status: 0\r\n\r\n"
     )
     for _ in range(2):  # the second on a new connection, as any client does after a close
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
@@ -105,3 +110,135 @@ async def test_a_grpc_web_like_request_with_trailers_is_answered_and_the_trailer
         assert echoed["body_len"] == len(message)
         assert header(echoed, "Content-Type") == ["application/grpc-web+proto"]
     assert all("grpc-status" not in r.headers for r in seen) and len(seen) == 2
+
+
+# -- WebSockets -----------------------------------------------------------------------------------
+
+
+class SocketApp:
+    """An aiohttp app with a WebSocket echo at /ws that counts the sockets it holds open."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.open = 0
+
+    async def ws(self, request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        self.opened += 1
+        self.open += 1
+        try:
+            async for msg in sock:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    await sock.send_str("echo:" + msg.data)
+        finally:
+            self.open -= 1
+        return sock
+
+    async def start(self, aiohttp_server: Any) -> TestServer:
+        app = web.Application()
+        app.router.add_get("/ws", self.ws)
+        app.router.add_get("/{tail:.*}", _ok)
+        server: TestServer = await aiohttp_server(app)
+        return server
+
+    async def until_open(self, count: int) -> None:
+        deadline = time.monotonic() + 10
+        while self.open != count:
+            assert time.monotonic() < deadline, (self.open, count)
+            await asyncio.sleep(0.02)
+
+
+async def _ok(_request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+INVALID_HANDSHAKES = [
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: not-sixteen-bytes\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    b"POST /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+]
+VALID_HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+async def test_an_invalid_websocket_handshake_opens_nothing_upstream(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    """Each invalid handshake was opened to the app first and its socket never closed (2,000 of
+    them left ~57 app WebSockets open); now it is refused before anything is opened."""
+    sockets = SocketApp()
+    upstream = await sockets.start(aiohttp_server)
+    proxy = cookieguard_process(base_config(str(upstream.make_url(""))))
+    for _ in range(10):
+        for handshake in INVALID_HANDSHAKES:
+            answer = await raw_exchange(proxy.port, handshake, timeout_s=5)
+            assert status_of(answer) in (400, 426), answer[:80]
+    assert sockets.opened == 0
+    # A client that sends a valid handshake and goes away at once: the app's socket is closed.
+    for _ in range(10):
+        _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(VALID_HANDSHAKE)
+        await writer.drain()
+        writer.close()
+    await sockets.until_open(0)
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{proxy.url}/ws") as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+    await sockets.until_open(0)
+    assert "Unclosed" not in "\n".join(proxy.stderr_lines)
+
+
+async def test_websockets_count_against_upstream_connections(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    sockets = SocketApp()
+    upstream = await sockets.start(aiohttp_server)
+    proxy = cookieguard_process(
+        base_config(
+            str(upstream.make_url("")),
+            limits={"upstream_connections": 5},
+            timeouts={"upstream_connect": "1s"},
+        )
+    )
+    async with aiohttp.ClientSession() as s:
+        held = [await s.ws_connect(f"{proxy.url}/ws") for _ in range(5)]
+        await sockets.until_open(5)
+        try:
+            answer = await raw_exchange(
+                proxy.port, VALID_HANDSHAKE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+            )
+            assert status_of(answer) == 503  # the sixth waited for a slot, then gave up
+            async with s.get(f"{proxy.url}/page") as resp:
+                assert resp.status == 503  # the pool is the WebSockets'
+            assert sockets.open == 5
+        finally:
+            await held.pop().close()
+        async with s.ws_connect(f"{proxy.url}/ws") as ws:  # a closed one gave its slot back
+            await ws.send_str("again")
+            assert (await ws.receive(timeout=5)).data == "echo:again"
+        for ws in held:
+            await ws.close()
+    await sockets.until_open(0)
+
+
+async def test_an_idle_websocket_is_closed_after_timeouts_websocket_idle(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    sockets = SocketApp()
+    upstream = await sockets.start(aiohttp_server)
+    proxy = cookieguard_process(base_config(str(upstream.make_url("")), timeouts={"websocket_idle": "1s"}))
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"{proxy.url}/ws") as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "echo:hi"
+        started = time.monotonic()
+        closing = await ws.receive(timeout=10)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+        assert 0.5 < time.monotonic() - started < 5
+    await sockets.until_open(0)

@@ -277,11 +277,15 @@ async def test_after_a_success_only_refresh_tokens_that_worked_here_feed_the_gua
     rejected = RefreshRejected("NotAuthorizedException", status=400)
     provider = ScriptedProvider(answers=[TokenSet(access_token="A")] + [rejected] * 201)
     refresher = _refresher(provider, MemoryStore(), Clock())
-    assert (await refresher.refresh("bob", claimant=Claimant("10.0.0.2", subject="bob"))).outcome == "refreshed"
+    assert (
+        await refresher.refresh("bob", claimant=Claimant("10.0.0.2", subject="bob"))
+    ).outcome == "refreshed"
     for account in range(40):
         for n in range(5):
             claimant = Claimant("203.0.113.7", subject=f"mallory-{account}")
-            assert (await refresher.refresh(f"made-up-{account}-{n}", claimant=claimant)).outcome == "rejected"
+            assert (
+                await refresher.refresh(f"made-up-{account}-{n}", claimant=claimant)
+            ).outcome == "rejected"
     assert not refresher.guard.storming and refresher.guard.rejected_sessions == 0
     victim = await refresher.refresh("victim", claimant=Claimant("198.51.100.1", subject="victim"))
     assert victim.outcome == "rejected"
@@ -299,7 +303,9 @@ async def test_refresh_tokens_that_worked_and_are_then_rejected_still_start_a_st
     for n, user in enumerate(users):
         assert (await refresher.refresh(f"R{n}", claimant=user)).outcome == "refreshed"
     clock.now += WINDOW_S + 1  # the successes have left the window
-    outcomes = [(await refresher.refresh(f"R{n}-next", claimant=user)).outcome for n, user in enumerate(users)]
+    outcomes = [
+        (await refresher.refresh(f"R{n}-next", claimant=user)).outcome for n, user in enumerate(users)
+    ]
     assert outcomes == ["rejected"] * 19 + ["failed"] * 6 and refresher.guard.storming
 
 

@@ -42,6 +42,7 @@ CONFIG_KEYS = {
     "routes[].timeout",
     "timeouts.upstream_connect", "timeouts.upstream_read", "timeouts.drain",
     "timeouts.client_header", "timeouts.client_body_idle", "timeouts.keepalive",
+    "timeouts.websocket_idle",
     "limits.max_connections", "limits.trusted_proxies", "limits.unproven_per_address",
     "limits.unproven_per_second", "limits.refresh_tokens_per_subject",
     "limits.idp_calls_per_second", "limits.upstream_connections",

@@ -155,8 +155,17 @@ class Proxy:
         def upstream_error(status: int, error: str) -> web.Response:
             return self._upstream_error(route, status, error, time.perf_counter())
 
+        origin = self._origins.get(route.match)
+        if origin is None:
+            return upstream_error(502, "no_upstream")
         return await forward_websocket(
-            request, self.websockets, _upstream_url(route, target), forwarded, upstream_error
+            request,
+            self.websockets,
+            _upstream_url(route, target),
+            forwarded,
+            upstream_error,
+            functools.partial(self.upstream.reserve, origin),
+            self.config.timeouts.websocket_idle_s,
         )
 
     async def forward(

@@ -16,9 +16,10 @@ Content-Length) is a 502 (README "The proxy", "What no proxy can tell apart").
 A request without a body that fails on a reused connection before the upstream sent a byte, or
 whose answer there was not exactly one message, is retried once on a new connection.
 
-At most `max_connections` connections per origin (in use and idle, README "Abuse limits",
-`limits.upstream_connections`); a request that finds them all in use waits up to the connect
-timeout for one to be released, then fails with UpstreamBusy (a 503).
+At most `max_connections` connections per origin (in use and idle, WebSockets included: each
+takes a slot with `reserve`; README "Abuse limits", `limits.upstream_connections`); a request
+that finds them all in use waits up to the connect timeout for one to be released, then fails
+with UpstreamBusy (a 503).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -490,6 +491,35 @@ class UpstreamClient:
             raise
         self._busy.add(conn)
         return conn, False
+
+    async def reserve(self, origin: Origin) -> Callable[[], None]:
+        """A slot of `origin`'s pool for a connection opened elsewhere (a WebSocket, through
+        aiohttp's client): counted against `max_connections` like ours, waited for like ours
+        (UpstreamBusy past the connect timeout). Returns what gives the slot back."""
+        key = (origin.host, origin.port, origin.tls)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool()
+        loop = asyncio.get_running_loop()
+        self._prune(pool, loop.time())
+        if pool.count < self.max_connections:
+            pool.count += 1
+        elif pool.idle:  # an idle keep-alive connection makes room
+            pool.idle.popleft().close()
+        else:
+            handed = await self._wait_for_connection(pool, loop)
+            if handed is not None:  # a released connection: closed, its slot is ours
+                self._busy.discard(handed)
+                handed.close()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._closed(pool)
+
+        return release
 
     async def _wait_for_connection(self, pool: _Pool, loop: asyncio.AbstractEventLoop) -> _Connection | None:
         """A connection another request released, or None: a free slot to open one in."""
