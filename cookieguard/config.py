@@ -151,9 +151,10 @@ class Config:
     logging: LoggingConfig
     metrics: MetricsConfig
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    # A second listener for healthz, readyz and metrics only (e.g. 127.0.0.1:9090); None: they are
-    # served under admin_prefix on the main listener only.
-    admin_listen: tuple[str, int] | None = None
+    # The listener for healthz, readyz and metrics (README "Endpoints"): loopback unless the
+    # operator opens it (a Prometheus scraping the pod's address needs 0.0.0.0:9090). readyz and
+    # metrics describe the deployment and are never served on the public listener.
+    admin_listen: tuple[str, int] = ("127.0.0.1", 9090)
     source: str = "<memory>"
 
     @property

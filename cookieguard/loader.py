@@ -95,6 +95,10 @@ def _listen(value: Any) -> tuple[str, int]:
     return (m.group(1) or m.group(2) or "0.0.0.0", int(m.group(3)))
 
 
+# Hosts that bind every address: a listener on one of them takes the port on all of them.
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
 def _admin_prefix(value: Any) -> str:
     s = _str(value).rstrip("/")
     if not s.startswith("/") or " " in s:
@@ -178,7 +182,9 @@ def _build(root: _Section, source: str) -> Config | None:
     timeouts = _build_timeouts(root)
     limits = _build_limits(root)
     admin_listen = root.get("admin_listen", _listen, Config.admin_listen)
-    if admin_listen is not None and admin_listen == (listen_host, listen_port) and listen_port != 0:
+    if admin_listen[1] == listen_port != 0 and (
+        admin_listen[0] == listen_host or _WILDCARDS & {admin_listen[0], listen_host}
+    ):
         root.error("admin_listen", "must differ from listen")
     logging_ = _build_logging(root)
     metrics_s = root.section("metrics")

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import yaml
 
-from cookieguard.app import build_app
+from cookieguard.app import ADMIN_KEY, build_admin_app, build_app
 from cookieguard.loader import parse_config
 from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.session.layouts import AmplifyLayout
@@ -38,13 +38,21 @@ class FrozenClock:
 async def start_guard(
     aiohttp_server: Any, pool: PoolInfo, clock: FrozenClock, limits: dict[str, Any] | None = None
 ) -> str:
+    return (await start_guard_and_admin(aiohttp_server, pool, clock, limits))[0]
+
+
+async def start_guard_and_admin(
+    aiohttp_server: Any, pool: PoolInfo, clock: FrozenClock, limits: dict[str, Any] | None = None
+) -> tuple[str, str]:
+    """The proxy's URL and its admin listener's (metrics, readyz)."""
     app = await start_buggy_app(aiohttp_server)
     upstream = str(app.make_url("")).rstrip("/")
     config = parse_config(
         yaml.safe_dump(cognito_guard_config(pool, upstream, timeout="5s", limits=limits or {})), env={}
     )
     guard = await aiohttp_server(build_app(config, clock=clock))
-    return str(guard.make_url("")).rstrip("/")
+    admin = await aiohttp_server(build_admin_app(guard.app[ADMIN_KEY], config))
+    return str(guard.make_url("")).rstrip("/"), str(admin.make_url("")).rstrip("/")
 
 
 def made_up_session(pool: PoolInfo) -> str:
@@ -101,7 +109,7 @@ async def test_a_spray_of_made_up_sessions_costs_a_handful_of_idp_calls_and_nobo
     cognito_idp.revoke(cognito_pool, revoked.refresh_token)
     cognito_idp.revoke(cognito_pool, revoked_later.refresh_token)
     clock = FrozenClock()
-    url = await start_guard(aiohttp_server, cognito_pool, clock)
+    url, admin_url = await start_guard_and_admin(aiohttp_server, cognito_pool, clock)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
         # One second's worth of spray spends what the budgets allow an anonymous client ...
         statuses = await spray(s, url, cognito_pool, 100)
@@ -131,7 +139,7 @@ async def test_a_spray_of_made_up_sessions_costs_a_handful_of_idp_calls_and_nobo
         # reached the reject-storm guard.
         status, _, set_cookies = await get(s, f"{url}/page", amplify_cookie_header(revoked_later))
         assert status == 200 and cleared(revoked_later, set_cookies)
-        async with s.get(f"{url}/.cookieguard/metrics") as resp:
+        async with s.get(f"{admin_url}/.cookieguard/metrics") as resp:
             metrics = await resp.text()
     limited_total = next(
         float(line.split()[-1])
@@ -198,7 +206,11 @@ async def test_the_session_endpoint_goes_through_the_same_budgets(
                 assert resp.status == 200
                 bodies.append(await resp.json())
     assert cognito_idp.refresh_calls == 1
-    assert sum(body["reason"] == "limited" for body in bodies) == 19
+    # A session of nothing but a made-up refresh token whose refresh was held back proved
+    # nothing: it is not reported signed in (README "Session endpoint").
+    assert [(b["authenticated"], b["reason"]) for b in bodies] == [(False, "rejected")] + [
+        (False, "unproven")
+    ] * 19
     assert all(body["user"] is None for body in bodies)  # no verified token: no user to report
 
 

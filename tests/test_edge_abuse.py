@@ -242,3 +242,23 @@ async def test_an_idle_websocket_is_closed_after_timeouts_websocket_idle(
         assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
         assert 0.5 < time.monotonic() - started < 5
     await sockets.until_open(0)
+
+
+# -- what the public port shows -------------------------------------------------------------------
+
+
+async def test_by_default_metrics_and_readyz_are_not_on_the_public_port(aiohttp_server: Any) -> None:
+    """Without `admin_listen` in the config, metrics (with `python_info`) and readyz answered
+    anyone on the public port; they now default to a loopback listener (127.0.0.1:9090)."""
+    from cookieguard.app import build_app
+    from cookieguard.loader import parse_config
+
+    upstream = await start_upstream(aiohttp_server)
+    config = parse_config(f"upstream: {upstream.make_url('')}\n", env={})
+    assert config.admin_listen == ("127.0.0.1", 9090)
+    proxy = await aiohttp_server(build_app(config))
+    async with aiohttp.ClientSession() as s:
+        for name, status in (("metrics", 404), ("readyz", 404), ("healthz", 200)):
+            async with s.get(proxy.make_url(f"/.cookieguard/{name}")) as resp:
+                assert resp.status == status, name
+                assert "python_info" not in await resp.text()

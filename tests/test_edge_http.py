@@ -61,7 +61,7 @@ async def clients_cut(proxy: CookieguardProcess, reason: str) -> float:
     deadline = time.monotonic() + 5
     async with aiohttp.ClientSession() as s:
         while True:
-            async with s.get(f"{proxy.url}/.cookieguard/metrics") as resp:
+            async with s.get(f"{proxy.admin_url}/.cookieguard/metrics") as resp:
                 text = await resp.text()
             if resp.status != 503 or time.monotonic() > deadline:
                 break

@@ -88,7 +88,7 @@ async def test_counters_equal_the_traffic_and_labels_carry_no_user_or_token(
                         if k.endswith("Token")
                     )
                 )
-        async with s.get(f"{guard.url}/.cookieguard/metrics") as resp:
+        async with s.get(f"{guard.admin_url}/.cookieguard/metrics") as resp:
             assert resp.status == 200 and resp.headers["Content-Type"] == Metrics.content_type
             text = await resp.text()
     assert len(seen_by(app)) == 5 and cognito_idp.refresh_calls == 3

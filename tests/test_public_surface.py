@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 import cookieguard
-from cookieguard.app import build_app
+from cookieguard.app import build_admin_app, build_app
+from cookieguard.edge.admin import ADMIN_KEY
 from cookieguard.loader import parse_config
 from cookieguard.metrics import Metrics
 from cookieguard.tokens.providers import KINDS
@@ -129,8 +130,11 @@ async def test_admin_endpoints(aiohttp_client: Any) -> None:
                           "'http://127.0.0.1:9/token', client_id: c, client_auth: none}\n"
                           "cookies: {layout: named}\n", env={})  # fmt: skip
     client = await aiohttp_client(build_app(config))
+    admin = await aiohttp_client(build_admin_app(client.app[ADMIN_KEY], config))
     for endpoint in ENDPOINTS:
-        async with client.get(f"/.cookieguard/{endpoint}") as resp:
+        # readyz and metrics only on the admin listener; healthz on both; session on the main one
+        on = admin if endpoint in ("readyz", "metrics") else client
+        async with on.get(f"/.cookieguard/{endpoint}") as resp:
             assert resp.status in (200, 503), (endpoint, resp.status)
     async with client.get("/.cookieguard/nothing-here") as resp:
         assert resp.status == 404

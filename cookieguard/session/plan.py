@@ -388,7 +388,7 @@ class SessionCheck:
     expires_at: float | None = None  # the access token's `exp`, epoch seconds
     refreshed: bool = False
     # ok | refreshed | no_session | expired | rejected | invalid_token | refresh_unavailable | limited
-    # | no_provider
+    # | unproven | no_provider
     reason: str = "ok"
     set_cookies: list[str] = field(default_factory=list, repr=False)
 
@@ -422,6 +422,10 @@ def session_check(
     expires_at = access.expires_at
     expired = expires_at is not None and expires_at <= now_s
     if plan.outcome in (FAILED, LIMITED):
+        if session.access_token is None and session.id_token is None:
+            # Nothing but a refresh token, which nobody has vouched for: anybody can make one
+            # up, so the session proved nothing and is not reported signed in.
+            return SessionCheck(False, user, expires_at, reason="unproven")
         # The IdP could not answer, or a budget held the call back: the session is not over,
         # it will be refreshed on a later request.
         reason = "limited" if plan.outcome == LIMITED else "refresh_unavailable"
