@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 import yaml
 
-from cookieguard.app import ADMIN_KEY, build_admin_app, build_app
+from cookieguard.app import build_admin_app, build_app
+from cookieguard.edge.admin import ADMIN_KEY
 from cookieguard.loader import parse_config
 from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.session.layouts import AmplifyLayout

@@ -148,7 +148,8 @@ async def _start_stack(
     settings: DemoSettings, *, log_level: str, on_event: Callable[[AppEvent], None] | None = None
 ) -> _Stack:
     """The IdP, then the app, then cookieguard; on failure, what was started is stopped."""
-    from cookieguard.app import ADMIN_KEY, build_admin_app, build_app
+    from cookieguard.app import build_admin_app, build_app
+    from cookieguard.edge.admin import ADMIN_KEY
     from cookieguard.logs import configure_logging, get_logger
 
     configure_logging(log_level, "console")
