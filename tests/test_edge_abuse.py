@@ -112,6 +112,55 @@ async def test_a_grpc_web_like_request_with_trailers_is_answered_and_the_trailer
     assert all("grpc-status" not in r.headers for r in seen) and len(seen) == 2
 
 
+# -- spoofable header variants --------------------------------------------------------------------
+
+# What apps and frameworks read besides the headers cookieguard writes (README "The proxy",
+# "Client headers cookieguard removes"): an untrusted client's are all dropped.
+ALWAYS_DROPPED = {
+    "X-Forwarded-Scheme": "https",  # Rack reads it before X-Forwarded-Proto
+    "X-Forwarded-Ssl": "on",
+    "X-Client-IP": "198.51.100.9",
+    "True-Client-IP": "198.51.100.9",
+    "CF-Connecting-IP": "198.51.100.9",
+    "X-Cluster-Client-IP": "198.51.100.9",
+    "Fastly-Client-IP": "198.51.100.9",
+    "X-Original-URL": "/admin",
+    "X-Rewrite-URL": "/admin",
+    "X-Original-Forwarded-For": "198.51.100.9",
+}
+FROM_TRUSTED_ONLY = {
+    "X-Forwarded-Port": "443",
+    "X-Forwarded-Prefix": "/admin",
+    "X-Forwarded-Server": "lb.example",
+}
+UNDERSCORED = {"X_Forwarded_For": "198.51.100.9", "X_Real_IP": "198.51.100.9", "Some_Header": "x"}
+
+
+async def test_spoofable_forwarding_header_variants_never_reach_the_app(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    upstream = await start_upstream(aiohttp_server)
+    claims = {**ALWAYS_DROPPED, **FROM_TRUSTED_ONLY, **UNDERSCORED, "X-App-Header": "kept"}
+    proxy = cookieguard_process(base_config(str(upstream.make_url(""))))
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.url}/h", headers=claims) as resp:
+        echoed = json.loads(await resp.text())
+    received = {name.lower() for name, _ in echoed["headers"]}
+    assert received & {name.lower() for name in claims} == {"x-app-header"}
+    assert header(echoed, "X-Forwarded-For") == ["127.0.0.1"]
+    # From a trusted load balancer, the X-Forwarded-* it writes itself are kept; the rest go.
+    trusted = cookieguard_process(
+        base_config(str(upstream.make_url("")), limits={"trusted_proxies": ["127.0.0.0/8"]})
+    )
+    async with aiohttp.ClientSession() as s, s.get(f"{trusted.url}/h", headers=claims) as resp:
+        echoed = json.loads(await resp.text())
+    received = {name.lower() for name, _ in echoed["headers"]}
+    assert received & {name.lower() for name in claims} == {
+        "x-app-header",
+        *(name.lower() for name in FROM_TRUSTED_ONLY),
+    }
+    assert header(echoed, "X-Forwarded-Prefix") == ["/admin"]
+
+
 # -- WebSockets -----------------------------------------------------------------------------------
 
 

@@ -36,6 +36,34 @@ _FORWARDING = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
 )
 _OURS = _FORWARDING | {"host", "cookie"}
+# What a load balancer in front writes besides those (Traefik, the AWS ALB, nginx configs): kept
+# from a trusted proxy only, like X-Forwarded-Host (README "Client headers cookieguard removes").
+_FROM_TRUSTED = {
+    "x-forwarded-port": "X-Forwarded-Port",
+    "x-forwarded-prefix": "X-Forwarded-Prefix",
+    "x-forwarded-server": "X-Forwarded-Server",
+}
+_COLLECTED = _FORWARDING | _FROM_TRUSTED.keys()
+# Never from a client, trusted proxy or not (README "Client headers cookieguard removes"): other
+# names for the client's address or scheme that frameworks read before cookieguard's own
+# (Rack takes X-Forwarded-Scheme over X-Forwarded-Proto), and the URL rewrites IIS-style apps
+# route by. cookieguard's X-Real-IP and X-Forwarded-* say the same, from the socket.
+_SPOOFABLE = frozenset(
+    {
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
+        "fastly-client-ip",
+        "x-original-forwarded-for",
+        "x-original-url",
+        "x-rewrite-url",
+    }
+)
+# One lookup per header for everything that never crosses.
+_DROPPED = HOP_BY_HOP | _SPOOFABLE
 
 
 def _connection_tokens(values: Iterable[str]) -> set[str]:
@@ -56,7 +84,10 @@ def upstream_request_headers(
     From a client that is not one of `trusted` (a load balancer in front of cookieguard), the
     client's own X-Forwarded-*, Forwarded and X-Real-IP are dropped: they would let anybody tell
     the app any address or scheme. From a trusted proxy, its X-Forwarded-For is extended with the
-    peer, and its X-Forwarded-Proto/-Host and Forwarded are kept. `authority`, from an
+    peer, and its X-Forwarded-Proto/-Host/-Port/-Prefix/-Server and Forwarded are kept. Other
+    names for the client's address, scheme or URL never cross, nor does any name with an
+    underscore: CGI-style apps (WSGI, PHP, Rack) read `X_Forwarded_For` as `X-Forwarded-For`
+    (nginx drops them by default for the same reason). `authority`, from an
     absolute-form request target, replaces the Host header (RFC 9112 section 3.2.2).
     """
     raw = request.headers
@@ -68,13 +99,13 @@ def upstream_request_headers(
     forwarding: dict[str, list[str]] = {}
     for name, value in raw.items():
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in named_by_connection or lname.startswith("proxy-"):
+        if lname in _DROPPED or lname in named_by_connection or lname.startswith("proxy-") or "_" in lname:
             continue
         if lname == "cookie":
             cookies.append(value)
         elif lname == "host":
             continue
-        elif lname in _FORWARDING:
+        elif lname in _COLLECTED:
             forwarding.setdefault(lname, []).append(value)
         else:
             headers.append((name, value))
@@ -105,6 +136,8 @@ def upstream_request_headers(
         headers.append(("X-Forwarded-Host", ", ".join(their_host) if their_host else host or ""))
     client = client_address(peer, their_for or (), trusted)
     headers.append(("X-Real-IP", client))
+    for lname, name in _FROM_TRUSTED.items():
+        headers.extend((name, value) for value in forwarding.get(lname, ()))
     their_forwarded = forwarding.get("forwarded")
     if their_forwarded:
         headers.extend(("Forwarded", value) for value in their_forwarded)
