@@ -117,6 +117,10 @@ class LimitsConfig:
     max_connections: int = 10_000
     # Connections cookieguard holds open to each upstream origin, in use and idle together.
     upstream_connections: int = 1_000
+    # Longest Cookie header (all of a request's Cookie headers together) forwarded; longer: 431.
+    # An app whose own error page quotes an oversized header (aiohttp's 400) would otherwise show
+    # the client its HttpOnly cookies: set it to the app's own limit (README "Abuse limits").
+    max_cookie_size: int = 64 * 1024
 
 
 @dataclass(frozen=True)

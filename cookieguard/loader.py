@@ -413,6 +413,20 @@ def _build_timeouts(root: _Section) -> TimeoutsConfig:
     return cfg
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024 * 1024}
+
+
+def _size(value: Any) -> int:
+    """A size in bytes: a positive integer, or a number with KB or MB (binary: 8KB is 8192)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|)\s*", str(value), re.IGNORECASE)
+    size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]) if m else 0
+    if size <= 0:
+        raise ValueError(f"must be a size such as 8KB or 1MB, got {value!r}")
+    return size
+
+
 def _positive_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"must be a positive number, got {value!r}")
@@ -444,6 +458,7 @@ def _build_limits(root: _Section) -> LimitsConfig:
         trusted_proxies=s.get("trusted_proxies", _networks, d.trusted_proxies),
         max_connections=s.get("max_connections", _positive_int, d.max_connections),
         upstream_connections=s.get("upstream_connections", _positive_int, d.upstream_connections),
+        max_cookie_size=s.get("max_cookie_size", _size, d.max_cookie_size),
     )
     s.finish()
     return cfg

@@ -161,6 +161,36 @@ async def test_spoofable_forwarding_header_variants_never_reach_the_app(
     assert header(echoed, "X-Forwarded-Prefix") == ["/admin"]
 
 
+# -- an oversized Cookie and the app's error page ---------------------------------------------------
+
+
+async def test_a_cookie_over_limits_max_cookie_size_is_refused_before_the_app_can_echo_it(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    """An aiohttp app's own 400 for a header line over 8190 bytes quotes the line: a 9 KB
+    Cookie came back in the body, readable by a script although HttpOnly. With
+    `limits.max_cookie_size` at the app's limit, cookieguard answers 431 itself."""
+    seen: list[web.Request] = []
+    upstream = await start_upstream(aiohttp_server, seen)
+    big = "sid=" + "S" * 9000
+    # What the app does on its own: its 400 page quotes the Cookie.
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(upstream.make_url("/direct"), headers={"Cookie": big}) as resp,
+    ):
+        assert resp.status == 400 and "SSSS" in await resp.text()
+    proxy = cookieguard_process(base_config(str(upstream.make_url("")), limits={"max_cookie_size": "8KB"}))
+    async with aiohttp.ClientSession() as s:
+        # Two Cookie headers count together: the app would get them joined.
+        for headers in ([("Cookie", big)], [("Cookie", big[:5000]), ("Cookie", "x=" + "X" * 4000)]):
+            async with s.get(f"{proxy.url}/page", headers=headers) as resp:
+                body = await resp.text()
+                assert resp.status == 431 and "SSSS" not in body and "XXXX" not in body
+        async with s.get(f"{proxy.url}/page", headers={"Cookie": "sid=" + "S" * 7000}) as resp:
+            assert resp.status == 200
+    assert [r.path for r in seen] == ["/page"]
+
+
 # -- WebSockets -----------------------------------------------------------------------------------
 
 

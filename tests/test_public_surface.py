@@ -46,7 +46,7 @@ CONFIG_KEYS = {
     "timeouts.websocket_idle",
     "limits.max_connections", "limits.trusted_proxies", "limits.unproven_per_address",
     "limits.unproven_per_second", "limits.refresh_tokens_per_subject",
-    "limits.idp_calls_per_second", "limits.upstream_connections",
+    "limits.idp_calls_per_second", "limits.upstream_connections", "limits.max_cookie_size",
     "logging.level", "logging.format", "logging.access_log",
     "metrics.enabled",
 }  # fmt: skip

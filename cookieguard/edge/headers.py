@@ -66,6 +66,10 @@ _SPOOFABLE = frozenset(
 _DROPPED = HOP_BY_HOP | _SPOOFABLE
 
 
+class CookieTooLarge(Exception):
+    """The Cookie header the app would get is longer than `limits.max_cookie_size` (a 431)."""
+
+
 def _connection_tokens(values: Iterable[str]) -> set[str]:
     return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
 
@@ -77,6 +81,7 @@ def upstream_request_headers(
     *,
     trusted: Sequence[IPNetwork] = (),
     authority: str | None = None,
+    max_cookie_size: int | None = None,
 ) -> list[tuple[str, str]]:
     """The client's headers minus hop-by-hop ones; Cookie replaced if given; the forwarding
     headers set from the socket (README "The proxy").
@@ -89,6 +94,7 @@ def upstream_request_headers(
     underscore: CGI-style apps (WSGI, PHP, Rack) read `X_Forwarded_For` as `X-Forwarded-For`
     (nginx drops them by default for the same reason). `authority`, from an
     absolute-form request target, replaces the Host header (RFC 9112 section 3.2.2).
+    Raises CookieTooLarge when the Cookie header it would write is over `max_cookie_size`.
     """
     raw = request.headers
     named_by_connection = (
@@ -112,11 +118,12 @@ def upstream_request_headers(
     host = authority or raw.get("Host")
     if route.preserve_host and host:
         headers.insert(0, ("Host", host))
-    if cookie_header is not None:
-        if cookie_header:
-            headers.append(("Cookie", cookie_header))
-    elif cookies:
-        headers.append(("Cookie", "; ".join(cookies)))
+    if cookie_header is None and cookies:
+        cookie_header = cookies[0] if len(cookies) == 1 else "; ".join(cookies)
+    if cookie_header:
+        if max_cookie_size is not None and len(cookie_header) > max_cookie_size:
+            raise CookieTooLarge
+        headers.append(("Cookie", cookie_header))
     peer = request.remote or "unknown"
     scheme = request.scheme
     if not is_trusted(peer, trusted):
@@ -163,8 +170,11 @@ def _forwarded_value(value: str) -> str:
 
 # Besides Cache-Control, what shared caches (CDNs) obey: RFC 9213's targeted fields
 # (CDN-Cache-Control, Cloudflare-/Vercel-/Netlify-CDN-Cache-Control), Surrogate-Control (Fastly,
-# Akamai), Akamai's Edge-Control, and Expires (RFC 9111 5.3, used when no max-age is given).
-_SHARED_CACHE = frozenset({"cache-control", "surrogate-control", "edge-control", "expires"})
+# Akamai), Akamai's Edge-Control, Expires (RFC 9111 5.3, used when no max-age is given), and
+# nginx's X-Accel-Expires (its proxy cache honours it over Cache-Control).
+_SHARED_CACHE = frozenset(
+    {"cache-control", "surrogate-control", "edge-control", "expires", "x-accel-expires"}
+)
 
 
 def response_headers(

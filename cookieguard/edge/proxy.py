@@ -22,7 +22,7 @@ from yarl import URL
 from cookieguard.config import Config, Route
 from cookieguard.cookies import SetCookie
 from cookieguard.edge.client import client_address
-from cookieguard.edge.headers import response_headers, upstream_request_headers
+from cookieguard.edge.headers import CookieTooLarge, response_headers, upstream_request_headers
 from cookieguard.edge.routing import Router, Target, parse_target
 from cookieguard.edge.upstream import (
     Origin,
@@ -148,9 +148,17 @@ class Proxy:
     async def forward_websocket(
         self, request: web.Request, route: Route, target: Target
     ) -> web.StreamResponse:
-        forwarded = upstream_request_headers(
-            request, route, None, trusted=self.config.limits.trusted_proxies, authority=target.authority
-        )
+        try:
+            forwarded = upstream_request_headers(
+                request,
+                route,
+                None,
+                trusted=self.config.limits.trusted_proxies,
+                authority=target.authority,
+                max_cookie_size=self.config.limits.max_cookie_size,
+            )
+        except CookieTooLarge:
+            return _cookie_too_large()
 
         def upstream_error(status: int, error: str) -> web.Response:
             return self._upstream_error(route, status, error, time.perf_counter())
@@ -174,13 +182,17 @@ class Proxy:
         origin = self._origins.get(route.match)
         if origin is None:
             return self._upstream_error(route, 502, "no_upstream", time.perf_counter())
-        headers = upstream_request_headers(
-            request,
-            route,
-            plan.cookie_header,
-            trusted=self.config.limits.trusted_proxies,
-            authority=target.authority,
-        )
+        try:
+            headers = upstream_request_headers(
+                request,
+                route,
+                plan.cookie_header,
+                trusted=self.config.limits.trusted_proxies,
+                authority=target.authority,
+                max_cookie_size=self.config.limits.max_cookie_size,
+            )
+        except CookieTooLarge:
+            return _cookie_too_large()
         body = (
             IdleLimitedBody(request.content, self.config.timeouts.client_body_idle_s)
             if request.body_exists
@@ -318,6 +330,11 @@ def _answer(plan: Answer) -> web.Response:
         response.headers.add("Set-Cookie", cookie.header())
     response.headers["Cache-Control"] = "private, no-store"
     return response
+
+
+def _cookie_too_large() -> web.Response:
+    # Never quotes the header (README "Abuse limits", limits.max_cookie_size).
+    return web.Response(status=431, text="cookieguard: cookie header too large\n")
 
 
 def _upstream_url(route: Route, target: Target) -> URL:
