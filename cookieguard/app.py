@@ -64,11 +64,18 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
     """
     async with contextlib.AsyncExitStack() as stack:
         metrics = Metrics()
+
         # One pooled client for the app's lifetime (cookieguard.edge.upstream): no cookie jar, no
         # decompression, no headers of its own; the upstream's bytes pass through as they are.
+        def late_bytes(caught: str) -> None:
+            # README "The proxy": an app that writes after its answer is the bug to fix.
+            metrics.upstream_late_bytes.labels(caught=caught).inc()
+            get_logger().warning("upstream_error", error="late_bytes", phase=caught)
+
         upstream = UpstreamClient(
             connect_timeout_s=config.timeouts.upstream_connect_s,
             max_connections=config.limits.upstream_connections,
+            on_late_bytes=late_bytes,
         )
         stack.push_async_callback(upstream.close)
         # WebSocket upgrades use aiohttp's client. DummyCookieJar: the proxy must never remember

@@ -19,6 +19,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Why cookieguard cut a client off: the `reason` label of cookieguard_clients_cut_total.
 CLIENT_CUT_REASONS = ("header_timeout", "body_timeout", "max_connections")
+# Where stray upstream bytes were caught (edge/upstream.py): the `caught` label of
+# cookieguard_upstream_late_bytes_total.
+LATE_BYTES_CAUGHT = ("idle", "before_reuse", "after_answer")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -73,10 +76,19 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.upstream_late_bytes = Counter(
+            "cookieguard_upstream_late_bytes_total",
+            "Upstream connections closed for bytes the app sent after an answer, by where they "
+            'were caught (README "The proxy"): idle, before_reuse, after_answer.',
+            ["caught"],
+            registry=self.registry,
+        )
         for outcome in ("refreshed", "joined", "reused", "rejected", "failed", "limited"):
             self.refresh_total.labels(outcome=outcome)
         for reason in CLIENT_CUT_REASONS:
             self.clients_cut.labels(reason=reason)
+        for caught in LATE_BYTES_CAUGHT:
+            self.upstream_late_bytes.labels(caught=caught)
 
     def _latency(self, name: str, documentation: str) -> Histogram:
         """A seconds histogram with the shared latency buckets, in this instance's registry."""

@@ -68,6 +68,7 @@ METRICS = {
     "cookieguard_sessions_in_flight",  # deprecated alias, removed in the next release
     "cookieguard_store_degraded",
     "cookieguard_clients_cut_total",
+    "cookieguard_upstream_late_bytes_total",
 }
 REFRESH_OUTCOMES = {"refreshed", "joined", "reused", "rejected", "failed", "limited"}
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -102,12 +103,22 @@ class Origin:
         )
 
 
+# Where stray upstream bytes were caught (metrics.LATE_BYTES_CAUGHT: the `phase` of the
+# upstream_error event): "idle" while the connection sat in the pool, "before_reuse" in the socket
+# right before it was reused, "after_answer" right behind an answer.
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; the state of the request in flight on it, if any."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_late_bytes: Callable[[str], None]) -> None:
         self.loop = loop
+        self.on_late_bytes = on_late_bytes
         self.transport: asyncio.Transport | None = None
+        # A view of the socket to look into before reuse (asyncio's and uvloop's transports
+        # offer none): made once per connection, detached (never closing the fd) when it goes.
+        self._peek: socket.socket | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
         self.poisoned = False  # bytes after an answer's end: closed, never reused
@@ -143,8 +154,13 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                self._peek = socket.socket(fileno=sock.fileno())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._forget_peek()
         self.lost = True
         if self.in_flight and not self.complete and self.error is None:
             if self.head_done and not self.framed and not self.head_only:
@@ -169,6 +185,8 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.in_flight:
             # Bytes nobody asked for: this connection cannot be trusted with the next request.
+            if not self.lost:
+                self.on_late_bytes("idle")
             self.close()
             return
         self.got_bytes = True
@@ -184,6 +202,8 @@ class _Connection(asyncio.Protocol):
                 self._fail(UpstreamError("invalid_answer"))
 
     def _poison(self) -> None:
+        if not self.poisoned:
+            self.on_late_bytes("after_answer")
         self.poisoned = True
         self._wake()
         self.close()
@@ -333,6 +353,29 @@ class _Connection(asyncio.Protocol):
         self._reset()
         return reusable
 
+    def stale(self) -> bool:
+        """Right before reuse: has the upstream sent anything (or closed) since its last answer
+        that the event loop has not delivered yet? Such bytes would be read as the next answer."""
+        peek = self._peek
+        if peek is None:
+            return False
+        try:
+            data = peek.recv(1, _PEEK)
+        except (BlockingIOError, InterruptedError):
+            return False  # nothing there: the connection is clean
+        except OSError:
+            self.lost = True
+            return True
+        if data:
+            self.on_late_bytes("before_reuse")
+        self.lost = True  # bytes, or b"": the upstream closed it
+        return True
+
+    def _forget_peek(self) -> None:
+        peek, self._peek = self._peek, None
+        if peek is not None:
+            peek.detach()  # the transport owns the fd
+
     def close(self) -> None:
         self.lost = True
         if self.transport is not None:
@@ -397,8 +440,11 @@ class UpstreamClient:
         connect_timeout_s: float,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        on_late_bytes: Callable[[str], None] | None = None,
     ) -> None:
         self.connect_timeout_s = connect_timeout_s
+        # Told where stray bytes were caught (one of LATE_BYTES_CAUGHT): a log line and a metric.
+        self.on_late_bytes = on_late_bytes or _ignore
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
         self._pools: dict[tuple[str, int, bool], _Pool] = {}
@@ -470,9 +516,10 @@ class UpstreamClient:
         if not fresh:
             while pool.idle:
                 conn = pool.idle.pop()
-                if not conn.lost:
+                if not conn.lost and not conn.stale():
                     self._busy.add(conn)
                     return conn, True
+                conn.close()
                 self._closed(pool)
         if pool.count >= self.max_connections:
             if pool.idle:  # a retry wants a new connection: the oldest idle one makes room
@@ -579,7 +626,7 @@ class UpstreamClient:
         try:
             _transport, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop),
+                    lambda: _Connection(loop, self.on_late_bytes),
                     origin.host,
                     origin.port,
                     ssl=tls,
@@ -624,6 +671,10 @@ class UpstreamClient:
         for conn in list(self._busy):
             conn.close()
         self._busy.clear()
+
+
+def _ignore(_caught: str) -> None:
+    pass
 
 
 def _head(
