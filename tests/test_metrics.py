@@ -19,7 +19,8 @@ from tests.support.no_secrets import KnownSecrets, find_leaks
 from tests.support.proxy_process import CookieguardProcess
 
 Start = Callable[..., CookieguardProcess]
-LABELS = {"outcome", "route", "status", "le", "reason", "caught"}  # ours; process/platform collectors add their own
+# ours; process/platform collectors add their own
+LABELS = {"outcome", "route", "status", "le", "reason", "caught"}
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
