@@ -79,6 +79,7 @@ class Route:
     refresh: bool = True
     preserve_host: bool = True
     timeout_s: float | None = None  # read timeout override for this route
+    client_body_s: float | None = None  # timeouts.client_body override (uploads)
     regex: re.Pattern[str] | None = field(default=None, compare=False)
 
 
@@ -92,6 +93,8 @@ class TimeoutsConfig:
     # an idle keep-alive connection is closed after keepalive.
     client_header_s: float = 10.0
     client_body_idle_s: float = 30.0
+    # The whole request body must arrive within client_body (per route: routes[].client_body).
+    client_body_s: float = 60.0
     keepalive_s: float = 75.0
     # A proxied WebSocket with no message either way for this long is closed (1001).
     websocket_idle_s: float = 300.0
@@ -121,6 +124,9 @@ class LimitsConfig:
     # An app whose own error page quotes an oversized header (aiohttp's 400) would otherwise show
     # the client its HttpOnly cookies: set it to the app's own limit (README "Abuse limits").
     max_cookie_size: int = 64 * 1024
+    # A request body up to this size is read whole before an upstream connection is taken, so a
+    # slow sender holds none (README "Abuse limits"); larger ones stream.
+    request_buffer: int = 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -390,6 +390,7 @@ def _build_routes(root: _Section, default_upstream: str | None, admin_prefix: st
             refresh=s.get("refresh", _bool, Route.refresh),
             preserve_host=s.get("preserve_host", _bool, Route.preserve_host),
             timeout_s=s.get("timeout", _positive_duration, Route.timeout_s),
+            client_body_s=s.get("client_body", _positive_duration, Route.client_body_s),
             regex=regex,
         )
         s.finish()
@@ -406,6 +407,7 @@ def _build_timeouts(root: _Section) -> TimeoutsConfig:
         drain_s=s.get("drain", _positive_duration, d.drain_s),
         client_header_s=s.get("client_header", _positive_duration, d.client_header_s),
         client_body_idle_s=s.get("client_body_idle", _positive_duration, d.client_body_idle_s),
+        client_body_s=s.get("client_body", _positive_duration, d.client_body_s),
         keepalive_s=s.get("keepalive", _positive_duration, d.keepalive_s),
         websocket_idle_s=s.get("websocket_idle", _positive_duration, d.websocket_idle_s),
     )
@@ -459,6 +461,7 @@ def _build_limits(root: _Section) -> LimitsConfig:
         max_connections=s.get("max_connections", _positive_int, d.max_connections),
         upstream_connections=s.get("upstream_connections", _positive_int, d.upstream_connections),
         max_cookie_size=s.get("max_cookie_size", _size, d.max_cookie_size),
+        request_buffer=s.get("request_buffer", _size, d.request_buffer),
     )
     s.finish()
     return cfg

@@ -191,6 +191,87 @@ async def test_a_cookie_over_limits_max_cookie_size_is_refused_before_the_app_ca
     assert [r.path for r in seen] == ["/page"]
 
 
+# -- slow request bodies --------------------------------------------------------------------------
+
+
+async def _trickle(port: int, length: int, every_s: float, done: asyncio.Event) -> bytes:
+    """A POST whose body comes one byte every `every_s` until `done` or cookieguard answers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length)
+        answer = asyncio.ensure_future(reader.read())
+        for _ in range(length):
+            await asyncio.wait([answer], timeout=every_s)
+            if answer.done() or done.is_set():
+                break
+            writer.write(b"x")
+        return await asyncio.wait_for(answer, 10) if not done.is_set() else b""
+    finally:
+        writer.close()
+
+
+async def test_a_body_trickled_under_the_idle_limit_is_cut_by_timeouts_client_body(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    """One byte every 0.3 s never trips a 1 s idle limit; without a deadline for the whole body
+    it was still open at 12 s. routes[].client_body gives an upload route longer."""
+    upstream = await start_upstream(aiohttp_server)
+    proxy = cookieguard_process(
+        base_config(
+            str(upstream.make_url("")),
+            timeouts={"client_body_idle": "1s", "client_body": "2s"},
+            routes=[{"match": "/uploads/", "client_body": "30s"}, {"match": "/"}],
+        )
+    )
+    started = time.monotonic()
+    answer = await _trickle(proxy.port, 100, 0.3, asyncio.Event())
+    assert status_of(answer) == 408 and 1.5 < time.monotonic() - started < 5
+    # The upload route's own deadline: a small body at the same pace arrives whole.
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(
+            b"POST /uploads/a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
+        )
+        for _ in range(10):
+            await asyncio.sleep(0.3)  # the client's pace, under the idle limit
+            writer.write(b"y")
+        status, _, body = await read_response(reader, timeout_s=10)
+    finally:
+        writer.close()
+    assert status == 200 and json.loads(body)["body_len"] == 10
+
+
+async def test_slow_small_bodies_hold_no_upstream_connection(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    """Five bodies trickled at one byte every 0.3 s filled `upstream_connections: 5` and every
+    other request got 503. A body up to `limits.request_buffer` is now read whole first: the
+    slow senders hold nothing of the app's, and another client keeps getting answers fast."""
+    seen: list[web.Request] = []
+    upstream = await start_upstream(aiohttp_server, seen)
+    proxy = cookieguard_process(
+        base_config(
+            str(upstream.make_url("")),
+            limits={"upstream_connections": 2},
+            timeouts={"upstream_connect": "1s", "client_body_idle": "5s", "client_body": "60s"},
+        )
+    )
+    done = asyncio.Event()
+    senders = [asyncio.ensure_future(_trickle(proxy.port, 1000, 0.3, done)) for _ in range(5)]
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(10):
+                started = time.monotonic()
+                async with s.get(f"{proxy.url}/page") as resp:
+                    assert resp.status == 200
+                assert time.monotonic() - started < 1.0
+        assert not any(sender.done() for sender in senders)
+        assert all(r.path == "/page" for r in seen)  # no slow body reached the app yet
+    finally:
+        done.set()
+        await asyncio.gather(*senders, return_exceptions=True)
+
+
 # -- WebSockets -----------------------------------------------------------------------------------
 
 

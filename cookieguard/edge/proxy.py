@@ -193,11 +193,20 @@ class Proxy:
             )
         except CookieTooLarge:
             return _cookie_too_large()
-        body = (
-            IdleLimitedBody(request.content, self.config.timeouts.client_body_idle_s)
-            if request.body_exists
-            else None
-        )
+        body: BufferedBody | None = None
+        content_length = request.content_length
+        if request.body_exists:
+            timeouts = self.config.timeouts
+            deadline = asyncio.get_running_loop().time() + (route.client_body_s or timeouts.client_body_s)
+            try:
+                body = await BufferedBody.read(
+                    IdleLimitedBody(request.content, timeouts.client_body_idle_s, deadline),
+                    self.config.limits.request_buffer,
+                )
+            except ClientBodyStalled:
+                return await self._client_body_timeout(request, route)
+            if body.complete:
+                content_length = body.size  # read whole: framed with its length, chunked or not
         started = time.perf_counter()
         try:
             upstream = await self.upstream.request(
@@ -206,7 +215,7 @@ class Proxy:
                 target.forward,  # the path the route matched, in the client's encoding, and the query
                 headers,
                 body=body,
-                content_length=request.content_length,
+                content_length=content_length,
                 read_timeout_s=self._read_timeouts[route.match],
             )
         except UpstreamTimeout as exc:
@@ -214,7 +223,7 @@ class Proxy:
         except UpstreamBusy as exc:
             return self._upstream_error(route, 503, exc.reason, started)
         except UpstreamError as exc:
-            if body is not None and body.stalled:
+            if body is not None and body.source.stalled:
                 return await self._client_body_timeout(request, route)
             return self._upstream_error(route, 502, exc.reason, started)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
@@ -232,6 +241,7 @@ class Proxy:
             "client_timeout",
             phase="body",
             timeout_s=self.config.timeouts.client_body_idle_s,
+            body_timeout_s=route.client_body_s or self.config.timeouts.client_body_s,
             client=request.remote,
         )
         response = web.Response(status=408, text="cookieguard: request body timed out\n")
@@ -343,27 +353,31 @@ def _upstream_url(route: Route, target: Target) -> URL:
 
 
 class ClientBodyStalled(Exception):
-    """The client sent no body byte for `timeouts.client_body_idle`."""
+    """The client sent no body byte for `timeouts.client_body_idle`, or not the whole body
+    within `timeouts.client_body`."""
 
 
 class IdleLimitedBody:
-    """The client's request body, failing when it stalls longer than `idle_s` between bytes.
+    """The client's request body, failing when it stalls longer than `idle_s` between bytes or
+    is not over by `deadline` (loop time).
 
-    The upstream client sends the body as it comes; without this, a client that trickles one
-    byte a minute would hold an upstream connection (and the app's worker behind it) as long as
-    it liked. When it fails, upstream.py aborts the upstream request and its connection.
+    Without this, a client that trickles one byte a minute (or one just under the idle limit)
+    would hold an upstream connection, and the app's worker behind it, as long as it liked.
+    When it fails while streaming, upstream.py aborts the upstream request and its connection.
     """
 
-    def __init__(self, content: aiohttp.StreamReader, idle_s: float) -> None:
+    def __init__(self, content: aiohttp.StreamReader, idle_s: float, deadline: float) -> None:
         self._content = content
         self._idle_s = idle_s
+        self._deadline = deadline
         self.stalled = False
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         content = self._content
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                async with asyncio.timeout(self._idle_s):
+                async with asyncio.timeout_at(min(loop.time() + self._idle_s, self._deadline)):
                     chunk = await content.readany()
             except TimeoutError:
                 self.stalled = True
@@ -371,3 +385,39 @@ class IdleLimitedBody:
             if not chunk:
                 return
             yield chunk
+
+
+class BufferedBody:
+    """A request body read whole, up to `limits.request_buffer`, before an upstream connection
+    is taken (README "Abuse limits"): a slow sender holds none. A larger body is handed over as
+    what was read plus the rest, streamed (under the same deadlines)."""
+
+    def __init__(
+        self, source: IdleLimitedBody, chunks: list[bytes], rest: AsyncIterator[bytes] | None
+    ) -> None:
+        self.source = source
+        self._chunks = chunks
+        self._rest = rest
+        self.size = sum(map(len, chunks))
+        self.complete = rest is None
+
+    @classmethod
+    async def read(cls, source: IdleLimitedBody, limit: int) -> BufferedBody:
+        """Raises ClientBodyStalled when the client is too slow while it is read."""
+        chunks: list[bytes] = []
+        size = 0
+        stream = source.iter_any()
+        while size <= limit:
+            chunk = await anext(stream, None)
+            if chunk is None:
+                return cls(source, chunks, None)
+            chunks.append(chunk)
+            size += len(chunk)
+        return cls(source, chunks, stream)
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+        if self._rest is not None:
+            async for chunk in self._rest:
+                yield chunk
