@@ -194,8 +194,11 @@ async def test_a_cookie_over_limits_max_cookie_size_is_refused_before_the_app_ca
 # -- slow request bodies --------------------------------------------------------------------------
 
 
-async def _trickle(port: int, length: int, every_s: float, done: asyncio.Event) -> bytes:
-    """A POST whose body comes one byte every `every_s` until `done` or cookieguard answers."""
+async def _trickle(
+    port: int, length: int, every_s: float, done: asyncio.Event, sent: list[int] | None = None
+) -> bytes:
+    """A POST whose body comes one byte every `every_s` until `done` or cookieguard answers;
+    `sent` gets one entry per byte written."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length)
@@ -205,6 +208,8 @@ async def _trickle(port: int, length: int, every_s: float, done: asyncio.Event) 
             if answer.done() or done.is_set():
                 break
             writer.write(b"x")
+            if sent is not None:
+                sent.append(1)
         return await asyncio.wait_for(answer, 10) if not done.is_set() else b""
     finally:
         writer.close()
@@ -257,8 +262,13 @@ async def test_slow_small_bodies_hold_no_upstream_connection(
         )
     )
     done = asyncio.Event()
-    senders = [asyncio.ensure_future(_trickle(proxy.port, 1000, 0.3, done)) for _ in range(5)]
+    sent: list[int] = []
+    senders = [asyncio.ensure_future(_trickle(proxy.port, 1000, 0.3, done, sent)) for _ in range(5)]
     try:
+        deadline = time.monotonic() + 10
+        while len(sent) < 5 * 5:  # each sender is a few bytes into its body
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as s:
             for _ in range(10):
                 started = time.monotonic()
