@@ -145,11 +145,7 @@ async def test_a_spray_of_made_up_sessions_costs_a_handful_of_idp_calls_and_nobo
         assert status == 200 and cleared(revoked_later, set_cookies)
         async with s.get(f"{url}/.cookieguard/metrics") as resp:
             metrics = await resp.text()
-    limited_total = next(
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith('cookieguard_refresh_total{outcome="limited"}')
-    )
+    limited_total = metric(metrics, 'cookieguard_refresh_total{outcome="limited"}')
     events = refresh_events(no_secrets_in_logs)
     limited = [e for e in events if e["outcome"] == "limited"]
     # Counted every time, logged once per budget and address per minute.
