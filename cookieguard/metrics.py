@@ -23,6 +23,8 @@ CLIENT_CUT_REASONS = ("header_timeout", "body_timeout", "max_connections")
 # (cookieguard/limits.py names them).
 LIMITS = ("idp_ceiling", "subject", "unproven_address", "unproven_total", "queue_full", "wait_expired")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A wait for the IdP ceiling lasts up to limits.refresh_wait (default 10s): seconds matter there.
+_WAIT_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 15.0, 30.0)
 
 
 class Metrics:
@@ -70,10 +72,12 @@ class Metrics:
             "(limits.refresh_queue).",
             registry=self.registry,
         )
-        self.refresh_wait = self._latency(
+        self.refresh_wait = Histogram(
             "cookieguard_refresh_wait_seconds",
             "Time each IdP call waited for a slot of the IdP ceiling (limits.refresh_wait); near 0 "
             "unless sessions queue.",
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
         )
         self.refresh_limited = Counter(
             "cookieguard_refresh_limited_total",
