@@ -304,7 +304,7 @@ async def test_three_hundred_users_expiring_at_once_all_reach_the_app_refreshed(
     assert metric(metrics, 'cookieguard_refresh_total{outcome="refreshed"}') == 300
     assert metric(metrics, "cookieguard_refresh_queue_waiting") == 0
     # Most of them waited: the histogram saw waits of seconds.
-    assert metric(metrics, 'cookieguard_refresh_wait_seconds_bucket{le="2.5"}') < 300
+    assert metric(metrics, 'cookieguard_refresh_wait_seconds_bucket{le="2.0"}') < 300
 
 
 async def test_a_full_queue_forwards_unchanged_and_a_merely_due_session_does_not_wait(
