@@ -61,7 +61,7 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	@if ! command -v wrk >/dev/null || ! { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
 		apt-get update && apt-get install -y nginx wrk; fi
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/run.py $(if $(BASE),--base $(BASE)) $(BENCH_ARGS)
 
 # A real browser against the two Next.js examples, Amplify (examples/nextjs-amplify/README.md) and
 # Supabase (examples/nextjs-supabase/README.md), each directly and through cookieguard; about 7
