@@ -150,9 +150,14 @@ def wait_http(url: str, proc: Proc, timeout_s: float = 30.0) -> None:
 
 
 def cpu_s(pid: int) -> float:
+    return sum(cpu_split_s(pid))
+
+
+def cpu_split_s(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the process: Python's work and the kernel's (socket calls) apart."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -316,6 +321,7 @@ class Run:
     p99_ms: float
     errors: int
     cpu_us: float | None = None
+    sys_us: float | None = None  # of cpu_us, the kernel's part
 
 
 def wrk(
@@ -327,10 +333,13 @@ def wrk(
     script: Path | None = None,
 ) -> Run:
     proc = start_wrk(url, connections, duration_s, cookie, script)
-    before = cpu_s(pid) if pid else 0.0
+    before = cpu_split_s(pid) if pid else (0.0, 0.0)
     out = proc.communicate(timeout=duration_s + 30)[0]
-    after = cpu_s(pid) if pid else 0.0
-    return parse_wrk(out, (after - before) if pid else None)
+    after = cpu_split_s(pid) if pid else (0.0, 0.0)
+    run = parse_wrk(out, sum(after) - sum(before) if pid else None)
+    if pid and run.requests:
+        run.sys_us = (after[1] - before[1]) * 1e6 / run.requests
+    return run
 
 
 def start_wrk(
@@ -704,6 +713,7 @@ def ab_rounds(
                 "p50_ms": med([r.p50_ms for r in rs]),
                 "p99_ms": med([r.p99_ms for r in rs]),
                 "errors": sum(r.errors for r in rs),
+                "sys_us": med([r.sys_us for r in rs]),
                 "cpu_us_rounds": [round(r.cpu_us or 0) for r in rs],
                 "rps_rounds": [round(r.rps) for r in rs],
             }
@@ -749,9 +759,12 @@ def ab_phase(
                 for mix, cookie in (("plain", None), ("session", session_cookie)):
                     port, pid = targets[name]
                     with spying(pid, f"ab-{name}-{mix}") as out:
-                        wrk(f"http://127.0.0.1:{port}/app/page", args.connections, args.duration, cookie, pid)
+                        url = f"http://127.0.0.1:{port}/app/page"
+                        r = wrk(url, args.connections, args.duration, cookie, pid)
                     if out is not None and out.exists():
                         result.setdefault("profile", {})[f"{name}-{mix}"] = top_frames(out)
+                        # samples per request: the two profiles compare in absolute terms
+                        result.setdefault("profile_requests", {})[f"{name}-{mix}"] = r.requests
             log("A/B profiles recorded in bench/out/profile-ab-*.txt")
         base_proc.stop()
         head_proc.stop()
@@ -797,7 +810,8 @@ def print_ab(ab: dict[str, Any]) -> None:
         print(f"c1 (1 connection, session cookies) p50/p99 ms: {latency}")
     for mix, by in ab["mixes"].items():
         rounds = "; ".join(f"{n} {by[n]['cpu_us_rounds']}" for n in AB_CONTENDERS if n in by)
-        print(f"  {mix} cpu µs/req per round: {rounds}")
+        kernel = ", ".join(f"{n} {_f(by[n]['sys_us'])}" for n in AB_CONTENDERS if n in by)
+        print(f"  {mix} cpu µs/req per round: {rounds}; of which kernel (median): {kernel}")
     for name, frames in (ab.get("profile") or {}).items():
         print()
         print(f"profile ab-{name} (py-spy, self time): bench/out/profile-ab-{name}.txt")
