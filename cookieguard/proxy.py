@@ -219,9 +219,7 @@ class Proxy:
         self, request: web.Request, upstream: UpstreamResponse, ours: list[SetCookie]
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
-        theirs = (
-            [value for name, value in upstream.headers if name.lower() == "set-cookie"] if self.auth else []
-        )
+        theirs = upstream.set_cookies if self.auth else []
         set_cookies: list[str] = []
         private = bool(ours)
         if theirs and self.auth is not None:
