@@ -471,7 +471,8 @@ class UpstreamClient:
         if pool is None:
             pool = self._pools[key] = _Pool()
         loop = asyncio.get_running_loop()
-        self._prune(pool, loop.time())
+        if pool.idle:
+            self._prune(pool, loop.time())
         if not fresh:
             while pool.idle:
                 conn = pool.idle.pop()
