@@ -374,6 +374,11 @@ class UpstreamResponse:
                 return chunk
             await conn.wait()
 
+    def ready(self) -> bool:
+        """True when `read` would not wait: a chunk is in, or the body is over (or broken)."""
+        conn = self._conn
+        return conn is None or bool(conn.chunks) or conn.complete or conn.error is not None
+
     def release(self) -> None:
         """Done with the answer: its connection goes back to the pool or is closed."""
         conn, self._conn = self._conn, None
