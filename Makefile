@@ -55,6 +55,8 @@ clean:
 	rm -rf $(VENV) $(OIDC_DIR)/node_modules $(SUPABASE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
 
 # cookieguard vs nginx vs a bare aiohttp proxy on 127.0.0.1 (bench/README.md); ~6 minutes.
+# BASE=<git rev>: that revision's cookieguard and the working tree's in the same rounds, an A/B
+# (bench/README.md; ~5 minutes, ~3.5 with BENCH_ARGS="--duration 3").
 # Installs nginx and wrk from Debian's packages when missing. BENCH_ARGS e.g. "--upstream aiohttp".
 BENCH_ARGS ?=
 .PHONY: bench
