@@ -11,7 +11,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 
 PASSWORD = "Bench-Passw0rd!"
 

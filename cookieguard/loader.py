@@ -1,6 +1,6 @@
 """Load and validate cookieguard's YAML configuration into the records of cookieguard.config.
 
-The whole schema (README "Configuration reference") is read here: YAML is read once, `${VAR}`
+The whole schema (docs/configuration.md "Configuration reference") is read here: YAML is read once, `${VAR}`
 references are expanded, and every value is checked and turned into frozen dataclasses. All
 problems are collected with their key path and reported together; nothing downstream re-checks
 config. Defaults come from the records' fields, never from a second literal here.
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .config import (
+from cookieguard.config import (
     DEFAULT_ADMIN_PREFIX,
     DEFAULT_LISTEN,
     Config,
@@ -35,17 +35,17 @@ from .config import (
     TimeoutsConfig,
     VerifyConfig,
 )
-from .layouts import LAYOUTS
-from .providers import KINDS, ProviderConfig, load_provider
-from .schema import Section as _Section
-from .schema import boolean as _bool
-from .schema import http_url as _url
-from .schema import nonempty_string as _nonempty_str
-from .schema import one_of as _one_of
-from .schema import parse_duration
-from .schema import positive_duration as _positive_duration
-from .schema import positive_int as _positive_int
-from .schema import string as _str
+from cookieguard.schema import Section as _Section
+from cookieguard.schema import boolean as _bool
+from cookieguard.schema import http_url as _url
+from cookieguard.schema import nonempty_string as _nonempty_str
+from cookieguard.schema import one_of as _one_of
+from cookieguard.schema import parse_duration
+from cookieguard.schema import positive_duration as _positive_duration
+from cookieguard.schema import positive_int as _positive_int
+from cookieguard.schema import string as _str
+from cookieguard.session.layouts import LAYOUTS
+from cookieguard.tokens.providers import KINDS, ProviderConfig, load_provider
 
 DEFAULT_CONFIG_PATH = "config/cookieguard.yaml"
 CONFIG_ENV_VAR = "COOKIEGUARD_CONFIG"
@@ -232,7 +232,7 @@ def _build_cookies(root: _Section, provider: ProviderConfig | None) -> CookiesCo
     if storage_key is not None and not LAYOUTS[layout].uses_storage_key:
         keyed = " or ".join(name for name, other in LAYOUTS.items() if other.uses_storage_key)
         s.error("storage_key", f"only valid with layout {keyed}")
-    # A layout's defaults are its cookie library's (README, "Configuration reference").
+    # A layout's defaults are its cookie library's (docs/configuration.md, "Configuration reference").
     defaults = CookieAttributes(**LAYOUTS[layout].attribute_defaults)
     a = s.section("attributes")
     max_age = a.get("max_age", parse_duration, float(defaults.max_age_s))

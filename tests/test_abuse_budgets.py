@@ -1,4 +1,4 @@
-"""Abuse limits (README "Abuse limits"), end to end: cookieguard in process in front of the buggy
+"""Abuse limits (docs/security.md "Abuse limits"), end to end: cookieguard in process in front of the buggy
 app, refreshing against moto's Cognito server, IdP calls counted at the emulator.
 
 The budgets' clock is the proxy's wall clock, injected and frozen: the tests move it, so what a
@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from cookieguard.app import build_app
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
-from cookieguard.layouts import AmplifyLayout
 from cookieguard.loader import parse_config
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.session.layouts import AmplifyLayout
 from tests.support.apps import amplify_cookies, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets

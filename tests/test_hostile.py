@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cookieguard.demo.emulator import PoolInfo
+from cookieguard.ops.demo.emulator import PoolInfo
 from tests.support.apps import reset_mid_body, seen_by, start_buggy_app
 from tests.support.cognito_idp import cognito_guard_config
 from tests.support.proxy_process import CookieguardProcess

@@ -1,4 +1,4 @@
-"""Budgets for IdP calls (cookieguard/limits.py): the pure token buckets and the `Budgets` shell
+"""Budgets for IdP calls (cookieguard/session/limits.py): the pure token buckets and the `Budgets` shell
 over the in-process store, on a clock the tests move. Nothing here sleeps."""
 
 from __future__ import annotations
@@ -6,21 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from cookieguard.config import LimitsConfig
-from cookieguard.limits import (
-    CHARGED,
-    FREE,
+from cookieguard.session.limits import (
     IDP_CEILING,
-    REFUSED,
     SUBJECT,
     UNPROVEN_ADDRESS,
     UNPROVEN_TOTAL,
-    BucketTable,
     Budgets,
     Claimant,
     LogThrottle,
-    TokenBucket,
     budget_name,
 )
+from cookieguard.store.buckets import CHARGED, FREE, REFUSED, BucketTable, TokenBucket
 from cookieguard.store.memory import MemoryStore
 from tests.support.proxy_process import run_cli
 
