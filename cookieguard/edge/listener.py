@@ -11,7 +11,7 @@ gets an `EdgeHandler`, aiohttp's own `RequestHandler` (exported by `aiohttp.web`
   closed; the ones already open are unaffected;
 - error answers (400, 408, 413, 431, 500) that never quote the request: aiohttp's own 400 body
   repeats the offending header line, a Cookie header full of tokens included, which would let a
-  script read HttpOnly cookies (README "Threat model").
+  script read HttpOnly cookies (docs/security.md "Threat model").
 
 aiohttp offers no hook for a head deadline. The handler reads RequestHandler's private
 attributes to know where a connection stands: `_messages` (request heads parsed and not yet
@@ -101,7 +101,8 @@ class EdgeHandler(web.RequestHandler):
             return
         super().data_received(data)
         if self._messages:
-            self._disarm_header_deadline()  # a whole head is in: the handler has the request now
+            if self._header_deadline is not None:  # tested here: this runs for every request
+                self._disarm_header_deadline()  # a whole head is in: the handler has the request now
         elif data and self._header_deadline is None and self._is_idle():
             self._arm_header_deadline()  # the first bytes of the next request on a kept-alive connection
 

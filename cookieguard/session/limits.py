@@ -1,4 +1,4 @@
-"""Budgets for IdP calls (README "Abuse limits").
+"""Budgets for IdP calls (docs/security.md "Abuse limits").
 
 A refresh spends the IdP's quota (Cognito's is per AWS account, shared by every sign-in of every
 app in it), and cookieguard refreshes on behalf of whoever sends a cookie. So every IdP call is
@@ -175,7 +175,7 @@ class Budgets:
         """Charge one IdP call for the refresh token whose hash is `token_key`. None: go ahead,
         and call `answered()` when the IdP call is over; else the name of the budget that refused
         (nothing was charged to the ones after it). `may_wait`: a proven session over the
-        ceiling waits for a slot (README "Abuse limits")."""
+        ceiling waits for a slot (docs/security.md "Abuse limits")."""
         limits = self.limits
         if claimant.subject is not None:
             queued = bool(self._waiting)  # those ahead are served first
