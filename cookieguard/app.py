@@ -36,9 +36,9 @@ MAX_LINE_SIZE = 16 * 1024
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
 
-# Served only on `admin_listen` (README "Endpoints"): readyz and metrics describe the deployment
-# (store state, traffic, refresh outcomes, the Python version) and have no business on a public
-# listener. healthz says nothing but "ok" and stays on both, for a load balancer that
+# Served only on `admin_listen` (docs/operations.md "Endpoints"): readyz and metrics describe the
+# deployment (store state, traffic, refresh outcomes, the Python version) and have no business on
+# a public listener. healthz says nothing but "ok" and stays on both, for a load balancer that
 # checks the public port; the session endpoint stays on the main listener, browsers call it.
 ADMIN_ONLY = ("readyz", "metrics")
 
@@ -59,8 +59,9 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
     """Build the services for one app, and close them (in reverse order) when it stops.
 
     Nothing here talks to the IdP or to Redis: an IdP or Redis outage at start-up must not stop
-    the proxy (README, "Start-up"). The JWKS URL is resolved when the first token is checked,
-    and the Redis store falls back to local coordination until Redis answers.
+    the proxy (docs/providers/oidc.md "Any OIDC provider", its start-up item). The JWKS URL is
+    resolved when the first token is checked, and the Redis store falls back to local coordination
+    until Redis answers.
     """
     async with contextlib.AsyncExitStack() as stack:
         metrics = Metrics()
@@ -68,7 +69,7 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
         # One pooled client for the app's lifetime (cookieguard.edge.upstream): no cookie jar, no
         # decompression, no headers of its own; the upstream's bytes pass through as they are.
         def late_bytes(caught: str) -> None:
-            # README "The proxy": an app that writes after its answer is the bug to fix.
+            # docs/proxy.md "The proxy": an app that writes after its answer is the bug to fix.
             metrics.upstream_late_bytes.labels(caught=caught).inc()
             get_logger().warning("upstream_error", error="late_bytes", phase=caught)
 
@@ -121,7 +122,7 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
                 config.store,
                 idp_timeout_s=config.provider.timeout_s,
                 on_idp_call=metrics.idp_call,
-                budgets=Budgets(config.limits, store, clock),
+                budgets=Budgets(config.limits, store, clock, on_waiting=metrics.refresh_queue_waiting.set),
                 # Nothing can be proven without signature checks: then every verdict counts.
                 unproven_feed_guard=not config.verify.signature,
             )
@@ -176,7 +177,7 @@ def build_admin_app(admin: Admin, config: Config) -> web.Application:
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     # Replaces aiohttp's "Python/3.x aiohttp/3.x" and, on proxied answers, the upstream's own
-    # (README "The proxy").
+    # (docs/proxy.md "The proxy").
     response.headers["Server"] = SERVER
 
 

@@ -1,7 +1,7 @@
 """cookieguard's configuration: frozen records, one per section of the YAML file.
 
 The records are plain data with their defaults; cookieguard.loader turns the YAML into them
-(README "Configuration reference"). Every default is defined here, once: the loader reads it
+(docs/configuration.md "Configuration reference"). Every default is defined here, once: the loader reads it
 from the fields.
 """
 
@@ -88,7 +88,7 @@ class TimeoutsConfig:
     upstream_connect_s: float = 5.0
     upstream_read_s: float = 60.0
     drain_s: float = 10.0
-    # Slow and idle clients (README "Abuse limits"): the request line and headers must arrive
+    # Slow and idle clients (docs/behaviour.md §9): the request line and headers must arrive
     # within client_header; a request body may stall at most client_body_idle between bytes;
     # an idle keep-alive connection is closed after keepalive.
     client_header_s: float = 10.0
@@ -102,19 +102,23 @@ class TimeoutsConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Budgets for IdP calls and connections (README "Abuse limits").
+    """Budgets for IdP calls and connections (docs/security.md "Abuse limits").
 
     Unproven sessions (no token beside the refresh token that verifies against the IdP's keys)
     may cost at most `unproven_per_address` IdP calls per client address per minute (burst the
     same) and `unproven_per_second` in all; a proven subject (`sub`) at most
     `refresh_tokens_per_subject` distinct refresh tokens per 10 minutes; every IdP call together
-    at most `idp_calls_per_second`, proven sessions first.
+    at most `idp_calls_per_second`, proven sessions first. A proven session whose access token
+    has expired (or is about to) waits for the ceiling instead of being forwarded unrefreshed: at
+    most `refresh_queue` of them per replica, each at most `refresh_wait_s`.
     """
 
     unproven_per_address: int = 5
     unproven_per_second: float = 1.0
     refresh_tokens_per_subject: int = 5
     idp_calls_per_second: float = 50.0
+    refresh_queue: int = 1000
+    refresh_wait_s: float = 10.0
     # Peers whose X-Forwarded-For is believed (a load balancer in front of cookieguard).
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_connections: int = 10_000
@@ -122,10 +126,10 @@ class LimitsConfig:
     upstream_connections: int = 1_000
     # Longest Cookie header (all of a request's Cookie headers together) forwarded; longer: 431.
     # An app whose own error page quotes an oversized header (aiohttp's 400) would otherwise show
-    # the client its HttpOnly cookies: set it to the app's own limit (README "Abuse limits").
+    # the client its HttpOnly cookies: set it to the app's own limit (docs/security.md "Abuse limits").
     max_cookie_size: int = 64 * 1024
     # A request body up to this size is read whole before an upstream connection is taken, so a
-    # slow sender holds none (README "Abuse limits"); larger ones stream.
+    # slow sender holds none (docs/security.md "Abuse limits"); larger ones stream.
     request_buffer: int = 1024 * 1024
 
 
@@ -161,7 +165,7 @@ class Config:
     logging: LoggingConfig
     metrics: MetricsConfig
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    # The listener for healthz, readyz and metrics (README "Endpoints"): loopback unless the
+    # The listener for healthz, readyz and metrics (docs/operations.md "Endpoints"): loopback unless the
     # operator opens it (a Prometheus scraping the pod's address needs 0.0.0.0:9090). readyz and
     # metrics describe the deployment and are never served on the public listener.
     admin_listen: tuple[str, int] = ("127.0.0.1", 9090)

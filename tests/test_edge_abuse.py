@@ -1,7 +1,7 @@
 """Attacks on the client-facing edge, each reproduced against `cookieguard run` and a real aiohttp
 upstream over real sockets: request trailers carried into the next request, spoofable
 forwarding-header variants, cache headers on private answers, and what the admin endpoints show
-on the public port (README "Threat model")."""
+on the public port (docs/security.md "Threat model")."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ async def test_a_request_trailer_never_reaches_the_next_request_on_the_connectio
     aiohttp_server: Any, cookieguard_process: Start
 ) -> None:
     """aiohttp 3.14.5's parser carries the last trailer field of a chunked request into the next
-    request's headers on the same connection (README "Threat model"): the connection closes after
+    request's headers on the same connection (docs/security.md "Threat model"): the connection closes after
     the answer to any chunked request, so there is no next request on it."""
     seen: list[web.Request] = []
     upstream = await start_upstream(aiohttp_server, seen)
@@ -114,8 +114,8 @@ async def test_a_grpc_web_like_request_with_trailers_is_answered_and_the_trailer
 
 # -- spoofable header variants --------------------------------------------------------------------
 
-# What apps and frameworks read besides the headers cookieguard writes (README "The proxy",
-# "Client headers cookieguard removes"): an untrusted client's are all dropped.
+# What apps and frameworks read besides the headers cookieguard writes (docs/proxy.md "The proxy",
+# the table of client headers removed): an untrusted client's are all dropped.
 ALWAYS_DROPPED = {
     "X-Forwarded-Scheme": "https",  # Rack reads it before X-Forwarded-Proto
     "X-Forwarded-Ssl": "on",

@@ -20,7 +20,7 @@ from tests.support.proxy_process import CookieguardProcess
 
 Start = Callable[..., CookieguardProcess]
 # ours; process/platform collectors add their own
-LABELS = {"outcome", "route", "status", "le", "reason", "caught"}
+LABELS = {"outcome", "route", "status", "le", "reason", "limit", "caught"}
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -1,4 +1,4 @@
-"""Which headers cross the proxy, in each direction (README "The proxy").
+"""Which headers cross the proxy, in each direction (docs/proxy.md "The proxy").
 
 Towards the upstream: the client's headers minus hop-by-hop ones, the Cookie header as session
 repair decided, and the forwarding headers written from the socket. Towards the client: the
@@ -8,7 +8,8 @@ an answer that carries tokens.
 
 from __future__ import annotations
 
-import string
+import functools
+import re
 from collections.abc import Iterable, Sequence
 
 from aiohttp import web
@@ -30,22 +31,21 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Headers cookieguard writes itself (README "The proxy"): the client's are dropped or, from a
+# Headers cookieguard writes itself (docs/proxy.md "The proxy"): the client's are dropped or, from a
 # trusted proxy, extended; `Connection` naming one of them does not remove it.
 _FORWARDING = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
 )
 _OURS = _FORWARDING | {"host", "cookie"}
 # What a load balancer in front writes besides those (Traefik, the AWS ALB, nginx configs): kept
-# from a trusted proxy only, like X-Forwarded-Host (README "Client headers cookieguard removes").
+# from a trusted proxy only, like X-Forwarded-Host (docs/proxy.md "The proxy", the table of client headers removed).
 _FROM_TRUSTED = {
     "x-forwarded-port": "X-Forwarded-Port",
     "x-forwarded-prefix": "X-Forwarded-Prefix",
     "x-forwarded-server": "X-Forwarded-Server",
 }
-_COLLECTED = _FORWARDING | _FROM_TRUSTED.keys()
-# Never from a client, trusted proxy or not (README "Client headers cookieguard removes"): other
-# names for the client's address or scheme that frameworks read before cookieguard's own
+# Never from a client, trusted proxy or not (docs/proxy.md "The proxy", the table of client headers removed):
+# other names for the client's address or scheme that frameworks read before cookieguard's own
 # (Rack takes X-Forwarded-Scheme over X-Forwarded-Proto), and the URL rewrites IIS-style apps
 # route by. cookieguard's X-Real-IP and X-Forwarded-* say the same, from the socket.
 _SPOOFABLE = frozenset(
@@ -62,8 +62,13 @@ _SPOOFABLE = frozenset(
         "x-rewrite-url",
     }
 )
-# One lookup per header for everything that never crosses.
-_DROPPED = HOP_BY_HOP | _SPOOFABLE
+_HOP, _COOKIE, _HOST, _FORWARDED = "hop", "cookie", "host", "forwarded"
+_KIND = {
+    **dict.fromkeys(HOP_BY_HOP | _SPOOFABLE, _HOP),
+    **dict.fromkeys(_FORWARDING | _FROM_TRUSTED.keys(), _FORWARDED),
+    "cookie": _COOKIE,
+    "host": _HOST,
+}
 
 
 class CookieTooLarge(Exception):
@@ -84,7 +89,7 @@ def upstream_request_headers(
     max_cookie_size: int | None = None,
 ) -> list[tuple[str, str]]:
     """The client's headers minus hop-by-hop ones; Cookie replaced if given; the forwarding
-    headers set from the socket (README "The proxy").
+    headers set from the socket (docs/proxy.md "The proxy").
 
     From a client that is not one of `trusted` (a load balancer in front of cookieguard), the
     client's own X-Forwarded-*, Forwarded and X-Real-IP are dropped: they would let anybody tell
@@ -105,16 +110,16 @@ def upstream_request_headers(
     forwarding: dict[str, list[str]] = {}
     for name, value in raw.items():
         lname = name.lower()
-        if lname in _DROPPED or lname in named_by_connection or lname.startswith("proxy-") or "_" in lname:
-            continue
-        if lname == "cookie":
+        # One lookup for the common case, a header of no special kind (hop-by-hop, the spoofable
+        # variants and Host go).
+        kind = _KIND.get(lname)
+        if kind is None:
+            if not (lname in named_by_connection or lname.startswith("proxy-") or "_" in lname):
+                headers.append((name, value))
+        elif kind is _COOKIE:
             cookies.append(value)
-        elif lname == "host":
-            continue
-        elif lname in _COLLECTED:
+        elif kind is _FORWARDED:  # never in named_by_connection: that leaves out _OURS
             forwarding.setdefault(lname, []).append(value)
-        else:
-            headers.append((name, value))
     host = authority or raw.get("Host")
     if route.preserve_host and host:
         headers.insert(0, ("Host", host))
@@ -153,17 +158,20 @@ def upstream_request_headers(
     return headers
 
 
+# The same few (client, scheme, host) triples come again and again; the Host header is the
+# client's to choose, hence the bound.
+@functools.lru_cache(maxsize=1024)
 def _forwarded_element(client: str, scheme: str, host: str | None) -> str:
     element = f"for={_forwarded_value(f'[{client}]' if ':' in client else client)};proto={scheme}"
     return element + f";host={_forwarded_value(host)}" if host else element
 
 
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _forwarded_value(value: str) -> str:
     # RFC 7239 section 4: a token, else a quoted string (an IPv6 address, a host with a port).
-    if value and all(c in _TOKEN_CHARS for c in value):
+    if _TOKEN.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -200,8 +208,11 @@ def response_headers(
         if private and (lname in _SHARED_CACHE or lname.endswith("cdn-cache-control")):
             continue
         headers.append((name, value))
-    if connection:  # rare: headers the upstream named as connection-specific go too
-        named = _connection_tokens(connection)
+    # Rare: headers the upstream named as connection-specific go too. `keep-alive` and `close`,
+    # what nearly every upstream sends, name nothing that is still here.
+    named = _connection_tokens(connection) - HOP_BY_HOP - {"close"} if connection else None
+    if named:
         headers = [(name, value) for name, value in headers if name.lower() not in named]
-    headers.extend(("Set-Cookie", value) for value in set_cookies)
+    if set_cookies:
+        headers.extend([("Set-Cookie", value) for value in set_cookies])
     return headers

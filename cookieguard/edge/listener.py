@@ -11,12 +11,12 @@ gets an `EdgeHandler`, aiohttp's own `RequestHandler` (exported by `aiohttp.web`
   closed; the ones already open are unaffected;
 - error answers (400, 408, 413, 431, 500) that never quote the request: aiohttp's own 400 body
   repeats the offending header line, a Cookie header full of tokens included, which would let a
-  script read HttpOnly cookies (README "Threat model");
+  script read HttpOnly cookies (docs/security.md "Threat model");
 - no second request after a chunked one: aiohttp 3.14.5's parser carries the last trailer field
   of a chunked request into the headers of the next request on the connection (one user's
   `Cookie` onto another's, behind a load balancer that reuses connections). The answer to a
   chunked request says `Connection: close` and nothing after it on that connection is handled
-  (README "Threat model", "Request trailers"); the trailers themselves are never forwarded.
+  (docs/security.md "Threat model"); the trailers themselves are never forwarded.
 
 aiohttp offers no hook for a head deadline. The handler reads RequestHandler's private
 attributes to know where a connection stands: `_messages` (request heads parsed and not yet
@@ -107,7 +107,8 @@ class EdgeHandler(web.RequestHandler):
         super().data_received(data)
         if self._messages:
             _close_after_chunked(self._messages)
-            self._disarm_header_deadline()  # a whole head is in: the handler has the request now
+            if self._header_deadline is not None:  # tested here: this runs for every request
+                self._disarm_header_deadline()  # a whole head is in: the handler has the request now
         elif data and self._header_deadline is None and self._is_idle():
             self._arm_header_deadline()  # the first bytes of the next request on a kept-alive connection
 

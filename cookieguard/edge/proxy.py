@@ -1,4 +1,4 @@
-"""The life of a proxied request, top to bottom (README "How it works").
+"""The life of a proxied request, top to bottom (docs/behaviour.md §1).
 
 match route -> read the session from the app's cookies -> plan (cookieguard.session.plan) -> refresh if
 planned (single-flight) -> plan again with the result -> forward with the Cookie header the plan
@@ -124,7 +124,7 @@ class Proxy:
         counter.inc()
 
     async def check_session(self, request: web.Request) -> SessionCheck:
-        """The session endpoint's report (README "Session endpoint"): the session repaired exactly
+        """The session endpoint's report (docs/operations.md "Session endpoint"): the session repaired exactly
         as a proxied request's would be, logged under the endpoint's own path."""
         if self.repair is None:
             return SessionCheck(authenticated=False, reason="no_provider")
@@ -257,10 +257,8 @@ class Proxy:
     async def _relay(
         self, request: web.Request, upstream: UpstreamResponse, ours: list[SetCookie]
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
-        theirs = (
-            [value for name, value in upstream.headers if name.lower() == "set-cookie"] if self.auth else []
-        )
+        response = _RelayedResponse(status=upstream.status, reason=upstream.reason or None)
+        theirs = upstream.set_cookies if self.auth else []
         set_cookies: list[str] = []
         private = bool(ours)
         if theirs and self.auth is not None:
@@ -277,10 +275,14 @@ class Proxy:
             )
         response.headers.extend(response_headers(upstream.headers, set_cookies, private=private))
         if private:
-            # README "Guarantees": no shared cache may store a response that carries tokens.
+            # docs/behaviour.md §4: no shared cache may store a response that carries tokens.
             response.headers["Cache-Control"] = "private, no-store"
         try:
             await response.prepare(request)
+            if not upstream.ready():
+                # Nothing of the body is here yet (a slow app, an event stream): the client gets
+                # the head now, not when the first chunk comes.
+                await response.write(b"")
             while chunk := await upstream.read():
                 await response.write(chunk)
             await response.write_eof()
@@ -301,7 +303,7 @@ class Proxy:
 
         An app that clears any auth cookie of the request's session ends that session: instead of
         tokens, the rest of its auth cookies are expired too, or the refresh token left behind
-        would refresh the session back on the next request (README "Guarantees"). An answer that
+        would refresh the session back on the next request (docs/behaviour.md §4). An answer that
         sets or clears an auth cookie is private even when we add nothing.
         """
         assert self.auth is not None
@@ -330,6 +332,15 @@ class Proxy:
         return web.Response(status=status, text=f"cookieguard: {text}\n")
 
 
+class _RelayedResponse(web.StreamResponse):
+    """An upstream's answer as relayed: the head goes out with the first body chunk, in one
+    write instead of two (aiohttp's StreamResponse sends it on its own at `prepare`; its
+    `Response` holds it back the same way). `_send_headers_immediately` is aiohttp's (3.14)
+    switch between the two; `_relay` sends the head alone when no body chunk is waiting."""
+
+    _send_headers_immediately = False
+
+
 def _answer(plan: Answer) -> web.Response:
     """A planned answer without forwarding: the session is over and `on_rejected` is `login`."""
     if plan.location is not None:
@@ -343,7 +354,7 @@ def _answer(plan: Answer) -> web.Response:
 
 
 def _cookie_too_large() -> web.Response:
-    # Never quotes the header (README "Abuse limits", limits.max_cookie_size).
+    # Never quotes the header (docs/security.md "Abuse limits", limits.max_cookie_size).
     return web.Response(status=431, text="cookieguard: cookie header too large\n")
 
 
@@ -389,7 +400,7 @@ class IdleLimitedBody:
 
 class BufferedBody:
     """A request body read whole, up to `limits.request_buffer`, before an upstream connection
-    is taken (README "Abuse limits"): a slow sender holds none. A larger body is handed over as
+    is taken (docs/security.md "Abuse limits"): a slow sender holds none. A larger body is handed over as
     what was read plus the rest, streamed (under the same deadlines)."""
 
     def __init__(

@@ -1,11 +1,11 @@
 """WebSocket upgrades: check the client's handshake, take a slot of the upstream's connection
 pool, redo the handshake towards the upstream with aiohttp's client, then pump messages both
 ways until either side closes or neither says anything for `timeouts.websocket_idle`. Sessions
-are not repaired here: a WebSocket carries no Set-Cookie back (README "The proxy").
+are not repaired here: a WebSocket carries no Set-Cookie back (docs/proxy.md "The proxy").
 
 Nothing is opened upstream for a handshake the client got wrong, and the upstream socket is
 closed on every way out, so a flood of broken or abandoned handshakes cannot pile up sockets in
-the app (README "Threat model").
+the app (docs/security.md "Threat model").
 """
 
 from __future__ import annotations

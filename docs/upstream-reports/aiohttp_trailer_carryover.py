@@ -1,5 +1,5 @@
 """Minimal reproduction for an aiohttp bug report (aiohttp 3.14.5, C parser; see
-docs/security.md or the README's "Threat model", "Request trailers").
+docs/security.md "Threat model", where the report text waits to be filed).
 
 The last trailer field of a chunked request is not discarded: it is added to the headers of the
 next request on the same connection, even when that request arrives later in a separate packet.
