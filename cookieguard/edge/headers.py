@@ -38,7 +38,8 @@ _FORWARDING = frozenset(
 )
 _OURS = _FORWARDING | {"host", "cookie"}
 # What a load balancer in front writes besides those (Traefik, the AWS ALB, nginx configs): kept
-# from a trusted proxy only, like X-Forwarded-Host (docs/proxy.md "The proxy", the table of client headers removed).
+# from a trusted proxy only, like X-Forwarded-Host (docs/proxy.md "The proxy", the table of
+# client headers removed).
 _FROM_TRUSTED = {
     "x-forwarded-port": "X-Forwarded-Port",
     "x-forwarded-prefix": "X-Forwarded-Prefix",
