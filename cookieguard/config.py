@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cookieguard.vocabulary import OnRejected
+
 if TYPE_CHECKING:
     from cookieguard.tokens.providers import ProviderConfig
 
@@ -52,7 +54,7 @@ class CookiesConfig:
 class RefreshConfig:
     before_expiry_s: float = 300.0
     grace_s: float = 60.0
-    on_rejected: str = "clear"  # clear | pass | login
+    on_rejected: OnRejected = OnRejected.CLEAR
     login_url: str = "/login"
     backoff_s: float = 5.0
 

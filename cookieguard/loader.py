@@ -38,14 +38,15 @@ from cookieguard.config import (
 from cookieguard.schema import Section as _Section
 from cookieguard.schema import boolean as _bool
 from cookieguard.schema import http_url as _url
+from cookieguard.schema import member_of, parse_duration
 from cookieguard.schema import nonempty_string as _nonempty_str
 from cookieguard.schema import one_of as _one_of
-from cookieguard.schema import parse_duration
 from cookieguard.schema import positive_duration as _positive_duration
 from cookieguard.schema import positive_int as _positive_int
 from cookieguard.schema import string as _str
 from cookieguard.session.layouts import LAYOUTS
 from cookieguard.tokens.providers import KINDS, ProviderConfig, load_provider
+from cookieguard.vocabulary import OnRejected
 
 DEFAULT_CONFIG_PATH = "config/cookieguard.yaml"
 CONFIG_ENV_VAR = "COOKIEGUARD_CONFIG"
@@ -309,7 +310,7 @@ def _build_refresh(root: _Section) -> RefreshConfig:
     cfg = RefreshConfig(
         before_expiry_s=s.get("before_expiry", parse_duration, d.before_expiry_s),
         grace_s=s.get("grace", parse_duration, d.grace_s),
-        on_rejected=s.get("on_rejected", _one_of("clear", "pass", "login"), d.on_rejected),
+        on_rejected=s.get("on_rejected", member_of(OnRejected), d.on_rejected),
         login_url=s.get("login_url", _login_url, d.login_url),
         backoff_s=s.get("backoff", parse_duration, d.backoff_s),
     )

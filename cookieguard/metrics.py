@@ -17,6 +17,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from cookieguard.vocabulary import Outcome
+
 # Why cookieguard cut a client off: the `reason` label of cookieguard_clients_cut_total.
 CLIENT_CUT_REASONS = ("header_timeout", "body_timeout", "max_connections")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -73,7 +75,7 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        for outcome in ("refreshed", "joined", "reused", "rejected", "failed", "limited"):
+        for outcome in Outcome:
             self.refresh_total.labels(outcome=outcome)
         for reason in CLIENT_CUT_REASONS:
             self.clients_cut.labels(reason=reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ __all__ = [
     "http_url",
     "is_http_url",
     "kind_of",
+    "member_of",
     "nonempty_string",
     "one_of",
     "parse_duration",
@@ -130,6 +132,19 @@ def one_of(*choices: str) -> Callable[[Any], str]:
         if s not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}, got {s!r}")
         return s
+
+    return parse
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def member_of(vocabulary: type[E]) -> Callable[[Any], E]:
+    """One of a vocabulary's words (cookieguard.vocabulary), read as its member."""
+    check = one_of(*vocabulary)
+
+    def parse(value: Any) -> E:
+        return vocabulary(check(value))
 
     return parse
 

@@ -18,6 +18,7 @@ from cookieguard.app import build_app
 from cookieguard.loader import parse_config
 from cookieguard.metrics import Metrics
 from cookieguard.tokens.providers import KINDS
+from cookieguard.vocabulary import CheckReason, OnRejected, Outcome
 from tests.support.proxy_process import ROOT, run_cli
 
 README = (ROOT / "README.md").read_text()
@@ -68,6 +69,8 @@ METRICS = {
     "cookieguard_clients_cut_total",
 }
 REFRESH_OUTCOMES = {"refreshed", "joined", "reused", "rejected", "failed", "limited"}
+# Reasons the session endpoint never answers with: without a provider it is not served.
+UNDOCUMENTED_CHECK_REASONS = {CheckReason.NO_PROVIDER}
 
 
 def test_the_package_exports_little() -> None:
@@ -192,6 +195,33 @@ def test_metric_names_and_outcomes() -> None:
     assert outcomes == REFRESH_OUTCOMES
     for name in METRICS:
         assert f"`{name}" in README, name
+
+
+def _bullet(name: str) -> str:
+    """The README bullet that starts with `name`, up to the next bullet or blank line."""
+    start = README.index(f"- `{name}`:")
+    return re.split(r"\n(?:- |\n)", README[start + 2 :], maxsplit=1)[0]
+
+
+def _defined_words(text: str, *, explained: bool = False) -> set[str]:
+    """The words a README list defines: each in backticks, then its explanation in parentheses
+    (`explained`), or then a comma, parentheses or the end."""
+    after = r"\s+\(" if explained else r",|\s+\(|\.?$"
+    return set(re.findall(rf"`([a-z_]+)`(?={after})", text))
+
+
+def test_the_readme_names_exactly_the_vocabulary() -> None:
+    """The outcomes, the session endpoint's reasons and `on_rejected`'s values are declared once
+    (cookieguard/vocabulary.py); the README lists exactly those, and the refresh outcomes are
+    the pinned public set."""
+    assert {o.value for o in Outcome} == REFRESH_OUTCOMES
+    assert _defined_words(_bullet("token_refresh.outcome"), explained=True) == REFRESH_OUTCOMES
+    reasons = {r.value for r in CheckReason} - UNDOCUMENTED_CHECK_REASONS
+    assert _defined_words(_bullet("reason")) == reasons
+    row = re.search(r"^\| `refresh\.on_rejected` \|.*$", README, re.MULTILINE)
+    assert row is not None
+    meaning = row.group(0).rsplit("|", 2)[1]
+    assert set(re.findall(r"`([a-z_]+)`", meaning)) == {v.value for v in OnRejected}
 
 
 def test_the_contract_lives_in_the_repository() -> None:

@@ -9,7 +9,7 @@ an answer that carries tokens.
 from __future__ import annotations
 
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from aiohttp import web
 
@@ -162,3 +162,11 @@ def response_headers(
         headers = [(name, value) for name, value in headers if name.lower() not in named]
     headers.extend(("Set-Cookie", value) for value in set_cookies)
     return headers
+
+
+def is_navigation(headers: Mapping[str, str]) -> bool:
+    """A top-level page load (gets a redirect to sign in) vs a background fetch (gets a 401)."""
+    mode = headers.get("Sec-Fetch-Mode")
+    if mode is not None and mode.lower() != "navigate":
+        return False
+    return "text/html" in headers.get("Accept", "")
