@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import yaml
 
 import cookieguard
 from cookieguard.app import build_app
-from cookieguard.loader import parse_config
+from cookieguard.loader import config_keys, parse_config, reference
 from cookieguard.metrics import Metrics
 from cookieguard.tokens.providers import KINDS
 from cookieguard.vocabulary import CheckReason, OnRejected, Outcome
@@ -26,29 +28,9 @@ PACKAGE = ROOT / "cookieguard"
 
 CLI_VERBS = {"run", "check", "keygen", "healthcheck", "explain", "demo"}
 
-CONFIG_KEYS = {
-    "listen", "upstream", "admin_prefix", "admin_listen",
-    "provider.kind", "provider.client_id", "provider.client_secret", "provider.timeout",
-    "provider.jwks_url", "provider.user_pool_id", "provider.api", "provider.endpoint",
-    "provider.issuer", "provider.token_endpoint", "provider.client_auth", "provider.url",
-    "provider.anon_key", "provider.jwt_secret",
-    "cookies.layout", "cookies.names", "cookies.storage_key", "cookies.attributes.secure",
-    "cookies.attributes.same_site", "cookies.attributes.path", "cookies.attributes.max_age",
-    "cookies.attributes.http_only", "cookies.attributes.domain",
-    "refresh.before_expiry", "refresh.grace", "refresh.on_rejected", "refresh.login_url",
-    "refresh.backoff",
-    "verify.signature", "verify.audience",
-    "store.kind", "store.url", "store.encryption_key", "store.max_entries", "store.lock_lease",
-    "routes[].match", "routes[].upstream", "routes[].refresh", "routes[].preserve_host",
-    "routes[].timeout",
-    "timeouts.upstream_connect", "timeouts.upstream_read", "timeouts.drain",
-    "timeouts.client_header", "timeouts.client_body_idle", "timeouts.keepalive",
-    "limits.max_connections", "limits.trusted_proxies", "limits.unproven_per_address",
-    "limits.unproven_per_second", "limits.refresh_tokens_per_subject",
-    "limits.idp_calls_per_second", "limits.upstream_connections",
-    "logging.level", "logging.format", "logging.access_log",
-    "metrics.enabled",
-}  # fmt: skip
+# Declared once, on the records' fields and by the provider kinds (cookieguard/config.py,
+# cookieguard.loader.config_keys); the README must document exactly these.
+CONFIG_KEYS = set(config_keys())
 
 ENDPOINTS = {"healthz", "readyz", "metrics", "session"}
 
@@ -83,10 +65,39 @@ def test_cli_verbs() -> None:
     assert listed == CLI_VERBS
 
 
-def test_readme_documents_exactly_the_config_keys() -> None:
+def _reference_table() -> list[str]:
     section = README.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
-    documented = {m.group(1) for m in re.finditer(r"^\| `([a-z_.\[\]]+)` \|", section, re.MULTILINE)}
+    return re.findall(r"^\| `[a-z_.\[\]]+` \|.*$", section, re.MULTILINE)
+
+
+def test_readme_documents_exactly_the_config_keys() -> None:
+    documented = {re.match(r"\| `([^`]+)`", row).group(1) for row in _reference_table()}  # type: ignore[union-attr]
     assert documented == CONFIG_KEYS
+    assert len(CONFIG_KEYS) == 61
+
+
+def test_the_reference_table_is_the_records_own() -> None:
+    """The rows of the records' keys are what `python -m cookieguard.loader --reference` prints
+    from the field declarations (default and meaning), in that order; only the provider kinds'
+    rows are written by hand beside them."""
+    rows = [row for row in _reference_table() if not row.startswith("| `provider.")]
+    assert rows == reference()
+
+
+def test_the_reference_command_prints_the_rows() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cookieguard.loader", "--reference"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert proc.stdout.splitlines() == reference()
+    assert (
+        "| `refresh.before_expiry` | `5m` | refresh when the access token has less than this left |"
+        in proc.stdout
+    )
 
 
 def _nest(path: str, value: Any) -> dict[str, Any]:
