@@ -8,6 +8,7 @@ the plan expected next; the playbook replays the whole exchange when asserted.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -600,10 +601,13 @@ def test_the_plan_imports_nothing_that_does_io() -> None:
 
 
 def test_the_plan_carries_the_due_window_and_time_left() -> None:
-    """What `cookieguard explain` and the log print is the plan's own data, not a recomputation."""
+    """What `cookieguard explain` and the log print is the plan's own data, not a recomputation;
+    a fresh session's window only when asked (Policy.keep_due): the proxy never reads it."""
     fresh = access_token(NOW + 3000, NOW - 600)
+    book = playbook("named", fresh)
+    book.policy = dataclasses.replace(book.policy, keep_due=True)
     assert (
-        playbook("named", fresh)
+        book
         >> Verdict("access", valid(fresh))
         << like(Forward, reason=ForwardReason.FRESH, due=Due(DueReason.FRESH, left_s=3000, window_s=300))
     )
@@ -623,8 +627,26 @@ def test_expired_means_the_same_to_the_plan_and_the_session_endpoint() -> None:
     cookies = amplify_cookies(CID, USER, access_token=token, id_token=None, refresh_token=REFRESH_TOKEN)
     cookies[AmplifyLayout(CID).cookie_name(USER, "clockDrift")] = str(-3_600_000)
     layout = AmplifyLayout(CID)
-    book = Playbook(layout, "; ".join(f"{k}={v}" for k, v in cookies.items()), policy(layout))
+    keep_due = dataclasses.replace(policy(layout), keep_due=True)
+    book = Playbook(layout, "; ".join(f"{k}={v}" for k, v in cookies.items()), keep_due)
     behind = Due(DueReason.FRESH, left_s=3540, window_s=300)
     assert book >> Verdict("access", valid(token)) << like(Forward, reason="fresh", due=behind)
     report = book.report()
     assert (report.authenticated, report.reason, report.expires_at) == (True, "ok", NOW - 60)
+
+
+@pytest.mark.parametrize("keep_due", [False, True])
+@pytest.mark.parametrize("left_s", [-10, 100, 301, 3000])
+def test_the_fresh_shortcut_decides_as_due_does(keep_due: bool, left_s: float) -> None:
+    """Without keep_due a fresh session skips the Due record; the decision is the same."""
+    token = access_token(NOW + left_s, NOW - 3600)
+    book = playbook("named", token)
+    book.policy = dataclasses.replace(book.policy, keep_due=keep_due)
+    expected = (
+        like(Forward, reason="fresh")
+        if left_s > 300
+        else like(Refresh, due=Due(DueReason.EXPIRED if left_s <= 0 else DueReason.DUE, left_s, 300))
+    )
+    assert book >> Verdict("access", valid(token)) << expected
+    if left_s > 300:
+        assert (book.plans[-1].due is not None) == keep_due  # type: ignore[union-attr]

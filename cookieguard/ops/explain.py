@@ -11,6 +11,7 @@ digits of sha256 of the refresh token, as in the logs).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,7 +149,7 @@ def explain(
         )
     else:
         out.append("refresh token: absent")
-    policy = Policy.from_config(config, layout)
+    policy = dataclasses.replace(Policy.from_config(config, layout), keep_due=True)
     verdicts = _offline_verdicts(session, config, now_s)
     plan = plan_session(session, verdicts, now_s, policy)
     assert not isinstance(plan, Check), "every token's verdict is given"

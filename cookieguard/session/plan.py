@@ -48,6 +48,9 @@ class Policy:
     login_url: str
     attributes: CookieAttributes = field(repr=False)
     signature_verified: bool  # verify.signature: without it nothing is proven
+    # Carry the due window on a fresh session's Forward too (`cookieguard explain` prints it).
+    # The proxy does not read it there, and its hottest path then allocates nothing.
+    keep_due: bool = False
 
     @classmethod
     def from_config(cls, config: Config, layout: Layout) -> Policy:
@@ -154,20 +157,24 @@ def time_left(expires_at: float, now_s: float, clock_drift_ms: int) -> float:
     return expires_at - (now_s + clock_drift_ms / 1000)
 
 
+def refresh_window(before_expiry_s: float, expires_at: float, issued_at: float | None) -> float:
+    """`before_expiry`, capped at half the token's lifetime when its `iat` is known: with
+    `before_expiry: 5m` and an IdP issuing 5-minute tokens, every request would otherwise
+    refresh again."""
+    if issued_at is not None and expires_at > issued_at:
+        return min(before_expiry_s, (expires_at - issued_at) / 2)
+    return before_expiry_s
+
+
 def due(access: AccessState, now_s: float, before_expiry_s: float, clock_drift_ms: int) -> Due:
-    """When the refresh is due: `before_expiry` before `exp`, a window capped at half the token's
-    lifetime when its `iat` is known (with `before_expiry: 5m` and an IdP issuing 5-minute tokens,
-    every request would otherwise refresh again)."""
+    """When the refresh is due: within the refresh window before `exp`, on the server's clock;
+    expired when no time is left."""
     expires_at = access.expires_at
     if expires_at is None:
         return DUE_ABSENT if access is ABSENT else DUE_NO_EXP
-    left = expires_at - (now_s + clock_drift_ms / 1000)  # time_left, inline: every request runs it
-    window = before_expiry_s
-    capped = False
-    issued_at = access.issued_at
-    if issued_at is not None and expires_at > issued_at and (expires_at - issued_at) / 2 < window:
-        window = (expires_at - issued_at) / 2
-        capped = True
+    left = time_left(expires_at, now_s, clock_drift_ms)
+    window = refresh_window(before_expiry_s, expires_at, access.issued_at)
+    capped = window < before_expiry_s
     if left > window:
         return Due(DueReason.FRESH, left, window, capped)
     return Due(DueReason.EXPIRED if left <= 0 else DueReason.DUE, left, window, capped)
@@ -223,7 +230,7 @@ class Forward:
     # Remember this lifetime for the fresh access token: it is opaque, and only this token
     # response says when it expires.
     opaque_lifetime: Lifetime | None = None
-    due: Due | None = None  # `fresh`: how far the access token is from its refresh
+    due: Due | None = None  # `fresh`, with Policy.keep_due: how far the token is from its refresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +251,7 @@ NO_SESSION = Forward(ForwardReason.NO_SESSION)
 NO_REFRESH_TOKEN = Forward(ForwardReason.NO_REFRESH_TOKEN)
 INVALID_TOKEN = Forward(ForwardReason.INVALID_TOKEN)
 UNSEEN_OPAQUE_TOKEN = Forward(ForwardReason.OPAQUE_UNSEEN)
+FRESH = Forward(ForwardReason.FRESH)  # `due` left out (Policy.keep_due)
 
 
 def plan_session(
@@ -270,6 +278,12 @@ def plan_session(
         return INVALID_TOKEN  # a token that fails verification is no session: never refresh it
     if access is OPAQUE_UNSEEN:
         return UNSEEN_OPAQUE_TOKEN
+    expires_at = access.expires_at
+    if expires_at is not None and not policy.keep_due:
+        # due() below, without its record: most requests carry a fresh session.
+        window = refresh_window(policy.before_expiry_s, expires_at, access.issued_at)
+        if time_left(expires_at, now_s, session.clock_drift_ms) > window:
+            return FRESH
     when = due(access, now_s, policy.before_expiry_s, session.clock_drift_ms)
     if when.reason is DueReason.FRESH:
         return Forward(ForwardReason.FRESH, due=when)
