@@ -1,10 +1,10 @@
 """cookieguard's configuration: frozen records, one per section of the YAML file.
 
 The records are plain data with their defaults, and each field read from the YAML declares its
-key there, once (`schema.key`: the key's name, parser, default and the line of README
-"Configuration reference"). cookieguard.loader reads the YAML into the records from those
-declarations; the reference's table rows (`python -m cookieguard.loader --reference`) and the
-key list the tests check come from them too.
+key there, once (`schema.key`: the key's name, parser, default and the line of
+docs/configuration.md "Configuration reference"). cookieguard.loader reads the YAML into the
+records from those declarations; the reference's table rows (`python -m cookieguard.loader
+--reference`) and the key list the tests check come from them too.
 """
 
 from __future__ import annotations
@@ -232,7 +232,8 @@ class RefreshConfig:
     on_rejected: OnRejected = key(
         "on_rejected",
         member_of(OnRejected),
-        " or ".join(", ".join(f"`{v}`" for v in OnRejected).rsplit(", ", 1)) + " (see above)",
+        " or ".join(", ".join(f"`{v}`" for v in OnRejected).rsplit(", ", 1))
+        + " ([docs/behaviour.md §3](behaviour.md#3-refresh-outcomes))",
         default=OnRejected.CLEAR,
     )
     login_url: str = key("login_url", login_url, "same-site path for `on_rejected: login`", default="/login")
@@ -320,7 +321,7 @@ class TimeoutsConfig:
     drain_s: float = _duration(
         "drain", 10.0, "on SIGTERM, how long in-flight requests may finish", positive=True
     )
-    # Slow and idle clients (README "Abuse limits").
+    # Slow and idle clients (docs/behaviour.md §9).
     client_header_s: float = _duration(
         "client_header",
         10.0,
@@ -342,7 +343,7 @@ class TimeoutsConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Budgets for IdP calls and connections (README "Abuse limits").
+    """Budgets for IdP calls and connections (docs/security.md "Abuse limits").
 
     Unproven sessions (no token beside the refresh token that verifies against the IdP's keys)
     may cost at most `unproven_per_address` IdP calls per client address per minute (burst the
@@ -363,15 +364,15 @@ class LimitsConfig:
         "trusted_proxies",
         networks,
         "CIDR list of load balancers in front of cookieguard whose `X-Forwarded-*`/`Forwarded` are "
-        "believed ([The proxy](#the-proxy))",
+        "believed ([The proxy](proxy.md))",
         default=(),
         shown="none",
     )
     unproven_per_address: int = key(
         "unproven_per_address",
         positive_int,
-        'IdP calls per minute (burst the same) for unproven sessions from one client address (see "Abuse '
-        'limits")',
+        "IdP calls per minute (burst the same) for unproven sessions from one client address (see [Abuse "
+        "limits](security.md#abuse-limits))",
         default=5,
     )
     unproven_per_second: float = key(
@@ -463,7 +464,7 @@ class Config:
         "admin_listen",
         listen_address,
         "a second listener (e.g. `127.0.0.1:9090`) for `healthz`, `readyz` and `metrics`; when set, "
-        "`readyz` and `metrics` leave the main listener ([Endpoints](#endpoints))",
+        "`readyz` and `metrics` leave the main listener ([Endpoints](operations.md#endpoints))",
         default=None,
     )
     source: str = "<memory>"

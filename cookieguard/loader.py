@@ -1,8 +1,8 @@
 """Load and validate cookieguard's YAML configuration into the records of cookieguard.config.
 
 YAML is read once, `${VAR}` references are expanded, and each section is read into its record by
-`schema.read_record` from the keys the record declares on its fields (README "Configuration
-reference"); what is left here is what spans keys or needs a registry (the layout and provider
+`schema.read_record` from the keys the record declares on its fields (docs/configuration.md
+"Configuration reference"); what is left here is what spans keys or needs a registry (the layout and provider
 kinds). All problems are collected with their key path and reported together; nothing downstream
 re-checks config. Defaults come from the records' fields, never from a second literal here.
 
@@ -260,8 +260,8 @@ def config_keys() -> Iterator[str]:
 
 
 def reference() -> list[str]:
-    """The configuration reference's table rows of the records' keys (README "Configuration
-    reference"; the provider kinds document their own keys beside them)."""
+    """The table rows of the records' keys in docs/configuration.md "Configuration reference"
+    (the provider kinds document their own keys beside them)."""
     return list(reference_rows(Config))
 
 

@@ -2,9 +2,10 @@
 
 They are public: the `outcome` field of the `token_refresh` log line and the label of
 `cookieguard_refresh_total`, `refresh.on_rejected` in the YAML, the session endpoint's `reason`
-(README "Logs", "Metrics", "Configuration reference", "Session endpoint"). StrEnums, so a member
-is its string: log lines, metric labels and JSON stay byte for byte what they were, and
-tests/test_public_surface.py checks the README names exactly these members.
+(docs/operations.md "Logs", "Metrics" and "Session endpoint", docs/configuration.md
+"Configuration reference"). StrEnums, so a member is its string: log lines, metric labels and
+JSON stay byte for byte what they were, and tests/test_public_surface.py checks the docs name
+exactly these members.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Outcome(StrEnum):
     REUSED = "reused"  # it found a result from the grace window
     REJECTED = "rejected"  # the IdP said the session is over
     FAILED = "failed"  # the IdP could not answer: keep the session, back off
-    LIMITED = "limited"  # a budget held the IdP call back (README "Abuse limits")
+    LIMITED = "limited"  # a budget held the IdP call back (docs/security.md "Abuse limits")
 
 
 @unique
@@ -45,7 +46,7 @@ class ForwardReason(StrEnum):
 
 @unique
 class DueReason(StrEnum):
-    """Whether the access token is due for a refresh, and why (README "How it works")."""
+    """Whether the access token is due for a refresh, and why (docs/behaviour.md §2)."""
 
     ABSENT = "absent"  # no access token beside the refresh token
     NO_EXP = "no_exp"  # it has no `exp`

@@ -1,7 +1,9 @@
 """The public surface, pinned (docs/behaviour.md, first paragraph): CLI verbs, YAML keys, admin
 endpoints, log events and metric names are interface. Renaming one must be a decision, made
-here, with the README (and a deprecation for one release, as README "Metrics" did for
-`cookieguard_sessions_in_flight`); these tests fail when one changes by accident."""
+here, with the pages that document it (docs/configuration.md for keys, docs/operations.md for
+endpoints, log events and metrics; and a deprecation for one release, as docs/operations.md
+"Metrics" did for `cookieguard_sessions_in_flight`); these tests fail when one changes by
+accident."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import ast
 import re
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,13 +24,14 @@ from cookieguard.tokens.providers import KINDS
 from cookieguard.vocabulary import CheckReason, OnRejected, Outcome
 from tests.support.proxy_process import ROOT, run_cli
 
-README = (ROOT / "README.md").read_text()
+CONFIGURATION = (ROOT / "docs/configuration.md").read_text()
+OPERATIONS = (ROOT / "docs/operations.md").read_text()
 PACKAGE = ROOT / "cookieguard"
 
 CLI_VERBS = {"run", "check", "keygen", "healthcheck", "explain", "demo"}
 
 # Declared once, on the records' fields and by the provider kinds (cookieguard/config.py,
-# cookieguard.loader.config_keys); the README must document exactly these.
+# cookieguard.loader.config_keys); docs/configuration.md must document exactly these.
 CONFIG_KEYS = set(config_keys())
 
 ENDPOINTS = {"healthz", "readyz", "metrics", "session"}
@@ -65,14 +67,19 @@ def test_cli_verbs() -> None:
     assert listed == CLI_VERBS
 
 
-def _reference_table() -> list[str]:
-    section = README.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| `[a-z_.\[\]]+` \|.*$", section, re.MULTILINE)
+def _section(page: str, heading: str) -> str:
+    """The text under `## heading` (or `# heading`) up to the next heading of that level."""
+    level = re.search(rf"^(#+) {re.escape(heading)}$", page, re.MULTILINE)
+    assert level, heading
+    return page[level.end() :].split(f"\n{level.group(1)} ", 1)[0]
 
 
-def test_readme_documents_exactly_the_config_keys() -> None:
-    documented = {re.match(r"\| `([^`]+)`", row).group(1) for row in _reference_table()}  # type: ignore[union-attr]
-    assert documented == CONFIG_KEYS
+def _first_column(section: str) -> set[str]:
+    return {m.group(1) for m in re.finditer(r"^\| `([a-z_.\[\]]+)`", section, re.MULTILINE)}
+
+
+def test_the_configuration_reference_documents_exactly_the_config_keys() -> None:
+    assert _first_column(_section(CONFIGURATION, "Configuration reference")) == CONFIG_KEYS
     assert len(CONFIG_KEYS) == 61
 
 
@@ -80,8 +87,9 @@ def test_the_reference_table_is_the_records_own() -> None:
     """The rows of the records' keys are what `python -m cookieguard.loader --reference` prints
     from the field declarations (default and meaning), in that order; only the provider kinds'
     rows are written by hand beside them."""
-    rows = [row for row in _reference_table() if not row.startswith("| `provider.")]
-    assert rows == reference()
+    section = _section(CONFIGURATION, "Configuration reference")
+    rows = re.findall(r"^\| `[a-z_.\[\]]+` \|.*$", section, re.MULTILINE)
+    assert [row for row in rows if not row.startswith("| `provider.")] == reference()
 
 
 def test_the_reference_command_prints_the_rows() -> None:
@@ -98,6 +106,13 @@ def test_the_reference_command_prints_the_rows() -> None:
         "| `refresh.before_expiry` | `5m` | refresh when the access token has less than this left |"
         in proc.stdout
     )
+
+
+def test_operations_documents_exactly_the_endpoints_and_log_events() -> None:
+    assert _first_column(_section(OPERATIONS, "Endpoints")) == ENDPOINTS
+    logs = _section(OPERATIONS, "Logs")
+    rows = [line.split("|")[1] for line in logs.splitlines() if line.startswith("| `")]
+    assert {name for row in rows for name in re.findall(r"`([a-z_]+)`", row)} == LOG_EVENTS
 
 
 def _nest(path: str, value: Any) -> dict[str, Any]:
@@ -204,44 +219,33 @@ def test_metric_names_and_outcomes() -> None:
     assert names == METRICS
     outcomes = set(re.findall(r'cookieguard_refresh_total\{outcome="([a-z]+)"\}', text))
     assert outcomes == REFRESH_OUTCOMES
-    for name in METRICS:
-        assert f"`{name}" in README, name
+    documented = re.findall(r"^\| `(cookieguard_[a-z_]+)", _section(OPERATIONS, "Metrics"), re.MULTILINE)
+    assert set(documented) == METRICS
 
 
-def _bullet(name: str) -> str:
-    """The README bullet that starts with `name`, up to the next bullet or blank line."""
-    start = README.index(f"- `{name}`:")
-    return re.split(r"\n(?:- |\n)", README[start + 2 :], maxsplit=1)[0]
+def _bullet(page: str, name: str) -> str:
+    """The bullet of a page that starts with `name`, up to the next bullet or blank line."""
+    start = page.index(f"- `{name}`:")
+    return re.split(r"\n(?:- |\n)", page[start + 2 :], maxsplit=1)[0]
 
 
 def _defined_words(text: str, *, explained: bool = False) -> set[str]:
-    """The words a README list defines: each in backticks, then its explanation in parentheses
+    """The words a list defines: each in backticks, then its explanation in parentheses
     (`explained`), or then a comma, parentheses or the end."""
     after = r"\s+\(" if explained else r",|\s+\(|\.?$"
     return set(re.findall(rf"`([a-z_]+)`(?={after})", text))
 
 
-def test_the_readme_names_exactly_the_vocabulary() -> None:
+def test_the_docs_name_exactly_the_vocabulary() -> None:
     """The outcomes, the session endpoint's reasons and `on_rejected`'s values are declared once
-    (cookieguard/vocabulary.py); the README lists exactly those, and the refresh outcomes are
-    the pinned public set."""
+    (cookieguard/vocabulary.py); the docs list exactly those, and the refresh outcomes are the
+    pinned public set."""
     assert {o.value for o in Outcome} == REFRESH_OUTCOMES
-    assert _defined_words(_bullet("token_refresh.outcome"), explained=True) == REFRESH_OUTCOMES
+    logs = _section(OPERATIONS, "Logs")
+    assert _defined_words(_bullet(logs, "token_refresh.outcome"), explained=True) == REFRESH_OUTCOMES
     reasons = {r.value for r in CheckReason} - UNDOCUMENTED_CHECK_REASONS
-    assert _defined_words(_bullet("reason")) == reasons
-    row = re.search(r"^\| `refresh\.on_rejected` \|.*$", README, re.MULTILINE)
+    assert _defined_words(_bullet(_section(OPERATIONS, "Session endpoint"), "reason")) == reasons
+    row = re.search(r"^\| `refresh\.on_rejected` \|.*$", CONFIGURATION, re.MULTILINE)
     assert row is not None
     meaning = row.group(0).rsplit("|", 2)[1]
     assert set(re.findall(r"`([a-z_]+)`", meaning)) == {v.value for v in OnRejected}
-
-
-def test_the_contract_lives_in_the_repository() -> None:
-    """Code comments cite the README and docs/, never a document that is not in the repository."""
-    assert (ROOT / "docs/behaviour.md").is_file()
-    offenders = [
-        f"{path.relative_to(ROOT)}:{n}"
-        for path in [*PACKAGE.rglob("*.py"), *Path(ROOT / "tests").rglob("*.py")]
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if re.search(r"\bSPEC\b", line) and path.name != "test_public_surface.py"
-    ]
-    assert offenders == []

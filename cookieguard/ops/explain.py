@@ -258,7 +258,7 @@ def _due_text(when: Due) -> str:
 
 
 def _proof_line(session: Session, verdicts: Verdicts, policy: Policy, config: Config) -> str:
-    """Whether the proxy would count the session as proven (README "Abuse limits"): proven
+    """Whether the proxy would count the session as proven (docs/security.md "Abuse limits"): proven
     sessions are budgeted per subject, unproven ones per client address and in all. The plan's
     own rule, on the offline verdicts; a signature cannot be checked here, so the best answer
     for well-formed tokens is "unknown"."""

@@ -6,7 +6,7 @@ clock, and after a refresh its result) and carries the plan out: the proxy forwa
 the session endpoint reports, `cookieguard explain` prints, and a forward-auth endpoint could do
 the same without an aiohttp object. Nothing here does I/O, logs or reads a clock.
 
-A caller runs it in steps (README "How it works"):
+A caller runs it in steps (docs/behaviour.md §1):
 
 1. `plan_session(session, verdicts, now)`: `Check(kind)` while a verdict the plan needs is not
    gathered yet (a signature check is I/O: the caller does it and plans again), then `Forward`
@@ -16,7 +16,7 @@ A caller runs it in steps (README "How it works"):
    (`on_rejected: clear`), `Answer` 302/401 (`on_rejected: login`), or `Forward` unchanged (the
    IdP could not answer, a budget held the call back, `on_rejected: pass`).
 
-`session_check` turns a plan into the session endpoint's report (README "Session endpoint").
+`session_check` turns a plan into the session endpoint's report (docs/operations.md "Session endpoint").
 
 When a token is due is decided here once (`due`), on the server's clock (`time_left`), and the
 plans carry it as data (`Refresh.due`, `Forward.due`) for the logs and `cookieguard explain`. The
@@ -44,7 +44,7 @@ class Policy:
 
     layout: Layout
     before_expiry_s: float
-    on_rejected: OnRejected  # README "When the refresh does not succeed"
+    on_rejected: OnRejected  # docs/behaviour.md §3
     login_url: str
     attributes: CookieAttributes = field(repr=False)
     signature_verified: bool  # verify.signature: without it nothing is proven
@@ -74,7 +74,7 @@ class Verdicts(NamedTuple):
     yet (the plan asks for it with `Check` when it needs it); a token the session lacks has none.
 
     `opaque_lifetime`: for an opaque access token, the lifetime from the token response that
-    issued it, when cookieguard received that response itself (README "Any OIDC provider":
+    issued it, when cookieguard received that response itself (docs/providers/oidc.md "Any OIDC provider":
     `expires_in`); None when cookieguard never saw it issued.
     """
 
@@ -93,7 +93,7 @@ NO_VERDICTS = Verdicts()
 
 @dataclass(frozen=True, slots=True)
 class Proof:
-    """Whether a session is proven (README "Abuse limits"): one of its access or id tokens
+    """Whether a session is proven (docs/security.md "Abuse limits"): one of its access or id tokens
     verifies against the IdP's keys for this client (expired is fine). `subject` and `user` come
     from that token only; `reason` says why a session is not proven."""
 
@@ -131,7 +131,7 @@ OPAQUE_UNSEEN = AccessState("opaque_unseen")
 
 
 class Due(NamedTuple):
-    """Whether the access token is due for a refresh (README "How it works"), as the plan
+    """Whether the access token is due for a refresh (docs/behaviour.md §2), as the plan
     decided it. `left_s`: the time left before its `exp` on the server's clock (negative: it
     expired that long ago); `window_s`: the refresh window it is judged by, `refresh.before_expiry`
     or, when `capped`, half the token's lifetime. Both None when it has no `exp` or is absent."""
@@ -204,8 +204,8 @@ class Refresh:
     """Send this refresh token to the IdP, charged to the proof's subject (else the address)."""
 
     refresh_token: str = field(repr=False)
-    # Cognito's SECRET_HASH is computed over the username the cookies name (README "Amazon
-    # Cognito with Amplify v6").
+    # Cognito's SECRET_HASH is computed over the username the cookies name (docs/providers/cognito.md
+    # "Amazon Cognito with Amplify v6").
     username: str | None
     device_key: str | None = field(repr=False)
     proof: Proof
@@ -236,7 +236,7 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class Answer:
     """Answer without forwarding: 302 to `location` for a navigation, else 401
-    `{"error": "session_expired"}` (README "When the refresh does not succeed", `login`)."""
+    `{"error": "session_expired"}` (docs/behaviour.md §3, `login`)."""
 
     status: int
     location: str | None
@@ -402,7 +402,7 @@ def reported_user(claims: Claims) -> str | None:
 
 
 def user_of(proof: Proof, session: Session) -> str | None:
-    """The user to report (README "Logs"): from a verified token; the cookies' name only when
+    """The user to report (docs/operations.md "Logs"): from a verified token; the cookies' name only when
     nothing can be verified (`verify.signature: false`). A token of one user under another's
     name reports the token's user."""
     if proof.proven:
@@ -452,7 +452,7 @@ class SessionCheck:
 def session_check(
     session: Session | None, verdicts: Verdicts, plan: Forward | Answer, now_s: float, policy: Policy
 ) -> SessionCheck | Check:
-    """The session endpoint's report on a plan carried out (README "Session endpoint"), or the
+    """The session endpoint's report on a plan carried out (docs/operations.md "Session endpoint"), or the
     verdict it still needs (the user comes from whichever token verifies)."""
     set_cookies = [cookie.header() for cookie in plan.set_cookies]
     if session is None:
