@@ -18,9 +18,10 @@ A caller runs it in steps (docs/behaviour.md §1):
 
 `session_check` turns a plan into the session endpoint's report (docs/operations.md "Session endpoint").
 
-When a token is due is decided here once (`due`), on the server's clock (`time_left`), and the
-plans carry it as data (`Refresh.due`, `Forward.due`) for the logs and `cookieguard explain`. The
-module imports nothing that does I/O (tests/test_plan.py imports it with those modules blocked).
+When a token is due is decided here once (`due`), on the server's clock (`time_left`): the due
+window, the time left and the reason travel on `Refresh.due`, and on a fresh `Forward.due` when
+the caller asks (`Policy.keep_due`: `cookieguard explain` prints them). The module imports
+nothing that does I/O (tests/test_plan.py imports it with those modules blocked).
 """
 
 from __future__ import annotations
