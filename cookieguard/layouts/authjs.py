@@ -1,4 +1,4 @@
-"""Auth.js session cookies (`next-auth` 4, `next-auth` 5 / `@auth/core`): the JWE, its chunks, its token fields.
+"""Auth.js session cookies (`next-auth` 4, `next-auth` 5 / `@auth/core`): JWE, chunks, token fields.
 
 Auth.js keeps the whole session in one encrypted cookie: a compact JWE, `alg: dir`, with
 `A256CBC-HS512` (v5) or `A256GCM` (v4, and v5 before 2024), under a key derived from the app's
@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwe
 from joserfc.errors import JoseError
-from joserfc.jwk import OctKey, thumbprint
 from joserfc.jwe import JWERegistry
+from joserfc.jwk import OctKey, thumbprint
 
 Version = Literal[4, 5]
 ENC_CBC = "A256CBC-HS512"  # what v5 writes
@@ -205,8 +205,9 @@ def session_names(version: Version, cookie_name: str | None = None) -> tuple[str
 def find_session_cookies(
     version: Version, cookies: Iterable[tuple[str, str]], name: str
 ) -> SessionCookies | None:
-    """The pieces of the session named `name` in these cookie pairs (first occurrence of a name
-    wins, as the `cookie` parser does), joined as the library joins them; None when there are none.
+    """The pieces of the session named `name` in these cookie pairs, joined as the library joins
+    them; None when there are none. Of two cookies with one name, v5 keeps the first (its `cookie`
+    parser), next-auth 4 the last (Next.js's request cookies, a Map).
 
     The library keeps every cookie whose name *starts with* `name` (v5 skips empty values) and
     sorts them by `parseInt` of what follows the last dot; a name with no number there (the plain
@@ -215,11 +216,13 @@ def find_session_cookies(
     """
     store: dict[str, str] = {}
     for cookie_name, value in cookies:
-        if not cookie_name.startswith(name) or cookie_name in store:
+        if not cookie_name.startswith(name):
             continue
-        if version == 5 and not value:
-            continue
-        store[cookie_name] = value
+        if version == 5:
+            if value and cookie_name not in store:
+                store[cookie_name] = value
+        else:
+            store[cookie_name] = value  # a Map: the last value, at the first one's place
     if not store:
         return None
     suffix = _suffix_v5 if version == 5 else _suffix_v4
@@ -345,7 +348,7 @@ class Tokens:
 def read_tokens(claims: Mapping[str, Any], fields: TokenFields) -> Tokens:
     expires_at = claims.get(fields.expires_at)
     expires_at_s: float | None = None
-    if _is_number(expires_at) and math.isfinite(expires_at):
+    if isinstance(expires_at, int | float) and not isinstance(expires_at, bool) and math.isfinite(expires_at):
         expires_at_s = expires_at / 1000 if fields.expires_at_unit == "ms" else float(expires_at)
     error = claims.get(fields.error)
     return Tokens(

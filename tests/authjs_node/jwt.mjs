@@ -12,6 +12,8 @@
 //       -> {"payload": {...} | null}
 //   {"op": "chunk", "version": 5|4, "name": "<cookie name>", "value": "...", "cookie": "<Cookie header>"}
 //       -> {"cookies": [{"name", "value", "max_age"}]}   (max_age 0: a deletion)
+//   {"op": "join", "version": 5|4, "name": "<cookie name>", "cookie": "<Cookie header>"}
+//       -> {"value": "<the session value SessionStore reads>"}
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -44,14 +46,24 @@ function firstByName(pairs) {
   return cookies;
 }
 
+function sessionStore(request) {
+  const pairs = parseCookieHeader(request.cookie ?? '');
+  const option = { name: request.name, options: { httpOnly: true, sameSite: 'lax', path: '/', secure: request.name.startsWith('__Secure-') } };
+  return request.version === 4
+    ? new SessionStoreV4(option, { cookies: new Map(pairs), headers: {} }, quiet)
+    : new SessionStoreV5(option, firstByName(pairs), quiet);
+}
+
 async function run(request) {
   const lib = request.version === 4 ? v4 : v5;
+  // v5 salts the key with the cookie name; next-auth 4 encodes and decodes its session without one.
+  const salt = request.version === 4 ? undefined : request.salt;
   switch (request.op) {
     case 'encode':
-      return { jwt: await lib.encode({ token: request.token, secret: request.secret, salt: request.salt, maxAge: request.max_age }) };
+      return { jwt: await lib.encode({ token: request.token, secret: request.secret, salt, maxAge: request.max_age }) };
     case 'decode':
       try {
-        return { payload: await lib.decode({ token: request.jwt, secret: request.secret, salt: request.salt }) };
+        return { payload: await lib.decode({ token: request.jwt, secret: request.secret, salt }) };
       } catch (error) {
         return { error: error?.code ?? error?.name ?? String(error) };
       }
@@ -66,12 +78,10 @@ async function run(request) {
       const payload = await v5.getToken({ req: { headers }, secret: request.secret, secureCookie: request.secure, logger: quiet });
       return { payload };
     }
+    case 'join':
+      return { value: sessionStore(request).value };
     case 'chunk': {
-      const pairs = parseCookieHeader(request.cookie ?? '');
-      const option = { name: request.name, options: { httpOnly: true, sameSite: 'lax', path: '/', secure: request.name.startsWith('__Secure-') } };
-      const store = request.version === 4
-        ? new SessionStoreV4(option, { cookies: new Map(pairs), headers: {} }, quiet)
-        : new SessionStoreV5(option, firstByName(pairs), quiet);
+      const store = sessionStore(request);
       const cookies = store.chunk(request.value, {}).map((c) => ({ name: c.name, value: c.value, max_age: c.options.maxAge ?? null }));
       return { cookies };
     }
