@@ -72,11 +72,12 @@ bench: $(STAMP)
 		apt-get update && apt-get install -y nginx wrk; fi
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-# A real browser against the two Next.js examples, Amplify (examples/nextjs-amplify/README.md) and
-# Supabase (examples/nextjs-supabase/README.md), each directly and through cookieguard; about 7
+# A real browser against the Next.js examples, Amplify (examples/nextjs-amplify/README.md) and
+# Supabase (examples/nextjs-supabase/README.md), each directly and through cookieguard, and
+# Auth.js (examples/nextjs-authjs/README.md, directly so far); about 8
 # minutes, not part of `make test`. Installs Debian's chromium when missing, each example's npm
 # packages from its lockfile, and builds each.
-E2E_APPS := examples/nextjs-amplify examples/nextjs-supabase
+E2E_APPS := examples/nextjs-amplify examples/nextjs-supabase examples/nextjs-authjs
 e2e_sources = $(wildcard $(1)/*.ts $(1)/*.json $(1)/app/*.tsx $(1)/app/*/*.ts $(1)/app/*/*.tsx $(1)/utils/*/*.ts)
 .PHONY: e2e
 e2e: $(STAMP) $(E2E_APPS:%=%/.next/BUILD_ID) examples/nextjs-amplify/public/session-health.js
