@@ -59,7 +59,8 @@ export const authOptions: NextAuthOptions = {
       idToken: true,
       checks: ['pkce', 'state'],
       profile(profile) {
-        return { id: profile.sub, email: profile.email };
+        // The id token carries `sub` only (oidc-provider keeps scope claims for userinfo).
+        return { id: profile.sub, name: profile.sub, email: profile.email ?? null };
       },
     },
   ],

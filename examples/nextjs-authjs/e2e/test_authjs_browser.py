@@ -72,7 +72,7 @@ class Transcript:
             target = f" -> {hop['location'].split('?')[0]}" if hop["location"] else ""
             cookies = " ".join(hop["set_cookies"]) or "none"
             self.lines.append(
-                f"    {hop['method']} {hop['path'][:40]:<40} {hop['status']}{target:<24} set-cookie: {cookies}"
+                f"    {hop['method']} {hop['path'][:40]:<40} {hop['status']}{target:<24} cookies: {cookies}"
             )
         stats = self.idp.stats()
         first = page["text"].splitlines()[0] if page["text"] else "empty page"
@@ -92,7 +92,7 @@ class Transcript:
 
 
 def signed_in(page: dict[str, Any]) -> bool:
-    return "Signed in as alice@example.test" in page["text"]
+    return "Signed in as alice" in page["text"]
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_directly_the_guide_s_app_loses_the_session_within_a_few_expiries(
 ) -> None:
     transcript = Transcript("authjs-direct", idp)
     transcript.note(
-        f"1) direct: Chromium -> Next.js + next-auth 4 ({next_app}); access tokens live {ACCESS_TOKEN_TTL_S} s"
+        f"1) direct: Chromium -> Next.js, next-auth 4 ({next_app}); tokens live {ACCESS_TOKEN_TTL_S} s"
     )
     idp.reset()
     lost_at = None

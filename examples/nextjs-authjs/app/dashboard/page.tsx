@@ -26,7 +26,7 @@ export default async function Dashboard({ searchParams }: { searchParams: Promis
   }
   return (
     <main>
-      <p>Signed in as {session.user?.email}</p>
+      <p>Signed in as {session.user?.name}</p>
       <p>{via === 'rewrite' ? 'Reached through the rewrite' : 'Reached directly'}</p>
       <p>
         <a id="go" href="/go">
