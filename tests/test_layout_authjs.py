@@ -309,6 +309,32 @@ async def test_fresh_tokens_written_back_keep_every_claim(
 
 
 @needs_node
+@pytest.mark.parametrize("version", [5, 4])
+async def test_odd_claims_survive_the_round_trip(version: int) -> None:
+    # What an app's own fields may hold: a lone surrogate (JSON.stringify writes it as an escape),
+    # U+2028, an emoji, big and fractional numbers, nesting, an empty key.
+    name = V5 if version == 5 else V4
+    token = guide_token(
+        odd={
+            "lone": "\ud800x",
+            "sep": "a\u2028b",
+            "emoji": "😀",
+            "": 0,
+            "n": [1.5, -0.0, 2**53, 1e300, None, True],
+        }
+    )
+    keys = Keys(version, [SECRET])  # type: ignore[arg-type]
+    session = read_session(keys, [(name, await _library_session(version, name, token))], time.time())
+    assert session is not None
+    assert session.claims["odd"] == token["odd"]
+    writes = write_session(keys, session, session.claims)
+    [decoded] = await authjs(
+        [{"op": "decode", "version": version, "secret": SECRET, "salt": name, "jwt": writes.set[0][1]}]
+    )
+    assert decoded["payload"] == session.claims
+
+
+@needs_node
 @pytest.mark.parametrize(("version", "enc"), [(5, ENC_CBC), (5, ENC_GCM), (4, ENC_GCM)])
 async def test_the_library_decodes_each_enc_cookieguard_writes(version: int, enc: str) -> None:
     name = V5 if version == 5 else V4

@@ -177,8 +177,17 @@ def encrypt(keys: Keys, claims: Mapping[str, Any], cookie_name: str, enc: str) -
     header: dict[str, str] = {"alg": "dir", "enc": enc}
     if keys.version == 5:
         header["kid"] = kid
-    payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-    return jwe.encrypt_compact(header, payload, OctKey.import_key(key), registry=_REGISTRY)
+    return jwe.encrypt_compact(header, _json_bytes(claims), OctKey.import_key(key), registry=_REGISTRY)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_bytes(claims: Mapping[str, Any]) -> bytes:
+    """`JSON.stringify` as UTF-8: compact, non-ASCII kept, a lone surrogate (which a claim may hold,
+    read from a `\\ud800` escape) written back as that escape."""
+    text = json.dumps(claims, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
 
 
 # -- cookies -------------------------------------------------------------------------------------
