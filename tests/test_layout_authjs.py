@@ -277,6 +277,7 @@ async def test_fresh_tokens_written_back_keep_every_claim(
     writes = write_session(keys, session, fresh)
     assert writes.delete == [] and [n for n, _ in writes.set] == [name]
     assert writes.secure == name.startswith("__Secure-")
+    assert writes.expires_at_s == session.claims["exp"]  # the cookie lives as long as the session
 
     header = cookie_header(writes.cookie_pairs([("theme", "dark"), (name, "old")]))
     decoded, got = await authjs(

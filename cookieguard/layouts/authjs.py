@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -256,6 +256,9 @@ class CookieWrites:
     set: list[tuple[str, str]] = field(repr=False)
     delete: list[str]
     secure: bool  # Auth.js sets Secure exactly on `__Secure-` names
+    # The JWT's `exp` (seconds): the cookies' Expires, as the session cookie's lifetime is the
+    # session's. None when the claims have none (a session cookie, then).
+    expires_at_s: int | None = None
 
     def cookie_pairs(self, cookies: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """An outgoing Cookie header's pairs: the session's cookies replaced by the new ones (at the
@@ -275,7 +278,9 @@ class CookieWrites:
         return out
 
 
-def cookie_writes(version: Version, old: SessionCookies, token: str) -> CookieWrites:
+def cookie_writes(
+    version: Version, old: SessionCookies, token: str, expires_at_s: int | None = None
+) -> CookieWrites:
     """As `SessionStore.chunk`: every cookie the request carried is deleted unless a new piece
     takes its name, so chunks replace a plain cookie, a plain cookie replaces chunks, and stale
     chunks go."""
@@ -285,6 +290,7 @@ def cookie_writes(version: Version, old: SessionCookies, token: str) -> CookieWr
         set=pieces,
         delete=[n for n in old.cookie_names if n not in written],
         secure=old.name.startswith(SECURE_PREFIX),
+        expires_at_s=expires_at_s,
     )
 
 
@@ -322,7 +328,9 @@ def write_session(keys: Keys, session: AuthjsSession, claims: Mapping[str, Any])
     """The cookies that carry `claims` in place of `session`: same cookie name, same `enc` it was
     read with, the first secret's key."""
     token = encrypt(keys, claims, session.cookies.name, session.jwt.enc)
-    return cookie_writes(keys.version, session.cookies, token)
+    exp = claims.get("exp")
+    expires_at_s = math.floor(exp) if _finite_number(exp) else None
+    return cookie_writes(keys.version, session.cookies, token, expires_at_s)
 
 
 # -- the token fields the app's jwt callback keeps ------------------------------------------------
@@ -357,7 +365,7 @@ class Tokens:
 def read_tokens(claims: Mapping[str, Any], fields: TokenFields) -> Tokens:
     expires_at = claims.get(fields.expires_at)
     expires_at_s: float | None = None
-    if isinstance(expires_at, int | float) and not isinstance(expires_at, bool) and math.isfinite(expires_at):
+    if _finite_number(expires_at):
         expires_at_s = expires_at / 1000 if fields.expires_at_unit == "ms" else float(expires_at)
     error = claims.get(fields.error)
     return Tokens(
@@ -411,6 +419,10 @@ def flagged(claims: Mapping[str, Any], fields: TokenFields) -> dict[str, Any]:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _text(value: object) -> str | None:
