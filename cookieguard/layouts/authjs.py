@@ -88,24 +88,25 @@ class Keys:
             raise ValueError("at least one secret is needed")
         self.version: Version = version
         self.secrets = tuple(secrets)
-        # (cookie name, enc) -> [(kid, key)] in the order of `secrets`; at most 2 names x 2 encs.
-        self._derived: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+        # (cookie name, enc) -> [(kid, key)] in the order of `secrets`; at most 2 names x 2 encs
+        # through read_session. Imported once: a JWK import costs about as much as a decryption.
+        self._derived: dict[tuple[str, str], list[tuple[str, OctKey]]] = {}
 
-    def _keys(self, cookie_name: str, enc: str) -> list[tuple[str, bytes]]:
+    def _keys(self, cookie_name: str, enc: str) -> list[tuple[str, OctKey]]:
         found = self._derived.get((cookie_name, enc))
         if found is None:
             found = []
             for secret in self.secrets:
                 key = derive_key(self.version, secret, cookie_name, enc)
-                found.append((key_id(key), key))
+                found.append((key_id(key), OctKey.import_key(key)))
             self._derived[(cookie_name, enc)] = found
         return found
 
-    def encrypting(self, cookie_name: str, enc: str) -> tuple[str, bytes]:
+    def encrypting(self, cookie_name: str, enc: str) -> tuple[str, OctKey]:
         """(kid, key) of the first secret."""
         return self._keys(cookie_name, enc)[0]
 
-    def decrypting(self, cookie_name: str, enc: str, kid: str | None) -> bytes | None:
+    def decrypting(self, cookie_name: str, enc: str, kid: str | None) -> OctKey | None:
         keys = self._keys(cookie_name, enc)
         if kid is None:
             # v5's decode returns the first secret's key for a header without kid; v4 has one
@@ -148,7 +149,7 @@ def _decrypt(keys: Keys, token: str, cookie_name: str, now_s: float) -> Jwt | No
     key = keys.decrypting(cookie_name, enc, kid)
     if key is None:
         return None
-    plaintext = jwe.decrypt_compact(token, OctKey.import_key(key), registry=_REGISTRY).plaintext
+    plaintext = jwe.decrypt_compact(token, key, registry=_REGISTRY).plaintext
     if plaintext is None:
         return None
     claims = _json_object(plaintext)
@@ -177,7 +178,7 @@ def encrypt(keys: Keys, claims: Mapping[str, Any], cookie_name: str, enc: str) -
     header: dict[str, str] = {"alg": "dir", "enc": enc}
     if keys.version == 5:
         header["kid"] = kid
-    return jwe.encrypt_compact(header, _json_bytes(claims), OctKey.import_key(key), registry=_REGISTRY)
+    return jwe.encrypt_compact(header, _json_bytes(claims), key, registry=_REGISTRY)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
