@@ -18,8 +18,6 @@ when the tokens in it expire. Writes what the browser saw, hop by hop, under tes
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from typing import Any
 import pytest
 
 from cookieguard.layouts.authjs import Keys, TokenFields, read_session, read_tokens
-from tests.support.e2e import BrowserDriver, free_port, stop, wait_until_serving
+from tests.support.e2e import BrowserDriver, free_port, next_start
 from tests.support.oidc_idp import OidcIdp, start_oidc_idp
 
 pytestmark = pytest.mark.e2e
@@ -117,34 +115,15 @@ def idp(app_port: int) -> Iterator[OidcIdp]:
 @contextlib.contextmanager
 def _next_server(idp: OidcIdp, port: int, log_name: str) -> Iterator[str]:
     """`next start -H localhost` of the built app; yields its URL (http://localhost:<port>)."""
-    if not (APP / ".next" / "BUILD_ID").exists() or not (APP / "node_modules").is_dir():
-        pytest.fail("the example is not built: run `make e2e` (npm ci, next build, then this test)")
-    url = f"http://localhost:{port}"
     env = {
-        **os.environ,
-        "NEXTAUTH_URL": url,
+        "NEXTAUTH_URL": f"http://localhost:{port}",
         "NEXTAUTH_SECRET": SECRET,
         "OIDC_ISSUER": idp.issuer,
         "OIDC_CLIENT_ID": CLIENT_ID,
         "OIDC_CLIENT_SECRET": CLIENT_SECRET,
-        "NEXT_TELEMETRY_DISABLED": "1",
     }
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    with (OUTPUT / log_name).open("wb") as log:
-        # -H localhost, not 127.0.0.1: with an IP Next proxies its own rewrites back into itself
-        # and runs the middleware twice (vercel/next.js#84341).
-        process = subprocess.Popen(
-            [str(APP / "node_modules" / ".bin" / "next"), "start", "-H", "localhost", "-p", str(port)],
-            cwd=APP,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until_serving(url + "/", process, timeout_s=60)
-            yield url
-        finally:
-            stop(process)
+    with next_start(APP, env, OUTPUT / log_name, port=port) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
