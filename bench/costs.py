@@ -24,11 +24,11 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cookieguard.claims import ClaimsReader, decode_claims
 from cookieguard.config import VerifyConfig
-from cookieguard.demo.emulator import CognitoEmulator
-from cookieguard.providers.cognito import CognitoConfig
-from cookieguard.verifier import TokenVerifier
+from cookieguard.ops.demo.emulator import CognitoEmulator
+from cookieguard.tokens.claims import ClaimsReader, decode_claims
+from cookieguard.tokens.providers.cognito import CognitoConfig
+from cookieguard.tokens.verifier import TokenVerifier
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support.oidc_idp runs the test IdP

@@ -6,7 +6,7 @@ the IdP fails 10 % of refresh calls. Nobody may be lost and nobody may be signed
 
 Everything runs on 127.0.0.1 and ephemeral ports, and is stopped by PID at the end:
 
-- the IdP: moto's Cognito server (cookieguard.demo.emulator) in a subprocess of its own (this file
+- the IdP: moto's Cognito server (cookieguard.ops.demo.emulator) in a subprocess of its own (this file
   with `--serve-idp`; in the load generator's process the GIL starves it), a pool whose client
   rotates refresh tokens (retry grace 60 s), one user per connection. Sign-in tokens are minted
   with lifetimes chosen so that the sessions fall due (at half their lifetime, the before_expiry
@@ -55,8 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cookieguard.cookies import encode_uri_component  # noqa: E402
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo  # noqa: E402
-from cookieguard.layouts import AmplifyLayout  # noqa: E402
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo  # noqa: E402
+from cookieguard.session.layouts import AmplifyLayout  # noqa: E402
 
 PASSWORD = "Correct-Horse-9"
 LOGIN_URL = "/login"

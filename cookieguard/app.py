@@ -13,21 +13,21 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from .admin import ADMIN_KEY, Admin, ReadinessCheck, add_routes
-from .claims import ClaimsReader
-from .config import Config
-from .layouts import make_layout
-from .limits import Budgets
-from .listener import SERVER, ClientLimits, listen
-from .logs import get_logger
-from .metrics import Metrics
-from .providers import make_provider
-from .providers.base import idp_timeout
-from .proxy import Auth, Proxy
-from .refresh import Refresher
-from .store import make_store
-from .upstream import UpstreamClient
-from .verifier import TokenVerifier
+from cookieguard.config import Config
+from cookieguard.edge.admin import ADMIN_KEY, Admin, ReadinessCheck, add_routes
+from cookieguard.edge.listener import SERVER, ClientLimits, listen
+from cookieguard.edge.proxy import Auth, Proxy
+from cookieguard.edge.upstream import UpstreamClient
+from cookieguard.logs import get_logger
+from cookieguard.metrics import Metrics
+from cookieguard.session.layouts import make_layout
+from cookieguard.session.limits import Budgets
+from cookieguard.session.refresh import Refresher
+from cookieguard.store import make_store
+from cookieguard.tokens.claims import ClaimsReader
+from cookieguard.tokens.providers import make_provider
+from cookieguard.tokens.providers.base import idp_timeout
+from cookieguard.tokens.verifier import TokenVerifier
 
 # Browsers send cookies up to 4096 bytes each and many of them; aiohttp's 8 KB header field
 # limit would turn a large but legitimate Cookie header into a 400.
@@ -36,7 +36,7 @@ MAX_LINE_SIZE = 16 * 1024
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
 
-# With `admin_listen` set, these are served only there (README "Endpoints"): readyz and metrics
+# With `admin_listen` set, these are served only there (docs/operations.md "Endpoints"): readyz and metrics
 # describe the deployment (store state, traffic, refresh outcomes) and have no business on a
 # public listener. healthz says nothing but "ok" and stays on both, for a load balancer that
 # checks the public port; the session endpoint stays on the main listener, browsers call it.
@@ -59,12 +59,13 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
     """Build the services for one app, and close them (in reverse order) when it stops.
 
     Nothing here talks to the IdP or to Redis: an IdP or Redis outage at start-up must not stop
-    the proxy (README, "Start-up"). The JWKS URL is resolved when the first token is checked,
-    and the Redis store falls back to local coordination until Redis answers.
+    the proxy (docs/providers/oidc.md "Any OIDC provider", its start-up item). The JWKS URL is
+    resolved when the first token is checked, and the Redis store falls back to local coordination
+    until Redis answers.
     """
     async with contextlib.AsyncExitStack() as stack:
         metrics = Metrics()
-        # One pooled client for the app's lifetime (cookieguard.upstream): no cookie jar, no
+        # One pooled client for the app's lifetime (cookieguard.edge.upstream): no cookie jar, no
         # decompression, no headers of its own; the upstream's bytes pass through as they are.
         upstream = UpstreamClient(
             connect_timeout_s=config.timeouts.upstream_connect_s,
@@ -114,7 +115,7 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
                 config.store,
                 idp_timeout_s=config.provider.timeout_s,
                 on_idp_call=metrics.idp_call,
-                budgets=Budgets(config.limits, store, clock),
+                budgets=Budgets(config.limits, store, clock, on_waiting=metrics.refresh_queue_waiting.set),
                 # Nothing can be proven without signature checks: then every verdict counts.
                 unproven_feed_guard=not config.verify.signature,
             )
@@ -170,7 +171,7 @@ def build_admin_app(admin: Admin, config: Config) -> web.Application:
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     # Replaces aiohttp's "Python/3.x aiohttp/3.x" and, on proxied answers, the upstream's own
-    # (README "The proxy").
+    # (docs/proxy.md "The proxy").
     response.headers["Server"] = SERVER
 
 

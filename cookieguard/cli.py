@@ -7,9 +7,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .config import Config
-from .loader import DEFAULT_CONFIG_PATH, ConfigError, config_path_from, load_config
+from cookieguard import __version__
+from cookieguard.config import Config
+from cookieguard.loader import DEFAULT_CONFIG_PATH, ConfigError, config_path_from, load_config
 
 EXIT_CONFIG = 2
 
@@ -127,8 +127,8 @@ def _explain(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from .explain import cookie_header_from, explain
-    from .loader import parse_config
+    from cookieguard.loader import parse_config
+    from cookieguard.ops.explain import cookie_header_from, explain
 
     path = config_path_from(args.config)
     if args.config is None and not os.path.exists(path):
@@ -155,7 +155,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _healthcheck(args: argparse.Namespace) -> int:
-    from .healthcheck import run_healthcheck
+    from cookieguard.ops.healthcheck import run_healthcheck
 
     config = _load(args.config)
     if config is None:
@@ -164,7 +164,7 @@ def _healthcheck(args: argparse.Namespace) -> int:
 
 
 def _probe_timeout(text: str) -> float:
-    from .healthcheck import parse_timeout
+    from cookieguard.ops.healthcheck import parse_timeout
 
     try:
         return parse_timeout(text)
@@ -179,7 +179,7 @@ def _positive_int(text: str) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoSettings, run_demo, serve_demo
+    from cookieguard.ops.demo import DemoSettings, run_demo, serve_demo
 
     if args.serve:
         settings = DemoSettings(
@@ -207,7 +207,7 @@ def _load(path_arg: str | None) -> Config | None:
 
 
 def _check(path_arg: str | None) -> int:
-    from .routing import describe_routes
+    from cookieguard.edge.routing import describe_routes
 
     config = _load(path_arg)
     if config is None:
@@ -252,10 +252,10 @@ def config_warnings(config: Config) -> list[str]:
 
 def _run(path_arg: str | None) -> int:
     # Imported here, not at the top: `cookieguard healthcheck` runs every few seconds in the
-    # container and needs neither an event loop nor structlog (README, "Docker").
+    # container and needs neither an event loop nor structlog (docs/operations.md, "Docker").
     import asyncio
 
-    from .logs import configure_logging, get_logger
+    from cookieguard.logs import configure_logging, get_logger
 
     config = _load(path_arg)
     if config is None:
@@ -272,7 +272,7 @@ def _run(path_arg: str | None) -> int:
     )
     for warning in config_warnings(config):
         log.warning("config_warning", message=warning)
-    from .app import serve
+    from cookieguard.app import serve
 
     try:
         import uvloop

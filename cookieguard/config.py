@@ -1,7 +1,7 @@
 """cookieguard's configuration: frozen records, one per section of the YAML file.
 
 The records are plain data with their defaults; cookieguard.loader turns the YAML into them
-(README "Configuration reference"). Every default is defined here, once: the loader reads it
+(docs/configuration.md "Configuration reference"). Every default is defined here, once: the loader reads it
 from the fields.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .providers import ProviderConfig
+    from cookieguard.tokens.providers import ProviderConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -87,7 +87,7 @@ class TimeoutsConfig:
     upstream_connect_s: float = 5.0
     upstream_read_s: float = 60.0
     drain_s: float = 10.0
-    # Slow and idle clients (README "Abuse limits"): the request line and headers must arrive
+    # Slow and idle clients (docs/behaviour.md §9): the request line and headers must arrive
     # within client_header; a request body may stall at most client_body_idle between bytes;
     # an idle keep-alive connection is closed after keepalive.
     client_header_s: float = 10.0
@@ -97,19 +97,23 @@ class TimeoutsConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Budgets for IdP calls and connections (README "Abuse limits").
+    """Budgets for IdP calls and connections (docs/security.md "Abuse limits").
 
     Unproven sessions (no token beside the refresh token that verifies against the IdP's keys)
     may cost at most `unproven_per_address` IdP calls per client address per minute (burst the
     same) and `unproven_per_second` in all; a proven subject (`sub`) at most
     `refresh_tokens_per_subject` distinct refresh tokens per 10 minutes; every IdP call together
-    at most `idp_calls_per_second`, proven sessions first.
+    at most `idp_calls_per_second`, proven sessions first. A proven session whose access token
+    has expired (or is about to) waits for the ceiling instead of being forwarded unrefreshed: at
+    most `refresh_queue` of them per replica, each at most `refresh_wait_s`.
     """
 
     unproven_per_address: int = 5
     unproven_per_second: float = 1.0
     refresh_tokens_per_subject: int = 5
     idp_calls_per_second: float = 50.0
+    refresh_queue: int = 1000
+    refresh_wait_s: float = 10.0
     # Peers whose X-Forwarded-For is believed (a load balancer in front of cookieguard).
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_connections: int = 10_000

@@ -18,7 +18,7 @@ at the first `=`) is both simpler and what the upstream app's own parser expects
 `=` is a cookie with an empty name (RFC 6265bis 5.7 step 4; `document.cookie = "x"` creates one),
 kept so that it is forwarded, and written back as just its value, as browsers do.
 
-Which cookies hold a session, and how, is a cookie layout's business: see `cookieguard.layouts`.
+Which cookies hold a session, and how, is a cookie layout's business: see `cookieguard.session.layouts`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Load and validate cookieguard's YAML configuration into the records of cookieguard.config.
 
-The whole schema (README "Configuration reference") is read here: YAML is read once, `${VAR}`
+The whole schema (docs/configuration.md "Configuration reference") is read here: YAML is read once, `${VAR}`
 references are expanded, and every value is checked and turned into frozen dataclasses. All
 problems are collected with their key path and reported together; nothing downstream re-checks
 config. Defaults come from the records' fields, never from a second literal here.
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .config import (
+from cookieguard.config import (
     DEFAULT_ADMIN_PREFIX,
     DEFAULT_LISTEN,
     Config,
@@ -35,17 +35,17 @@ from .config import (
     TimeoutsConfig,
     VerifyConfig,
 )
-from .layouts import LAYOUTS
-from .providers import KINDS, ProviderConfig, load_provider
-from .schema import Section as _Section
-from .schema import boolean as _bool
-from .schema import http_url as _url
-from .schema import nonempty_string as _nonempty_str
-from .schema import one_of as _one_of
-from .schema import parse_duration
-from .schema import positive_duration as _positive_duration
-from .schema import positive_int as _positive_int
-from .schema import string as _str
+from cookieguard.schema import Section as _Section
+from cookieguard.schema import boolean as _bool
+from cookieguard.schema import http_url as _url
+from cookieguard.schema import nonempty_string as _nonempty_str
+from cookieguard.schema import one_of as _one_of
+from cookieguard.schema import parse_duration
+from cookieguard.schema import positive_duration as _positive_duration
+from cookieguard.schema import positive_int as _positive_int
+from cookieguard.schema import string as _str
+from cookieguard.session.layouts import LAYOUTS
+from cookieguard.tokens.providers import KINDS, ProviderConfig, load_provider
 
 DEFAULT_CONFIG_PATH = "config/cookieguard.yaml"
 CONFIG_ENV_VAR = "COOKIEGUARD_CONFIG"
@@ -232,7 +232,7 @@ def _build_cookies(root: _Section, provider: ProviderConfig | None) -> CookiesCo
     if storage_key is not None and not LAYOUTS[layout].uses_storage_key:
         keyed = " or ".join(name for name, other in LAYOUTS.items() if other.uses_storage_key)
         s.error("storage_key", f"only valid with layout {keyed}")
-    # A layout's defaults are its cookie library's (README, "Configuration reference").
+    # A layout's defaults are its cookie library's (docs/configuration.md, "Configuration reference").
     defaults = CookieAttributes(**LAYOUTS[layout].attribute_defaults)
     a = s.section("attributes")
     max_age = a.get("max_age", parse_duration, float(defaults.max_age_s))
@@ -412,6 +412,12 @@ def _positive_number(value: Any) -> float:
     return float(value)
 
 
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number, 0 or more, got {value!r}")
+    return value
+
+
 def _networks(value: Any) -> tuple[IPNetwork, ...]:
     items = value if isinstance(value, list) else [value]
     out = []
@@ -434,6 +440,8 @@ def _build_limits(root: _Section) -> LimitsConfig:
             "refresh_tokens_per_subject", _positive_int, d.refresh_tokens_per_subject
         ),
         idp_calls_per_second=s.get("idp_calls_per_second", _positive_number, d.idp_calls_per_second),
+        refresh_queue=s.get("refresh_queue", _non_negative_int, d.refresh_queue),
+        refresh_wait_s=s.get("refresh_wait", _positive_duration, d.refresh_wait_s),
         trusted_proxies=s.get("trusted_proxies", _networks, d.trusted_proxies),
         max_connections=s.get("max_connections", _positive_int, d.max_connections),
         upstream_connections=s.get("upstream_connections", _positive_int, d.upstream_connections),

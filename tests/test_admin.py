@@ -17,12 +17,12 @@ from urllib.parse import unquote
 import aiohttp
 import pytest
 
-from cookieguard.admin import session_report
-from cookieguard.claims import decode_claims
 from cookieguard.cookies import encode_uri_component
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
-from cookieguard.layouts import AmplifyLayout
-from cookieguard.proxy import SessionCheck
+from cookieguard.edge.admin import session_report
+from cookieguard.edge.proxy import SessionCheck
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.session.layouts import AmplifyLayout
+from cookieguard.tokens.claims import decode_claims
 from tests.support.apps import seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets, find_leaks

@@ -21,7 +21,7 @@ from cookieguard.cookies import (
     percent_decode,
     select_cookies,
 )
-from cookieguard.layouts import (
+from cookieguard.session.layouts import (
     AmplifyLayout,
     FreshTokens,
     NamedLayout,
@@ -29,8 +29,8 @@ from cookieguard.layouts import (
     SessionReader,
     make_layout,
 )
-from cookieguard.layouts.base import Chunks
-from cookieguard.providers.cognito import CognitoConfig
+from cookieguard.session.layouts.base import Chunks
+from cookieguard.tokens.providers.cognito import CognitoConfig
 from tests.support.properties import CORE_EXAMPLES, core_property
 
 CLIENT_ID = "3n4b5urk1ft4fl3mg5e62d9ado"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cookieguard.decide import Action, is_navigation, needs_refresh
+from cookieguard.session.decide import Action, is_navigation, needs_refresh
 from tests.support.properties import core_property
 
 NOW = 1_800_000_000.0

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cookieguard.healthcheck import parse_timeout
 from cookieguard.loader import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, parse_config
+from cookieguard.ops.healthcheck import parse_timeout
 from tests.support.proxy_process import ROOT, CookieguardProcess, run_cli
 
 DEPLOY = ROOT / "deploy"

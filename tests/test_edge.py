@@ -1,4 +1,4 @@
-"""cookieguard.edge: which address a request is budgeted by."""
+"""cookieguard.edge.client: which address a request is budgeted by."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from cookieguard.edge import client_address, is_trusted, parse_ip
+from cookieguard.edge.client import client_address, is_trusted, parse_ip
 
 LB = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from cookieguard.claims import session_id
 from cookieguard.config import CookieAttributes
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
-from cookieguard.explain import cookie_header_from, explain
-from cookieguard.layouts import LAYOUTS
-from cookieguard.layouts.supabase import session_cookies
 from cookieguard.loader import parse_config
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.ops.explain import cookie_header_from, explain
+from cookieguard.session.layouts import LAYOUTS
+from cookieguard.session.layouts.supabase import session_cookies
+from cookieguard.tokens.claims import session_id
 from tests.support.apps import amplify_cookies
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets

@@ -35,8 +35,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.fernet import Fernet
 
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
-from cookieguard.layouts import AmplifyLayout
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.session.layouts import AmplifyLayout
 from tests.support.apps import seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets

@@ -1,4 +1,4 @@
-"""The reject-storm guard (cookieguard/guard.py): pure, on an injected clock, and its hook in the
+"""The reject-storm guard (cookieguard/session/guard.py): pure, on an injected clock, and its hook in the
 refresher, and end to end: `cookieguard run` with a wrong client secret against moto.
 """
 
@@ -12,12 +12,12 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from cookieguard.config import RefreshConfig, StoreConfig
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
-from cookieguard.guard import MIN_REJECTED_RATIO, MIN_REJECTED_SESSIONS, WINDOW_S, RejectStormGuard
-from cookieguard.limits import Claimant
-from cookieguard.providers.base import RefreshRejected
-from cookieguard.refresh import Refresher, store_key
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.session.guard import MIN_REJECTED_RATIO, MIN_REJECTED_SESSIONS, WINDOW_S, RejectStormGuard
+from cookieguard.session.limits import Claimant
+from cookieguard.session.refresh import Refresher, store_key
 from cookieguard.store.memory import MemoryStore
+from cookieguard.tokens.providers.base import RefreshRejected
 from tests.support.apps import seen_by, start_buggy_app
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets
@@ -175,7 +175,7 @@ async def test_successes_end_the_storm_and_rejections_count_again() -> None:
 
 
 async def test_transient_failures_do_not_count_either_way() -> None:
-    from cookieguard.providers.base import RefreshUnavailable
+    from cookieguard.tokens.providers.base import RefreshUnavailable
 
     provider = ScriptedProvider(answers=[RefreshUnavailable("http_503", status=503)] * 50)
     refresher = _refresher(provider, MemoryStore(), Clock())

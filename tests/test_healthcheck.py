@@ -17,8 +17,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from cookieguard.healthcheck import healthcheck_address, parse_timeout
 from cookieguard.loader import parse_config
+from cookieguard.ops.healthcheck import healthcheck_address, parse_timeout
 from tests.support.proxy_process import CookieguardProcess, run_cli
 
 PREFIX = "/_ops/guard"

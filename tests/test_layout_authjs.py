@@ -1,4 +1,4 @@
-"""cookieguard/layouts/authjs.py against the real Auth.js (tests/authjs_node, Node): @auth/core
+"""cookieguard/session/layouts/authjs.py against the real Auth.js (tests/authjs_node, Node): @auth/core
 0.41.3 for v5 and next-auth 4.24.15 for v4.
 
 Both directions: a session cookie the library encodes is read by the codec, and what the codec
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from joserfc import jwe
 from joserfc.jwk import OctKey
 
-from cookieguard.layouts.authjs import (
+from cookieguard.session.layouts.authjs import (
     CHUNK_SIZE,
     ENC_CBC,
     ENC_GCM,

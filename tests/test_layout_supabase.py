@@ -1,4 +1,4 @@
-"""cookieguard/layouts/supabase.py against the real @supabase/ssr (tests/supabase_ssr, Node).
+"""cookieguard/session/layouts/supabase.py against the real @supabase/ssr (tests/supabase_ssr, Node).
 
 Round trips both ways: cookies the library writes are read by our codec, and cookies our codec
 writes are read by the library's `createServerClient(...).auth.getSession()`, unchunked and
@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from cookieguard.config import CookieAttributes
 from cookieguard.cookies import SetCookie, encode_uri_component, parse_cookie_header
-from cookieguard.layouts import LAYOUTS, FreshTokens, Session, SupabaseLayout
-from cookieguard.layouts.supabase import (
+from cookieguard.session.layouts import LAYOUTS, FreshTokens, Session, SupabaseLayout
+from cookieguard.session.layouts.supabase import (
     DEFAULT_MAX_AGE_S,
     MAX_CHUNK_SIZE,
     decode_value,

@@ -10,16 +10,23 @@ from urllib.parse import unquote
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from cookieguard.claims import session_id
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.metrics import Metrics
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.tokens.claims import session_id
 from tests.support.apps import amplify_cookies, seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets, find_leaks
 from tests.support.proxy_process import CookieguardProcess
 
 Start = Callable[..., CookieguardProcess]
-LABELS = {"outcome", "route", "status", "le", "reason"}  # ours; process/platform collectors add their own
+LABELS = {
+    "outcome",
+    "route",
+    "status",
+    "le",
+    "reason",
+    "limit",
+}  # ours; process/platform collectors add their own
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -1,4 +1,4 @@
-"""cookieguard.plan as a playbook: events in (the session as read, verdicts, the clock, the
+"""cookieguard.session.plan as a playbook: events in (the session as read, verdicts, the clock, the
 refresh result), plans out, in order. No socket, no sleep, no IdP: the plan is pure.
 
 After mitmproxy's test/mitmproxy/proxy/tutils.py `Playbook`: `>>` feeds an event, `<<` names
@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from cookieguard.claims import TokenCheck, TokenKind, TokenStatus, decode_claims
 from cookieguard.config import CookieAttributes, CookieNames
 from cookieguard.cookies import parse_cookie_header
-from cookieguard.layouts import AmplifyLayout, Layout, NamedLayout, Session, SupabaseLayout
-from cookieguard.layouts.supabase import session_cookies
-from cookieguard.plan import (
+from cookieguard.session.layouts import AmplifyLayout, Layout, NamedLayout, Session, SupabaseLayout
+from cookieguard.session.layouts.supabase import session_cookies
+from cookieguard.session.plan import (
     Answer,
     Check,
     Forward,
@@ -35,8 +34,9 @@ from cookieguard.plan import (
     plan_session,
     session_check,
 )
-from cookieguard.providers.base import TokenSet
-from cookieguard.refresh import FAILED, JOINED, LIMITED, REFRESHED, REJECTED, REUSED, RefreshResult
+from cookieguard.session.refresh import FAILED, JOINED, LIMITED, REFRESHED, REJECTED, REUSED, RefreshResult
+from cookieguard.tokens.claims import TokenCheck, TokenKind, TokenStatus, decode_claims
+from cookieguard.tokens.providers.base import TokenSet
 from tests.support.apps import amplify_cookies
 
 NOW = 1_800_000_000.0
@@ -492,7 +492,7 @@ def test_a_token_of_another_user_reports_the_tokens_user() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Opaque access tokens (README "Any OIDC provider")
+# Opaque access tokens (docs/providers/oidc.md "Any OIDC provider")
 # ---------------------------------------------------------------------------------------------
 
 OPAQUE_ACCESS = "opaque-access-" + "a" * 30

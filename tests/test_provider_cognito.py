@@ -1,5 +1,5 @@
-"""cookieguard.providers.cognito against a real Cognito-compatible server (moto, through
-cookieguard.demo.emulator), plus a small aiohttp server for answers moto cannot be made to give: error
+"""cookieguard.tokens.providers.cognito against a real Cognito-compatible server (moto, through
+cookieguard.ops.demo.emulator), plus a small aiohttp server for answers moto cannot be made to give: error
 types with a `:` suffix or a `#` shape id, HTML pages, malformed JSON, hangs, dropped connections,
 429 with an HTTP-date Retry-After, oversized bodies. That server answers the way Cognito's JSON
 protocol does (x-amz-json-1.1, `x-amzn-ErrorType`, `__type`), but it is a stand-in, not Cognito.
@@ -30,9 +30,9 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
-from cookieguard.providers.base import RefreshError, RefreshRejected, RefreshUnavailable
-from cookieguard.providers.cognito import (
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.tokens.providers.base import RefreshError, RefreshRejected, RefreshUnavailable
+from cookieguard.tokens.providers.cognito import (
     REJECTING_ERRORS,
     CognitoConfig,
     CognitoProvider,
@@ -392,7 +392,7 @@ def test_emulator_puts_moto_back_when_stopped() -> None:
     script = """
 from moto.cognitoidp.models import CognitoIdpUserPool
 from moto.cognitoidp.responses import CognitoIdpResponse
-from cookieguard.demo.emulator import CognitoEmulator
+from cookieguard.ops.demo.emulator import CognitoEmulator
 before = (CognitoIdpUserPool.create_jwt, CognitoIdpResponse.initiate_auth)
 with CognitoEmulator() as a, CognitoEmulator() as b:
     assert a.port != b.port

@@ -1,4 +1,4 @@
-"""cookieguard.providers.oidc against a real OpenID Provider (panva's oidc-provider, rotation on),
+"""cookieguard.tokens.providers.oidc against a real OpenID Provider (panva's oidc-provider, rotation on),
 plus a small aiohttp server for answers the real provider cannot be made to give (HTML pages,
 malformed JSON, hangs, redirects, 429 with Retry-After, an error_description full of secrets).
 """
@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from cookieguard.providers.base import RefreshRejected, RefreshUnavailable
-from cookieguard.providers.oidc import OidcConfig, OidcProvider
+from cookieguard.tokens.providers.base import RefreshRejected, RefreshUnavailable
+from cookieguard.tokens.providers.oidc import OidcConfig, OidcProvider
 from tests.support.apps import close_without_answer
 from tests.support.oidc_idp import OidcIdp
 

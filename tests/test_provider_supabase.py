@@ -16,12 +16,12 @@ import pytest
 from aiohttp import web
 
 from cookieguard.config import CookieAttributes, CookiesConfig, VerifyConfig
-from cookieguard.layouts import SupabaseLayout, make_layout
 from cookieguard.loader import ConfigError, parse_config
 from cookieguard.logs import get_logger
-from cookieguard.providers.base import ProviderConfig, RefreshRejected, RefreshUnavailable
-from cookieguard.providers.supabase import SupabaseConfig, SupabaseProvider
-from cookieguard.verifier import TokenVerifier
+from cookieguard.session.layouts import SupabaseLayout, make_layout
+from cookieguard.tokens.providers.base import ProviderConfig, RefreshRejected, RefreshUnavailable
+from cookieguard.tokens.providers.supabase import SupabaseConfig, SupabaseProvider
+from cookieguard.tokens.verifier import TokenVerifier
 from tests.support.gotrue import DEAD_SESSIONS, GoTrueServer, end_session
 from tests.support.no_secrets import KnownSecrets
 

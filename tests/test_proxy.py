@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from cookieguard.proxy import Pacer
+from cookieguard.edge.proxy import Pacer
 from tests.support.apps import reset_mid_body
 from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess

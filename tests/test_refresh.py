@@ -13,9 +13,9 @@ import pytest
 from cryptography.fernet import Fernet
 
 from cookieguard.config import RefreshConfig, StoreConfig
-from cookieguard.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
-from cookieguard.refresh import Refresher, store_key
+from cookieguard.session.refresh import Refresher, store_key
 from cookieguard.store.memory import MemoryStore
+from cookieguard.tokens.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
 from tests.support.fakes import Clock, ExtensionCounter, ScriptedProvider, assert_a_slow_refresh_is_joined
 
 

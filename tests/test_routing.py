@@ -1,4 +1,4 @@
-"""Request targets as cookieguard routes and forwards them (cookieguard.routing.parse_target)."""
+"""Request targets as cookieguard routes and forwards them (cookieguard.edge.routing.parse_target)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cookieguard.routing import Target, parse_target
+from cookieguard.edge.routing import Target, parse_target
 
 
 @pytest.mark.parametrize(

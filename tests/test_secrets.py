@@ -25,9 +25,9 @@ import yaml
 from cryptography.fernet import Fernet
 from yarl import URL
 
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo, secret_hash_for
-from cookieguard.layouts import AmplifyLayout
 from cookieguard.loader import ConfigError, parse_config
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo, secret_hash_for
+from cookieguard.session.layouts import AmplifyLayout
 from tests.support.apps import seen_by, start_buggy_app
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets

@@ -17,9 +17,9 @@ from urllib.parse import unquote
 import aiohttp
 import pytest
 
-from cookieguard.claims import decode_claims
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
-from cookieguard.layouts import AmplifyLayout
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.session.layouts import AmplifyLayout
+from cookieguard.tokens.claims import decode_claims
 from tests.support.apps import RESPONSE_KINDS, cookie_value, seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets

@@ -17,8 +17,8 @@ from cryptography.fernet import Fernet
 
 from cookieguard.config import CookieAttributes
 from cookieguard.cookies import parse_cookie_header
-from cookieguard.layouts import LAYOUTS, SupabaseLayout
-from cookieguard.layouts.supabase import read_session, session_cookies, storage_key
+from cookieguard.session.layouts import LAYOUTS, SupabaseLayout
+from cookieguard.session.layouts.supabase import read_session, session_cookies, storage_key
 from tests.support.apps import Browser, seen_by, start_buggy_app
 from tests.support.gotrue import GoTrueServer
 from tests.support.no_secrets import KnownSecrets

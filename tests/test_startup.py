@@ -1,5 +1,5 @@
-"""Start-up with the IdP down (README, "Start-up"): the proxy starts and serves, and refreshes
-once the IdP is back, for both provider kinds.
+"""Start-up with the IdP down (docs/providers/oidc.md, "Any OIDC provider", its start-up item): the
+proxy starts and serves, and refreshes once the IdP is back, for both provider kinds.
 
 In process: `build_app` served by aiohttp's test server, a real upstream, and the real IdPs
 (moto's Cognito server, panva's oidc-provider) brought up only after the proxy has started.
@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cookieguard.app import build_app
-from cookieguard.demo.emulator import CognitoEmulator
 from cookieguard.loader import parse_config
+from cookieguard.ops.demo.emulator import CognitoEmulator
 from tests.support.apps import amplify_cookies, seen_by, set_cookie_values, start_buggy_app
 from tests.support.no_secrets import KnownSecrets
 from tests.support.oidc_idp import start_oidc_idp

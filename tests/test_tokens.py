@@ -1,4 +1,4 @@
-"""Tests for cookieguard/claims.py (claim reading, pure) and cookieguard/verifier.py (verification
+"""Tests for cookieguard/tokens/claims.py (claim reading, pure) and cookieguard/tokens/verifier.py (verification
 against a real JWKS server)."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from cookieguard.claims import (
+from cookieguard.config import VerifyConfig
+from cookieguard.tokens.claims import (
     MAX_TOKEN_CHARS,
     Claims,
     ClaimsReader,
@@ -33,11 +34,10 @@ from cookieguard.claims import (
     is_cacheable,
     session_id,
 )
-from cookieguard.config import VerifyConfig
-from cookieguard.providers import ProviderConfig, RefreshUnavailable
-from cookieguard.providers.cognito import CognitoConfig
-from cookieguard.providers.oidc import OidcConfig
-from cookieguard.verifier import TokenStatus, TokenVerifier, parse_jwks
+from cookieguard.tokens.providers import ProviderConfig, RefreshUnavailable
+from cookieguard.tokens.providers.cognito import CognitoConfig
+from cookieguard.tokens.providers.oidc import OidcConfig
+from cookieguard.tokens.verifier import TokenStatus, TokenVerifier, parse_jwks
 
 NOW = 1_750_000_000.0
 CLIENT_ID = "3n4b5urk1ft4fl3mg5e62d9ado"
@@ -746,7 +746,7 @@ async def test_oidc_issuer(make_verifier: MakeVerifier) -> None:
 async def test_the_jwks_url_is_resolved_when_first_needed_and_retried_after_a_failure(
     jwks: Jwks, session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
-    """README "Start-up": the verifier is built before the IdP can tell where its keys are;
+    """docs/providers/oidc.md "Any OIDC provider", its start-up item: the verifier is built before the IdP can tell where its keys are;
     until it can, tokens are UNKNOWN (never INVALID), and it asks again after the retry interval."""
     answers: list[str | None] = []
 
@@ -811,7 +811,7 @@ async def test_results_and_claims_hold_no_token(make_verifier: MakeVerifier) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-# -- what the caches may hold (README "Threat model") ---------------------------------------
+# -- what the caches may hold (docs/security.md "Threat model") ---------------------------------------
 
 
 def _big_none_token(n: int, size: int = 16_000) -> str:

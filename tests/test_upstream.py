@@ -1,4 +1,4 @@
-"""The upstream client (cookieguard.upstream) on the wire, against real servers on 127.0.0.1.
+"""The upstream client (cookieguard.edge.upstream) on the wire, against real servers on 127.0.0.1.
 
 Most behaviour is exercised end to end through `cookieguard run` (test_proxy, test_streaming,
 test_hostile). These tests cover what a well-behaved aiohttp upstream never does: interim 1xx
@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cookieguard.upstream import Origin, UpstreamBusy, UpstreamClient, UpstreamError, UpstreamTimeout
+from cookieguard.edge.upstream import Origin, UpstreamBusy, UpstreamClient, UpstreamError, UpstreamTimeout
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -390,7 +390,7 @@ async def test_https_upstreams_are_verified(tmp_path: Any, monkeypatch: pytest.M
         await server.wait_closed()
 
 
-# -- one answer, one message (README "The proxy": what no proxy can tell apart) ---------------
+# -- one answer, one message (docs/proxy.md "The proxy": what no HTTP/1.1 proxy can tell apart) ---------------
 
 PLANTED = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nSet-Cookie: planted=1\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -1,6 +1,6 @@
 """A week in the life of one user, simulated: access tokens live 1 h, refresh tokens rotate, the
 user comes back every 5-60 minutes, and a third of the requests hit a page the buggy app answers
-with a redirect that drops its refreshed cookies (the seed's bug, `cookieguard.demo.app`).
+with a redirect that drops its refreshed cookies (the seed's bug, `cookieguard.ops.demo.app`).
 
 Time is simulated, not slept: cookieguard, the app and the IdP (moto, minting tokens under a
 shifted clock) all read one injected wall clock that the test moves forward. The same schedule
@@ -21,9 +21,9 @@ import pytest
 
 from cookieguard.app import build_app
 from cookieguard.config import CookieAttributes
-from cookieguard.demo.app import DemoApp
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.loader import parse_config
+from cookieguard.ops.demo.app import DemoApp
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from tests.support.apps import Browser, amplify_cookies
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets
@@ -92,7 +92,7 @@ async def live_a_week(
 def access_exp(browser: Browser, pool: PoolInfo) -> float | None:
     from urllib.parse import unquote
 
-    from cookieguard.claims import decode_claims
+    from cookieguard.tokens.claims import decode_claims
 
     for name, value in browser.cookies.items():
         if name.startswith(f"CognitoIdentityServiceProvider.{pool.client_id}.") and name.endswith(

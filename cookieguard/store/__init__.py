@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import StoreConfig
-from .base import Store, StoreUnavailable
-from .fallback import FallbackStore
-from .memory import MemoryStore
+from cookieguard.config import StoreConfig
+from cookieguard.store.base import Store, StoreUnavailable
+from cookieguard.store.fallback import FallbackStore
+from cookieguard.store.memory import MemoryStore
 
 __all__ = ["FallbackStore", "MemoryStore", "Store", "StoreUnavailable", "make_store"]
 
@@ -16,7 +16,7 @@ def make_store(config: StoreConfig, on_degraded: Callable[[bool], None] | None =
     """The configured store. Redis comes wrapped in a `FallbackStore`: when Redis cannot be
     reached the replica coordinates locally (`on_degraded(True)`) until it is back."""
     if config.kind == "redis":
-        from .redis import RedisStore
+        from cookieguard.store.redis import RedisStore
 
         local = MemoryStore(max_entries=config.max_entries)
         return FallbackStore(RedisStore(config), local, on_degraded)

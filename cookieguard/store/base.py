@@ -5,7 +5,7 @@ holder extends while its refresh runs, and a place to keep the refresh's result 
 `refresh.grace`, so that every request (on any replica) still carrying the old refresh token
 gets the new tokens instead of spending the old refresh token again.
 
-It also keeps the per-address and per-subject budgets for IdP calls (cookieguard/limits.py), so
+It also keeps the per-address and per-subject budgets for IdP calls (cookieguard/session/limits.py), so
 that with Redis every replica draws from the same buckets.
 """
 
@@ -39,9 +39,9 @@ class Store(Protocol):
         self, name: str, member: str, rate_per_s: float, burst: int, window_s: float, now: float
     ) -> str:
         """Take one token from the bucket `name` (refilled at `rate_per_s`, at most `burst`) for
-        `member` (a refresh token's hash), atomically. `limits.CHARGED` when taken, `limits.FREE`
+        `member` (a refresh token's hash), atomically. `buckets.CHARGED` when taken, `buckets.FREE`
         when `member` was charged to this bucket within the last `window_s` (a retry), else
-        `limits.REFUSED`. `now` is wall-clock seconds, so that replicas agree on it."""
+        `buckets.REFUSED`. `now` is wall-clock seconds, so that replicas agree on it."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be reached."""

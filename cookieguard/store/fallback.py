@@ -22,8 +22,8 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from ..logs import get_logger
-from .base import Store, StoreUnavailable
+from cookieguard.logs import get_logger
+from cookieguard.store.base import Store, StoreUnavailable
 
 PROBE_EVERY_S = 3.0
 

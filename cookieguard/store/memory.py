@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..limits import BucketTable
-from ..lru import ExpiringLRU
+from cookieguard.lru import ExpiringLRU
+from cookieguard.store.buckets import BucketTable
 
 
 class MemoryStore:

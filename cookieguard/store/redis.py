@@ -43,9 +43,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ..config import StoreConfig
-from ..limits import CHARGED, FREE, MAX_MEMBERS, REFUSED
-from .base import StoreUnavailable
+from cookieguard.config import StoreConfig
+from cookieguard.store.base import StoreUnavailable
+from cookieguard.store.buckets import CHARGED, FREE, MAX_MEMBERS, REFUSED
 
 PREFIX = "cookieguard"
 SOCKET_TIMEOUT_S = 0.5
@@ -83,7 +83,7 @@ end
 return n
 """
 
-# A token bucket with a memory of charged members (cookieguard/limits.py `BucketTable`, the same
+# A token bucket with a memory of charged members (cookieguard/session/limits.py `BucketTable`, the same
 # rules): 2 = free (a retry of a member charged within the window), 1 = charged, 0 = refused.
 # `now` comes from the caller (wall clock) so the contract suite can move it; a `now` behind the
 # last refill (another replica's clock) refills nothing.

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cookieguard.cookies import encode_uri_component, parse_cookie_header
-from cookieguard.layouts import AmplifyLayout
+from cookieguard.session.layouts import AmplifyLayout
 
 SEEN = web.AppKey("seen", list)
 

@@ -1,4 +1,4 @@
-"""A real Cognito-compatible IdP for the tests: moto's server via `cookieguard.demo.emulator`.
+"""A real Cognito-compatible IdP for the tests: moto's server via `cookieguard.ops.demo.emulator`.
 
 `cognito_emulator` (session-scoped) runs one emulator for the whole session on an ephemeral port.
 Tests use `cognito_idp`: the same emulator with its counters and injections (`delay_s`,
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 
 PASSWORD = "Correct-Horse-9"
 

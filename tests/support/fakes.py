@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cookieguard.providers.base import TokenSet
-from cookieguard.refresh import Refresher
+from cookieguard.session.refresh import Refresher
 from cookieguard.store import Store
+from cookieguard.tokens.providers.base import TokenSet
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The GoTrue-compatible test server lives in the package (`cookieguard demo --provider supabase`
 runs it); the tests import it from here."""
 
-from cookieguard.demo.gotrue import DEFAULT_REUSE_INTERVAL_S, GoTrueServer, ManualClock
+from cookieguard.ops.demo.gotrue import DEFAULT_REUSE_INTERVAL_S, GoTrueServer, ManualClock
 
 __all__ = ["DEAD_SESSIONS", "DEFAULT_REUSE_INTERVAL_S", "GoTrueServer", "ManualClock", "end_session"]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from cookieguard.providers.oidc import OidcConfig
+from cookieguard.tokens.providers.oidc import OidcConfig
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "oidc_provider"
 READY_TIMEOUT_S = 20.0

@@ -1,7 +1,7 @@
 """A real browser, the real Next.js + Amplify app, a Cognito-compatible IdP, with and without cookieguard.
 
 What runs, all on loopback and ephemeral ports, each stopped by its own PID:
-- the IdP: `cookieguard.demo.emulator` (moto's Cognito server) with rotating refresh tokens and
+- the IdP: `cookieguard.ops.demo.emulator` (moto's Cognito server) with rotating refresh tokens and
   `ACCESS_TOKEN_LIFETIME_S` access tokens, in this process;
 - the app: `next start -H localhost` of the example's production build (`make e2e` builds it),
   with `jwks-redirect.cjs` preloaded so Amplify's JWT check fetches the emulator's keys;
@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cookieguard.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from tests.support.e2e import BrowserDriver, next_start
 from tests.support.proxy_process import CookieguardProcess
 

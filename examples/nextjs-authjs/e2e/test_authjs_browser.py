@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from cookieguard.layouts.authjs import Keys, TokenFields, read_session, read_tokens
+from cookieguard.session.layouts.authjs import Keys, TokenFields, read_session, read_tokens
 from tests.support.e2e import BrowserDriver, free_port, next_start
 from tests.support.oidc_idp import OidcIdp, start_oidc_idp
 

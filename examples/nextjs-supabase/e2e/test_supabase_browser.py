@@ -2,7 +2,7 @@
 
 What runs, all on loopback and ephemeral ports, each stopped by its own PID (or, for the auth
 server, closed on its own event loop):
-- the auth server: `cookieguard.demo.gotrue.GoTrueServer` (GoTrue's rotation and reuse rules, ES256
+- the auth server: `cookieguard.ops.demo.gotrue.GoTrueServer` (GoTrue's rotation and reuse rules, ES256
   keys with a JWKS, the gateway's `apikey` check), in a thread of this process, so the test reads
   its counters (`stats.refresh_calls`, `reused_parent`, `already_used`) directly;
 - the app: `next start -H localhost` of the example's production build (`make e2e` builds it),
@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cookieguard.demo.gotrue import GoTrueServer, ManualClock, User
+from cookieguard.ops.demo.gotrue import GoTrueServer, ManualClock, User
 from tests.support.e2e import BrowserDriver, next_start
 from tests.support.proxy_process import CookieguardProcess
 

@@ -1,0 +1,177 @@
+"""Which headers cross the proxy, in each direction (docs/proxy.md "The proxy").
+
+Towards the upstream: the client's headers minus hop-by-hop ones, the Cookie header as session
+repair decided, and the forwarding headers written from the socket. Towards the client: the
+upstream's headers minus hop-by-hop ones, Set-Cookie as merged, and no shared-cache directive on
+an answer that carries tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+
+from aiohttp import web
+
+from cookieguard.config import IPNetwork, Route
+from cookieguard.edge.client import client_address, is_trusted
+
+# RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Headers cookieguard writes itself (docs/proxy.md "The proxy"): the client's are dropped or, from a
+# trusted proxy, extended; `Connection` naming one of them does not remove it.
+_FORWARDING = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
+)
+_OURS = _FORWARDING | {"host", "cookie"}
+_HOP, _COOKIE, _HOST, _FORWARDED = "hop", "cookie", "host", "forwarded"
+_KIND = {
+    **dict.fromkeys(HOP_BY_HOP, _HOP),
+    **dict.fromkeys(_FORWARDING, _FORWARDED),
+    "cookie": _COOKIE,
+    "host": _HOST,
+}
+
+
+def _connection_tokens(values: Iterable[str]) -> set[str]:
+    return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
+
+
+def upstream_request_headers(
+    request: web.Request,
+    route: Route,
+    cookie_header: str | None,
+    *,
+    trusted: Sequence[IPNetwork] = (),
+    authority: str | None = None,
+) -> list[tuple[str, str]]:
+    """The client's headers minus hop-by-hop ones; Cookie replaced if given; the forwarding
+    headers set from the socket (docs/proxy.md "The proxy").
+
+    From a client that is not one of `trusted` (a load balancer in front of cookieguard), the
+    client's own X-Forwarded-*, Forwarded and X-Real-IP are dropped: they would let anybody tell
+    the app any address or scheme. From a trusted proxy, its X-Forwarded-For is extended with the
+    peer, and its X-Forwarded-Proto/-Host and Forwarded are kept. `authority`, from an
+    absolute-form request target, replaces the Host header (RFC 9112 section 3.2.2).
+    """
+    raw = request.headers
+    named_by_connection = (
+        _connection_tokens(raw.getall("Connection", ())) - _OURS if "Connection" in raw else ()
+    )
+    headers: list[tuple[str, str]] = []
+    cookies: list[str] = []
+    forwarding: dict[str, list[str]] = {}
+    for name, value in raw.items():
+        lname = name.lower()
+        # One lookup for the common case, a header of no special kind (hop-by-hop and Host go).
+        kind = _KIND.get(lname)
+        if kind is None:
+            if not (lname in named_by_connection or lname.startswith("proxy-")):
+                headers.append((name, value))
+        elif kind is _COOKIE:
+            cookies.append(value)
+        elif kind is _FORWARDED:  # never in named_by_connection: that leaves out _OURS
+            forwarding.setdefault(lname, []).append(value)
+    host = authority or raw.get("Host")
+    if route.preserve_host and host:
+        headers.insert(0, ("Host", host))
+    if cookie_header is not None:
+        if cookie_header:
+            headers.append(("Cookie", cookie_header))
+    elif cookies:
+        headers.append(("Cookie", "; ".join(cookies)))
+    peer = request.remote or "unknown"
+    scheme = request.scheme
+    if not is_trusted(peer, trusted):
+        headers.append(("X-Forwarded-For", peer))
+        headers.append(("X-Forwarded-Proto", scheme))
+        if host:
+            headers.append(("X-Forwarded-Host", host))
+        headers.append(("X-Real-IP", peer))
+        headers.append(("Forwarded", _forwarded_element(peer, scheme, host)))
+        return headers
+    their_for = forwarding.get("x-forwarded-for")
+    headers.append(("X-Forwarded-For", ", ".join([*their_for, peer]) if their_for else peer))
+    proto = ", ".join(forwarding.get("x-forwarded-proto") or [scheme])
+    headers.append(("X-Forwarded-Proto", proto))
+    their_host = forwarding.get("x-forwarded-host")
+    if their_host or host:
+        headers.append(("X-Forwarded-Host", ", ".join(their_host) if their_host else host or ""))
+    client = client_address(peer, their_for or (), trusted)
+    headers.append(("X-Real-IP", client))
+    their_forwarded = forwarding.get("forwarded")
+    if their_forwarded:
+        headers.extend(("Forwarded", value) for value in their_forwarded)
+    else:
+        headers.append(("Forwarded", _forwarded_element(client, scheme, host)))
+    return headers
+
+
+# The same few (client, scheme, host) triples come again and again; the Host header is the
+# client's to choose, hence the bound.
+@functools.lru_cache(maxsize=1024)
+def _forwarded_element(client: str, scheme: str, host: str | None) -> str:
+    element = f"for={_forwarded_value(f'[{client}]' if ':' in client else client)};proto={scheme}"
+    return element + f";host={_forwarded_value(host)}" if host else element
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _forwarded_value(value: str) -> str:
+    # RFC 7239 section 4: a token, else a quoted string (an IPv6 address, a host with a port).
+    if _TOKEN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# Besides Cache-Control, what shared caches (CDNs) obey: RFC 9213's targeted fields
+# (CDN-Cache-Control, Cloudflare-/Vercel-/Netlify-CDN-Cache-Control), Surrogate-Control (Fastly,
+# Akamai), Akamai's Edge-Control, and Expires (RFC 9111 5.3, used when no max-age is given).
+_SHARED_CACHE = frozenset({"cache-control", "surrogate-control", "edge-control", "expires"})
+
+
+def response_headers(
+    upstream: Iterable[tuple[str, str]], set_cookies: list[str], *, private: bool = False
+) -> list[tuple[str, str]]:
+    """The upstream's response headers minus hop-by-hop ones; Set-Cookie replaced by the merge.
+
+    When `set_cookies` is non-empty it already holds the upstream's own Set-Cookie headers (the
+    merge keeps them, byte for byte); each stays a header of its own, never joined. When the
+    answer is `private` (it carries tokens), every caching directive for shared caches goes: the
+    caller sets `Cache-Control: private, no-store` in their place.
+    """
+    headers: list[tuple[str, str]] = []
+    connection: list[str] = []
+    for name, value in upstream:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == "connection":
+                connection.append(value)
+            continue
+        if set_cookies and lname == "set-cookie":
+            continue
+        if private and (lname in _SHARED_CACHE or lname.endswith("cdn-cache-control")):
+            continue
+        headers.append((name, value))
+    # Rare: headers the upstream named as connection-specific go too. `keep-alive` and `close`,
+    # what nearly every upstream sends, name nothing that is still here.
+    named = _connection_tokens(connection) - HOP_BY_HOP - {"close"} if connection else None
+    if named:
+        headers = [(name, value) for name, value in headers if name.lower() not in named]
+    if set_cookies:
+        headers.extend([("Set-Cookie", value) for value in set_cookies])
+    return headers

@@ -1,0 +1,358 @@
+"""The life of a proxied request, top to bottom (docs/behaviour.md §1).
+
+match route -> read the session from the app's cookies -> plan (cookieguard.session.plan) -> refresh if
+planned (single-flight) -> plan again with the result -> forward with the Cookie header the plan
+wrote, streaming both bodies -> merge the plan's Set-Cookies into whatever the upstream answers
+-> respond. Which headers cross is cookieguard.edge.headers; WebSockets are cookieguard.edge.websocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import Counter
+from structlog.contextvars import bind_contextvars, clear_contextvars
+from yarl import URL
+
+from cookieguard.config import Config, Route
+from cookieguard.cookies import SetCookie
+from cookieguard.edge.client import client_address
+from cookieguard.edge.headers import response_headers, upstream_request_headers
+from cookieguard.edge.routing import Router, Target, parse_target
+from cookieguard.edge.upstream import (
+    Origin,
+    UpstreamBusy,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+from cookieguard.edge.websocket import forward_websocket, is_websocket
+from cookieguard.logs import get_logger
+from cookieguard.metrics import Metrics
+from cookieguard.session.decide import is_navigation
+from cookieguard.session.merge import merge_set_cookies, set_cookie_key, signs_out
+from cookieguard.session.plan import Answer, Forward, Plan, Refresh, SessionCheck
+from cookieguard.session.repair import Auth, Pacer, SessionRepair
+
+__all__ = ["Auth", "Pacer", "Proxy", "SessionCheck"]
+
+UNCHANGED = Forward("unchanged")
+
+
+class Proxy:
+    def __init__(
+        self,
+        config: Config,
+        upstream: UpstreamClient,
+        websockets: aiohttp.ClientSession,
+        metrics: Metrics,
+        auth: Auth | None = None,
+    ) -> None:
+        self.config = config
+        self.auth = auth
+        self.repair = SessionRepair(config, auth, metrics) if auth is not None else None
+        self.router = Router(config.routes)
+        self.upstream = upstream
+        self.websockets = websockets  # WebSocket upgrades go through aiohttp's client
+        self.metrics = metrics
+        self.log = get_logger()
+        self.access_log = config.logging.access_log
+        self._requests_counters: dict[tuple[str, int], Counter] = {}
+        self._origins = {r.match: Origin.parse(r.upstream) for r in config.routes if r.upstream}
+        self._read_timeouts = {r.match: r.timeout_s or config.timeouts.upstream_read_s for r in config.routes}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter() if self.access_log else 0.0
+        target = parse_target(request.raw_path)
+        route = self.router.match(target.path) if target is not None else None
+        bind_contextvars(route=route.match if route else None)  # every log line of this request
+        try:
+            if target is None:
+                response: web.StreamResponse = web.Response(
+                    status=400, text="cookieguard: bad request target\n"
+                )
+            elif route is None:
+                response = web.Response(status=404, text="cookieguard: no route for this path\n")
+            elif is_websocket(request):
+                response = await self.forward_websocket(request, route, target)
+            else:
+                plan: Plan = UNCHANGED
+                repair = self.repair
+                if route.refresh and repair is not None:
+                    # Read the session and plan; a fresh session costs a cached read and a cached verdict.
+                    plan, judged = await repair.plan(request.headers.get("Cookie", ""))
+                    if isinstance(plan, Refresh):
+                        address = self.client_address(request)  # only a due session pays for it
+                        result = await repair.refresh(plan, address)
+                        plan = repair.plan_after(
+                            judged, plan, result, address, is_navigation=is_navigation(request.headers)
+                        )
+                if isinstance(plan, Answer):
+                    response = _answer(plan)
+                else:
+                    assert isinstance(plan, Forward)
+                    response = await self.forward(request, route, plan, target)  # forward, merge, respond
+            if route is not None:
+                self._count_request(route.match, response.status)
+            if self.access_log:
+                self.log.info(
+                    "access",
+                    method=request.method,
+                    path=target.path if target is not None else None,
+                    status=response.status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            return response
+        finally:
+            # aiohttp runs each request in a task of its own, whose context ends with it; other
+            # callers (tests, an embedding app) get the same clean slate.
+            clear_contextvars()
+
+    def _count_request(self, route: str, status: int) -> None:
+        # prometheus-client's labels() costs a lock and a few allocations per call; the children
+        # are few (routes x statuses seen), so look each up once.
+        counter = self._requests_counters.get((route, status))
+        if counter is None:
+            counter = self.metrics.requests_total.labels(route=route, status=str(status))
+            self._requests_counters[(route, status)] = counter
+        counter.inc()
+
+    async def check_session(self, request: web.Request) -> SessionCheck:
+        """The session endpoint's report (docs/operations.md "Session endpoint"): the session repaired exactly
+        as a proxied request's would be, logged under the endpoint's own path."""
+        if self.repair is None:
+            return SessionCheck(authenticated=False, reason="no_provider")
+        bind_contextvars(route=self._session_route)
+        try:
+            return await self.repair.check(
+                request.headers.get("Cookie", ""), functools.partial(self.client_address, request)
+            )
+        finally:
+            clear_contextvars()
+
+    def client_address(self, request: web.Request) -> str:
+        return client_address(
+            request.remote, request.headers.getall("X-Forwarded-For", ()), self.config.limits.trusted_proxies
+        )
+
+    @functools.cached_property
+    def _session_route(self) -> str:
+        return f"{self.config.admin_prefix}/session"
+
+    async def forward_websocket(
+        self, request: web.Request, route: Route, target: Target
+    ) -> web.StreamResponse:
+        forwarded = upstream_request_headers(
+            request, route, None, trusted=self.config.limits.trusted_proxies, authority=target.authority
+        )
+
+        def upstream_error(status: int, error: str) -> web.Response:
+            return self._upstream_error(route, status, error, time.perf_counter())
+
+        return await forward_websocket(
+            request, self.websockets, _upstream_url(route, target), forwarded, upstream_error
+        )
+
+    async def forward(
+        self, request: web.Request, route: Route, plan: Forward, target: Target
+    ) -> web.StreamResponse:
+        origin = self._origins.get(route.match)
+        if origin is None:
+            return self._upstream_error(route, 502, "no_upstream", time.perf_counter())
+        headers = upstream_request_headers(
+            request,
+            route,
+            plan.cookie_header,
+            trusted=self.config.limits.trusted_proxies,
+            authority=target.authority,
+        )
+        body = (
+            IdleLimitedBody(request.content, self.config.timeouts.client_body_idle_s)
+            if request.body_exists
+            else None
+        )
+        started = time.perf_counter()
+        try:
+            upstream = await self.upstream.request(
+                origin,
+                request.method,
+                target.forward,  # the path the route matched, in the client's encoding, and the query
+                headers,
+                body=body,
+                content_length=request.content_length,
+                read_timeout_s=self._read_timeouts[route.match],
+            )
+        except UpstreamTimeout as exc:
+            return self._upstream_error(route, 504, exc.reason, started)
+        except UpstreamBusy as exc:
+            return self._upstream_error(route, 503, exc.reason, started)
+        except UpstreamError as exc:
+            if body is not None and body.stalled:
+                return await self._client_body_timeout(request, route)
+            return self._upstream_error(route, 502, exc.reason, started)
+        self.metrics.upstream_duration.observe(time.perf_counter() - started)
+        try:
+            return await self._relay(request, upstream, list(plan.set_cookies))
+        finally:
+            upstream.release()
+
+    async def _client_body_timeout(self, request: web.Request, route: Route) -> web.StreamResponse:
+        # The upstream request was aborted with its connection (upstream.py closes a connection
+        # whose request body failed). The client's connection is closed as soon as the 408 is
+        # out: aiohttp would otherwise linger, reading the rest of a body that is not coming.
+        self.metrics.client_cut("body_timeout")
+        self.log.info(
+            "client_timeout",
+            phase="body",
+            timeout_s=self.config.timeouts.client_body_idle_s,
+            client=request.remote,
+        )
+        response = web.Response(status=408, text="cookieguard: request body timed out\n")
+        response.force_close()
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+        request.protocol.force_close()
+        return response
+
+    async def _relay(
+        self, request: web.Request, upstream: UpstreamResponse, ours: list[SetCookie]
+    ) -> web.StreamResponse:
+        response = _RelayedResponse(status=upstream.status, reason=upstream.reason or None)
+        theirs = upstream.set_cookies if self.auth else []
+        set_cookies: list[str] = []
+        private = bool(ours)
+        if theirs and self.auth is not None:
+            ours, private = self._answer_cookies(request, theirs, ours)
+        if ours:
+            auth = self.auth
+            assert auth is not None
+            session = auth.sessions.read(request.headers.get("Cookie", ""))
+            set_cookies = merge_set_cookies(
+                theirs,
+                ours,
+                auth_cookies=session.cookie_names if session else (),
+                now_s=auth.wall_clock(),
+            )
+        response.headers.extend(response_headers(upstream.headers, set_cookies, private=private))
+        if private:
+            # docs/behaviour.md §4: no shared cache may store a response that carries tokens.
+            response.headers["Cache-Control"] = "private, no-store"
+        try:
+            await response.prepare(request)
+            if not upstream.ready():
+                # Nothing of the body is here yet (a slow app, an event stream): the client gets
+                # the head now, not when the first chunk comes.
+                await response.write(b"")
+            while chunk := await upstream.read():
+                await response.write(chunk)
+            await response.write_eof()
+        except UpstreamError as exc:
+            # The status line is gone already: the only honest signal left is to break the
+            # connection, so the client sees a truncated response instead of a complete one.
+            self.log.warning("upstream_error", error=exc.reason, phase="body", path=request.path)
+            if request.transport is not None:
+                request.transport.close()
+        except ConnectionResetError:
+            pass  # the client went away mid-answer (a closed tab): not an error of ours to log
+        return response
+
+    def _answer_cookies(
+        self, request: web.Request, theirs: list[str], ours: list[SetCookie]
+    ) -> tuple[list[SetCookie], bool]:
+        """What we add beside the app's own Set-Cookie headers, and whether the answer is private.
+
+        An app that clears any auth cookie of the request's session ends that session: instead of
+        tokens, the rest of its auth cookies are expired too, or the refresh token left behind
+        would refresh the session back on the next request (docs/behaviour.md §4). An answer that
+        sets or clears an auth cookie is private even when we add nothing.
+        """
+        assert self.auth is not None
+        session = self.auth.sessions.read(request.headers.get("Cookie", ""))
+        names = session.cookie_names if session else frozenset()
+        if session is not None and signs_out(
+            theirs, {*names, *(c.name for c in ours if c.value)}, self.auth.wall_clock()
+        ):
+            ours = self.auth.layout.clear_cookies(session, self.config.cookies.attributes)
+        layout = self.auth.layout
+        private = bool(ours) or any(
+            name in names or bool(layout.relevant_cookies(f"{name}=x"))
+            for name, _, _ in map(set_cookie_key, theirs)
+        )
+        return ours, private
+
+    def _upstream_error(self, route: Route, status: int, error: str, started: float) -> web.Response:
+        self.log.warning(
+            "upstream_error",
+            upstream=route.upstream,
+            status=status,
+            error=error,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        text = {503: "upstream busy", 504: "upstream timed out"}.get(status, "upstream unreachable")
+        return web.Response(status=status, text=f"cookieguard: {text}\n")
+
+
+class _RelayedResponse(web.StreamResponse):
+    """An upstream's answer as relayed: the head goes out with the first body chunk, in one
+    write instead of two (aiohttp's StreamResponse sends it on its own at `prepare`; its
+    `Response` holds it back the same way). `_send_headers_immediately` is aiohttp's (3.14)
+    switch between the two; `_relay` sends the head alone when no body chunk is waiting."""
+
+    _send_headers_immediately = False
+
+
+def _answer(plan: Answer) -> web.Response:
+    """A planned answer without forwarding: the session is over and `on_rejected` is `login`."""
+    if plan.location is not None:
+        response = web.Response(status=plan.status, headers={"Location": plan.location})
+    else:
+        response = web.json_response({"error": "session_expired"}, status=plan.status)
+    for cookie in plan.set_cookies:
+        response.headers.add("Set-Cookie", cookie.header())
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+def _upstream_url(route: Route, target: Target) -> URL:
+    # The normalised path in the client's encoding (%2F, %20, unicode escapes) and the query string.
+    return URL(route.upstream.rstrip("/") + target.forward, encoded=True)
+
+
+class ClientBodyStalled(Exception):
+    """The client sent no body byte for `timeouts.client_body_idle`."""
+
+
+class IdleLimitedBody:
+    """The client's request body, failing when it stalls longer than `idle_s` between bytes.
+
+    The upstream client sends the body as it comes; without this, a client that trickles one
+    byte a minute would hold an upstream connection (and the app's worker behind it) as long as
+    it liked. When it fails, upstream.py aborts the upstream request and its connection.
+    """
+
+    def __init__(self, content: aiohttp.StreamReader, idle_s: float) -> None:
+        self._content = content
+        self._idle_s = idle_s
+        self.stalled = False
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        content = self._content
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_s):
+                    chunk = await content.readany()
+            except TimeoutError:
+                self.stalled = True
+                raise ClientBodyStalled from None
+            if not chunk:
+                return
+            yield chunk

@@ -1,0 +1,657 @@
+"""HTTP/1.1 to the upstream app: pooled keep-alive connections, answers parsed by httptools.
+
+The HTTP client is the largest cost of a Python reverse proxy: aiohttp's `ClientSession` was ~40 %
+of a bare aiohttp pass-through's CPU per request on the bench (bench/README.md). This client does
+only what a reverse proxy needs: write the request head in one send, stream the request body,
+parse the answer with llhttp (through httptools, the parser uvicorn uses) and hand body chunks to
+the relay as they arrive. Its read timeout is the longest silence, checked by one timer per
+request. WebSocket upgrades still go through aiohttp's client (proxy.forward_websocket).
+
+A connection goes back to the pool only after a complete answer the upstream agreed to keep
+alive, that ended exactly where its framing said, with nothing after it; anything else (an error,
+a cancelled request, a body not read to its end, bytes after the end) closes it. Each answer gets
+a parser of its own, so nothing of one answer can ever be read as part of the next: an answer
+that is not exactly one well-formed message (a second head after the first, a duplicate
+Content-Length) is a 502 (docs/proxy.md "The proxy": what no HTTP/1.1 proxy can tell apart).
+A request without a body that fails on a reused connection before the upstream sent a byte, or
+whose answer there was not exactly one message, is retried once on a new connection.
+
+At most `max_connections` connections per origin (in use and idle, docs/proxy.md "The proxy",
+`limits.upstream_connections`); a request that finds them all in use waits up to the connect
+timeout for one to be released, then fails with UpstreamBusy (a 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import httptools
+
+# RFC 9110 section 9.2.2. Retried only without a body, and only when the upstream sent nothing.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Connections per origin, in use and idle (`limits.upstream_connections`'s default).
+MAX_CONNECTIONS = 1000
+# Answers that may be the previous answer's late bytes: on a reused connection, tried again.
+_GARBLED = frozenset({"extra_bytes", "invalid_answer"})
+# Below Node.js's default keepAliveTimeout (5 s): a connection the app is about to close is not reused.
+IDLE_TIMEOUT_S = 4.0
+# Upstream reading pauses while this much of an answer waits for a slow client.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+_BYTES = "surrogateescape"  # header bytes that are not UTF-8 pass through unchanged
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or did not answer properly (a 502)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # the `error` of the upstream_error log event
+
+
+class UpstreamTimeout(UpstreamError):
+    """No connection, or silence for longer than the read timeout (a 504)."""
+
+
+class UpstreamBusy(UpstreamError):
+    """Every connection the origin may have is in use, past the connect timeout (a 503)."""
+
+
+class _Poisoned(Exception):
+    """Raised from a parser callback: bytes after the end of the answer (stops llhttp)."""
+
+
+class BodySource(Protocol):
+    """The client's request body as it arrives: aiohttp's `request.content`."""
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a route's requests go: parsed once from the route's `upstream` URL."""
+
+    host: str
+    port: int
+    tls: bool
+    prefix: str  # the URL's path, prepended to every request target ("" for none)
+    authority: str  # the Host header when the client's is not kept
+
+    @classmethod
+    def parse(cls, url: str) -> Origin:
+        parts = urlsplit(url)
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        host = parts.hostname or ""
+        default = (443 if tls else 80) == port
+        name = f"[{host}]" if ":" in host else host
+        return cls(
+            host=host,
+            port=port,
+            tls=tls,
+            prefix=parts.path.rstrip("/"),
+            authority=name if default else f"{name}:{port}",
+        )
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; the state of the request in flight on it, if any."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.lost = False
+        self.poisoned = False  # bytes after an answer's end: closed, never reused
+        self.idle_since = 0.0
+        self._drain: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.in_flight = False
+        self.head_only = False  # HEAD: the answer ends with its headers
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.set_cookies: list[str] = []  # the Set-Cookie values among `headers`, in order
+        self.head_done = False
+        self.complete = False
+        self.ended = False  # the answer is over for its parser: any further byte poisons the connection
+        self.keep_alive = False
+        self.framed = False  # Content-Length or chunked: the end of the body is known without a close
+        self.interim = False
+        self.got_bytes = False
+        self.error: UpstreamError | None = None
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.read_paused = False
+        self.read_timeout = 0.0
+        self.last_activity = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.body_task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.in_flight and not self.complete and self.error is None:
+            if self.head_done and not self.framed and not self.head_only:
+                self.complete = True  # no Content-Length, not chunked: the close ends the body
+                self.keep_alive = False
+            else:
+                self.error = UpstreamError("closed_mid_body" if self.head_done else "closed_before_answer")
+        self._wake()
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_flight:
+            # Bytes nobody asked for: this connection cannot be trusted with the next request.
+            self.close()
+            return
+        self.got_bytes = True
+        self.last_activity = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            # Past the end of the answer (a callback raised _Poisoned, or llhttp choked on what
+            # followed), the answer itself stands and only the connection is lost.
+            if self.ended:
+                self._poison()
+            else:
+                self._fail(UpstreamError("invalid_answer"))
+
+    def _poison(self) -> None:
+        self.poisoned = True
+        self._wake()
+        self.close()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.ended:
+            raise _Poisoned  # a second message after the answer: never read as part of it
+
+    def on_status(self, status: bytes) -> None:
+        self.reason = status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname == b"content-length" or (lname == b"transfer-encoding" and b"chunked" in value.lower()):
+            self.framed = True
+        text = value.decode("utf-8", _BYTES)
+        self.headers.append((name.decode("utf-8", _BYTES), text))
+        if lname == b"set-cookie":  # picked out here, where the name is lowercased already
+            self.set_cookies.append(text)
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # 100 Continue, 103 Early Hints: interim answers are not relayed (aiohttp's server
+            # already answered the client's Expect); the final answer follows on this connection.
+            self.interim = True
+            self.headers = []
+            self.set_cookies = []
+            self.framed = False
+            return
+        self.status = status
+        self.head_done = True
+        if self.head_only:
+            # llhttp does not know the request was a HEAD: the answer ends here, and the parser,
+            # still waiting for a body, is replaced before the connection is reused.
+            self.complete = True
+            self.ended = True
+            self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.head_only:
+            raise _Poisoned  # RFC 9110 9.3.2: a HEAD answer has no content; these bytes belong to nothing
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and not self.read_paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.read_paused = True
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if not self.head_only:
+            self.complete = True
+            self.ended = True
+            self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    # -- used by UpstreamClient / UpstreamResponse ----------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+        self.abort()
+
+    async def wait(self) -> None:
+        """Until the parser has more for the reader (or the connection failed)."""
+        self.waiter = self.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    def body_sent(self, task: asyncio.Task[None]) -> None:
+        # The client's body stream fails when the client goes away (its request is cancelled
+        # then) or breaks its framing: the upstream must not wait for the rest.
+        if not task.cancelled() and task.exception() is not None:
+            self._fail(UpstreamError("request_body"))
+
+    def arm(self, read_timeout: float, head_only: bool) -> None:
+        # A parser per answer: whatever state the last one ended in, nothing carries over.
+        self.parser = httptools.HttpResponseParser(self)
+        self.in_flight = True
+        self.head_only = head_only
+        self.read_timeout = read_timeout
+        self.last_activity = self.loop.time()
+        self.watchdog = self.loop.call_at(self.last_activity + read_timeout, self._check_silence)
+
+    def _check_silence(self) -> None:
+        if not self.in_flight or self.complete:
+            return
+        now = self.loop.time()
+        if self.read_paused:
+            self.last_activity = now  # the client is slow, not the upstream
+        deadline = self.last_activity + self.read_timeout
+        if now >= deadline:
+            self._fail(UpstreamTimeout("timeout"))
+        else:
+            self.watchdog = self.loop.call_at(deadline, self._check_silence)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.lost:
+            self._drain = self.loop.create_future()
+            await self._drain
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    def take(self) -> bytes | None:
+        """The next body chunk if one is buffered; b"" at the end of the body."""
+        if self.chunks:
+            chunk = self.chunks.popleft()
+            self.buffered -= len(chunk)
+            if self.read_paused and self.buffered < _LOW_WATER and self.transport is not None:
+                self.read_paused = False
+                self.transport.resume_reading()
+            return chunk
+        if self.complete:
+            return b""
+        if self.error is not None:
+            raise self.error
+        return None
+
+    def finish(self) -> bool:
+        """End the request; True when the connection can carry another one."""
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        body_task = self.body_task
+        reusable = (
+            self.complete
+            and self.keep_alive
+            and not self.poisoned
+            and not self.chunks
+            and not self.lost
+            and self.error is None
+            and (body_task is None or body_task.done())
+        )
+        if body_task is not None and not body_task.done():
+            body_task.cancel()
+        self._reset()
+        return reusable
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamResponse:
+    """The upstream's answer: status, reason and headers at once, the body chunk by chunk."""
+
+    __slots__ = ("_client", "_conn", "_key", "headers", "reason", "set_cookies", "status")
+
+    def __init__(self, conn: _Connection, client: UpstreamClient, key: tuple[str, int, bool]) -> None:
+        self.status = conn.status
+        self.reason = conn.reason
+        self.headers = conn.headers
+        self.set_cookies = conn.set_cookies  # the Set-Cookie values among `headers`
+        self._conn: _Connection | None = conn
+        self._client = client
+        self._key = key
+
+    async def read(self) -> bytes:
+        """The next chunk of the body as it arrived; b"" at its end. Raises UpstreamError when the
+        upstream breaks off or falls silent in the middle of it."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        while True:
+            chunk = conn.take()
+            if chunk is not None:
+                return chunk
+            await conn.wait()
+
+    def ready(self) -> bool:
+        """True when `read` would not wait: a chunk is in, or the body is over (or broken)."""
+        conn = self._conn
+        return conn is None or bool(conn.chunks) or conn.complete or conn.error is not None
+
+    def release(self) -> None:
+        """Done with the answer: its connection goes back to the pool or is closed."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._client._release(self._key, conn)
+
+
+class _Pool:
+    """One origin's connections: the idle ones, how many exist, who waits for one."""
+
+    __slots__ = ("count", "idle", "waiters")
+
+    def __init__(self) -> None:
+        self.idle: deque[_Connection] = deque()
+        self.count = 0  # open or being opened: in use + idle + connecting
+        # FIFO; each gets a released connection, or None: a slot to open a new one in.
+        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+
+
+class UpstreamClient:
+    """Keep-alive connections to the upstreams, reused most recent first, at most
+    `max_connections` per origin."""
+
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max_connections
+        self._pools: dict[tuple[str, int, bool], _Pool] = {}
+        self._busy: set[_Connection] = set()
+        self._tls: ssl.SSLContext | None = None
+
+    async def request(
+        self,
+        origin: Origin,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        *,
+        body: BodySource | None,
+        content_length: int | None,
+        read_timeout_s: float,
+    ) -> UpstreamResponse:
+        """Send one request; return once the answer's headers are in. `headers` must not hold
+        hop-by-hop fields; Host is the origin's unless `headers` has one."""
+        head = _head(method, origin.prefix + target, headers, origin.authority, body, content_length)
+        retry = body is None and method in IDEMPOTENT
+        key = (origin.host, origin.port, origin.tls)
+        fresh = False
+        while True:
+            conn, reused = await self._acquire(origin, key, fresh)
+            conn.arm(read_timeout_s, method == "HEAD")
+            conn.write(head)
+            if body is not None:
+                conn.body_task = asyncio.ensure_future(_send_body(conn, body, chunked=content_length is None))
+                conn.body_task.add_done_callback(conn.body_sent)
+            try:
+                while not conn.head_done:
+                    if conn.error is not None:
+                        raise conn.error
+                    await conn.wait()
+                if conn.poisoned and not conn.head_only:
+                    # More than one message before the head was even handed over (a HEAD's
+                    # stray body is only the connection's loss: its head is the whole answer).
+                    raise UpstreamError("extra_bytes")
+            except UpstreamError as exc:
+                # On a reused connection, silence-then-close is the upstream's idle timeout, and
+                # a garbled answer may be the late bytes of the answer before: a new connection
+                # settles both. Never for a body (consumed) or a timeout (the app is slow).
+                stale = (
+                    reused
+                    and retry
+                    and not isinstance(exc, UpstreamTimeout)
+                    and (not conn.got_bytes or exc.reason in _GARBLED)
+                )
+                self._release(key, conn)
+                if stale:
+                    retry = False
+                    fresh = True
+                    continue
+                raise
+            except BaseException:
+                self._release(key, conn)  # cancelled (the client went away): the connection is closed
+                raise
+            return UpstreamResponse(conn, self, key)
+
+    async def _acquire(
+        self, origin: Origin, key: tuple[str, int, bool], fresh: bool
+    ) -> tuple[_Connection, bool]:
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool()
+        loop = asyncio.get_running_loop()
+        if pool.idle:
+            self._prune(pool, loop.time())
+        if not fresh:
+            while pool.idle:
+                conn = pool.idle.pop()
+                if not conn.lost:
+                    self._busy.add(conn)
+                    return conn, True
+                self._closed(pool)
+        if pool.count >= self.max_connections:
+            if pool.idle:  # a retry wants a new connection: the oldest idle one makes room
+                pool.idle.popleft().close()
+                pool.count -= 1
+            else:
+                handed = await self._wait_for_connection(pool, loop)
+                if handed is not None:
+                    return handed, True
+                pool.count -= 1  # the slot handed over is taken again just below
+        pool.count += 1
+        try:
+            conn = await self._connect(origin)
+        except BaseException:
+            self._closed(pool)
+            raise
+        self._busy.add(conn)
+        return conn, False
+
+    async def _wait_for_connection(self, pool: _Pool, loop: asyncio.AbstractEventLoop) -> _Connection | None:
+        """A connection another request released, or None: a free slot to open one in."""
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
+        pool.waiters.append(waiter)
+        try:
+            await asyncio.wait((waiter,), timeout=self.connect_timeout_s)
+        except BaseException:  # cancelled: the client went away while waiting
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(pool, waiter.result())
+            else:
+                self._forget(pool, waiter)
+            raise
+        if not waiter.done() or waiter.cancelled():  # timed out, or the client is closing
+            self._forget(pool, waiter)
+            raise UpstreamBusy("pool_full")
+        return waiter.result()
+
+    @staticmethod
+    def _forget(pool: _Pool, waiter: asyncio.Future[_Connection | None]) -> None:
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            pool.waiters.remove(waiter)
+
+    def _give_back(self, pool: _Pool, conn: _Connection | None) -> None:
+        # Handed to a request that is gone: pass it on to the next waiter, or park it.
+        if conn is None:
+            self._closed(pool)
+            return
+        self._busy.discard(conn)
+        if not self._hand_over(pool, conn):
+            conn.idle_since = conn.loop.time()
+            pool.idle.append(conn)
+
+    def _hand_over(self, pool: _Pool, conn: _Connection | None) -> bool:
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                if conn is not None:
+                    self._busy.add(conn)
+                waiter.set_result(conn)
+                return True
+        return False
+
+    def _closed(self, pool: _Pool) -> None:
+        """One of the pool's connections is gone: its slot goes to the first waiter, if any."""
+        if not self._hand_over(pool, None):
+            pool.count -= 1
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        loop = asyncio.get_running_loop()
+        tls = None
+        if origin.tls:
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            tls = self._tls
+        try:
+            _transport, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(loop),
+                    origin.host,
+                    origin.port,
+                    ssl=tls,
+                    server_hostname=origin.host if tls else None,
+                ),
+                self.connect_timeout_s,
+            )
+        except TimeoutError:
+            raise UpstreamTimeout("connect_timeout") from None
+        except OSError as exc:  # refused, unreachable, DNS, TLS
+            raise UpstreamError(type(exc).__name__) from None
+        return conn
+
+    def _release(self, key: tuple[str, int, bool], conn: _Connection) -> None:
+        pool = self._pools[key]
+        self._busy.discard(conn)
+        if not conn.finish():
+            conn.close()
+            self._closed(pool)
+            return
+        if self._hand_over(pool, conn):
+            return
+        now = conn.loop.time()
+        conn.idle_since = now
+        pool.idle.append(conn)
+        self._prune(pool, now)
+
+    def _prune(self, pool: _Pool, now: float) -> None:
+        # Oldest first: the connections idle past the limit (or closed by the upstream) go.
+        idle = pool.idle
+        while idle and (idle[0].lost or now - idle[0].idle_since > self.idle_timeout_s):
+            idle.popleft().close()
+            self._closed(pool)
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            while pool.idle:
+                pool.idle.pop().close()
+            while pool.waiters:
+                pool.waiters.popleft().cancel()
+            pool.count = 0
+        for conn in list(self._busy):
+            conn.close()
+        self._busy.clear()
+
+
+def _head(
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    authority: str,
+    body: BodySource | None,
+    content_length: int | None,
+) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
+    has_host = False
+    for name, value in headers:
+        if len(name) == 4 and name.lower() == "host":
+            has_host = True
+        elif len(name) == 14 and name.lower() == "content-length":
+            continue  # framing is ours: set below from what the body is
+        lines.append(f"{name}: {value}")
+    if not has_host:
+        lines.append(f"Host: {authority}")
+    if body is not None:
+        chunked = content_length is None
+        lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {content_length}")
+    elif content_length == 0:
+        lines.append("Content-Length: 0")
+    lines += ("", "")
+    text = "\r\n".join(lines)
+    # One count each instead of a scan per header: a CR or LF inside a name or value would split
+    # the request (aiohttp's parser rejects them from clients; this guards what we built).
+    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+        raise UpstreamError("invalid_header")
+    return text.encode("utf-8", "surrogateescape")
+
+
+async def _send_body(conn: _Connection, body: BodySource, *, chunked: bool) -> None:
+    async for chunk in body.iter_any():
+        if conn.lost:
+            return
+        if chunked:
+            if chunk:
+                conn.write(b"%x\r\n" % len(chunk))
+                conn.write(chunk)
+                conn.write(b"\r\n")
+        else:
+            conn.write(chunk)
+        conn.last_activity = conn.loop.time()  # a long upload is not a silent upstream
+        await conn.drain()
+    if chunked:
+        conn.write(b"0\r\n\r\n")

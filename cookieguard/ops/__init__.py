@@ -1,0 +1,1 @@
+"""Operator tools beside the proxy: `explain`, `healthcheck` and the `demo`."""

@@ -1,0 +1,321 @@
+"""`cookieguard explain`: what the proxy sees in a `Cookie` header, and what it would do.
+
+Offline and pure: no IdP call, no JWKS fetch, no signature check. Claims are read from the
+tokens' payloads and checked against the configuration (issuer, client, token use), so the verdict
+is the proxy's own (cookieguard.session.plan, the same refresh window) except for the signature.
+
+It never prints a token or a cookie value: only cookie names, lengths and a few claims (`sub`,
+`username`, `client_id`, `token_use`, `iss`, `iat`, `exp`), and the session id (the first 12 hex
+digits of sha256 of the refresh token, as in the logs).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from cookieguard.config import Config
+from cookieguard.cookies import parse_cookie_header, percent_decode
+from cookieguard.session.decide import refresh_window
+from cookieguard.session.layouts import AmplifyLayout, Layout, Session, make_layout
+from cookieguard.session.layouts.amplify import AMPLIFY_PREFIX, LAST_AUTH_USER
+from cookieguard.session.plan import Check, Policy, Refresh, Verdicts, plan_session
+from cookieguard.tokens.claims import (
+    Claims,
+    TokenCheck,
+    TokenKind,
+    TokenStatus,
+    check_claims,
+    decode_claims,
+    expectations_for,
+    session_id,
+)
+
+_AMPLIFY_KEYS = ("accessToken", "idToken", "refreshToken", "clockDrift", "deviceKey", "signInDetails")
+_HEADER_PREFIX = re.compile(r"^\s*cookie\s*:\s*", re.IGNORECASE)
+
+
+def cookie_header_from(text: str) -> str:
+    """The header value from what a person pastes: with or without `Cookie:`, wrapped or not."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    joined = " ".join(lines)
+    header = _HEADER_PREFIX.sub("", joined)
+    # Wrapped lines split at `; ` join back with a space; a double `;` would only add empty pieces.
+    return header.strip()
+
+
+def amplify_client_ids(cookies: Sequence[tuple[str, str]]) -> list[str]:
+    """Client ids named by `CognitoIdentityServiceProvider.<clientId>.LastAuthUser` cookies."""
+    found: list[str] = []
+    for name, _ in cookies:
+        parts = percent_decode(name).split(".")
+        is_last_auth_user = len(parts) == 3 and parts[0] == AMPLIFY_PREFIX and parts[2] == LAST_AUTH_USER
+        if is_last_auth_user and parts[1] not in found:
+            found.append(parts[1])
+    return found
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # forward | refresh | no session
+    why: str
+
+
+def explain(
+    header: str,
+    config: Config,
+    *,
+    now_s: float,
+    tz: tzinfo | None = None,
+    client_id: str | None = None,
+) -> list[str]:
+    """The lines `cookieguard explain` prints for one Cookie header."""
+    cookies = parse_cookie_header(header)
+    out = ["cookieguard explain: offline (no IdP call, no signature check; claims are read, not verified)"]
+    if client_id is None and config.provider is not None and config.provider.uses_client:
+        client_id = config.provider.client_id
+    layout_name = config.cookies.layout
+    if layout_name == "amplify" and not client_id:
+        found = amplify_client_ids(cookies)
+        if len(found) == 1:
+            client_id = found[0]
+            out.append(f"client id: {client_id} (from the cookie names; the config has no provider)")
+        elif found:
+            out.append(
+                f"cookies for {len(found)} app clients: {', '.join(found)}; choose one with --client-id"
+            )
+            return out
+    elif client_id:
+        out.append(f"client id: {client_id}")
+    before_expiry = _relative(config.refresh.before_expiry_s)
+    out.append(f"config: {config.source}  layout: {layout_name}  before_expiry: {before_expiry}")
+    out.append(f"cookies in the header: {len(cookies)}")
+    if layout_name == "amplify" and not client_id:
+        out += _verdict_lines(
+            Verdict("forward", "no auth cookies (no CognitoIdentityServiceProvider.*.LastAuthUser)")
+        )
+        return out
+    # The client id may come from the command line or the cookies rather than the configuration.
+    layout = (
+        AmplifyLayout(client_id)
+        if client_id and layout_name == "amplify"
+        else make_layout(config.cookies, config.provider)
+    )
+    session = layout.read(cookies)
+    if session is None:
+        out.append("user: none")
+        out += _verdict_lines(Verdict("forward", "no session: none of this app's auth cookies are present"))
+        return out
+
+    out.append(f"user: {session.user}" if session.user else "user: (not stored in cookies by this layout)")
+    out.append("auth cookies:")
+    values = dict(cookies)
+    for name in sorted(session.cookie_names):
+        size = len(values.get(name, ""))
+        out.append(f"  {name}  ({size} char{'' if size == 1 else 's'})")
+    if layout_name == "amplify" and session.user:
+        present = {percent_decode(n) for n in session.cookie_names}
+        prefix = f"{AMPLIFY_PREFIX}.{client_id}.{session.user}."
+        missing = [k for k in _AMPLIFY_KEYS[:3] if prefix + k not in present]
+        if missing:
+            out.append(f"  missing: {', '.join(missing)}")
+    if session.clock_drift_ms:
+        out.append(f"clock drift (server - browser): {session.clock_drift_ms} ms")
+    if isinstance(session.payload, dict):
+        out += _session_json_lines(session.payload, now_s, tz)
+
+    access = decode_claims(session.access_token) if session.access_token else None
+    out += _token_lines("access token", session.access_token, access, now_s, tz)
+    out += _token_lines("id token", session.id_token, decode_claims(session.id_token or ""), now_s, tz)
+    if session.refresh_token:
+        out.append(
+            f"refresh token: {len(session.refresh_token)} chars, session {session_id(session.refresh_token)}"
+        )
+    else:
+        out.append("refresh token: absent")
+    out += _verdict_lines(_decide(session, layout, config, now_s))
+    out.append(_proof_line(session, config, now_s))
+    if config.provider is not None and config.verify.signature:
+        out.append("note: the proxy also verifies the signature against the IdP's keys (not done here)")
+    return out
+
+
+def _session_json_lines(payload: dict[str, object], now_s: float, tz: tzinfo | None) -> list[str]:
+    """What a session JSON (supabase layout) says beside its tokens; never a token or a secret."""
+    fields = ", ".join(sorted(k for k in payload if k not in ("access_token", "refresh_token")))
+    lines = [f"session JSON fields: {fields}"]
+    expires_at = payload.get("expires_at")
+    if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+        lines.append(
+            f"  expires_at {_when(float(expires_at), now_s, tz, 'expires')} (what the browser client reads)"
+        )
+    else:
+        lines.append("  expires_at absent: the browser client treats this session as invalid")
+    return lines
+
+
+def offline_verdict(token: str, kind: TokenKind, config: Config, now_s: float) -> TokenCheck:
+    """What explain can say about a token without the IdP's keys: its claims as read, checked
+    against the configuration; UNKNOWN (the signature is not checked) when nothing is wrong."""
+    claims = decode_claims(token)
+    provider = config.provider
+    if claims is None:
+        if kind == "access" and provider is not None and provider.opaque_access_tokens:
+            return TokenCheck(TokenStatus.OPAQUE, reason="opaque")
+        return TokenCheck(TokenStatus.INVALID, reason="not_a_jwt")
+    if provider is not None and config.verify.signature:
+        problem = check_claims(claims, expectations_for(provider, config.verify, kind), now_s)
+        if problem is not None and problem != "not_yet_valid":
+            return TokenCheck(TokenStatus.INVALID, reason=problem)
+    return TokenCheck(TokenStatus.UNKNOWN, claims, "not_checked")
+
+
+def _decide(session: Session, layout: Layout, config: Config, now_s: float) -> Verdict:
+    """The proxy's own plan (cookieguard.session.plan), on verdicts read offline; an opaque access token
+    counts as never seen issued (its lifetime is known only to the proxy that received it)."""
+    verdicts = Verdicts(
+        access=offline_verdict(session.access_token, "access", config, now_s)
+        if session.access_token
+        else None,
+        id=offline_verdict(session.id_token, "id", config, now_s) if session.id_token else None,
+    )
+    plan = plan_session(session, verdicts, now_s, Policy.from_config(config, layout))
+    assert not isinstance(plan, Check), "every token's verdict is given"
+    access = verdicts.access.claims if verdicts.access is not None else None
+    if plan.reason == "no_refresh_token":
+        if access is not None and access.exp is not None and access.exp <= now_s:
+            return Verdict(
+                "forward", "no refresh token, and the access token has expired: the user must sign in"
+            )
+        return Verdict("forward", "no refresh token: cookieguard cannot refresh this session")
+    if plan.reason == "opaque_unseen":
+        return Verdict(
+            "forward",
+            "the access token is not a JWT (opaque): its expiry is known only from a token response "
+            "cookieguard saw itself, so it refreshes it only when that lifetime runs out",
+        )
+    if plan.reason == "invalid_token":
+        problem = verdicts.access.reason if verdicts.access is not None else "invalid"
+        if problem == "not_a_jwt":
+            return Verdict(
+                "forward",
+                "the access token is not a JWT: treated as no session (never refreshed, passed through)",
+            )
+        return Verdict(
+            "forward", f"the access token fails the claim checks ({problem}): treated as no session"
+        )
+    if plan.reason == "absent":
+        return Verdict("refresh", "no access token, but a refresh token: cookieguard refreshes")
+    if plan.reason == "no_exp" or access is None or access.exp is None:
+        return Verdict("refresh", "the access token has no exp claim: cookieguard refreshes")
+    left = access.exp - (now_s + session.clock_drift_ms / 1000)
+    window = refresh_window(config.refresh.before_expiry_s, access.exp, access.iat)
+    window_text = f"the {_relative(window)} refresh window" + (
+        " (refresh.before_expiry)"
+        if window == config.refresh.before_expiry_s
+        else " (half the token's lifetime)"
+    )
+    if isinstance(plan, Refresh):
+        if left <= 0:
+            return Verdict("refresh", f"the access token expired {_relative(-left)} ago")
+        return Verdict("refresh", f"the access token expires in {_relative(left)}, within {window_text}")
+    return Verdict(
+        "forward",
+        f"the access token is fresh: it expires in {_relative(left)}, outside {window_text}; "
+        f"refresh due in {_relative(left - window)}",
+    )
+
+
+def _proof_line(session: Session, config: Config, now_s: float) -> str:
+    """Whether the proxy would count the session as proven (docs/security.md "Abuse limits"): proven
+    sessions are budgeted per subject, unproven ones per client address and in all. Offline, a
+    signature cannot be checked, so the best answer for well-formed tokens is "unknown"."""
+    if config.provider is None:
+        return "proven: no (no provider configured: nothing is refreshed)"
+    if not config.verify.signature:
+        return "proven: no (verify.signature is false: every refresh is budgeted as unproven)"
+    problems = []
+    candidates: tuple[tuple[TokenKind, str | None], ...] = (
+        ("access", session.access_token),
+        ("id", session.id_token),
+    )
+    for kind, token in candidates:
+        if not token:
+            continue
+        claims = decode_claims(token)
+        if claims is None:
+            problems.append(f"{kind} token is not a JWT")
+            continue
+        problem = check_claims(claims, expectations_for(config.provider, config.verify, kind), now_s)
+        if problem is None and not claims.sub:
+            problem = "no sub claim"
+        if problem is None:
+            return (
+                f"proven: unknown (the {kind} token names this client and subject {claims.sub}; "
+                "the proxy proves it with a signature check against the IdP's keys, not done here)"
+            )
+        problems.append(f"{kind} token: {problem}")
+    if not problems:
+        return "proven: no (no access or id token beside the refresh token: budgeted per address)"
+    return f"proven: no ({'; '.join(problems)}: budgeted per address)"
+
+
+def _verdict_lines(verdict: Verdict) -> list[str]:
+    return [f"verdict: {verdict.action.upper()}: {verdict.why}"]
+
+
+def _token_lines(
+    label: str, token: str | None, claims: Claims | None, now_s: float, tz: tzinfo | None
+) -> list[str]:
+    if not token:
+        return [f"{label}: absent"]
+    if claims is None:
+        return [f"{label}: {len(token)} chars, not a JWT (no claims to read)"]
+    fields = [
+        f"{key}={value}"
+        for key, value in (
+            ("sub", claims.sub),
+            ("username", claims.username),
+            ("client_id", claims.client_id),
+            ("aud", ",".join(claims.aud) or None),
+            ("token_use", claims.token_use),
+            ("iss", claims.iss),
+        )
+        if value
+    ]
+    lines = [f"{label}: JWT, {len(token)} chars" + (f", {' '.join(fields)}" if fields else "")]
+    if claims.iat is not None:
+        lines.append(f"  issued   {_when(claims.iat, now_s, tz, 'issued')}")
+    if claims.exp is not None:
+        lines.append(f"  expires  {_when(claims.exp, now_s, tz, 'expires')}")
+    else:
+        lines.append("  expires  never (no exp claim)")
+    return lines
+
+
+def _when(epoch_s: float, now_s: float, tz: tzinfo | None, what: str) -> str:
+    """`2026-11-25 13:00:00 CET (expires in 4 min)`, or `(expired 2 h ago)`, in local time."""
+    local = datetime.fromtimestamp(epoch_s, tz=tz) if tz else datetime.fromtimestamp(epoch_s).astimezone()
+    stamp = local.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    delta = epoch_s - now_s
+    if delta > 0:
+        relative = f"{what} in {_relative(delta)}"
+    else:
+        relative = f"{'expired' if what == 'expires' else what} {_relative(-delta)} ago"
+    return f"{stamp} ({relative})"
+
+
+def _relative(seconds: float) -> str:
+    """A human duration: 45 s, 4 min, 2 h 5 min, 3 d 4 h."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        h, m = divmod(s // 60, 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    d, h = divmod(s // 3600, 24)
+    return f"{d} d {h} h" if h else f"{d} d"

@@ -1,0 +1,220 @@
+"""What every cookie layout reads and writes, and the chunk codec the layouts share.
+
+A layout knows where an app keeps its session in cookies: which names, how values are encoded,
+how a value too large for one cookie is split. It reads a `Session` out of a `Cookie` header and,
+after a refresh, writes `FreshTokens` back (the outgoing `Cookie` header and the `Set-Cookie`s
+for the browser). Pure: no I/O, no clock, no logging.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cookieguard.cookies import MAX_COOKIE_BYTES, SetCookie, format_cookie_header, is_valid_cookie_name
+from cookieguard.lru import LRU, MISSING
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from cookieguard.config import CookieAttributes, CookiesConfig
+    from cookieguard.tokens.providers.base import ProviderConfig
+
+Pairs = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Session:
+    """The auth state one request carries in its cookies, as its layout read it. Tokens decoded.
+
+    The tokens and the user are what the proxy decides on; `payload` is the layout's own (what
+    it read that is not a token and that it must write back whole, e.g. a session JSON holding
+    fields cookieguard does not own). `cookie_names` are every cookie (raw names, chunks
+    included) that holds this session: what the layout rewrites, strips and expires.
+    """
+
+    user: str | None  # amplify: LastAuthUser, percent-decoded; named: None
+    access_token: str | None = field(repr=False)
+    id_token: str | None = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    clock_drift_ms: int = 0
+    device_key: str | None = field(default=None, repr=False)
+    cookie_names: frozenset[str] = frozenset()
+    payload: Any = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class FreshTokens:
+    """What a refresh gave, ready for the layout to write back."""
+
+    access_token: str = field(repr=False)
+    id_token: str | None = field(repr=False)
+    refresh_token: str = field(repr=False)  # the rotated one, else the old one
+    clock_drift_ms: int = 0  # iat*1000 - now_ms, computed by the caller
+    expires_in_s: int | None = None  # the token response's `expires_in`, for layouts that store it
+
+
+class Layout(ABC):
+    """One way of keeping a session in cookies. Registered by name in `cookieguard.session.layouts`."""
+
+    # The provider kinds whose tokens this layout holds; None: any kind.
+    provider_kinds: ClassVar[tuple[str, ...] | None] = None
+    # Whether `cookies.names` configures it.
+    uses_names: ClassVar[bool] = False
+    # Whether `cookies.storage_key` configures it.
+    uses_storage_key: ClassVar[bool] = False
+    # `cookies.attributes` defaults of this layout where they differ from CookieAttributes' own
+    # (field name -> value): what the app's own cookie library writes.
+    attribute_defaults: ClassVar[Mapping[str, Any]] = {}
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cookies: CookiesConfig, provider: ProviderConfig | None) -> Self:
+        """The layout for this configuration; ValueError when it cannot be built from it."""
+
+    @abstractmethod
+    def relevant_cookies(self, header: str) -> Pairs:
+        """The pairs of a `Cookie` header that `read` looks at (all of them would do too)."""
+
+    @abstractmethod
+    def read(self, cookies: Sequence[tuple[str, str]]) -> Session | None:
+        """The session in these cookies, or None when there are no auth cookies at all."""
+
+    @abstractmethod
+    def cookie_header(self, cookies: Sequence[tuple[str, str]], session: Session, tokens: FreshTokens) -> str:
+        """The outgoing `Cookie` header: fresh tokens in place of the old, the rest unchanged."""
+
+    @abstractmethod
+    def set_cookies(self, session: Session, tokens: FreshTokens, attrs: CookieAttributes) -> list[SetCookie]:
+        """What the browser must store after a refresh."""
+
+    def stripped_cookie_header(self, cookies: Sequence[tuple[str, str]], session: Session) -> str:
+        """The outgoing `Cookie` header without any of the session's auth cookies."""
+        return format_cookie_header([(n, v) for n, v in cookies if n not in session.cookie_names])
+
+    def clear_cookies(self, session: Session, attrs: CookieAttributes) -> list[SetCookie]:
+        """Expire every auth cookie of the session."""
+        # A name the browser sent but that cannot be written safely (e.g. raw non-ASCII) is left alone.
+        return [SetCookie.expired(n, attrs) for n in sorted(session.cookie_names) if is_valid_cookie_name(n)]
+
+
+class SessionReader:
+    """`layout.read(layout.relevant_cookies(header))`, remembered per Cookie header.
+
+    A browser sends the same Cookie header on every request of a page load (documents, assets,
+    API calls) until a cookie changes, so the hot path reads each header once. Sessions are
+    immutable and the read depends on nothing but the header. Bounded (an `LRU`): its worst
+    case is `size` headers of at most 64 KB each (typically ~4 KB: 2 MB at 512).
+    """
+
+    __slots__ = ("_seen", "layout")
+
+    def __init__(self, layout: Layout, size: int = 512) -> None:
+        self.layout = layout
+        self._seen: LRU[str, Session | None] = LRU(size)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def read(self, header: str) -> Session | None:
+        session = self._seen.get(header, MISSING)
+        if session is MISSING:
+            session = self.layout.read(self.layout.relevant_cookies(header))
+            self._seen.put(header, session)
+        return session
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunks: one value over `<name>`, or `<name>.0`, `<name>.1`, ...
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """One encoded value kept in the cookie `<name>` when it fits, else in `<name>.0`, `.1`, ...
+
+    The scheme of @supabase/ssr's chunker and of the named layout. `limit` bounds each cookie:
+    its name plus value (browsers refuse more than 4096 bytes), or with `value_only` its value
+    alone (@supabase/ssr splits values longer than 3180 characters).
+    """
+
+    limit: int = MAX_COOKIE_BYTES
+    value_only: bool = False
+
+    def split(self, name: str, encoded: str) -> Pairs:
+        """`[(name, encoded)]` when it fits in one cookie, else `[(name.0, part), (name.1, part), ...]`."""
+        if (0 if self.value_only else len(name)) + len(encoded) <= self.limit:
+            return [(name, encoded)]
+        chunks: Pairs = []
+        start = 0
+        while start < len(encoded):
+            chunk_name = f"{name}.{len(chunks)}"
+            size = self.limit - (0 if self.value_only else len(chunk_name))
+            if size <= 0:
+                raise ValueError(f"cookie name {name!r} leaves no room for a value")
+            chunks.append((chunk_name, encoded[start : start + size]))
+            start += size
+        return chunks
+
+    @staticmethod
+    def index(name: str, base: str) -> int | None:
+        """n for `<base>.<n>` (n written canonically: 0, 1, ..., never 01), else None."""
+        if len(name) <= len(base) + 1 or not name.startswith(base) or name[len(base)] != ".":
+            return None
+        digits = name[len(base) + 1 :]
+        if not digits.isascii() or not digits.isdigit() or (len(digits) > 1 and digits[0] == "0"):
+            return None
+        return int(digits) if len(digits) < 7 else None
+
+    @classmethod
+    def holds(cls, name: str, base: str) -> bool:
+        """Whether the cookie `name` holds (a piece of) the value of `base`."""
+        return name == base or cls.index(name, base) is not None
+
+    @staticmethod
+    def join(first: Mapping[str, str], base: str) -> str:
+        """The encoded value of `base` from cookies by name (the first of duplicates): a non-empty
+        plain `<base>` wins, else the chunks read contiguously from `.0`; "" when there is none."""
+        raw = first.get(base, "")
+        if raw:
+            return raw
+        parts: list[str] = []
+        while (part := first.get(f"{base}.{len(parts)}")) is not None:
+            parts.append(part)
+        return "".join(parts)
+
+    @staticmethod
+    def replace(
+        cookies: Sequence[tuple[str, str]],
+        owned: frozenset[str],
+        fresh: Mapping[str, Pairs],
+        base_of: Callable[[str], str | None],
+    ) -> Pairs:
+        """`cookies` with each base's old pieces (among `owned`) replaced by its `fresh` pairs, in
+        the place of its first old piece; a base the header did not hold is appended."""
+        out: Pairs = []
+        placed: set[str] = set()
+        for name, value in cookies:
+            base = base_of(name) if name in owned else None
+            if base is None or base not in fresh:
+                out.append((name, value))
+            elif base not in placed:
+                out.extend(fresh[base])
+                placed.add(base)
+        for base, pairs in fresh.items():
+            if base not in placed:
+                out.extend(pairs)
+        return out
+
+    @classmethod
+    def stale(cls, names: Iterable[str], base: str, written: Pairs) -> list[str]:
+        """The cookies of `base` among `names` that writing `written` leaves behind: the plain
+        cookie when chunks are written, the chunks when it is plain, and chunks past the new last
+        one. Left in the browser, they would be read back into a corrupt value (@supabase/ssr #210)."""
+        kept = {name for name, _ in written}
+        return sorted(
+            (n for n in names if n not in kept and cls.holds(n, base)),
+            key=lambda n: -1 if n == base else cls.index(n, base) or 0,
+        )
