@@ -234,7 +234,7 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_is_budgeted(
 
 
 # ---------------------------------------------------------------------------------------------
-# A mass expiry: proven sessions over the IdP ceiling wait for it (README "Abuse limits")
+# A mass expiry: proven sessions over the IdP ceiling wait for it (docs/security.md "Abuse limits")
 # ---------------------------------------------------------------------------------------------
 
 
