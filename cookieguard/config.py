@@ -142,6 +142,12 @@ def positive_number(value: Any) -> float:
     return float(value)
 
 
+def non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number, 0 or more, got {value!r}")
+    return value
+
+
 def networks(value: Any) -> tuple[IPNetwork, ...]:
     items = value if isinstance(value, list) else [value]
     out = []
@@ -349,7 +355,9 @@ class LimitsConfig:
     may cost at most `unproven_per_address` IdP calls per client address per minute (burst the
     same) and `unproven_per_second` in all; a proven subject (`sub`) at most
     `refresh_tokens_per_subject` distinct refresh tokens per 10 minutes; every IdP call together
-    at most `idp_calls_per_second`, proven sessions first.
+    at most `idp_calls_per_second`, proven sessions first. A proven session whose access token
+    has expired (or is about to) waits for the ceiling instead of being forwarded unrefreshed: at
+    most `refresh_queue` of them per replica, each at most `refresh_wait_s`.
     """
 
     max_connections: int = key(
@@ -391,9 +399,26 @@ class LimitsConfig:
     idp_calls_per_second: float = key(
         "idp_calls_per_second",
         positive_number,
-        "ceiling on all IdP calls, per replica; unproven sessions may not use its last half",
+        "ceiling on all IdP calls, per replica, as the IdP counts them (a call holds its slot until a "
+        "second after its answer); unproven sessions may not use its last half",
         default=50.0,
         show=lambda v: f"{v:g}",
+    )
+    refresh_queue: int = key(
+        "refresh_queue",
+        non_negative_int,
+        "proven sessions with an expired access token that may wait for the IdP ceiling at once, per "
+        "replica, instead of being forwarded unrefreshed; `0`: none wait (one more is forwarded "
+        "unchanged, `limited`, `error: queue_full`)",
+        default=1000,
+    )
+    refresh_wait_s: float = _duration(
+        "refresh_wait",
+        10.0,
+        "how long such a session waits at most for the ceiling (then forwarded unchanged, `limited`, "
+        "`error: wait_expired`); at 50 calls per second, 300 sessions expiring at once are all served "
+        "within about 6 s",
+        positive=True,
     )
     # Connections cookieguard holds open to each upstream origin, in use and idle together.
     upstream_connections: int = key(

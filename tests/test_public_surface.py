@@ -51,6 +51,9 @@ METRICS = {
     "cookieguard_sessions_in_flight",  # deprecated alias, removed in the next release
     "cookieguard_store_degraded",
     "cookieguard_clients_cut_total",
+    "cookieguard_refresh_queue_waiting",
+    "cookieguard_refresh_wait_seconds",
+    "cookieguard_refresh_limited_total",
 }
 REFRESH_OUTCOMES = {"refreshed", "joined", "reused", "rejected", "failed", "limited"}
 # Reasons the session endpoint never answers with: without a provider it is not served.
@@ -80,7 +83,7 @@ def _first_column(section: str) -> set[str]:
 
 def test_the_configuration_reference_documents_exactly_the_config_keys() -> None:
     assert _first_column(_section(CONFIGURATION, "Configuration reference")) == CONFIG_KEYS
-    assert len(CONFIG_KEYS) == 61
+    assert len(CONFIG_KEYS) == 63
 
 
 def test_the_reference_table_is_the_records_own() -> None:
@@ -230,10 +233,10 @@ def _bullet(page: str, name: str) -> str:
 
 
 def _defined_words(text: str, *, explained: bool = False) -> set[str]:
-    """The words a list defines: each in backticks, then its explanation in parentheses
-    (`explained`), or then a comma, parentheses or the end."""
+    """The words a list defines: each in backticks after a colon or a comma, then its
+    explanation in parentheses (`explained`), or then a comma, parentheses or the end."""
     after = r"\s+\(" if explained else r",|\s+\(|\.?$"
-    return set(re.findall(rf"`([a-z_]+)`(?={after})", text))
+    return set(re.findall(rf"(?:^|[:,]\s+)`([a-z_]+)`(?={after})", text))
 
 
 def test_the_docs_name_exactly_the_vocabulary() -> None:

@@ -212,6 +212,10 @@ class Refresh:
     proof: Proof
     due: Due
     old_expires_at: float | None  # the access token's `exp`, for the log line
+    # Forwarded unrefreshed, the app would get no access token, an expired one, or one that
+    # expires before it could act on it (docs/security.md "Abuse limits": such a session waits for the IdP
+    # ceiling). False: still valid for a while, merely inside `before_expiry`.
+    urgent: bool = True
 
     @property
     def reason(self) -> DueReason:
@@ -247,6 +251,11 @@ class Answer:
 
 
 Plan = Check | Refresh | Forward | Answer
+
+# A token this close to its expiry is as good as expired to the app: Amplify's server-side
+# session refreshes by itself a token within 5 s of `exp` (isTokenExpired's tolerance), and a
+# handler may still call an API with the token after that check.
+APP_MARGIN_S = 30.0
 
 NO_SESSION = Forward(ForwardReason.NO_SESSION)
 NO_REFRESH_TOKEN = Forward(ForwardReason.NO_REFRESH_TOKEN)
@@ -299,8 +308,15 @@ def plan_session(
             proof=proof,
             due=when,
             old_expires_at=access.expires_at,
+            urgent=_urgent(when),
         )
     return _after_refresh(session, result, now_s, policy, cookie_header, is_navigation)
+
+
+def _urgent(when: Due) -> bool:
+    """Whether the app would get no access token, an expired one, or one within APP_MARGIN_S of
+    its expiry, were the request forwarded unrefreshed."""
+    return when.reason is not DueReason.DUE or (when.left_s is not None and when.left_s <= APP_MARGIN_S)
 
 
 def _after_refresh(

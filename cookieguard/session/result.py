@@ -20,3 +20,4 @@ class RefreshResult:
     idp_status: int | None = None
     duration_ms: float = 0.0
     retry_after_s: float | None = None
+    wait_ms: float = 0.0  # how long the refresh waited for the IdP ceiling
