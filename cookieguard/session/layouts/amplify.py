@@ -66,6 +66,9 @@ class AmplifyLayout(Layout):
         """The name Amplify writes for one of a user's keys (e.g. accessToken)."""
         return js_cookie_name(f"{self._prefix}{user}.{key}")
 
+    def owns(self, name: str) -> bool:
+        return name.startswith(self._prefix)
+
     def relevant_cookies(self, header: str) -> list[tuple[str, str]]:
         return select_cookies(header, self._prefixes)
 

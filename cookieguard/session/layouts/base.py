@@ -79,6 +79,12 @@ class Layout(ABC):
         """The pairs of a `Cookie` header that `read` looks at (all of them would do too)."""
 
     @abstractmethod
+    def owns(self, name: str) -> bool:
+        """Whether a cookie of this name (raw, as in `Set-Cookie`) is one this layout keeps a
+        session in: a chunk, the plain name, any of its cookies. An app that writes one is
+        writing the session, and its write wins whole (cookieguard.session.merge)."""
+
+    @abstractmethod
     def read(self, cookies: Sequence[tuple[str, str]]) -> Session | None:
         """The session in these cookies, or None when there are no auth cookies at all."""
 

@@ -54,6 +54,9 @@ class NamedLayout(Layout):
     def relevant_cookies(self, header: str) -> Pairs:
         return select_cookies(header, self._bases)
 
+    def owns(self, name: str) -> bool:
+        return self._base_of(name) is not None
+
     def _base_of(self, name: str) -> str | None:
         for base in self._bases:
             if Chunks.holds(name, base):

@@ -304,6 +304,9 @@ class SupabaseLayout(Layout):
     def relevant_cookies(self, header: str) -> Pairs:
         return select_cookies(header, self._prefixes)
 
+    def owns(self, name: str) -> bool:
+        return _is_chunk_like(name, self.key)
+
     def _base_of(self, name: str) -> str | None:
         return self.key if _is_chunk_like(name, self.key) else None
 
