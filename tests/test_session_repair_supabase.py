@@ -134,7 +134,10 @@ async def test_a_redirect_and_a_rewrite_carry_the_refreshed_cookie(
     assert fresh["refresh_token"] == gotrue.active_refresh_token(sid) != session["refresh_token"]
     claims = gotrue.decode(fresh["access_token"], verify_exp=True)
     assert fresh["expires_at"] == claims["exp"] and fresh["expires_in"] == 3600
-    assert fresh["user"] == session["user"] and fresh["provider_token"] == session["provider_token"]
+    # `user` as GoTrue answered it (as @supabase/ssr saves it); a field we do not own kept.
+    assert fresh["user"] == gotrue.users[session["user"]["id"]].as_json(gotrue.clock())
+    assert fresh["user"] != session["user"]  # GoTrue's answer stamps `last_sign_in_at`/`updated_at`
+    assert fresh["provider_token"] == session["provider_token"]
     assert fresh["token_type"] == "bearer"
     # The attributes are @supabase/ssr's, and no shared cache may keep them.
     assert all("; Path=/; Max-Age=34560000; SameSite=Lax" in c for c in set_cookies if "Max-Age=0" not in c)
@@ -229,6 +232,33 @@ async def test_the_library_and_cookieguard_read_each_others_cookies(
     assert answer["error"] is None and answer["setAll"] == []
     assert answer["session"] == fresh
     assert gotrue.stats.refresh_calls == 1  # the library did not refresh again
+
+
+@needs_node
+async def test_after_a_refresh_the_cookie_holds_the_user_gotrue_answered(
+    aiohttp_server: Any, cookieguard_process: Start, gotrue: GoTrueServer, known_secrets: KnownSecrets
+) -> None:
+    """The user's metadata changed since the cookie was written (the app updated it through
+    GoTrue's admin API): after cookieguard's refresh, the real library reads the new `user`
+    from the cookie, as it would after its own refresh."""
+    app = await start_buggy_app(aiohttp_server)
+    guard = start_guard(cookieguard_process, gotrue, guard_config(gotrue, str(app.make_url(""))))
+    session = expired_session(gotrue, known_secrets)
+    browser = browser_with(gotrue, session)
+    gotrue.users[session["user"]["id"]].user_metadata = {"plan": "pro"}
+
+    async with aiohttp.ClientSession() as http:
+        status, set_cookies = await get(http, f"{guard.url}/rewrite", browser.header())
+    assert status == 200 and gotrue.stats.refreshed == 1
+    browser.receive(set_cookies)
+    fresh = note_written(known_secrets, gotrue, browser)
+    assert session["user"]["user_metadata"] == {} and fresh["user"]["user_metadata"] == {"plan": "pro"}
+
+    answer = await ssr(
+        {"op": "read", "url": gotrue.url, "anonKey": gotrue.anon_key, "cookieHeader": browser.header()}
+    )
+    assert answer["error"] is None and answer["setAll"] == []
+    assert answer["session"]["user"]["user_metadata"] == {"plan": "pro"}
 
 
 async def test_50_concurrent_requests_with_one_expired_session_make_one_refresh(

@@ -271,6 +271,7 @@ def _after_refresh(
             if claims and claims.iat
             else session.clock_drift_ms,
             expires_in_s=tokens.expires_in_s,
+            extra_fields=tokens.extra_fields,
         )
         opaque_lifetime = None
         if claims is None and tokens.expires_in_s is not None:

@@ -251,6 +251,8 @@ class Refresher:
                 refresh_token=t.refresh_token,
                 expires_in=t.expires_in_s,
             )
+            if t.extra_fields:
+                body["extra"] = dict(t.extra_fields)
         if result.error:
             body["error"] = result.error
         return self.sealer.seal(json.dumps(body, separators=(",", ":")).encode())
@@ -268,6 +270,7 @@ class Refresher:
                 id_token=body.get("id_token"),
                 refresh_token=body.get("refresh_token"),
                 expires_in_s=body.get("expires_in"),
+                extra_fields=dict(body.get("extra") or {}),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None

@@ -54,6 +54,8 @@ class FreshTokens:
     refresh_token: str = field(repr=False)  # the rotated one, else the old one
     clock_drift_ms: int = 0  # iat*1000 - now_ms, computed by the caller
     expires_in_s: int | None = None  # the token response's `expires_in`, for layouts that store it
+    # The token response's other fields a layout stores (TokenSet.extra_fields).
+    extra_fields: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 class Layout(ABC):

@@ -219,9 +219,13 @@ def updated_session(
     expires_in: int,
     expires_at: int,
     token_type: str = "bearer",
+    user: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The session JSON after a refresh: cookieguard's fields replaced, every other one kept."""
+    """The session JSON after a refresh: cookieguard's fields replaced, and `user` when the
+    IdP's answer had one; every other field kept."""
     fresh = dict(session)
+    if user is not None:
+        fresh["user"] = dict(user)
     fresh.update(
         access_token=access_token,
         refresh_token=refresh_token,
@@ -278,8 +282,8 @@ class SupabaseLayout(Layout):
     """`sb-<ref>-auth-token` (or `cookies.storage_key`), chunked as @supabase/ssr chunks it.
 
     The session JSON is the layout's `payload`: after a refresh it is written back whole, with
-    the fields of `OWNED_FIELDS` replaced and every other one (`user`, `provider_token`, ...)
-    kept as read.
+    the fields of `OWNED_FIELDS` replaced, `user` from GoTrue's answer when it has one (as
+    @supabase/ssr saves it), and every other one (`provider_token`, ...) kept as read.
     """
 
     provider_kinds: ClassVar[tuple[str, ...] | None] = ("supabase",)
@@ -342,6 +346,7 @@ class SupabaseLayout(Layout):
             expires_in = exp - iat
         if exp is None and iat is not None and expires_in is not None:
             exp = iat + expires_in  # no `exp` claim: the token response's lifetime from its issue
+        user = tokens.extra_fields.get("user")
         return updated_session(
             old,
             access_token=tokens.access_token,
@@ -350,6 +355,7 @@ class SupabaseLayout(Layout):
             # keeps the old one, so the browser client refreshes it itself.
             expires_in=expires_in if expires_in is not None else _int(old.get("expires_in")),
             expires_at=exp if exp is not None else _int(old.get("expires_at")),
+            user=user if isinstance(user, Mapping) else None,
         )
 
     def _fresh_pairs(self, session: Session, tokens: FreshTokens) -> Pairs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +48,9 @@ class TokenSet:
     id_token: str | None = field(default=None, repr=False)
     refresh_token: str | None = field(default=None, repr=False)
     expires_in_s: int | None = None
+    # Fields of the token response beside the tokens that a layout stores with them (Supabase's
+    # `user`, which @supabase/ssr saves from every answer). JSON values; empty for most IdPs.
+    extra_fields: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def rotated(self) -> bool:
