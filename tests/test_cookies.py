@@ -282,7 +282,8 @@ def test_amplify_reads_a_real_session() -> None:
     assert session.id_token == ID
     assert session.refresh_token == REFRESH
     assert session.clock_drift_ms == -1042
-    assert session.device_key == "us-east-1_0b9a6e3c-1f2d"
+    # What the Cognito provider needs to refresh: the username (SECRET_HASH) and the device key.
+    assert session.refresh_context == {"username": USER, "device_key": "us-east-1_0b9a6e3c-1f2d"}
     assert session.cookie_names == {
         f"{PREFIX}.LastAuthUser",
         f"{PREFIX}.{USER_IN_NAME}.accessToken",
@@ -326,7 +327,7 @@ def test_amplify_last_auth_user_without_tokens_is_still_a_session() -> None:
         None,
         None,
     )
-    assert session.clock_drift_ms == 0 and session.device_key is None
+    assert session.clock_drift_ms == 0 and "device_key" not in session.refresh_context
 
 
 def test_amplify_tokens_without_refresh_token_is_still_a_session() -> None:
@@ -599,7 +600,6 @@ def test_named_reads_plain_cookies() -> None:
         id_token=ID,
         refresh_token="opaque-refresh",
         clock_drift_ms=0,
-        device_key=None,
         cookie_names=frozenset({"at", "rt", "idt"}),
     )
 

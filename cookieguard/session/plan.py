@@ -21,6 +21,7 @@ A caller runs it in steps (README "How it works"):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -145,10 +146,7 @@ class Refresh:
     """Send this refresh token to the IdP, charged to the proof's subject (else the address)."""
 
     refresh_token: str = field(repr=False)
-    # Cognito's SECRET_HASH is computed over the username the cookies name (README "Amazon
-    # Cognito with Amplify v6").
-    username: str | None
-    device_key: str | None = field(repr=False)
+    context: Mapping[str, str] = field(repr=False)  # Session.refresh_context, for the provider
     proof: Proof
     reason: str  # absent | no_exp | expired | due
     old_expires_at: float | None  # the access token's `exp`, for the log line
@@ -232,8 +230,7 @@ def plan_session(
     if result is None:
         return Refresh(
             session.refresh_token,
-            username=session.user,
-            device_key=session.device_key,
+            context=session.refresh_context,
             proof=proof,
             reason=_due_reason(access, session, now_s),
             old_expires_at=access.expires_at,

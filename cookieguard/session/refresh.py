@@ -25,7 +25,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cookieguard.config import RefreshConfig, StoreConfig
@@ -35,7 +35,13 @@ from cookieguard.session.guard import RejectStormGuard, StormChange
 from cookieguard.session.limits import Budgets, Claimant
 from cookieguard.store.base import Store
 from cookieguard.store.crypto import Sealer
-from cookieguard.tokens.providers.base import Provider, RefreshRejected, RefreshUnavailable, TokenSet
+from cookieguard.tokens.providers.base import (
+    NO_CONTEXT,
+    Provider,
+    RefreshRejected,
+    RefreshUnavailable,
+    TokenSet,
+)
 
 REFRESHED, JOINED, REUSED, REJECTED, FAILED = "refreshed", "joined", "reused", "rejected", "failed"
 LIMITED = "limited"
@@ -100,12 +106,11 @@ class Refresher:
         self,
         refresh_token: str,
         *,
-        username: str | None = None,
-        device_key: str | None = None,
+        context: Mapping[str, str] = NO_CONTEXT,
         claimant: Claimant | None = None,
     ) -> RefreshResult:
-        """`claimant`: whom the IdP call is charged to; None charges nobody (and counts as proven
-        for the reject-storm guard)."""
+        """`context`: the session's refresh context, for the provider. `claimant`: whom the IdP
+        call is charged to; None charges nobody (and counts as proven for the reject-storm guard)."""
         key = store_key(refresh_token)
         task = self._in_flight.get(key)
         if task is not None:
@@ -114,7 +119,7 @@ class Refresher:
         until = self._backoff.expires_at(key, self.clock())
         if until is not None:
             return RefreshResult(FAILED, error="backoff", retry_after_s=until - self.clock())
-        task = asyncio.ensure_future(self._coordinated(key, refresh_token, username, device_key, claimant))
+        task = asyncio.ensure_future(self._coordinated(key, refresh_token, context, claimant))
         self._in_flight[key] = task
         task.add_done_callback(lambda _t: self._in_flight.pop(key, None))
         # Shielded: a client that disconnects must not cancel the refresh for everybody else.
@@ -124,8 +129,7 @@ class Refresher:
         self,
         key: str,
         refresh_token: str,
-        username: str | None,
-        device_key: str | None,
+        context: Mapping[str, str],
         claimant: Claimant | None,
     ) -> RefreshResult:
         stored = await self._stored(key)
@@ -151,7 +155,7 @@ class Refresher:
                 if limit is not None:
                     return RefreshResult(LIMITED, error=limit)
             feeds_guard = claimant is None or claimant.proven or self.unproven_feed_guard
-            return await self._call_idp(key, owner, refresh_token, username, device_key, feeds_guard)
+            return await self._call_idp(key, owner, refresh_token, context, feeds_guard)
         finally:
             await self.store.release(key, owner)
 
@@ -160,8 +164,7 @@ class Refresher:
         key: str,
         owner: str,
         refresh_token: str,
-        username: str | None,
-        device_key: str | None,
+        context: Mapping[str, str],
         feeds_guard: bool,
     ) -> RefreshResult:
         keeper = asyncio.ensure_future(self._keep_lease(key, owner))
@@ -169,7 +172,7 @@ class Refresher:
         if self.on_idp_call:
             self.on_idp_call(True)
         try:
-            tokens = await self.provider.refresh(refresh_token, username=username, device_key=device_key)
+            tokens = await self.provider.refresh(refresh_token, context)
         except RefreshRejected as exc:
             if feeds_guard:
                 self._note_storm(self.guard.record(key, rejected=True, now=self.clock()))

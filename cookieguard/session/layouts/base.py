@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cookieguard.cookies import MAX_COOKIE_BYTES, SetCookie, format_cookie_header, is_valid_cookie_name
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from cookieguard.tokens.providers.base import ProviderConfig
 
 Pairs = list[tuple[str, str]]
+NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class Session:
     id_token: str | None = field(repr=False)
     refresh_token: str | None = field(repr=False)
     clock_drift_ms: int = 0
-    device_key: str | None = field(default=None, repr=False)
+    # What the provider needs beside the refresh token, as the layout read it (opaque here:
+    # tokens.providers.base.Provider.refresh); empty for most layouts.
+    refresh_context: Mapping[str, str] = field(default_factory=lambda: NO_CONTEXT, repr=False)
     cookie_names: frozenset[str] = frozenset()
     payload: Any = field(default=None, repr=False)
 
@@ -56,6 +60,23 @@ class FreshTokens:
     expires_in_s: int | None = None  # the token response's `expires_in`, for layouts that store it
     # The token response's other fields a layout stores (TokenSet.extra_fields).
     extra_fields: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+# `explain`'s time formatter: (epoch seconds, "expires" | "issued") -> "in 5m (12:00:00 UTC)".
+When = Callable[[float, str], str]
+
+
+@dataclass(frozen=True)
+class Offline:
+    """The layout `cookieguard explain` reads a pasted header with, and what it says first.
+
+    `layout` None: nothing to read; `notes` say why (and `ambiguous`: the header names several
+    apps and the user must choose; else `no_session` is the verdict's reason)."""
+
+    layout: Layout | None
+    notes: tuple[str, ...] = ()
+    ambiguous: bool = False
+    no_session: str = ""
 
 
 class Layout(ABC):
@@ -97,6 +118,19 @@ class Layout(ABC):
     @abstractmethod
     def set_cookies(self, session: Session, tokens: FreshTokens, attrs: CookieAttributes) -> list[SetCookie]:
         """What the browser must store after a refresh."""
+
+    @classmethod
+    def offline(
+        cls, cookies: CookiesConfig, provider: ProviderConfig | None, header: Pairs, client_id: str | None
+    ) -> Offline:
+        """The layout for `cookieguard explain`: the configured one (`client_id`: from the command
+        line or the configuration, printed when there is one)."""
+        return Offline(cls.from_config(cookies, provider), (f"client id: {client_id}",) if client_id else ())
+
+    def describe(self, session: Session, when: When) -> list[str]:
+        """What `explain` prints about the session beside its cookie names and tokens (never a
+        token or a cookie value): what the layout keeps that is not a token."""
+        return []
 
     def stripped_cookie_header(self, cookies: Sequence[tuple[str, str]], session: Session) -> str:
         """The outgoing `Cookie` header without any of the session's auth cookies."""

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from cookieguard.cookies import SetCookie, encode_uri_component, format_cookie_header, select_cookies
-from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, Pairs, Session
+from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, Pairs, Session, When
 from cookieguard.tokens.claims import decode_claims
 
 if TYPE_CHECKING:
@@ -307,6 +307,18 @@ class SupabaseLayout(Layout):
 
     def relevant_cookies(self, header: str) -> Pairs:
         return select_cookies(header, self._prefixes)
+
+    def describe(self, session: Session, when: When) -> list[str]:
+        """The session JSON's fields beside the tokens, and the `expires_at` the browser reads."""
+        payload = session.payload if isinstance(session.payload, dict) else {}
+        fields = ", ".join(sorted(k for k in payload if k not in ("access_token", "refresh_token")))
+        lines = [f"session JSON fields: {fields}"]
+        expires_at = payload.get("expires_at")
+        if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+            lines.append(f"  expires_at {when(float(expires_at), 'expires')} (what the browser client reads)")
+        else:
+            lines.append("  expires_at absent: the browser client treats this session as invalid")
+        return lines
 
     def owns(self, name: str) -> bool:
         return _is_chunk_like(name, self.key)

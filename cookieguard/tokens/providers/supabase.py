@@ -29,6 +29,7 @@ Rules that shape this module (the README's Supabase section says the same):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -173,9 +174,9 @@ class SupabaseProvider:
         return self._jwks_url
 
     async def refresh(
-        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
+        self, refresh_token: str, context: Mapping[str, str] = base.NO_CONTEXT
     ) -> base.TokenSet:
-        """One refresh; `username`/`device_key` are Cognito's, unused here."""
+        """One refresh (no refresh context)."""
         with base.transport_errors():
             async with self._session.post(
                 self._token_url,
