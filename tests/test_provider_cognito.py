@@ -415,7 +415,9 @@ async def test_emulator_pools_live_in_the_region_asked_for(http: aiohttp.ClientS
         pool = emulator.create_pool(with_secret=True)
         emulator.create_user(pool, "alice", "Correct-Horse-9")
         user = emulator.sign_in(pool, "alice", "Correct-Horse-9")
-        tokens = await _provider(pool, http, "initiate_auth").refresh(user["RefreshToken"], {USERNAME: "alice"})
+        tokens = await _provider(pool, http, "initiate_auth").refresh(
+            user["RefreshToken"], {USERNAME: "alice"}
+        )
     assert pool.user_pool_id.startswith("eu-west-1_") and pool.region == "eu-west-1"
     assert (
         _claims(tokens.access_token)["iss"]

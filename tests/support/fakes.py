@@ -31,9 +31,7 @@ class ScriptedProvider:
     def __post_init__(self) -> None:
         self.gate.set()
 
-    async def refresh(
-        self, refresh_token: str, context: Mapping[str, str] = NO_CONTEXT
-    ) -> TokenSet:
+    async def refresh(self, refresh_token: str, context: Mapping[str, str] = NO_CONTEXT) -> TokenSet:
         self.calls.append(refresh_token)
         self.started.set()
         await self.gate.wait()
