@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from cookieguard.session.layouts.base import LayoutConfig
     from cookieguard.tokens.providers import ProviderConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -21,13 +22,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # ---------------------------------------------------------------------------------------------
 # The schema, as frozen dataclasses
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CookieNames:
-    access_token: str = "access_token"
-    refresh_token: str = "refresh_token"
-    id_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,10 +36,10 @@ class CookieAttributes:
 
 @dataclass(frozen=True)
 class CookiesConfig:
-    layout: str = "amplify"  # amplify | named | supabase
-    names: CookieNames = field(default_factory=CookieNames)
+    layout: str = "amplify"  # a name in session.layouts.LAYOUTS
     attributes: CookieAttributes = field(default_factory=CookieAttributes)
-    storage_key: str | None = None  # layout supabase: the cookie name, else derived from provider.url
+    # The layout's own keys of this section, as its record read them (None: its defaults).
+    layout_config: LayoutConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from cookieguard.config import (
     DEFAULT_LISTEN,
     Config,
     CookieAttributes,
-    CookieNames,
     CookiesConfig,
     IPNetwork,
     LimitsConfig,
@@ -214,24 +213,16 @@ def _build_provider(root: _Section) -> ProviderConfig | None:
 def _build_cookies(root: _Section, provider: ProviderConfig | None) -> CookiesConfig:
     s = root.section("cookies")
     layout = s.get("layout", _one_of(*LAYOUTS), CookiesConfig.layout)
-    names = CookieNames()
-    if s.has("names"):
-        n = s.section("names")
-        names = CookieNames(
-            access_token=n.get("access_token", _cookie_name, CookieNames.access_token),
-            refresh_token=n.get("refresh_token", _cookie_name, CookieNames.refresh_token),
-            id_token=n.get("id_token", _cookie_name, CookieNames.id_token),
-        )
-        n.finish()
-        if not LAYOUTS[layout].uses_names:
-            named = " or ".join(name for name, other in LAYOUTS.items() if other.uses_names)
-            s.error("names", f"only valid with layout {named} ({layout} cookie names are not configurable)")
-    else:
-        s.seen.add("names")
-    storage_key = s.get("storage_key", _cookie_name, CookiesConfig.storage_key)
-    if storage_key is not None and not LAYOUTS[layout].uses_storage_key:
-        keyed = " or ".join(name for name, other in LAYOUTS.items() if other.uses_storage_key)
-        s.error("storage_key", f"only valid with layout {keyed}")
+    # The layout reads its own keys (layouts/<name>.py); another layout's key is a mistake.
+    own = LAYOUTS[layout].config.load(s, provider)
+    for other in LAYOUTS.values():
+        for key in other.config.yaml_keys:
+            if key in s.seen or key in LAYOUTS[layout].config.yaml_keys:
+                continue
+            s.seen.add(key)
+            if s.has(key):
+                owners = " or ".join(n for n, o in LAYOUTS.items() if key in o.config.yaml_keys)
+                s.error(key, f"only valid with layout {owners} (not with layout {layout})")
     # A layout's defaults are its cookie library's (README, "Configuration reference").
     defaults = CookieAttributes(**LAYOUTS[layout].attribute_defaults)
     a = s.section("attributes")
@@ -258,21 +249,7 @@ def _build_cookies(root: _Section, provider: ProviderConfig | None) -> CookiesCo
             f"{layout} layout needs provider.kind {' or '.join(kinds)} "
             f"(use layout {' or '.join(fitting)} for {provider.kind})",
         )
-    if LAYOUTS[layout].uses_storage_key and storage_key is None and provider is None:
-        s.error(
-            "storage_key", f"required with layout {layout} when there is no provider (it names the cookie)"
-        )
-    return CookiesConfig(layout=layout, names=names, attributes=attributes, storage_key=storage_key)
-
-
-_TOKEN_CHARS = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
-
-
-def _cookie_name(value: Any) -> str:
-    s = _nonempty_str(value)
-    if not _TOKEN_CHARS.match(s):
-        raise ValueError(f"not a valid cookie name: {s!r}")
-    return s
+    return CookiesConfig(layout=layout, attributes=attributes, layout_config=own)
 
 
 def _cookie_path(value: Any) -> str:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "Section",
     "boolean",
+    "cookie_name",
     "http_url",
     "is_http_url",
     "kind_of",
@@ -115,6 +116,16 @@ def nonempty_string(value: Any) -> str:
     s = string(value)
     if not s:
         raise ValueError("must not be empty")
+    return s
+
+
+_TOKEN_CHARS = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+
+
+def cookie_name(value: Any) -> str:
+    s = nonempty_string(value)
+    if not _TOKEN_CHARS.match(s):
+        raise ValueError(f"not a valid cookie name: {s!r}")
     return s
 
 

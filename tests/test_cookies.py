@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cookieguard.config import CookieAttributes, CookieNames, CookiesConfig
+from cookieguard.config import CookieAttributes, CookiesConfig
 from cookieguard.cookies import (
     MAX_COOKIE_BYTES,
     SetCookie,
@@ -30,6 +30,7 @@ from cookieguard.session.layouts import (
     make_layout,
 )
 from cookieguard.session.layouts.base import Chunks
+from cookieguard.session.layouts.named import CookieNames
 from cookieguard.tokens.providers.cognito import CognitoConfig
 from tests.support.properties import CORE_EXAMPLES, core_property
 
@@ -716,7 +717,7 @@ def test_named_layout_refuses_clashing_names() -> None:
 def test_make_layout() -> None:
     cognito = CognitoConfig(client_id=CLIENT_ID, user_pool_id="us-east-1_AbCdEf123")
     assert isinstance(make_layout(CookiesConfig(), cognito), AmplifyLayout)
-    assert isinstance(make_layout(CookiesConfig(layout="named", names=NAMES), None), NamedLayout)
+    assert isinstance(make_layout(CookiesConfig(layout="named", layout_config=NAMES), None), NamedLayout)
     with pytest.raises(ValueError, match="client id"):
         make_layout(CookiesConfig(), None)
 

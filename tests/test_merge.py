@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cookieguard.config import CookieAttributes, CookieNames
+from cookieguard.config import CookieAttributes
 from cookieguard.cookies import SetCookie, parse_cookie_header
 from cookieguard.session.layouts import (
     AmplifyLayout,
@@ -20,6 +20,7 @@ from cookieguard.session.layouts import (
     Session,
     SupabaseLayout,
 )
+from cookieguard.session.layouts.named import CookieNames
 from cookieguard.session.layouts.supabase import session_cookies
 from cookieguard.session.merge import (
     _parse_scope,

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from cookieguard.config import CookieAttributes, CookieNames
+from cookieguard.config import CookieAttributes
 from cookieguard.cookies import parse_cookie_header
 from cookieguard.session.layouts import AmplifyLayout, Layout, NamedLayout, Session, SupabaseLayout
+from cookieguard.session.layouts.named import CookieNames
 from cookieguard.session.layouts.supabase import session_cookies
 from cookieguard.session.plan import (
     Answer,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from cookieguard.config import CookieAttributes, CookiesConfig
+    from cookieguard.schema import Section
     from cookieguard.tokens.providers.base import ProviderConfig
 
 Pairs = list[tuple[str, str]]
@@ -62,6 +63,19 @@ class FreshTokens:
     extra_fields: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
+@dataclass(frozen=True)
+class LayoutConfig:
+    """A layout's own keys of the `cookies:` section, read by the layout's record (as a provider
+    kind reads its `provider:` keys). This base has none; a layout with keys subclasses it."""
+
+    yaml_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def load(cls, s: Section, provider: ProviderConfig | None) -> Self:
+        """Read the keys from the `cookies:` section; problems go to `s` with their key path."""
+        return cls()
+
+
 # `explain`'s time formatter: (epoch seconds, "expires" | "issued") -> "in 5m (12:00:00 UTC)".
 When = Callable[[float, str], str]
 
@@ -84,10 +98,8 @@ class Layout(ABC):
 
     # The provider kinds whose tokens this layout holds; None: any kind.
     provider_kinds: ClassVar[tuple[str, ...] | None] = None
-    # Whether `cookies.names` configures it.
-    uses_names: ClassVar[bool] = False
-    # Whether `cookies.storage_key` configures it.
-    uses_storage_key: ClassVar[bool] = False
+    # The record of its own `cookies:` keys (`cookies.layout_config` is one of these).
+    config: ClassVar[type[LayoutConfig]] = LayoutConfig
     # `cookies.attributes` defaults of this layout where they differ from CookieAttributes' own
     # (field name -> value): what the app's own cookie library writes.
     attribute_defaults: ClassVar[Mapping[str, Any]] = {}

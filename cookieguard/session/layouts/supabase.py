@@ -35,15 +35,18 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from cookieguard.cookies import SetCookie, encode_uri_component, format_cookie_header, select_cookies
-from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, Pairs, Session, When
+from cookieguard.schema import cookie_name
+from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, LayoutConfig, Pairs, Session, When
 from cookieguard.tokens.claims import decode_claims
 
 if TYPE_CHECKING:
     from cookieguard.config import CookieAttributes, CookiesConfig
+    from cookieguard.schema import Section
     from cookieguard.tokens.providers.base import ProviderConfig
 
 __all__ = [
@@ -278,6 +281,25 @@ def _without_domain(cookie: SetCookie) -> SetCookie:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SupabaseCookie(LayoutConfig):
+    """`cookies.storage_key`: the cookie's name when the app set its own `storageKey` (or
+    `cookieOptions.name`); else it is derived from the project (provider.url)."""
+
+    yaml_keys: ClassVar[tuple[str, ...]] = ("storage_key",)
+
+    storage_key: str | None = None
+
+    @classmethod
+    def load(cls, s: Section, provider: ProviderConfig | None) -> SupabaseCookie:
+        key = s.get("storage_key", cookie_name, cls.storage_key)
+        if key is None and provider is None:
+            s.error(
+                "storage_key", "required with layout supabase when there is no provider (it names the cookie)"
+            )
+        return cls(key)
+
+
 class SupabaseLayout(Layout):
     """`sb-<ref>-auth-token` (or `cookies.storage_key`), chunked as @supabase/ssr chunks it.
 
@@ -287,19 +309,20 @@ class SupabaseLayout(Layout):
     """
 
     provider_kinds: ClassVar[tuple[str, ...] | None] = ("supabase",)
-    uses_storage_key: ClassVar[bool] = True
+    config: ClassVar[type[LayoutConfig]] = SupabaseCookie
     # @supabase/ssr's DEFAULT_COOKIE_OPTIONS: not Secure (it runs on http://localhost too),
     # Max-Age 400 days (the longest Chrome keeps).
     attribute_defaults: ClassVar[Mapping[str, Any]] = {"secure": False, "max_age_s": DEFAULT_MAX_AGE_S}
 
     @classmethod
     def from_config(cls, cookies: CookiesConfig, provider: ProviderConfig | None) -> SupabaseLayout:
-        if cookies.storage_key:
-            return cls(cookies.storage_key)
-        url = getattr(provider, "url", None)
-        if not isinstance(url, str) or not url:
+        own = cookies.layout_config
+        if isinstance(own, SupabaseCookie) and own.storage_key:
+            return cls(own.storage_key)
+        # The supabase provider's client_id is the project ref (providers/supabase.py reads it).
+        if provider is None or not provider.client_id:
             raise ValueError("the supabase cookie layout needs provider.url or cookies.storage_key")
-        return cls(storage_key(url))
+        return cls(f"sb-{provider.client_id}-auth-token")
 
     def __init__(self, key: str) -> None:
         self.key = key
