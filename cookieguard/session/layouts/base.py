@@ -189,9 +189,12 @@ class SessionReader:
 class Chunks:
     """One encoded value kept in the cookie `<name>` when it fits, else in `<name>.0`, `.1`, ...
 
-    The scheme of @supabase/ssr's chunker and of the named layout. `limit` bounds each cookie:
-    its name plus value (browsers refuse more than 4096 bytes), or with `value_only` its value
-    alone (@supabase/ssr splits values longer than 3180 characters).
+    The one chunk codec: @supabase/ssr's chunker and the named layout's (and any layout that
+    splits a value). `limit` bounds each cookie: its name plus value (browsers refuse more than
+    4096 bytes), or with `value_only` its value alone (@supabase/ssr splits values longer than
+    3180 characters). Values are percent-encoded (every `%` starts an escape); a chunk never ends
+    inside an escape or inside a multi-byte character's escapes, because readers such as the
+    `cookie` package decode each chunk on its own.
     """
 
     limit: int = MAX_COOKIE_BYTES
@@ -206,10 +209,11 @@ class Chunks:
         while start < len(encoded):
             chunk_name = f"{name}.{len(chunks)}"
             size = self.limit - (0 if self.value_only else len(chunk_name))
-            if size <= 0:
+            end = _cut(encoded, start, start + size)
+            if end <= start:
                 raise ValueError(f"cookie name {name!r} leaves no room for a value")
-            chunks.append((chunk_name, encoded[start : start + size]))
-            start += size
+            chunks.append((chunk_name, encoded[start:end]))
+            start = end
         return chunks
 
     @staticmethod
@@ -227,6 +231,12 @@ class Chunks:
         """Whether the cookie `name` holds (a piece of) the value of `base`."""
         return name == base or cls.index(name, base) is not None
 
+    @classmethod
+    def order(cls, name: str, base: str) -> int:
+        """Sort key of the cookies of `base`: the plain cookie first, then the chunks in order."""
+        index = cls.index(name, base)
+        return -1 if index is None else index
+
     @staticmethod
     def join(first: Mapping[str, str], base: str) -> str:
         """The encoded value of `base` from cookies by name (the first of duplicates): a non-empty
@@ -235,7 +245,7 @@ class Chunks:
         if raw:
             return raw
         parts: list[str] = []
-        while (part := first.get(f"{base}.{len(parts)}")) is not None:
+        while part := first.get(f"{base}.{len(parts)}"):  # up to the first missing or empty one
             parts.append(part)
         return "".join(parts)
 
@@ -269,6 +279,28 @@ class Chunks:
         one. Left in the browser, they would be read back into a corrupt value (@supabase/ssr #210)."""
         kept = {name for name, _ in written}
         return sorted(
-            (n for n in names if n not in kept and cls.holds(n, base)),
-            key=lambda n: -1 if n == base else cls.index(n, base) or 0,
+            (n for n in names if n not in kept and cls.holds(n, base)), key=lambda n: cls.order(n, base)
         )
+
+
+def _cut(encoded: str, start: int, end: int) -> int:
+    """`end`, moved back so that `encoded[start:end]` ends neither inside a `%XX` escape nor
+    inside the escapes of one multi-byte UTF-8 character."""
+    if end >= len(encoded):
+        return len(encoded)
+    escape = encoded.rfind("%", max(start, end - 2), end)
+    if escape != -1:
+        end = escape
+    i, continuation = end, 0
+    while i - 3 >= start and encoded[i - 3] == "%":
+        try:
+            byte = int(encoded[i - 2 : i], 16)
+        except ValueError:
+            return end
+        if byte & 0xC0 == 0x80:  # 10xxxxxx: a continuation byte
+            continuation += 1
+            i -= 3
+            continue
+        length = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        return i - 3 if continuation + 1 < length else end
+    return end

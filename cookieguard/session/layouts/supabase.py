@@ -158,34 +158,8 @@ def _percent_decode_strict(encoded: str) -> str:
 
 def split_chunks(key: str, value: str, chunk_size: int = MAX_CHUNK_SIZE) -> list[tuple[str, str]]:
     """`createChunks`: [(name, value)] with values *not* encoded, as the library hands them over."""
-    encoded = encode_uri_component(value)
-    if len(encoded) <= chunk_size:
-        return [(key, value)]
-    chunks: list[str] = []
-    while encoded:
-        head = encoded[:chunk_size]
-        last_escape = head.rfind("%")
-        if last_escape > chunk_size - 3:
-            head = head[:last_escape]
-        while True:
-            try:
-                chunks.append(_percent_decode_strict(head))
-                break
-            except UnicodeDecodeError:
-                # Cut inside a multi-byte character: drop whole escapes until it decodes.
-                if len(head) > 3 and head[-3] == "%":
-                    head = head[:-3]
-                else:
-                    raise
-        encoded = encoded[len(head) :]
-    return [(f"{key}.{i}", chunk) for i, chunk in enumerate(chunks)]
-
-
-def _is_chunk_like(name: str, key: str) -> bool:
-    if name == key:
-        return True
-    base, dot, index = name.rpartition(".")
-    return bool(dot) and base == key and (index == "0" or (index.isdigit() and index[0] != "0"))
+    pieces = Chunks(chunk_size, value_only=True).split(key, encode_uri_component(value))
+    return [(name, _percent_decode_strict(piece)) for name, piece in pieces]
 
 
 def read_session(cookies: Sequence[tuple[str, str]], key: str) -> dict[str, Any] | None:
@@ -195,17 +169,9 @@ def read_session(cookies: Sequence[tuple[str, str]], key: str) -> dict[str, Any]
     """
     values: dict[str, str] = {}
     for name, raw in cookies:
-        if name not in values and _is_chunk_like(name, key):
+        if name not in values and Chunks.holds(name, key):
             values[name] = _cookie_decode(raw)
-    value = values.get(key)
-    if not value:
-        parts = []
-        for index in range(len(values)):
-            part = values.get(f"{key}.{index}")
-            if not part:
-                break
-            parts.append(part)
-        value = "".join(parts)
+    value = Chunks.join(values, key)
     return decode_value(value) if value else None
 
 
@@ -251,7 +217,7 @@ def session_cookies(
     written = {name for name, _ in writes}
     stale: list[str] = []
     for name in request_cookie_names:
-        if _is_chunk_like(name, key) and name not in written and name not in stale:
+        if Chunks.holds(name, key) and name not in written and name not in stale:
             stale.append(name)
     deletions = [SetCookie.expired(name, attrs) for name in stale]
     if attrs.domain:
@@ -344,13 +310,13 @@ class SupabaseLayout(Layout):
         return lines
 
     def owns(self, name: str) -> bool:
-        return _is_chunk_like(name, self.key)
+        return Chunks.holds(name, self.key)
 
     def _base_of(self, name: str) -> str | None:
-        return self.key if _is_chunk_like(name, self.key) else None
+        return self.key if Chunks.holds(name, self.key) else None
 
     def read(self, cookies: Sequence[tuple[str, str]]) -> Session | None:
-        names = frozenset(name for name, _ in cookies if _is_chunk_like(name, self.key))
+        names = frozenset(name for name, _ in cookies if Chunks.holds(name, self.key))
         if not names:
             return None
         payload = read_session(cookies, self.key)
@@ -405,14 +371,9 @@ class SupabaseLayout(Layout):
         return session_cookies(
             self.key,
             self.fresh_session(session, tokens),
-            sorted(session.cookie_names, key=_chunk_order),
+            sorted(session.cookie_names, key=lambda name: Chunks.order(name, self.key)),
             attrs,
         )
-
-
-def _chunk_order(name: str) -> tuple[int, str]:
-    index = name.rpartition(".")[2]
-    return (int(index) if index.isdigit() else -1, name)
 
 
 def _text(value: object) -> str | None:
