@@ -93,9 +93,9 @@ def transport_errors(prefix: str = "") -> Iterator[None]:
         raise RefreshUnavailable(prefix + "bad_response") from None
 
 
-# What a layout read beside the refresh token that its provider needs to refresh it (Cognito's
-# username for SECRET_HASH and the device key; see providers/cognito.py). Opaque to everything
-# between the two; empty for most kinds.
+# What a layout read beside the refresh token that its provider needs to refresh it (what the
+# amplify layout reads for the Cognito provider, say). Opaque to everything between the two;
+# empty for most kinds.
 NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
 
