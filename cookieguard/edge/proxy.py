@@ -1,4 +1,4 @@
-"""The life of a proxied request, top to bottom (README "How it works").
+"""The life of a proxied request, top to bottom (docs/behaviour.md §1).
 
 match route -> read the session from the app's cookies -> plan (cookieguard.session.plan) -> refresh if
 planned (single-flight) -> plan again with the result -> forward with the Cookie header the plan
@@ -127,7 +127,7 @@ class Proxy:
         counter.inc()
 
     async def check_session(self, request: web.Request) -> SessionCheck:
-        """The session endpoint's report (README "Session endpoint"): the session repaired exactly
+        """The session endpoint's report (docs/operations.md "Session endpoint"): the session repaired exactly
         as a proxied request's would be, logged under the endpoint's own path."""
         if self.repair is None:
             return SessionCheck(authenticated=False, reason="no_provider")
@@ -248,7 +248,7 @@ class Proxy:
             response_headers(upstream.headers, merged.set_cookies, private=merged.private)
         )
         if merged.private:
-            # README "Guarantees": no shared cache may store a response that carries tokens.
+            # docs/behaviour.md §4: no shared cache may store a response that carries tokens.
             response.headers["Cache-Control"] = "private, no-store"
         try:
             await response.prepare(request)
@@ -267,7 +267,7 @@ class Proxy:
 
     def _unplanned_session(self, request: web.Request, theirs: list[str]) -> Session | None:
         """The session of a request whose route skipped it (`refresh: false`), read only when the
-        app sets cookies: its sign-out holds there too (README "Guarantees")."""
+        app sets cookies: its sign-out holds there too (docs/behaviour.md §4)."""
         assert self.auth is not None
         cookie_header = request.headers.get("Cookie", "")
         return self.auth.sessions.read(cookie_header) if theirs and cookie_header else None

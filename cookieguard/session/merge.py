@@ -10,7 +10,7 @@ date contains one). `merge_answer` is the one decision; it works on a session as
 - The app only clears cookies of the session (Max-Age <= 0, an Expires in the past, or an empty
   value): it is signing the user out. None of our tokens is added, and the session's other auth
   cookies are expired, or the refresh token left behind would refresh the session back on the
-  next request (README "Guarantees": the app's sign-out holds).
+  next request (docs/behaviour.md §4: the app's sign-out holds).
 - Otherwise ours are added, each unless the upstream set the same cookie (`merge_set_cookies`).
 
 "The same cookie" is (name, domain, path), as a browser keys its store (RFC 6265 5.3 step 11).
@@ -132,7 +132,7 @@ def merge_set_cookies(upstream: Sequence[str], ours: Sequence[SetCookie]) -> lis
 @dataclass(frozen=True, slots=True)
 class Merged:
     """The answer's Set-Cookie headers, and whether it carries tokens (then no shared cache may
-    keep it: README "Guarantees")."""
+    keep it: docs/behaviour.md §4)."""
 
     set_cookies: list[str]
     private: bool
