@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -237,6 +238,9 @@ class SetCookie:
     secure: bool
     http_only: bool
     same_site: str | None
+    # A fixed end (epoch seconds), written as `Expires` in place of `Max-Age`: for a layout whose
+    # cookie ends with its own claims (Auth.js writes its JWT's `exp`), not `cookies.attributes`.
+    expires_at: float | None = None
 
     def __post_init__(self) -> None:
         if not is_valid_cookie_name(self.name):
@@ -282,7 +286,10 @@ class SetCookie:
         parts = [f"{self.name}={self.value}", f"Path={self.path}"]
         if self.domain:
             parts.append(f"Domain={self.domain}")
-        parts.append(f"Max-Age={self.max_age_s}")
+        if self.expires_at is not None:
+            parts.append(f"Expires={formatdate(self.expires_at, usegmt=True)}")
+        else:
+            parts.append(f"Max-Age={self.max_age_s}")
         if self.secure:
             parts.append("Secure")
         if self.http_only:

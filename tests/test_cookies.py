@@ -31,6 +31,7 @@ from cookieguard.session.layouts import (
 )
 from cookieguard.session.layouts.base import Chunks
 from cookieguard.session.layouts.named import CookieNames
+from cookieguard.session.merge import clears_cookie
 from cookieguard.tokens.providers.cognito import CognitoConfig
 from tests.support.properties import CORE_EXAMPLES, core_property
 
@@ -507,6 +508,17 @@ def test_set_cookie_attributes_follow_the_config() -> None:
     assert amplify.set_cookies(session, FRESH, strict)[0].header().endswith("; Secure; SameSite=Strict")
     none = CookieAttributes(same_site="None")
     assert amplify.set_cookies(session, FRESH, none)[0].header().endswith("; Secure; SameSite=None")
+
+
+def test_a_cookie_that_ends_with_its_own_claims_carries_expires_instead_of_max_age() -> None:
+    """For a layout whose cookie expires with its own claims (Auth.js: the JWT's `exp`); a browser
+    and the merge's own reader agree on when it ends."""
+    cookie = SetCookie("__Secure-authjs.session-token", "v", "/", None, 0, True, True, "Lax", 1_800_000_000)
+    header = cookie.header()
+    assert header == (
+        "__Secure-authjs.session-token=v; Path=/; Expires=Fri, 15 Jan 2027 08:00:00 GMT; Secure; HttpOnly; SameSite=Lax"
+    )
+    assert not clears_cookie(header, 1_799_999_999.0) and clears_cookie(header, 1_800_000_001.0)
 
 
 def test_amplify_clear_cookies_expire_every_session_cookie() -> None:
