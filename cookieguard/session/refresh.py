@@ -36,34 +36,29 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from cookieguard.config import RefreshConfig, StoreConfig
 from cookieguard.logs import get_logger
 from cookieguard.lru import LRU, ExpiringLRU
 from cookieguard.session.guard import RejectStormGuard, StormChange
 from cookieguard.session.limits import Budgets, Claimant
+from cookieguard.session.result import RefreshResult
 from cookieguard.store.base import Store
 from cookieguard.store.crypto import Sealer
-from cookieguard.tokens.providers.base import Provider, RefreshRejected, RefreshUnavailable, TokenSet
+from cookieguard.tokens.providers.base import (
+    NO_CONTEXT,
+    Provider,
+    RefreshRejected,
+    RefreshUnavailable,
+    TokenSet,
+)
+from cookieguard.vocabulary import Outcome
 
-REFRESHED, JOINED, REUSED, REJECTED, FAILED = "refreshed", "joined", "reused", "rejected", "failed"
-LIMITED = "limited"
 _POLL_S = 0.05
 _MAX_BACKOFF_S = 300.0
 REJECT_STORM = "reject_storm"
-
-
-@dataclass(frozen=True)
-class RefreshResult:
-    outcome: str
-    tokens: TokenSet | None = field(default=None, repr=False)
-    error: str | None = None
-    idp_status: int | None = None
-    duration_ms: float = 0.0
-    retry_after_s: float | None = None
-    wait_ms: float = 0.0  # how long the refresh waited for the IdP ceiling
 
 
 def store_key(refresh_token: str) -> str:
@@ -116,14 +111,14 @@ class Refresher:
         self,
         refresh_token: str,
         *,
-        username: str | None = None,
-        device_key: str | None = None,
+        context: Mapping[str, str] = NO_CONTEXT,
         claimant: Claimant | None = None,
         urgent: bool = False,
     ) -> RefreshResult:
-        """`claimant`: whom the IdP call is charged to; None charges nobody (and counts as proven
-        for the reject-storm guard). `urgent`: the access token has expired or is about to, so a
-        proven session waits for the IdP ceiling rather than go unrefreshed."""
+        """`context`: the session's refresh context, for the provider. `claimant`: whom the IdP
+        call is charged to; None charges nobody (and counts as proven for the reject-storm guard).
+        `urgent`: the access token has expired or is about to, so a proven session waits for the
+        IdP ceiling rather than go unrefreshed."""
         key = store_key(refresh_token)
         task = self._in_flight.get(key)
         if task is not None:
@@ -131,10 +126,8 @@ class Refresher:
             return _as_joined(result)
         until = self._backoff.expires_at(key, self.clock())
         if until is not None:
-            return RefreshResult(FAILED, error="backoff", retry_after_s=until - self.clock())
-        task = asyncio.ensure_future(
-            self._coordinated(key, refresh_token, username, device_key, claimant, urgent)
-        )
+            return RefreshResult(Outcome.FAILED, error="backoff", retry_after_s=until - self.clock())
+        task = asyncio.ensure_future(self._coordinated(key, refresh_token, context, claimant, urgent))
         self._in_flight[key] = task
         task.add_done_callback(lambda _t: self._in_flight.pop(key, None))
         # Shielded: a client that disconnects must not cancel the refresh for everybody else.
@@ -144,14 +137,13 @@ class Refresher:
         self,
         key: str,
         refresh_token: str,
-        username: str | None,
-        device_key: str | None,
+        context: Mapping[str, str],
         claimant: Claimant | None,
         urgent: bool,
     ) -> RefreshResult:
         stored = await self._stored(key)
         if stored is not None:
-            return stored if stored.outcome == REJECTED else _with_outcome(stored, REUSED)
+            return stored if stored.outcome == Outcome.REJECTED else _with_outcome(stored, Outcome.REUSED)
         owner = uuid.uuid4().hex
         budgets = self.budgets
         # The holder may wait for the IdP ceiling before it calls.
@@ -164,7 +156,7 @@ class Refresher:
             if stored is not None:
                 return _as_joined(stored)
             if self.clock() > deadline:
-                return RefreshResult(FAILED, error="lock_wait_timeout")
+                return RefreshResult(Outcome.FAILED, error="lock_wait_timeout")
         keeper = asyncio.ensure_future(self._keep_lease(key, owner))
         try:
             # Look again: the previous holder may have finished while we waited for the lock.
@@ -177,13 +169,11 @@ class Refresher:
                 limit = await budgets.spend(claimant, key, may_wait=urgent)
                 wait_ms = _ms(started)
                 if limit is not None:
-                    return RefreshResult(LIMITED, error=limit, wait_ms=wait_ms)
+                    return RefreshResult(Outcome.LIMITED, error=limit, wait_ms=wait_ms)
             feeds_guard = claimant is None or claimant.proven or self.unproven_feed_guard
             guard_key = claimant.subject if claimant is not None and claimant.subject else key
             try:
-                result = await self._call_idp(
-                    key, refresh_token, username, device_key, guard_key if feeds_guard else None
-                )
+                result = await self._call_idp(key, refresh_token, context, guard_key if feeds_guard else None)
             finally:
                 if budgets is not None and claimant is not None:
                     budgets.answered()
@@ -196,8 +186,7 @@ class Refresher:
         self,
         key: str,
         refresh_token: str,
-        username: str | None,
-        device_key: str | None,
+        context: Mapping[str, str],
         guard_key: str | None,
     ) -> RefreshResult:
         """`guard_key`: whom the verdict counts for in the reject-storm guard (the subject, or the
@@ -206,7 +195,7 @@ class Refresher:
         if self.on_idp_call:
             self.on_idp_call(True)
         try:
-            tokens = await self.provider.refresh(refresh_token, username=username, device_key=device_key)
+            tokens = await self.provider.refresh(refresh_token, context)
         except RefreshRejected as exc:
             if guard_key is not None and (key in self._worked or not self._seen_success):
                 self._note_storm(self.guard.record(guard_key, rejected=True, now=self.clock()))
@@ -214,20 +203,22 @@ class Refresher:
                 # Not believed: forward unchanged, store nothing, and back off like any IdP trouble.
                 self._remember_backoff(key, self.config.backoff_s)
                 return RefreshResult(
-                    FAILED,
+                    Outcome.FAILED,
                     error=REJECT_STORM,
                     idp_status=exc.status,
                     duration_ms=_ms(started),
                     retry_after_s=self.config.backoff_s,
                 )
-            result = RefreshResult(REJECTED, error=exc.code, idp_status=exc.status, duration_ms=_ms(started))
+            result = RefreshResult(
+                Outcome.REJECTED, error=exc.code, idp_status=exc.status, duration_ms=_ms(started)
+            )
             await self.store.put_result(key, self._seal(result), self.config.grace_s)
             return result
         except RefreshUnavailable as exc:
             backoff_s = min(max(self.config.backoff_s, exc.retry_after_s or 0.0), _MAX_BACKOFF_S)
             self._remember_backoff(key, backoff_s)
             return RefreshResult(
-                FAILED,
+                Outcome.FAILED,
                 error=exc.code,
                 idp_status=exc.status,
                 duration_ms=_ms(started),
@@ -239,7 +230,7 @@ class Refresher:
         self._note_worked(key, tokens)
         if guard_key is not None:
             self._note_storm(self.guard.record(guard_key, rejected=False, now=self.clock()))
-        result = RefreshResult(REFRESHED, tokens=tokens, duration_ms=_ms(started))
+        result = RefreshResult(Outcome.REFRESHED, tokens=tokens, duration_ms=_ms(started))
         await self.store.put_result(key, self._seal(result), self.config.grace_s)
         return result
 
@@ -294,6 +285,8 @@ class Refresher:
                 refresh_token=t.refresh_token,
                 expires_in=t.expires_in_s,
             )
+            if t.extra_fields:
+                body["extra"] = dict(t.extra_fields)
         if result.error:
             body["error"] = result.error
         return self.sealer.seal(json.dumps(body, separators=(",", ":")).encode())
@@ -304,20 +297,21 @@ class Refresher:
             return None  # sealed with a key we do not have: treat as absent, never as a session
         try:
             body = json.loads(plain)
-            if body.get("outcome") == REJECTED:
-                return RefreshResult(REJECTED, error=body.get("error"))
+            if body.get("outcome") == Outcome.REJECTED:
+                return RefreshResult(Outcome.REJECTED, error=body.get("error"))
             tokens = TokenSet(
                 access_token=body["access_token"],
                 id_token=body.get("id_token"),
                 refresh_token=body.get("refresh_token"),
                 expires_in_s=body.get("expires_in"),
+                extra_fields=dict(body.get("extra") or {}),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        return RefreshResult(REFRESHED, tokens=tokens)
+        return RefreshResult(Outcome.REFRESHED, tokens=tokens)
 
 
-def _with_outcome(result: RefreshResult, outcome: str) -> RefreshResult:
+def _with_outcome(result: RefreshResult, outcome: Outcome) -> RefreshResult:
     return RefreshResult(
         outcome,
         tokens=result.tokens,
@@ -330,8 +324,8 @@ def _with_outcome(result: RefreshResult, outcome: str) -> RefreshResult:
 
 def _as_joined(result: RefreshResult) -> RefreshResult:
     """What a request that waited for someone else's refresh gets: the same tokens or verdict."""
-    if result.outcome in (REFRESHED, REUSED, JOINED):
-        return _with_outcome(result, JOINED)
+    if result.outcome in (Outcome.REFRESHED, Outcome.REUSED, Outcome.JOINED):
+        return _with_outcome(result, Outcome.JOINED)
     return _with_outcome(result, result.outcome)
 
 
