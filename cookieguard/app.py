@@ -77,6 +77,7 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
             connect_timeout_s=config.timeouts.upstream_connect_s,
             max_connections=config.limits.upstream_connections,
             on_late_bytes=late_bytes,
+            response_buffer=config.limits.response_buffer,
         )
         stack.push_async_callback(upstream.close)
         # WebSocket upgrades use aiohttp's client. DummyCookieJar: the proxy must never remember
@@ -199,14 +200,22 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         "max_line_size": MAX_LINE_SIZE,
     }
     client_cut = app[PROXY_KEY].metrics.client_cut  # cookieguard_clients_cut_total{reason}
-    limits = ClientLimits(config.timeouts.client_header_s, config.limits.max_connections, on_cut=client_cut)
+    limits = ClientLimits(
+        config.timeouts.client_header_s,
+        config.limits.max_connections,
+        on_cut=client_cut,
+        write_timeout_s=config.timeouts.client_write_s,
+    )
     listeners = [await listen(runner, config.listen_host, config.listen_port, limits, **handler_kwargs)]
     runners = [runner]
     # Not under max_connections: a probe must get through while the public port is flooded.
     admin_runner = web.AppRunner(build_admin_app(app[ADMIN_KEY], config), handle_signals=False)
     await admin_runner.setup()
     admin_limits = ClientLimits(
-        config.timeouts.client_header_s, None, on_cut=app[PROXY_KEY].metrics.client_cut
+        config.timeouts.client_header_s,
+        None,
+        on_cut=app[PROXY_KEY].metrics.client_cut,
+        write_timeout_s=config.timeouts.client_write_s,
     )
     host, port = config.admin_listen
     listeners.append(await listen(admin_runner, host, port, admin_limits, **handler_kwargs))

@@ -341,6 +341,14 @@ class TimeoutsConfig:
         "`client_body_idle` cannot hold a connection for ever",
         positive=True,
     )
+    client_write_s: float = _duration(
+        "client_write",
+        30.0,
+        "longest time a client may go without accepting a byte of an answer: then it is cut (the "
+        "connection closed, `client_timeout` event, `phase: write`) and the upstream connection, if "
+        "still held, is closed",
+        positive=True,
+    )
     keepalive_s: float = _duration(
         "keepalive", 75.0, "an idle kept-alive client connection is closed after this", positive=True
     )
@@ -453,6 +461,26 @@ class LimitsConfig:
         "a larger body streams. Memory: up to this much per request with a body in flight",
         default=1024 * 1024,
         show=size_text,
+    )
+    response_buffer: int = key(
+        "response_buffer",
+        size,
+        "the app's answer is read into a buffer of up to this size per request, so an answer that "
+        "fits is off the upstream connection (back to the pool) as soon as the app is done, however "
+        "slowly the client reads; a larger answer streams and holds its connection until sent. "
+        "Memory: up to this much per client that reads slower than the app answers",
+        default=1024 * 1024,
+        show=size_text,
+    )
+    upstream_connections_per_address: int | None = key(
+        "upstream_connections_per_address",
+        positive_int,
+        "upstream connections one client address may hold with answers larger than "
+        "`response_buffer` still being sent; one more such answer cuts its client (`client_timeout`, "
+        "`phase: write`, `reason: address_share`). Behind a load balancer, set `trusted_proxies` "
+        "so addresses are the clients'",
+        default=None,
+        shown="half of `upstream_connections`",
     )
 
 

@@ -20,7 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from cookieguard.vocabulary import Outcome
 
 # Why cookieguard cut a client off: the `reason` label of cookieguard_clients_cut_total.
-CLIENT_CUT_REASONS = ("header_timeout", "body_timeout", "max_connections")
+CLIENT_CUT_REASONS = ("header_timeout", "body_timeout", "max_connections", "write_timeout", "address_share")
 # Where stray upstream bytes were caught (edge/upstream.py): the `caught` label of
 # cookieguard_upstream_late_bytes_total.
 LATE_BYTES_CAUGHT = ("idle", "before_reuse", "after_answer")
@@ -99,7 +99,8 @@ class Metrics:
         self.clients_cut = Counter(
             "cookieguard_clients_cut_total",
             'Client connections cookieguard answered and closed itself (docs/proxy.md "The proxy"): '
-            "header_timeout and body_timeout (408), max_connections (503).",
+            "header_timeout and body_timeout (408), max_connections (503), write_timeout and "
+            "address_share (an answer cut off).",
             ["reason"],
             registry=self.registry,
         )

@@ -12,6 +12,10 @@ gets an `EdgeHandler`, aiohttp's own `RequestHandler` (exported by `aiohttp.web`
 - error answers (400, 408, 413, 431, 500) that never quote the request: aiohttp's own 400 body
   repeats the offending header line, a Cookie header full of tokens included, which would let a
   script read HttpOnly cookies (docs/security.md "Threat model");
+- a write deadline (`timeouts.client_write`): a client that accepts no byte of an answer for that
+  long while cookieguard has more to send is cut (the connection aborted; the relay's upstream
+  connection, if still held, is closed as its request is cancelled). The timer exists only while
+  the socket's send buffer is full, so an answer the client takes as it comes costs nothing;
 - no second request after a chunked one: aiohttp 3.14.5's parser carries the last trailer field
   of a chunked request into the headers of the next request on the connection (one user's
   `Cookie` onto another's, behind a load balancer that reuses connections). The answer to a
@@ -62,8 +66,9 @@ class ClientLimits:
     header_timeout_s: float
     max_connections: int | None  # None: no cap (the admin listener)
     open_connections: int = 0
-    # Told why a client was cut off: "header_timeout" or "max_connections" (a metric).
+    # Told why a client was cut off: "header_timeout", "max_connections", "write_timeout" (a metric).
     on_cut: Callable[[str], None] | None = None
+    write_timeout_s: float | None = None  # None: no write deadline
 
     def cut(self, reason: str) -> None:
         if self.on_cut is not None:
@@ -75,6 +80,8 @@ class EdgeHandler(web.RequestHandler):
         super().__init__(manager, **kwargs)
         self._limits = limits
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
+        self._write_backlog = 0  # bytes waiting to be sent when the write deadline was armed
         self._counted = False
         self._rejected = False
 
@@ -98,6 +105,7 @@ class EdgeHandler(web.RequestHandler):
             self._counted = False
             self._limits.open_connections -= 1
         self._disarm_header_deadline()
+        self._disarm_write_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -134,6 +142,42 @@ class EdgeHandler(web.RequestHandler):
         response.force_close()
         return response
 
+    # -- the write deadline ----------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._arm_write_deadline()
+
+    def resume_writing(self) -> None:
+        self._disarm_write_deadline()
+        super().resume_writing()
+
+    def _arm_write_deadline(self) -> None:
+        timeout_s = self._limits.write_timeout_s
+        if timeout_s is None or self.transport is None:
+            return
+        self._write_backlog = self.transport.get_write_buffer_size()
+        self._write_deadline = self._loop.call_later(timeout_s, self._write_timed_out)
+
+    def _disarm_write_deadline(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _write_timed_out(self) -> None:
+        self._write_deadline = None
+        transport = self.transport
+        if transport is None or not self.writing_paused:
+            return
+        if transport.get_write_buffer_size() < self._write_backlog:
+            self._arm_write_deadline()  # the client took some bytes since: it is slow, not gone
+            return
+        self._limits.cut("write_timeout")
+        get_logger().info(
+            "client_timeout", phase="write", timeout_s=self._limits.write_timeout_s, client=_peer(transport)
+        )
+        transport.abort()  # close() would wait to flush what the client is not reading
+
     # -- the head deadline ------------------------------------------------------------------------
 
     def _is_idle(self) -> bool:
@@ -160,6 +204,11 @@ class EdgeHandler(web.RequestHandler):
             self._limits.cut("header_timeout")
             get_logger().debug("client_timeout", phase="header", timeout_s=self._limits.header_timeout_s)
         self.force_close()
+
+
+def _peer(transport: asyncio.BaseTransport) -> str | None:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if peer else None
 
 
 def _close_after_chunked(messages: Any) -> None:

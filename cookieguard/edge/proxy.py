@@ -72,6 +72,11 @@ class Proxy:
         self._requests_counters: dict[tuple[str, int], Counter] = {}
         self._origins = {r.match: Origin.parse(r.upstream) for r in config.routes if r.upstream}
         self._read_timeouts = {r.match: r.timeout_s or config.timeouts.upstream_read_s for r in config.routes}
+        # Answers larger than limits.response_buffer still being sent, per client address: each
+        # holds an upstream connection until its client has taken it (docs/proxy.md "Slow clients").
+        self._streaming: dict[str, int] = {}
+        limits = config.limits
+        self._share = limits.upstream_connections_per_address or max(1, limits.upstream_connections // 2)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter() if self.access_log else 0.0
@@ -286,6 +291,7 @@ class Proxy:
         if merged.private:
             # docs/behaviour.md §4: no shared cache may store a response that carries tokens.
             response.headers["Cache-Control"] = "private, no-store"
+        holder: list[str] = []  # the address this answer counts against, once it outgrows the buffer
         try:
             await response.prepare(request)
             if not upstream.ready():
@@ -294,6 +300,11 @@ class Proxy:
                 await response.write(b"")
             while chunk := await upstream.read():
                 await response.write(chunk)
+                if upstream.held() and not holder:
+                    # More is coming on the connection: an answer larger than the buffer counts
+                    # against its client's share (only now: the fast path has ended above).
+                    holder.append("")
+                    upstream.watch(functools.partial(self._outgrown, request, holder))
             await response.write_eof()
         except UpstreamError as exc:
             # The status line is gone already: the only honest signal left is to break the
@@ -303,7 +314,33 @@ class Proxy:
                 request.transport.close()
         except ConnectionResetError:
             pass  # the client went away mid-answer (a closed tab): not an error of ours to log
+        finally:
+            if holder and holder[0]:
+                self._stream_ended(holder[0])
         return response
+
+    def _outgrown(self, request: web.Request, holder: list[str]) -> None:
+        """The answer outgrew limits.response_buffer and now holds its upstream connection until
+        the client takes the rest: past its address's share, the client is cut, so slow readers
+        from one address cannot take the connections another address needs."""
+        if holder[0] or request.transport is None:
+            return
+        address = self.client_address(request)
+        held = self._streaming.get(address, 0)
+        if held >= self._share:
+            self.metrics.client_cut("address_share")
+            self.log.info("client_timeout", phase="write", reason="address_share", client=address)
+            request.transport.abort()  # the relay is cancelled; its upstream connection is closed
+            return
+        self._streaming[address] = held + 1
+        holder[0] = address
+
+    def _stream_ended(self, address: str) -> None:
+        held = self._streaming[address] - 1
+        if held:
+            self._streaming[address] = held
+        else:
+            del self._streaming[address]
 
     def _unplanned_session(self, request: web.Request, theirs: list[str]) -> Session | None:
         """The session of a request whose route skipped it (`refresh: false`), read only when the

@@ -16,6 +16,12 @@ Content-Length) is a 502 (docs/proxy.md "The proxy": what no HTTP/1.1 proxy can 
 A request without a body that fails on a reused connection before the upstream sent a byte, or
 whose answer there was not exactly one message, is retried once on a new connection.
 
+An answer is read ahead of the client into a buffer of up to `response_buffer` bytes
+(`limits.response_buffer`): once the whole answer is in, its connection goes back to the pool at
+once, however slowly the client reads what is buffered (docs/proxy.md "Slow clients"). A larger
+answer pauses the upstream at the buffer's size and holds its connection until it is sent; the
+relay is told (`UpstreamResponse.watch`) so it can hold such answers to a per-address share.
+
 At most `max_connections` connections per origin (in use and idle, WebSockets included: each
 takes a slot with `reserve`; docs/proxy.md "The proxy", `limits.upstream_connections`); a request
 that finds them all in use waits up to the connect timeout for one to be released, then fails
@@ -44,9 +50,9 @@ MAX_CONNECTIONS = 1000
 _GARBLED = frozenset({"extra_bytes", "invalid_answer"})
 # Below Node.js's default keepAliveTimeout (5 s): a connection the app is about to close is not reused.
 IDLE_TIMEOUT_S = 4.0
-# Upstream reading pauses while this much of an answer waits for a slow client.
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
+# Upstream reading pauses while this much of an answer waits for a slow client
+# (`limits.response_buffer`'s default); it resumes below a quarter of that.
+RESPONSE_BUFFER = 1024 * 1024
 _BYTES = "surrogateescape"  # header bytes that are not UTF-8 pass through unchanged
 
 
@@ -112,8 +118,15 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; the state of the request in flight on it, if any."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_late_bytes: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_late_bytes: Callable[[str], None],
+        response_buffer: int = RESPONSE_BUFFER,
+    ) -> None:
         self.loop = loop
+        self.high_water = response_buffer
+        self.low_water = response_buffer // 4
         self.on_late_bytes = on_late_bytes
         self.transport: asyncio.Transport | None = None
         # A view of the socket to look into before reuse (asyncio's and uvloop's transports
@@ -150,6 +163,8 @@ class _Connection(asyncio.Protocol):
         self.watchdog: asyncio.TimerHandle | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.body_task: asyncio.Task[None] | None = None
+        self.reader: UpstreamResponse | None = None  # takes the buffered answer when it is whole
+        self.overflow: Callable[[], None] | None = None  # told when the answer outgrows the buffer
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -252,9 +267,11 @@ class _Connection(asyncio.Protocol):
             raise _Poisoned  # RFC 9110 9.3.2: a HEAD answer has no content; these bytes belong to nothing
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and not self.read_paused and self.transport is not None:
+        if self.buffered > self.high_water and not self.read_paused and self.transport is not None:
             self.transport.pause_reading()
             self.read_paused = True
+            if self.overflow is not None:
+                self.loop.call_soon(self.overflow)
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -265,6 +282,11 @@ class _Connection(asyncio.Protocol):
             self.complete = True
             self.ended = True
             self.keep_alive = self.parser.should_keep_alive()
+            if self.waiter is None and self.chunks and self.reader is not None:
+                # The relay is busy writing to a slow client: the answer is whole in the buffer,
+                # so the connection need not wait for the client. After this feed, in case more
+                # bytes follow in it (they would poison the connection).
+                self.loop.call_soon(self.reader.detach)
         self._wake()
 
     # -- used by UpstreamClient / UpstreamResponse ----------------------------------------------
@@ -329,7 +351,7 @@ class _Connection(asyncio.Protocol):
         if self.chunks:
             chunk = self.chunks.popleft()
             self.buffered -= len(chunk)
-            if self.read_paused and self.buffered < _LOW_WATER and self.transport is not None:
+            if self.read_paused and self.buffered < self.low_water and self.transport is not None:
                 self.read_paused = False
                 self.transport.resume_reading()
             return chunk
@@ -338,6 +360,16 @@ class _Connection(asyncio.Protocol):
         if self.error is not None:
             raise self.error
         return None
+
+    def hand_over_body(self) -> deque[bytes]:
+        """The whole answer's buffered chunks, for its reader to keep once the connection goes."""
+        chunks = self.chunks
+        self.chunks = deque()
+        self.buffered = 0
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()  # late bytes must be seen (and the connection reused)
+        return chunks
 
     def finish(self) -> bool:
         """End the request; True when the connection can carry another one."""
@@ -395,7 +427,7 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """The upstream's answer: status, reason and headers at once, the body chunk by chunk."""
 
-    __slots__ = ("_client", "_conn", "_key", "headers", "reason", "set_cookies", "status")
+    __slots__ = ("_client", "_conn", "_key", "_rest", "headers", "reason", "set_cookies", "status")
 
     def __init__(self, conn: _Connection, client: UpstreamClient, key: tuple[str, int, bool]) -> None:
         self.status = conn.status
@@ -405,16 +437,21 @@ class UpstreamResponse:
         self._conn: _Connection | None = conn
         self._client = client
         self._key = key
+        self._rest: deque[bytes] | None = None  # what was buffered when the connection went
+        conn.reader = self
 
     async def read(self) -> bytes:
         """The next chunk of the body as it arrived; b"" at its end. Raises UpstreamError when the
         upstream breaks off or falls silent in the middle of it."""
         conn = self._conn
         if conn is None:
-            return b""
+            rest = self._rest
+            return rest.popleft() if rest else b""
         while True:
             chunk = conn.take()
             if chunk is not None:
+                if conn.complete:
+                    self.detach()  # the whole answer is here: the connection is free already
                 return chunk
             await conn.wait()
 
@@ -423,9 +460,33 @@ class UpstreamResponse:
         conn = self._conn
         return conn is None or bool(conn.chunks) or conn.complete or conn.error is not None
 
+    def held(self) -> bool:
+        """True while the answer still holds its upstream connection."""
+        return self._conn is not None
+
+    def watch(self, overflow: Callable[[], None]) -> None:
+        """Call `overflow` when (or now, if) the answer outgrows the buffer: from then on it
+        holds its connection until the client has taken the rest."""
+        conn = self._conn
+        if conn is not None:
+            conn.overflow = overflow
+            if conn.read_paused:
+                overflow()
+
+    def detach(self) -> None:
+        """The answer is whole in the buffer: keep what is buffered, release the connection."""
+        conn = self._conn
+        if conn is None or not conn.complete:
+            return
+        self._conn = None
+        if conn.chunks:
+            self._rest = conn.hand_over_body()
+        self._client._release(self._key, conn)
+
     def release(self) -> None:
         """Done with the answer: its connection goes back to the pool or is closed."""
         conn, self._conn = self._conn, None
+        self._rest = None
         if conn is not None:
             self._client._release(self._key, conn)
 
@@ -452,8 +513,10 @@ class UpstreamClient:
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
         on_late_bytes: Callable[[str], None] | None = None,
+        response_buffer: int = RESPONSE_BUFFER,
     ) -> None:
         self.connect_timeout_s = connect_timeout_s
+        self.response_buffer = response_buffer
         # Told where stray bytes were caught (one of LATE_BYTES_CAUGHT): a log line and a metric.
         self.on_late_bytes = on_late_bytes or _ignore
         self.idle_timeout_s = idle_timeout_s
@@ -638,7 +701,7 @@ class UpstreamClient:
         try:
             _transport, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop, self.on_late_bytes),
+                    lambda: _Connection(loop, self.on_late_bytes, self.response_buffer),
                     origin.host,
                     origin.port,
                     ssl=tls,
