@@ -6,7 +6,9 @@ on the public port (docs/security.md "Threat model")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -280,6 +282,170 @@ async def test_slow_small_bodies_hold_no_upstream_connection(
     finally:
         done.set()
         await asyncio.gather(*senders, return_exceptions=True)
+
+
+# -- slow readers ---------------------------------------------------------------------------------
+
+BLOB = b"x" * (50 * 1024 * 1024)
+MB = 1024 * 1024
+
+
+class BigAnswers:
+    """An aiohttp upstream whose /big/<bytes> answers that many bytes (Content-Length) and counts
+    the answers it finished writing and those whose connection broke under it."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self.broken = 0
+
+    async def big(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = int(request.match_info["size"])
+        await response.prepare(request)
+        try:
+            await response.write(BLOB[: response.content_length])
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            self.broken += 1
+            raise
+        self.finished += 1
+        return response
+
+    async def start(self, aiohttp_server: Any) -> TestServer:
+        app = web.Application()
+        app.router.add_get("/big/{size}", self.big)
+        app.router.add_get("/{tail:.*}", _ok)
+        server: TestServer = await aiohttp_server(app)
+        return server
+
+
+async def _non_reader(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client from 127.0.0.1 that asks for `path` and reads nothing (a 4 KB receive window)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return reader, writer
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def _answers_fast(url: str, local: str, count: int = 10) -> None:
+    """`count` answers in a row for a normal client from address `local`, each within a second."""
+    connector = aiohttp.TCPConnector(local_addr=(local, 0))
+    async with aiohttp.ClientSession(connector=connector) as s:
+        for _ in range(count):
+            started = time.monotonic()
+            async with s.get(f"{url}/page") as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+            assert time.monotonic() - started < 1.0
+
+
+def _cuts(proxy: CookieguardProcess, reason: str) -> int:
+    return sum(
+        1
+        for e in proxy.events("client_timeout")
+        if e.get("phase") == "write" and e.get("reason", "write_timeout") == reason
+    )
+
+
+async def test_answers_that_fit_limits_response_buffer_free_the_upstream_while_the_client_reads_nothing(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    """Five clients that never read a 12 MB answer (beyond what the sockets hold) filled
+    `upstream_connections: 5`: the app could not finish writing and everyone else got 503.
+    With the answer inside `limits.response_buffer`, the app finishes all five (its connections
+    back in the pool) while the clients have read nothing, and another client is served at once."""
+    app = BigAnswers()
+    upstream = await app.start(aiohttp_server)
+    proxy = cookieguard_process(
+        base_config(
+            str(upstream.make_url("")),
+            limits={"upstream_connections": 5, "response_buffer": "16MB"},
+            timeouts={"upstream_connect": "1s"},
+        )
+    )
+    clients = [await _non_reader(proxy.port, f"/big/{12 * MB}") for _ in range(5)]
+    try:
+        await _until(lambda: app.finished == 5)
+        await _answers_fast(proxy.url, "127.0.0.1")
+        assert app.broken == 0 and _cuts(proxy, "write_timeout") == 0
+    finally:
+        for _, writer in clients:
+            writer.close()
+
+
+async def test_non_readers_of_large_answers_from_one_address_leave_the_pool_to_others(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    """Five clients from one address never read a 50 MB answer (past `limits.response_buffer`,
+    so each holds its upstream connection): at most half of `upstream_connections` go to them,
+    the rest are cut (`reason: address_share`), and a client from another address keeps
+    getting answers within a second."""
+    app = BigAnswers()
+    upstream = await app.start(aiohttp_server)
+    proxy = cookieguard_process(
+        base_config(
+            str(upstream.make_url("")),
+            limits={"upstream_connections": 5},
+            timeouts={"upstream_connect": "1s", "client_write": "60s"},
+        )
+    )
+    clients = [await _non_reader(proxy.port, f"/big/{50 * MB}") for _ in range(5)]
+    try:
+        await _until(lambda: _cuts(proxy, "address_share") == 3)
+        await _answers_fast(proxy.url, "127.0.0.2")
+        await _answers_fast(proxy.url, "127.0.0.1")  # its share is held, not the whole pool
+        assert _cuts(proxy, "write_timeout") == 0 and app.finished == 0
+    finally:
+        for _, writer in clients:
+            writer.close()
+
+
+async def test_a_client_that_stops_reading_is_cut_after_timeouts_client_write(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    """A client that accepts no byte of a 50 MB answer for `timeouts.client_write` is cut, and
+    the one upstream connection its answer held (`upstream_connections: 1`) is free again."""
+    app = BigAnswers()
+    upstream = await app.start(aiohttp_server)
+    proxy = cookieguard_process(
+        base_config(
+            str(upstream.make_url("")),
+            limits={"upstream_connections": 1},
+            timeouts={"client_write": "1s", "upstream_connect": "1s"},
+        )
+    )
+    started = time.monotonic()
+    reader, writer = await _non_reader(proxy.port, f"/big/{50 * MB}")
+    try:
+        # Polled, not proxy.wait_for_event: the app in this process must keep running meanwhile.
+        await _until(lambda: _cuts(proxy, "write_timeout") == 1)
+        assert time.monotonic() - started >= 1.0
+        [event] = [e for e in proxy.events("client_timeout") if e.get("phase") == "write"]
+        assert event["timeout_s"] == 1.0 and event["client"] == "127.0.0.1"
+        await _answers_fast(proxy.url, "127.0.0.2", count=3)  # the one connection is free again
+        # The client's connection is gone: what it reads now ends (or is reset) short of 50 MB.
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            async with asyncio.timeout(10):
+                while chunk := await reader.read(1 << 20):
+                    received += len(chunk)
+        assert received < 50 * MB
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{proxy.admin_url}/.cookieguard/metrics") as resp:
+                metrics = await resp.text()
+        assert 'cookieguard_clients_cut_total{reason="write_timeout"} 1.0' in metrics
+    finally:
+        writer.close()
 
 
 # -- WebSockets -----------------------------------------------------------------------------------
