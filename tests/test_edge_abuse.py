@@ -440,9 +440,8 @@ async def test_a_client_that_stops_reading_is_cut_after_timeouts_client_write(
                 while chunk := await reader.read(1 << 20):
                     received += len(chunk)
         assert received < 50 * MB
-        async with aiohttp.ClientSession() as s:
-            async with s.get(f"{proxy.admin_url}/.cookieguard/metrics") as resp:
-                metrics = await resp.text()
+        async with aiohttp.ClientSession() as s, s.get(f"{proxy.admin_url}/.cookieguard/metrics") as resp:
+            metrics = await resp.text()
         assert 'cookieguard_clients_cut_total{reason="write_timeout"} 1.0' in metrics
     finally:
         writer.close()
