@@ -291,7 +291,7 @@ class Proxy:
         if merged.private:
             # docs/behaviour.md §4: no shared cache may store a response that carries tokens.
             response.headers["Cache-Control"] = "private, no-store"
-        holder: list[str] = []  # the address this answer counts against, once it outgrows the buffer
+        share: _Share | None = None  # made only for an answer still on its connection after a chunk
         try:
             await response.prepare(request)
             if not upstream.ready():
@@ -300,11 +300,11 @@ class Proxy:
                 await response.write(b"")
             while chunk := await upstream.read():
                 await response.write(chunk)
-                if upstream.held() and not holder:
-                    # More is coming on the connection: an answer larger than the buffer counts
-                    # against its client's share (only now: the fast path has ended above).
-                    holder.append("")
-                    upstream.watch(functools.partial(self._outgrown, request, holder))
+                if share is None and upstream.held():
+                    # More is coming on the connection: should the answer outgrow the buffer, it
+                    # counts against its client's share (the fast path never gets here).
+                    share = _Share(self, request)
+                    upstream.watch(share.outgrown)
             await response.write_eof()
         except UpstreamError as exc:
             # The status line is gone already: the only honest signal left is to break the
@@ -315,32 +315,9 @@ class Proxy:
         except ConnectionResetError:
             pass  # the client went away mid-answer (a closed tab): not an error of ours to log
         finally:
-            if holder and holder[0]:
-                self._stream_ended(holder[0])
+            if share is not None:
+                share.end()
         return response
-
-    def _outgrown(self, request: web.Request, holder: list[str]) -> None:
-        """The answer outgrew limits.response_buffer and now holds its upstream connection until
-        the client takes the rest: past its address's share, the client is cut, so slow readers
-        from one address cannot take the connections another address needs."""
-        if holder[0] or request.transport is None:
-            return
-        address = self.client_address(request)
-        held = self._streaming.get(address, 0)
-        if held >= self._share:
-            self.metrics.client_cut("address_share")
-            self.log.info("client_timeout", phase="write", reason="address_share", client=address)
-            request.transport.abort()  # the relay is cancelled; its upstream connection is closed
-            return
-        self._streaming[address] = held + 1
-        holder[0] = address
-
-    def _stream_ended(self, address: str) -> None:
-        held = self._streaming[address] - 1
-        if held:
-            self._streaming[address] = held
-        else:
-            del self._streaming[address]
 
     def _unplanned_session(self, request: web.Request, theirs: list[str]) -> Session | None:
         """The session of a request whose route skipped it (`refresh: false`), read only when the
@@ -359,6 +336,44 @@ class Proxy:
         )
         text = {503: "upstream busy", 504: "upstream timed out"}.get(status, "upstream unreachable")
         return web.Response(status=status, text=f"cookieguard: {text}\n")
+
+
+class _Share:
+    """One answer's claim on its client address's share of the upstream pool
+    (`limits.upstream_connections_per_address`), taken when the answer outgrows
+    `limits.response_buffer` and so holds its connection until the client takes the rest."""
+
+    __slots__ = ("_address", "_proxy", "_request")
+
+    def __init__(self, proxy: Proxy, request: web.Request) -> None:
+        self._proxy = proxy
+        self._request = request
+        self._address: str | None = None
+
+    def outgrown(self) -> None:
+        # Past the share, the client is cut, so slow readers from one address cannot take the
+        # connections another address needs.
+        proxy, transport = self._proxy, self._request.transport
+        if self._address is not None or transport is None:
+            return
+        address = proxy.client_address(self._request)
+        held = proxy._streaming.get(address, 0)
+        if held >= proxy._share:
+            proxy.metrics.client_cut("address_share")
+            proxy.log.info("client_timeout", phase="write", reason="address_share", client=address)
+            transport.abort()  # the relay is cancelled; its upstream connection is closed
+            return
+        proxy._streaming[address] = held + 1
+        self._address = address
+
+    def end(self) -> None:
+        address, self._address = self._address, None
+        if address is not None:
+            streaming = self._proxy._streaming
+            if streaming[address] > 1:
+                streaming[address] -= 1
+            else:
+                del streaming[address]
 
 
 class _RelayedResponse(web.StreamResponse):
