@@ -83,9 +83,12 @@ class Proxy:
             else:
                 plan: Plan = UNCHANGED
                 repair = self.repair
-                if route.refresh and repair is not None:
+                cookie_header = request.headers.get("Cookie", "")
+                # No Cookie header, no session: nothing to read or plan (the plan would say
+                # `no_session` and forward unchanged, after a coroutine and a clock read).
+                if cookie_header and route.refresh and repair is not None:
                     # Read the session and plan; a fresh session costs a cached read and a cached verdict.
-                    plan, judged = await repair.plan(request.headers.get("Cookie", ""))
+                    plan, judged = await repair.plan(cookie_header)
                     if isinstance(plan, Refresh):
                         address = self.client_address(request)  # only a due session pays for it
                         result = await repair.refresh(plan, address)
