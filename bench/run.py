@@ -553,6 +553,143 @@ def measure_spray(
     }
 
 
+async def arrive(url: str, cookies: list[str], spread_s: float) -> list[tuple[float, bool]]:
+    """Each session once, spread evenly over `spread_s`: (seconds to the answer, whether it came
+    with a fresh accessToken Set-Cookie and status 200) per request."""
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout
+    ) as client:
+
+        async def one(cookie: str) -> tuple[float, bool]:
+            started = time.monotonic()
+            try:
+                async with client.get(url, headers={"Cookie": cookie}) as r:
+                    await r.read()
+                    fresh = any(".accessToken=" in c for c in r.headers.getall("Set-Cookie", ()))
+                    return time.monotonic() - started, r.status == 200 and fresh
+            except (aiohttp.ClientError, TimeoutError):
+                return time.monotonic() - started, False
+
+        tasks: list[asyncio.Future[tuple[float, bool]]] = []
+        started = time.monotonic()
+        while len(tasks) < len(cookies):
+            due = min(len(cookies), int((time.monotonic() - started) / spread_s * len(cookies)) + 1)
+            tasks.extend(asyncio.ensure_future(one(c)) for c in cookies[len(tasks) : due])
+            await asyncio.sleep(0.002)
+        return list(await asyncio.gather(*tasks))
+
+
+def storm_at_defaults(
+    bench: Bench,
+    ask: Callable[..., dict[str, Any]],
+    pool: dict[str, str],
+    up_port: int,
+    ngx_port: int,
+    fresh_cookies: list[str],
+    expired_cookie: Callable[[dict[str, str]], str],
+    window_s: float,
+) -> dict[str, Any]:
+    """docs/security.md "Abuse limits", a mass expiry: 1,000 distinct users whose access tokens expired
+    arrive within 2 s at a cookieguard with the DEFAULT limits (50 IdP calls per second, a queue
+    of 1000, 10 s each). The IdP calls and their most in one second (counted at the emulator),
+    requests forwarded without fresh tokens (they reached the app with the expired one), the
+    storm requests' time to answer (the wait for the ceiling plus one IdP call), and fresh
+    sessions' p99 (wrk) through cookieguard and through nginx, both during the first `window_s`
+    of the storm against the same load without it."""
+    wd = bench.workdir
+    port = free_port()
+    conf = cookieguard_conf(wd, "cookieguard-defaults", port, up_port, pool, limits=False)
+    cg = bench.start("cookieguard-defaults", [PY, "-m", "cookieguard", "run", "--config", str(conf)])
+    base_url = f"http://127.0.0.1:{port}"
+    wait_http(f"{base_url}/", cg)
+    script = rotating_cookies_script(wd, "/app/page", fresh_cookies)
+    cg_url, ngx_url = f"{base_url}/app/page", f"http://127.0.0.1:{ngx_port}/app/page"
+    wrk(cg_url, 4, 1, None, None, script)  # warm-up: the JWKS, the fresh sessions' verdicts
+    t = time.monotonic()
+    expired = ask(cmd="sessions", prefix="expiry", users=1000, per_user=1, lifetime=-60)["sessions"]
+    ask(cmd="lifetime", value=3600)
+    minted_s = time.monotonic() - t
+    cookies = [expired_cookie(s) for s in expired]
+
+    def both(storm: bool) -> tuple[Run, Run, list[tuple[float, bool]]]:
+        on_cg, on_ngx = (start_wrk(u, 2, window_s, None, script) for u in (cg_url, ngx_url))
+        answers = asyncio.run(arrive(cg_url, cookies, 2.0)) if storm else []
+        runs = [parse_wrk(p.communicate(timeout=window_s + 90)[0], None) for p in (on_cg, on_ngx)]
+        return runs[0], runs[1], answers
+
+    cg_base, ngx_base, _ = both(storm=False)
+    calls_before = ask(cmd="calls")["calls"]
+    cpu_before = cpu_s(cg.pid)
+    t = time.monotonic()
+    cg_storm, ngx_storm, answers = both(storm=True)
+    storm_s = time.monotonic() - t
+    cpu = cpu_s(cg.pid) - cpu_before
+    at = sorted(ask(cmd="call_times")["at"][calls_before:])
+    per_second = [0] * (int(at[-1] - at[0]) + 1 if at else 0)
+    for a in at:
+        per_second[int(a - at[0])] += 1
+    with urllib.request.urlopen(f"{base_url}/.cookieguard/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    limited = {
+        m.group(1): int(float(m.group(2)))
+        for m in re.finditer(r'(?m)^cookieguard_refresh_limited_total\{limit="(\w+)"\} (\S+)$', metrics)
+    }
+    cg.stop()
+
+    def mean_s(histogram: str) -> float:
+        sums = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(rf"(?m)^{histogram}_(sum|count) (\S+)$", metrics)
+        }
+        return sums["sum"] / sums["count"] if sums.get("count") else float("nan")
+
+    def quantile_s(histogram: str, q: float) -> float:
+        """From a Prometheus histogram's cumulative buckets, linear within the bucket."""
+        buckets = [
+            (float(m.group(1)), float(m.group(2)))
+            for m in re.finditer(rf'(?m)^{histogram}_bucket\{{le="([\d.e+-]+|\+Inf)"\}} (\S+)$', metrics)
+        ]
+        if not buckets or not buckets[-1][1]:
+            return float("nan")
+        rank, lower, below = q * buckets[-1][1], 0.0, 0.0
+        for upper, count in buckets:
+            if count >= rank:
+                if upper == float("inf"):
+                    return lower
+                return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+            lower, below = upper, count
+        return lower
+
+    waits = [s for s, fresh in answers if fresh]
+    return {
+        "sessions": len(cookies),
+        "minted_s": minted_s,
+        "storm_s": storm_s,
+        "idp_calls": len(at),
+        "idp_calls_per_second": per_second,
+        "not_refreshed": sum(not fresh for _, fresh in answers),
+        "limited": {k: v for k, v in limited.items() if v},
+        "refreshed_answer_p50_s": pct(waits, 0.5),
+        "refreshed_answer_p99_s": pct(waits, 0.99),
+        "all_answers_max_s": max((s for s, _ in answers), default=float("nan")),
+        # From cookieguard's own histograms: what an IdP call took, what a refresh waited.
+        "idp_call_mean_s": mean_s("cookieguard_refresh_duration_seconds"),
+        "refresh_wait_mean_s": mean_s("cookieguard_refresh_wait_seconds"),
+        "refresh_wait_p50_s": quantile_s("cookieguard_refresh_wait_seconds", 0.5),
+        "refresh_wait_p99_s": quantile_s("cookieguard_refresh_wait_seconds", 0.99),
+        "cookieguard_cpu_s": cpu,
+        "fresh_cg_p99_base_ms": cg_base.p99_ms,
+        "fresh_cg_p99_storm_ms": cg_storm.p99_ms,
+        "fresh_cg_p50_base_ms": cg_base.p50_ms,
+        "fresh_cg_p50_storm_ms": cg_storm.p50_ms,
+        "fresh_ngx_p99_base_ms": ngx_base.p99_ms,
+        "fresh_ngx_p99_storm_ms": ngx_storm.p99_ms,
+        "fresh_errors": cg_base.errors + cg_storm.errors + ngx_base.errors + ngx_storm.errors,
+    }
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -979,6 +1116,9 @@ def print_ab(ab: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+PHASES = ("matrix", "latency", "storm", "spray", "storm-defaults", "rss")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--upstream", choices=("nginx", "aiohttp"), default="nginx")
@@ -998,8 +1138,7 @@ def main() -> int:
     parser.add_argument(
         "--skip",
         default=None,
-        help="comma list of phases to skip: matrix,latency,storm,spray,rss (with --base: all of them "
-        "unless given)",
+        help=f"comma list of phases to skip: {','.join(PHASES)} (with --base: all of them unless given)",
     )
     parser.add_argument(
         "--base",
@@ -1017,10 +1156,13 @@ def main() -> int:
     parser.add_argument(
         "--count-requests", type=int, default=1000, help="requests per mix for --count instructions"
     )
+    parser.add_argument("--only", default="", help="comma list of the phases to run; the others are skipped")
     args = parser.parse_args()
     if args.skip is None:
-        args.skip = "matrix,latency,storm,spray,rss" if args.base else ""
+        args.skip = ",".join(PHASES) if args.base else ""
     skip = set(filter(None, args.skip.split(",")))
+    if args.only:
+        skip |= set(PHASES) - set(args.only.split(","))
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             print(f"bench: {tool} not found (make bench installs it with apt-get)", file=sys.stderr)
@@ -1204,6 +1346,12 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
         results["spray"] = spray_result
         log(f"spray done: {spray_result}")
     results["cookieguard_rss_mb_after_matrix"] = rss_mb(cg.pid)[0]
+    if "storm-defaults" not in skip:
+        # A cookieguard of its own, with the default limits; the one above stays idle.
+        results["storm_defaults"] = storm_at_defaults(
+            bench, ask, pool, up_port, ngx_port, [cookie_of(s) for s in fresh[1:]], cookie_of, args.duration
+        )
+        log(f"storm at the default limits done: {results['storm_defaults']}")
     cg.stop()
     ngx.stop()
 
@@ -1352,6 +1500,29 @@ def print_report(res: dict[str, Any]) -> None:
                 f"p99 {f['fresh_p99_storm_ms']:.2f} ms vs {f['fresh_p99_base_ms']:.2f} ms without "
                 f"({f['fresh_p99_storm_ms'] / f['fresh_p99_base_ms']:.1f}x)"
             )
+    if "storm_defaults" in res:
+        d = res["storm_defaults"]
+        print()
+        print(
+            f"storm at the default limits: {d['sessions']:,} expired sessions within 2 s -> "
+            f"{d['idp_calls']} IdP calls (at most {max(d['idp_calls_per_second'], default=0)} in one "
+            f"second at the IdP), {d['not_refreshed']} forwarded without fresh tokens "
+            f"{d['limited'] or ''}, took {d['storm_s']:.1f}s"
+        )
+        print(
+            f"  refresh wait for the ceiling p50 {d['refresh_wait_p50_s']:.2f} s / p99 "
+            f"{d['refresh_wait_p99_s']:.2f} s (cookieguard's histogram, interpolated in its buckets)"
+        )
+        print(
+            f"  refreshed requests answered in p50 {d['refreshed_answer_p50_s']:.2f} s / p99 "
+            f"{d['refreshed_answer_p99_s']:.2f} s (at the client: connecting, the wait, one IdP call); mean "
+            f"wait {d['refresh_wait_mean_s']:.2f} s, mean IdP call {d['idp_call_mean_s']:.2f} s"
+        )
+        print(
+            f"  fresh sessions p99 through cookieguard {d['fresh_cg_p99_base_ms']:.1f} -> "
+            f"{d['fresh_cg_p99_storm_ms']:.1f} ms; through nginx in the same storm "
+            f"{d['fresh_ngx_p99_base_ms']:.2f} -> {d['fresh_ngx_p99_storm_ms']:.2f} ms"
+        )
     if "rss" in res:
         r = res["rss"]
         print(

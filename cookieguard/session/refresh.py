@@ -7,6 +7,10 @@ the session is over), `failed` (the IdP could not answer: keep the session, back
 (a budget of docs/security.md "Abuse limits" refused the IdP call: nothing stored, no backoff, the session
 is tried again on a later request; `error` names the budget).
 
+A session whose access token has expired (`urgent`) and is proven may wait for the IdP ceiling
+(limits.py); it waits inside the single flight, holding the refresh token's lock (its lease kept
+alive), so everyone who asks for the same refresh token meanwhile joins that one wait.
+
 Budgets are charged right before the IdP call, after the single-flight and the stored-result
 checks, so a join and a grace reuse cost nothing; a retry of the same token is free in the
 budgets themselves (cookieguard/session/limits.py).
@@ -26,32 +30,22 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 from cookieguard.config import RefreshConfig, StoreConfig
 from cookieguard.logs import get_logger
 from cookieguard.lru import LRU, ExpiringLRU
 from cookieguard.session.guard import RejectStormGuard, StormChange
 from cookieguard.session.limits import Budgets, Claimant
+from cookieguard.session.result import RefreshResult
 from cookieguard.store.base import Store
 from cookieguard.store.crypto import Sealer
 from cookieguard.tokens.providers.base import Provider, RefreshRejected, RefreshUnavailable, TokenSet
+from cookieguard.vocabulary import Outcome
 
-REFRESHED, JOINED, REUSED, REJECTED, FAILED = "refreshed", "joined", "reused", "rejected", "failed"
-LIMITED = "limited"
 _POLL_S = 0.05
 _MAX_BACKOFF_S = 300.0
 REJECT_STORM = "reject_storm"
-
-
-@dataclass(frozen=True)
-class RefreshResult:
-    outcome: str
-    tokens: TokenSet | None = field(default=None, repr=False)
-    error: str | None = None
-    idp_status: int | None = None
-    duration_ms: float = 0.0
-    retry_after_s: float | None = None
 
 
 def store_key(refresh_token: str) -> str:
@@ -103,9 +97,11 @@ class Refresher:
         username: str | None = None,
         device_key: str | None = None,
         claimant: Claimant | None = None,
+        urgent: bool = False,
     ) -> RefreshResult:
         """`claimant`: whom the IdP call is charged to; None charges nobody (and counts as proven
-        for the reject-storm guard)."""
+        for the reject-storm guard). `urgent`: the access token has expired or is about to, so a
+        proven session waits for the IdP ceiling rather than go unrefreshed."""
         key = store_key(refresh_token)
         task = self._in_flight.get(key)
         if task is not None:
@@ -113,8 +109,10 @@ class Refresher:
             return _as_joined(result)
         until = self._backoff.expires_at(key, self.clock())
         if until is not None:
-            return RefreshResult(FAILED, error="backoff", retry_after_s=until - self.clock())
-        task = asyncio.ensure_future(self._coordinated(key, refresh_token, username, device_key, claimant))
+            return RefreshResult(Outcome.FAILED, error="backoff", retry_after_s=until - self.clock())
+        task = asyncio.ensure_future(
+            self._coordinated(key, refresh_token, username, device_key, claimant, urgent)
+        )
         self._in_flight[key] = task
         task.add_done_callback(lambda _t: self._in_flight.pop(key, None))
         # Shielded: a client that disconnects must not cancel the refresh for everybody else.
@@ -127,12 +125,16 @@ class Refresher:
         username: str | None,
         device_key: str | None,
         claimant: Claimant | None,
+        urgent: bool,
     ) -> RefreshResult:
         stored = await self._stored(key)
         if stored is not None:
-            return stored if stored.outcome == REJECTED else _with_outcome(stored, REUSED)
+            return stored if stored.outcome == Outcome.REJECTED else _with_outcome(stored, Outcome.REUSED)
         owner = uuid.uuid4().hex
-        deadline = self.clock() + self.idp_timeout_s + self.lease_s
+        budgets = self.budgets
+        # The holder may wait for the IdP ceiling before it calls.
+        wait_s = budgets.limits.refresh_wait_s if budgets is not None else 0.0
+        deadline = self.clock() + self.idp_timeout_s + self.lease_s + wait_s
         while not await self.store.acquire(key, owner, self.lease_s):
             # Another replica holds the lock: wait for its result rather than spend the token.
             await asyncio.sleep(_POLL_S)
@@ -140,31 +142,39 @@ class Refresher:
             if stored is not None:
                 return _as_joined(stored)
             if self.clock() > deadline:
-                return RefreshResult(FAILED, error="lock_wait_timeout")
+                return RefreshResult(Outcome.FAILED, error="lock_wait_timeout")
+        keeper = asyncio.ensure_future(self._keep_lease(key, owner))
         try:
             # Look again: the previous holder may have finished while we waited for the lock.
             stored = await self._stored(key)
             if stored is not None:
                 return _as_joined(stored)
-            if self.budgets is not None and claimant is not None:
-                limit = await self.budgets.spend(claimant, key)
+            wait_ms = 0.0
+            if budgets is not None and claimant is not None:
+                started = time.perf_counter()
+                limit = await budgets.spend(claimant, key, may_wait=urgent)
+                wait_ms = _ms(started)
                 if limit is not None:
-                    return RefreshResult(LIMITED, error=limit)
+                    return RefreshResult(Outcome.LIMITED, error=limit, wait_ms=wait_ms)
             feeds_guard = claimant is None or claimant.proven or self.unproven_feed_guard
-            return await self._call_idp(key, owner, refresh_token, username, device_key, feeds_guard)
+            try:
+                result = await self._call_idp(key, refresh_token, username, device_key, feeds_guard)
+            finally:
+                if budgets is not None and claimant is not None:
+                    budgets.answered()
+            return replace(result, wait_ms=wait_ms)
         finally:
+            keeper.cancel()
             await self.store.release(key, owner)
 
     async def _call_idp(
         self,
         key: str,
-        owner: str,
         refresh_token: str,
         username: str | None,
         device_key: str | None,
         feeds_guard: bool,
     ) -> RefreshResult:
-        keeper = asyncio.ensure_future(self._keep_lease(key, owner))
         started = time.perf_counter()
         if self.on_idp_call:
             self.on_idp_call(True)
@@ -177,32 +187,33 @@ class Refresher:
                 # Not believed: forward unchanged, store nothing, and back off like any IdP trouble.
                 self._remember_backoff(key, self.config.backoff_s)
                 return RefreshResult(
-                    FAILED,
+                    Outcome.FAILED,
                     error=REJECT_STORM,
                     idp_status=exc.status,
                     duration_ms=_ms(started),
                     retry_after_s=self.config.backoff_s,
                 )
-            result = RefreshResult(REJECTED, error=exc.code, idp_status=exc.status, duration_ms=_ms(started))
+            result = RefreshResult(
+                Outcome.REJECTED, error=exc.code, idp_status=exc.status, duration_ms=_ms(started)
+            )
             await self.store.put_result(key, self._seal(result), self.config.grace_s)
             return result
         except RefreshUnavailable as exc:
             backoff_s = min(max(self.config.backoff_s, exc.retry_after_s or 0.0), _MAX_BACKOFF_S)
             self._remember_backoff(key, backoff_s)
             return RefreshResult(
-                FAILED,
+                Outcome.FAILED,
                 error=exc.code,
                 idp_status=exc.status,
                 duration_ms=_ms(started),
                 retry_after_s=backoff_s,
             )
         finally:
-            keeper.cancel()
             if self.on_idp_call:
                 self.on_idp_call(False)
         if feeds_guard:
             self._note_storm(self.guard.record(key, rejected=False, now=self.clock()))
-        result = RefreshResult(REFRESHED, tokens=tokens, duration_ms=_ms(started))
+        result = RefreshResult(Outcome.REFRESHED, tokens=tokens, duration_ms=_ms(started))
         await self.store.put_result(key, self._seal(result), self.config.grace_s)
         return result
 
@@ -261,8 +272,8 @@ class Refresher:
             return None  # sealed with a key we do not have: treat as absent, never as a session
         try:
             body = json.loads(plain)
-            if body.get("outcome") == REJECTED:
-                return RefreshResult(REJECTED, error=body.get("error"))
+            if body.get("outcome") == Outcome.REJECTED:
+                return RefreshResult(Outcome.REJECTED, error=body.get("error"))
             tokens = TokenSet(
                 access_token=body["access_token"],
                 id_token=body.get("id_token"),
@@ -271,10 +282,10 @@ class Refresher:
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        return RefreshResult(REFRESHED, tokens=tokens)
+        return RefreshResult(Outcome.REFRESHED, tokens=tokens)
 
 
-def _with_outcome(result: RefreshResult, outcome: str) -> RefreshResult:
+def _with_outcome(result: RefreshResult, outcome: Outcome) -> RefreshResult:
     return RefreshResult(
         outcome,
         tokens=result.tokens,
@@ -287,8 +298,8 @@ def _with_outcome(result: RefreshResult, outcome: str) -> RefreshResult:
 
 def _as_joined(result: RefreshResult) -> RefreshResult:
     """What a request that waited for someone else's refresh gets: the same tokens or verdict."""
-    if result.outcome in (REFRESHED, REUSED, JOINED):
-        return _with_outcome(result, JOINED)
+    if result.outcome in (Outcome.REFRESHED, Outcome.REUSED, Outcome.JOINED):
+        return _with_outcome(result, Outcome.JOINED)
     return _with_outcome(result, result.outcome)
 
 
