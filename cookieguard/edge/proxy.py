@@ -72,7 +72,7 @@ class Proxy:
         self._origins = {r.match: Origin.parse(r.upstream) for r in config.routes if r.upstream}
         self._read_timeouts = {r.match: r.timeout_s or config.timeouts.upstream_read_s for r in config.routes}
         # Answers larger than limits.response_buffer still being sent, per client address: each
-        # holds an upstream connection until its client has taken it (docs/proxy.md "Slow clients").
+        # holds an upstream connection until its client has taken it (docs/proxy.md "The proxy").
         self._streaming: dict[str, int] = {}
         limits = config.limits
         self._share = limits.upstream_connections_per_address or max(1, limits.upstream_connections // 2)

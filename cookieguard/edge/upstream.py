@@ -20,7 +20,7 @@ whose answer there was not exactly one message, is retried once on a new connect
 
 An answer is read ahead of the client into a buffer of up to `response_buffer` bytes
 (`limits.response_buffer`): once the whole answer is in, its connection goes back to the pool at
-once, however slowly the client reads what is buffered (docs/proxy.md "Slow clients"). A larger
+once, however slowly the client reads what is buffered (docs/proxy.md "The proxy"). A larger
 answer pauses the upstream at the buffer's size and holds its connection until it is sent; the
 relay is told (`UpstreamResponse.watch`) so it can hold such answers to a per-address share.
 
