@@ -129,6 +129,19 @@ class MetricsConfig:
     enabled: bool = True
 
 
+# The ingresses forward-auth mode answers, and the headers each puts the original request in
+# (docs/forward-auth/).
+INGRESSES = ("traefik", "nginx", "envoy")
+
+
+@dataclass(frozen=True)
+class ForwardAuthConfig:
+    """Forward-auth mode (docs/forward-auth/): `<admin_prefix>/forward-auth` answers an ingress."""
+
+    enabled: bool = False
+    ingress: str = "traefik"  # traefik | nginx | envoy
+
+
 DEFAULT_LISTEN: tuple[str, int] = ("0.0.0.0", 8080)
 DEFAULT_ADMIN_PREFIX = "/.cookieguard"
 
@@ -149,6 +162,7 @@ class Config:
     logging: LoggingConfig
     metrics: MetricsConfig
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    forward_auth: ForwardAuthConfig = field(default_factory=ForwardAuthConfig)
     # A second listener for healthz, readyz and metrics only (e.g. 127.0.0.1:9090); None: they are
     # served under admin_prefix on the main listener only.
     admin_listen: tuple[str, int] | None = None

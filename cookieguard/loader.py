@@ -21,10 +21,12 @@ import yaml
 from cookieguard.config import (
     DEFAULT_ADMIN_PREFIX,
     DEFAULT_LISTEN,
+    INGRESSES,
     Config,
     CookieAttributes,
     CookieNames,
     CookiesConfig,
+    ForwardAuthConfig,
     IPNetwork,
     LimitsConfig,
     LoggingConfig,
@@ -174,7 +176,8 @@ def _build(root: _Section, source: str) -> Config | None:
     refresh = _build_refresh(root)
     verify = _build_verify(root, provider)
     store = _build_store(root)
-    routes = _build_routes(root, upstream, admin_prefix)
+    forward_auth = _build_forward_auth(root)
+    routes = _build_routes(root, upstream, admin_prefix, upstream_required=not forward_auth.enabled)
     timeouts = _build_timeouts(root)
     limits = _build_limits(root)
     admin_listen = root.get("admin_listen", _listen, Config.admin_listen)
@@ -199,6 +202,7 @@ def _build(root: _Section, source: str) -> Config | None:
         logging=logging_,
         metrics=metrics,
         limits=limits,
+        forward_auth=forward_auth,
         admin_listen=admin_listen,
         source=source,
     )
@@ -353,7 +357,9 @@ def _redis_url(value: Any) -> str:
     return s
 
 
-def _build_routes(root: _Section, default_upstream: str | None, admin_prefix: str) -> tuple[Route, ...]:
+def _build_routes(
+    root: _Section, default_upstream: str | None, admin_prefix: str, *, upstream_required: bool
+) -> tuple[Route, ...]:
     root.seen.add("routes")
     raw = root.data.get("routes")
     if raw is None:
@@ -376,7 +382,8 @@ def _build_routes(root: _Section, default_upstream: str | None, admin_prefix: st
         elif match and not match.startswith("/"):
             s.error("match", f"a path prefix must start with /, got {match!r} (or use regex:)")
         upstream = s.get("upstream", _url, None) or default_upstream
-        if upstream is None and not s.has("upstream") and not root.has("upstream"):
+        # In forward-auth mode the ingress forwards: a route may only say what to repair.
+        if upstream_required and upstream is None and not s.has("upstream") and not root.has("upstream"):
             s.error("upstream", "no upstream for this route and no top-level upstream")
         route = Route(
             match=match,
@@ -389,6 +396,17 @@ def _build_routes(root: _Section, default_upstream: str | None, admin_prefix: st
         s.finish()
         routes.append(route)
     return tuple(routes)
+
+
+def _build_forward_auth(root: _Section) -> ForwardAuthConfig:
+    s = root.section("forward_auth")
+    d = ForwardAuthConfig
+    cfg = ForwardAuthConfig(
+        enabled=s.get("enabled", _bool, d.enabled),
+        ingress=s.get("ingress", _one_of(*INGRESSES), d.ingress),
+    )
+    s.finish()
+    return cfg
 
 
 def _build_timeouts(root: _Section) -> TimeoutsConfig:

