@@ -60,7 +60,9 @@ class Stack:
         self.guard: Any = None
         self.app: Any = None
 
-    async def start(self, pool: PoolInfo, *users: CognitoUser, **overrides: Any) -> str:
+    async def start(
+        self, pool: PoolInfo, *users: CognitoUser, fail_open: bool = False, **overrides: Any
+    ) -> str:
         self.app = await start_buggy_app(self.aiohttp_server)
         upstream = str(self.app.make_url("")).rstrip("/")
         overrides.setdefault("routes", [{"match": "/static/", "refresh": False}, {"match": "/"}])
@@ -78,7 +80,11 @@ class Stack:
             for key in ("accessToken", "idToken", "refreshToken", "clockDrift")
         ]
         self.ingress = await start_ingress(
-            self.kind, str(self.guard.make_url("")).rstrip("/"), upstream, auth_cookies=names
+            self.kind,
+            str(self.guard.make_url("")).rstrip("/"),
+            upstream,
+            auth_cookies=names,
+            fail_open=fail_open,
         )
         return self.ingress.url
 
@@ -213,3 +219,33 @@ async def test_a_route_without_refresh_makes_no_idp_call(
         status, set_cookies, _ = await get(s, f"{url}/page", header)
         assert status == 200 and set_cookies != []
     assert cognito_idp.refresh_calls == 1
+
+
+async def test_with_cookieguard_down_the_ingress_answers_500_and_the_app_is_not_reached(
+    stack: Stack, cognito_idp: CognitoEmulator, cognito_user: CognitoUser
+) -> None:
+    """Measured, and documented in docs/forward-auth/: both ingresses fail closed by default."""
+    url = await stack.start(cognito_user.pool, cognito_user)
+    await stack.guard.close()
+    async with aiohttp.ClientSession() as s:
+        status, set_cookies, _ = await get(s, f"{url}/page", amplify_cookie_header(cognito_user))
+    assert status == 500 and set_cookies == []
+    assert stack.seen() == []
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed")
+async def test_nginx_can_fail_open_with_the_clients_cookie(
+    aiohttp_server: Any, cognito_idp: CognitoEmulator, cognito_user: CognitoUser
+) -> None:
+    """docs/forward-auth/nginx.md: `error_page 502 504` on the auth location forwards unchanged."""
+    stack = Stack(aiohttp_server, "nginx")
+    try:
+        url = await stack.start(cognito_user.pool, cognito_user, fail_open=True)
+        header = amplify_cookie_header(cognito_user)
+        await stack.guard.close()
+        async with aiohttp.ClientSession() as s:
+            status, set_cookies, _ = await get(s, f"{url}/page", header)
+        assert status == 200 and set_cookies == []
+        assert stack.seen() == [{"path": "/page", "method": "GET", "cookie": header}]
+    finally:
+        stack.close()

@@ -47,9 +47,10 @@ CONFIG_KEYS = {
     "limits.idp_calls_per_second", "limits.upstream_connections",
     "logging.level", "logging.format", "logging.access_log",
     "metrics.enabled",
+    "forward_auth.enabled", "forward_auth.ingress",
 }  # fmt: skip
 
-ENDPOINTS = {"healthz", "readyz", "metrics", "session"}
+ENDPOINTS = {"healthz", "readyz", "metrics", "session", "forward-auth"}
 
 LOG_EVENTS = {
     "access", "bad_request", "client_timeout", "config_loaded", "config_warning", "draining",
@@ -126,10 +127,10 @@ def test_every_documented_key_is_read_by_the_loader(key: str) -> None:
 async def test_admin_endpoints(aiohttp_client: Any) -> None:
     config = parse_config("upstream: http://127.0.0.1:9\nprovider: {kind: oidc, token_endpoint: "
                           "'http://127.0.0.1:9/token', client_id: c, client_auth: none}\n"
-                          "cookies: {layout: named}\n", env={})  # fmt: skip
+                          "cookies: {layout: named}\nforward_auth: {enabled: true}\n", env={})  # fmt: skip
     client = await aiohttp_client(build_app(config))
     for endpoint in ENDPOINTS:
-        async with client.get(f"/.cookieguard/{endpoint}") as resp:
+        async with client.get(f"/.cookieguard/{endpoint}", headers={"X-Forwarded-Uri": "/"}) as resp:
             assert resp.status in (200, 503), (endpoint, resp.status)
     async with client.get("/.cookieguard/nothing-here") as resp:
         assert resp.status == 404

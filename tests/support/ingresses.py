@@ -57,15 +57,17 @@ async def start_ingress(
     *,
     auth_cookies: Sequence[str] = (),
     admin_prefix: str = "/.cookieguard",
+    fail_open: bool = False,
 ) -> Ingress:
     """`guard` and `upstream` are base URLs; `auth_cookies` the names Traefik's
-    `addAuthCookiesToResponse` lets through (nginx needs none: the numbered headers carry all)."""
+    `addAuthCookiesToResponse` lets through (nginx needs none: the numbered headers carry all);
+    `fail_open`: nginx forwards unchanged when cookieguard cannot be reached."""
     workdir = tempfile.TemporaryDirectory(prefix=f"cookieguard-{kind}-")
     port = free_port()
     if kind == "traefik":
         command = traefik_command(Path(workdir.name), port, guard, upstream, auth_cookies, admin_prefix)
     else:
-        command = nginx_command(Path(workdir.name), port, guard, upstream, admin_prefix)
+        command = nginx_command(Path(workdir.name), port, guard, upstream, admin_prefix, fail_open)
     with open(Path(workdir.name) / "stderr.log", "wb") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     ingress = Ingress(kind, f"http://127.0.0.1:{port}", process, workdir)
@@ -144,7 +146,12 @@ http {{
 """
 
 
-def nginx_site(port: int, guard: str, upstream: str, admin_prefix: str) -> str:
+FAIL_OPEN = """
+      # cookieguard unreachable (502) or timed out (504): forward as if it changed nothing.
+      error_page 502 504 = @cookieguard_down;"""
+
+
+def nginx_site(port: int, guard: str, upstream: str, admin_prefix: str, fail_open: bool = False) -> str:
     """The `http {}` body docs/forward-auth/nginx.md shows, for one site."""
     numbered = range(NGINX_SET_COOKIES)
     set_vars = "\n".join(
@@ -170,7 +177,10 @@ def nginx_site(port: int, guard: str, upstream: str, admin_prefix: str) -> str:
       proxy_set_header X-Original-Method $request_method;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_buffer_size 64k;
-      proxy_buffers 4 64k;
+      proxy_buffers 4 64k;{FAIL_OPEN if fail_open else ""}
+    }}
+    location @cookieguard_down {{
+      return 204;
     }}
     location = {admin_prefix}/healthz {{
       proxy_pass {guard};
@@ -187,11 +197,13 @@ def nginx_site(port: int, guard: str, upstream: str, admin_prefix: str) -> str:
 """
 
 
-def nginx_command(workdir: Path, port: int, guard: str, upstream: str, admin_prefix: str) -> list[str]:
+def nginx_command(
+    workdir: Path, port: int, guard: str, upstream: str, admin_prefix: str, fail_open: bool
+) -> list[str]:
     binary = nginx_binary()
     assert binary is not None, "nginx not found: `make test` installs Debian's"
     (workdir / "tmp").mkdir()
     conf = workdir / "nginx.conf"
-    body = nginx_site(port, guard, upstream.rstrip("/"), admin_prefix)
+    body = nginx_site(port, guard, upstream.rstrip("/"), admin_prefix, fail_open)
     conf.write_text(NGINX_CONF.format(dir=workdir, body=body))
     return [binary, "-p", str(workdir), "-c", str(conf)]
