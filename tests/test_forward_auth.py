@@ -15,8 +15,12 @@ from cookieguard.edge.forward_auth import Original, original_request
 from cookieguard.loader import ConfigError, parse_config
 from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.session.layouts import AmplifyLayout
-from tests.support.apps import amplify_cookies
-from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
+from tests.support.cognito_idp import (
+    CognitoUser,
+    amplify_cookie_header,
+    cognito_guard_config,
+    made_up_session,
+)
 from tests.support.proxy_process import run_cli
 
 ENDPOINT = "/.cookieguard/forward-auth"
@@ -129,18 +133,16 @@ async def test_the_abuse_limits_budget_the_address_the_trusted_ingress_forwards(
         limits["trusted_proxies"] = ["127.0.0.0/8"]
     client = await aiohttp_client(build_app(guard_config(cognito_pool, limits=limits)))
 
-    async def made_up(n: int, forwarded_for: str) -> None:
-        cookies = amplify_cookies(cognito_pool.client_id, f"mallory-{n}", access_token=None, id_token=None,
-                                  refresh_token=f"eyJjdHkiOiJKV1QiLCJlbmMiOiJBMjU2R0NNIn0.made-up-{n}")  # fmt: skip
-        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
-                   "X-Original-URI": "/rsc", "X-Forwarded-For": forwarded_for}  # fmt: skip
+    async def made_up(forwarded_for: str) -> None:
+        headers = {"Cookie": made_up_session(cognito_pool), "X-Original-URI": "/rsc",
+                   "X-Forwarded-For": forwarded_for}  # fmt: skip
         async with client.get(ENDPOINT, headers=headers) as resp:
             assert resp.status == 200
 
-    for n in range(10):
-        await made_up(n, "203.0.113.7")
+    for _ in range(10):
+        await made_up("203.0.113.7")
     assert cognito_idp.refresh_calls == 5
-    await made_up(10, "198.51.100.9")  # another client behind the ingress has its own budget
+    await made_up("198.51.100.9")  # another client behind the ingress has its own budget
     assert cognito_idp.refresh_calls == (6 if trusted else 5)
 
 

@@ -26,8 +26,13 @@ from cookieguard.app import build_app
 from cookieguard.loader import parse_config
 from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.session.layouts import AmplifyLayout
-from tests.support.apps import Browser, amplify_cookies, cookie_value, seen_by, start_buggy_app
-from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
+from tests.support.apps import Browser, cookie_value, seen_by, start_buggy_app
+from tests.support.cognito_idp import (
+    CognitoUser,
+    amplify_cookie_header,
+    cognito_guard_config,
+    made_up_session,
+)
 from tests.support.ingresses import Ingress, nginx_binary, start_ingress, traefik_binary
 from tests.support.no_secrets import KnownSecrets
 
@@ -194,18 +199,10 @@ async def test_made_up_refresh_tokens_cost_no_more_idp_calls_than_the_abuse_limi
     url = await stack.start(cognito_pool)
     stack.clock.frozen = time.time()  # the budgets hold still: what they allow is 5 calls
 
-    def made_up(i: int) -> str:
-        cookies = amplify_cookies(
-            cognito_pool.client_id,
-            f"mallory-{i}",
-            access_token=None,
-            id_token=None,
-            refresh_token=f"eyJjdHkiOiJKV1QiLCJlbmMiOiJBMjU2R0NNIn0.made-up-{i}",
-        )
-        return "; ".join(f"{k}={v}" for k, v in cookies.items())
-
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as s:
-        results = await asyncio.gather(*(get(s, f"{url}/rsc/{i}", made_up(i)) for i in range(100)))
+        results = await asyncio.gather(
+            *(get(s, f"{url}/rsc/{i}", made_up_session(cognito_pool)) for i in range(100))
+        )
     assert [status for status, _, _ in results] == [200] * 100  # the ingress forwarded every one
     assert 1 <= cognito_idp.refresh_calls <= 5
     assert len(stack.seen()) == 100
