@@ -17,7 +17,7 @@ WORKDIR /src
 # Installed from the build context (this checkout), never from PyPI by name.
 COPY pyproject.toml README.md ./
 COPY cookieguard ./cookieguard
-# Then the venv is made runtime-only (README, "Docker": what the image weighs and why):
+# Then the venv is made runtime-only (docs/operations.md, "Docker": what the image weighs and why):
 # - pip and setuptools leave it: nothing installs anything at run time;
 # - the wheels' C extensions lose their debug symbols (uvloop 13.6 -> 1.6 MB; the dynamic symbol
 #   table Python loads them by is kept), and every one of them is imported once to prove it;

@@ -801,7 +801,7 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
         )
         log(f"storm floor done: {results['storm_floor']}")
     if "spray" not in skip:
-        # Abuse limits (README): 1,000 unproven sessions per second from one address. The
+        # docs/security.md "Abuse limits": 1,000 unproven sessions per second from one address. The
         # budgets allow 5 IdP calls per address per minute and 1 per second in all.
         calls_before = ask(cmd="calls")["calls"]
         script = rotating_cookies_script(wd, "/app/page", [cookie_of(s) for s in fresh[1:]])

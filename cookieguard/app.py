@@ -37,7 +37,7 @@ MAX_LINE_SIZE = 16 * 1024
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
 
-# With `admin_listen` set, these are served only there (README "Endpoints"): readyz and metrics
+# With `admin_listen` set, these are served only there (docs/operations.md "Endpoints"): readyz and metrics
 # describe the deployment (store state, traffic, refresh outcomes) and have no business on a
 # public listener. healthz says nothing but "ok" and stays on both, for a load balancer that
 # checks the public port; the session endpoint stays on the main listener, browsers call it, and
@@ -61,8 +61,9 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
     """Build the services for one app, and close them (in reverse order) when it stops.
 
     Nothing here talks to the IdP or to Redis: an IdP or Redis outage at start-up must not stop
-    the proxy (README, "Start-up"). The JWKS URL is resolved when the first token is checked,
-    and the Redis store falls back to local coordination until Redis answers.
+    the proxy (docs/providers/oidc.md "Any OIDC provider", its start-up item). The JWKS URL is
+    resolved when the first token is checked, and the Redis store falls back to local coordination
+    until Redis answers.
     """
     async with contextlib.AsyncExitStack() as stack:
         metrics = Metrics()
@@ -180,7 +181,7 @@ def build_admin_app(admin: Admin, config: Config) -> web.Application:
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     # Replaces aiohttp's "Python/3.x aiohttp/3.x" and, on proxied answers, the upstream's own
-    # (README "The proxy").
+    # (docs/proxy.md "The proxy").
     response.headers["Server"] = SERVER
 
 

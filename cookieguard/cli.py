@@ -262,7 +262,7 @@ def config_warnings(config: Config) -> list[str]:
 
 def _run(path_arg: str | None) -> int:
     # Imported here, not at the top: `cookieguard healthcheck` runs every few seconds in the
-    # container and needs neither an event loop nor structlog (README, "Docker").
+    # container and needs neither an event loop nor structlog (docs/operations.md, "Docker").
     import asyncio
 
     from cookieguard.logs import configure_logging, get_logger

@@ -1,7 +1,7 @@
 """cookieguard's configuration: frozen records, one per section of the YAML file.
 
 The records are plain data with their defaults; cookieguard.loader turns the YAML into them
-(README "Configuration reference"). Every default is defined here, once: the loader reads it
+(docs/configuration.md "Configuration reference"). Every default is defined here, once: the loader reads it
 from the fields.
 """
 
@@ -87,7 +87,7 @@ class TimeoutsConfig:
     upstream_connect_s: float = 5.0
     upstream_read_s: float = 60.0
     drain_s: float = 10.0
-    # Slow and idle clients (README "Abuse limits"): the request line and headers must arrive
+    # Slow and idle clients (docs/behaviour.md §9): the request line and headers must arrive
     # within client_header; a request body may stall at most client_body_idle between bytes;
     # an idle keep-alive connection is closed after keepalive.
     client_header_s: float = 10.0
@@ -97,7 +97,7 @@ class TimeoutsConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """Budgets for IdP calls and connections (README "Abuse limits").
+    """Budgets for IdP calls and connections (docs/security.md "Abuse limits").
 
     Unproven sessions (no token beside the refresh token that verifies against the IdP's keys)
     may cost at most `unproven_per_address` IdP calls per client address per minute (burst the

@@ -1,6 +1,6 @@
 """Load and validate cookieguard's YAML configuration into the records of cookieguard.config.
 
-The whole schema (README "Configuration reference") is read here: YAML is read once, `${VAR}`
+The whole schema (docs/configuration.md "Configuration reference") is read here: YAML is read once, `${VAR}`
 references are expanded, and every value is checked and turned into frozen dataclasses. All
 problems are collected with their key path and reported together; nothing downstream re-checks
 config. Defaults come from the records' fields, never from a second literal here.
@@ -236,7 +236,7 @@ def _build_cookies(root: _Section, provider: ProviderConfig | None) -> CookiesCo
     if storage_key is not None and not LAYOUTS[layout].uses_storage_key:
         keyed = " or ".join(name for name, other in LAYOUTS.items() if other.uses_storage_key)
         s.error("storage_key", f"only valid with layout {keyed}")
-    # A layout's defaults are its cookie library's (README, "Configuration reference").
+    # A layout's defaults are its cookie library's (docs/configuration.md, "Configuration reference").
     defaults = CookieAttributes(**LAYOUTS[layout].attribute_defaults)
     a = s.section("attributes")
     max_age = a.get("max_age", parse_duration, float(defaults.max_age_s))

@@ -1,7 +1,7 @@
 """Bounded caches: the one eviction policy for everything cookieguard remembers about traffic.
 
 Claims and verdicts per token, sessions per Cookie header, backoffs, log throttles, budgets: all
-are keyed by what clients send, so each is capped (README "Threat model": made-up tokens cannot
+are keyed by what clients send, so each is capped (docs/security.md "Threat model": made-up tokens cannot
 grow the process). When full, the least recently used entry goes: what a page load keeps asking
 for stays, and a spray of made-up keys pushes out only itself and what nobody asked for lately.
 

@@ -55,7 +55,7 @@ class Metrics:
             registry=self.registry,
         )
         # The name this gauge had until 0.2 (it never counted sessions); kept one release so
-        # dashboards and alerts can move over (README "Metrics").
+        # dashboards and alerts can move over (docs/operations.md "Metrics").
         self._sessions_in_flight = Gauge(
             "cookieguard_sessions_in_flight",
             "Deprecated alias of cookieguard_idp_calls_in_flight; removed in the next release.",
@@ -68,7 +68,7 @@ class Metrics:
         )
         self.clients_cut = Counter(
             "cookieguard_clients_cut_total",
-            'Client connections cookieguard answered and closed itself (README "The proxy"): '
+            'Client connections cookieguard answered and closed itself (docs/proxy.md "The proxy"): '
             "header_timeout and body_timeout (408), max_connections (503).",
             ["reason"],
             registry=self.registry,

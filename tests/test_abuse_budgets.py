@@ -1,4 +1,4 @@
-"""Abuse limits (README "Abuse limits"), end to end: cookieguard in process in front of the buggy
+"""Abuse limits (docs/security.md "Abuse limits"), end to end: cookieguard in process in front of the buggy
 app, refreshing against moto's Cognito server, IdP calls counted at the emulator.
 
 The budgets' clock is the proxy's wall clock, injected and frozen: the tests move it, so what a

@@ -171,7 +171,7 @@ def test_merge_never_doubles_ours_and_never_overrides_upstream(
     assert all("\r" not in h and "\n" not in h for h in merged)
 
 
-# -- the app's sign-out holds (README "Guarantees") ----------------------------------------------
+# -- the app's sign-out holds (docs/behaviour.md §4) -------------------------------------------
 
 NOW = 1_800_000_000.0  # 2027-01-15
 SESSION = frozenset({AT, RT, "CognitoIdentityServiceProvider.3n4b5urk1ft4fl3mg5e62d9ado.LastAuthUser"})

@@ -492,7 +492,7 @@ def test_a_token_of_another_user_reports_the_tokens_user() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Opaque access tokens (README "Any OIDC provider")
+# Opaque access tokens (docs/providers/oidc.md "Any OIDC provider")
 # ---------------------------------------------------------------------------------------------
 
 OPAQUE_ACCESS = "opaque-access-" + "a" * 30

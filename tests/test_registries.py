@@ -1,7 +1,7 @@
 """Provider kinds and cookie layouts are registries: adding one is its module plus one line.
 
 Everything else (the config loader's choices and cross-checks, the error messages) is derived
-from `providers.KINDS` and `layouts.LAYOUTS`, which these tests pin against the README.
+from `providers.KINDS` and `layouts.LAYOUTS`, which these tests pin against docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from cookieguard.loader import ConfigError, parse_config
 from cookieguard.session.layouts import LAYOUTS, Layout
 from cookieguard.tokens.providers import KINDS, ProviderConfig
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+REFERENCE = (Path(__file__).resolve().parent.parent / "docs/configuration.md").read_text(encoding="utf-8")
 
 
 def documented(key: str) -> set[str]:
-    """The backquoted values the README's configuration reference lists for `key`."""
-    row = next(line for line in README.splitlines() if line.startswith(f"| `{key}` |"))
+    """The backquoted values the configuration reference lists for `key`."""
+    row = next(line for line in REFERENCE.splitlines() if line.startswith(f"| `{key}` |"))
     return set(re.findall(r"`([a-z]+)`", row.split("|")[3]))
 
 

@@ -1,4 +1,4 @@
-"""Scale-out (docs/behaviour.md §7, README "Scale-out"): several `cookieguard run` replicas sharing one real Redis, in front of one
+"""Scale-out (docs/behaviour.md §7, docs/scale-out.md "Scale-out"): several `cookieguard run` replicas sharing one real Redis, in front of one
 upstream, with the requests of one page load spread round-robin over them.
 
 Against oidc-provider with rotation and reuse detection (a second refresh with the old token
@@ -330,7 +330,7 @@ async def test_the_per_subject_budget_is_shared_by_replicas(
     store_key_secret: str,
 ) -> None:
     """One proven subject (a real, expired access token) with 100 made-up refresh tokens spread
-    over two replicas: five IdP calls in all (README "Abuse limits"), not five per replica."""
+    over two replicas: five IdP calls in all (docs/security.md "Abuse limits"), not five per replica."""
     mallory = make_expiring_user(cognito_pool)
     app = await start_buggy_app(aiohttp_server)
     config = cognito_config(cognito_pool, str(app.make_url("")), store_config(redis_server, store_key_secret))

@@ -1,5 +1,5 @@
-"""Start-up with the IdP down (README, "Start-up"): the proxy starts and serves, and refreshes
-once the IdP is back, for both provider kinds.
+"""Start-up with the IdP down (docs/providers/oidc.md, "Any OIDC provider", its start-up item): the
+proxy starts and serves, and refreshes once the IdP is back, for both provider kinds.
 
 In process: `build_app` served by aiohttp's test server, a real upstream, and the real IdPs
 (moto's Cognito server, panva's oidc-provider) brought up only after the proxy has started.

@@ -515,7 +515,7 @@ async def test_200k_distinct_sessions_keep_memory_bounded() -> None:
     capped at max_entries = 100,000: the second 100,000 replace the first, RSS stays put.
 
     Values have the size of a sealed Cognito result (access ~1.1 KB, id ~1.2 KB, refresh ~1.8 KB
-    JWE), so the RSS per entry measured here is the sizing figure in the README."""
+    JWE), so the RSS per entry measured here is the sizing figure in docs/scale-out.md "Sizing"."""
     cap, sessions = 100_000, 200_000
     size = sealed_size(1100, 1200, 1800)
     filler = os.urandom(size // 2).hex().encode()[: size - 16]

@@ -746,7 +746,7 @@ async def test_oidc_issuer(make_verifier: MakeVerifier) -> None:
 async def test_the_jwks_url_is_resolved_when_first_needed_and_retried_after_a_failure(
     jwks: Jwks, session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
-    """README "Start-up": the verifier is built before the IdP can tell where its keys are;
+    """docs/providers/oidc.md "Any OIDC provider", its start-up item: the verifier is built before the IdP can tell where its keys are;
     until it can, tokens are UNKNOWN (never INVALID), and it asks again after the retry interval."""
     answers: list[str | None] = []
 
@@ -811,7 +811,7 @@ async def test_results_and_claims_hold_no_token(make_verifier: MakeVerifier) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-# -- what the caches may hold (README "Threat model") ---------------------------------------
+# -- what the caches may hold (docs/security.md "Threat model") ---------------------------------------
 
 
 def _big_none_token(n: int, size: int = 16_000) -> str:

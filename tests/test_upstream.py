@@ -390,7 +390,7 @@ async def test_https_upstreams_are_verified(tmp_path: Any, monkeypatch: pytest.M
         await server.wait_closed()
 
 
-# -- one answer, one message (README "The proxy": what no proxy can tell apart) ---------------
+# -- one answer, one message (docs/proxy.md "The proxy": what no HTTP/1.1 proxy can tell apart) ---------------
 
 PLANTED = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nSet-Cookie: planted=1\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -60,7 +60,7 @@ class Admin:
         )
 
     async def session(self, request: web.Request) -> web.Response:
-        """The browser's session health check (README "Session endpoint"). Never a token;
+        """The browser's session health check (docs/operations.md "Session endpoint"). Never a token;
         cookies only in Set-Cookie.
 
         Meant for `fetch(prefix + "/session", {credentials: "include"})` from the app's own pages,
@@ -89,7 +89,8 @@ class Admin:
 
 
 def session_report(check: SessionCheck, now_s: float) -> dict[str, object]:
-    """The session endpoint's JSON (README "Session endpoint"), `reason` a short code, never content."""
+    """The session endpoint's JSON (docs/operations.md "Session endpoint"), `reason` a short code,
+    never content."""
     expires_at = int(check.expires_at) if check.expires_at is not None else None
     return {
         "authenticated": check.authenticated,
@@ -117,7 +118,7 @@ _ENDPOINTS: dict[str, tuple[str, str]] = {
 
 def add_routes(app: web.Application, prefix: str, *, hidden: Iterable[str] = ()) -> None:
     """Every endpoint under `prefix`, except those named in `hidden` (404 here: they are
-    served on the other listener, README "Endpoints"). Served by `app[ADMIN_KEY]`: the routes
+    served on the other listener, docs/operations.md "Endpoints"). Served by `app[ADMIN_KEY]`: the routes
     are fixed before the application starts, the `Admin` is built when it does."""
     endpoints = {name: spec for name, spec in _ENDPOINTS.items() if name not in set(hidden)}
     for name, (method, allowed) in endpoints.items():

@@ -3,7 +3,7 @@
 The socket peer is the client, unless the peer is one of `limits.trusted_proxies` (a load
 balancer in front of cookieguard). Then the client is the right-most `X-Forwarded-For` entry that
 is not itself a trusted proxy: every hop appends the address it saw, so entries to the left of
-the last trusted hop were written by the client and prove nothing (README "Abuse limits").
+the last trusted hop were written by the client and prove nothing (docs/security.md "Abuse limits").
 
 Pure: no request objects, no I/O.
 """

@@ -1,4 +1,4 @@
-"""Which headers cross the proxy, in each direction (README "The proxy").
+"""Which headers cross the proxy, in each direction (docs/proxy.md "The proxy").
 
 Towards the upstream: the client's headers minus hop-by-hop ones, the Cookie header as session
 repair decided, and the forwarding headers written from the socket. Towards the client: the
@@ -30,7 +30,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Headers cookieguard writes itself (README "The proxy"): the client's are dropped or, from a
+# Headers cookieguard writes itself (docs/proxy.md "The proxy"): the client's are dropped or, from a
 # trusted proxy, extended; `Connection` naming one of them does not remove it.
 _FORWARDING = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
@@ -51,7 +51,7 @@ def upstream_request_headers(
     authority: str | None = None,
 ) -> list[tuple[str, str]]:
     """The client's headers minus hop-by-hop ones; Cookie replaced if given; the forwarding
-    headers set from the socket (README "The proxy").
+    headers set from the socket (docs/proxy.md "The proxy").
 
     From a client that is not one of `trusted` (a load balancer in front of cookieguard), the
     client's own X-Forwarded-*, Forwarded and X-Real-IP are dropped: they would let anybody tell

@@ -11,7 +11,7 @@ gets an `EdgeHandler`, aiohttp's own `RequestHandler` (exported by `aiohttp.web`
   closed; the ones already open are unaffected;
 - error answers (400, 408, 413, 431, 500) that never quote the request: aiohttp's own 400 body
   repeats the offending header line, a Cookie header full of tokens included, which would let a
-  script read HttpOnly cookies (README "Threat model").
+  script read HttpOnly cookies (docs/security.md "Threat model").
 
 aiohttp offers no hook for a head deadline. The handler reads RequestHandler's private
 attributes to know where a connection stands: `_messages` (request heads parsed and not yet

@@ -1,4 +1,4 @@
-"""The life of a proxied request, top to bottom (README "How it works").
+"""The life of a proxied request, top to bottom (docs/behaviour.md §1).
 
 match route -> read the session from the app's cookies -> plan (cookieguard.session.plan) -> refresh if
 planned (single-flight) -> plan again with the result -> forward with the Cookie header the plan
@@ -124,7 +124,7 @@ class Proxy:
         counter.inc()
 
     async def check_session(self, request: web.Request) -> SessionCheck:
-        """The session endpoint's report (README "Session endpoint"): the session repaired exactly
+        """The session endpoint's report (docs/operations.md "Session endpoint"): the session repaired exactly
         as a proxied request's would be, logged under the endpoint's own path."""
         if self.repair is None:
             return SessionCheck(authenticated=False, reason="no_provider")
@@ -246,7 +246,7 @@ class Proxy:
             )
         response.headers.extend(response_headers(upstream.headers, set_cookies, private=private))
         if private:
-            # README "Guarantees": no shared cache may store a response that carries tokens.
+            # docs/behaviour.md §4: no shared cache may store a response that carries tokens.
             response.headers["Cache-Control"] = "private, no-store"
         try:
             await response.prepare(request)
@@ -270,7 +270,7 @@ class Proxy:
 
         An app that clears any auth cookie of the request's session ends that session: instead of
         tokens, the rest of its auth cookies are expired too, or the refresh token left behind
-        would refresh the session back on the next request (README "Guarantees"). An answer that
+        would refresh the session back on the next request (docs/behaviour.md §4). An answer that
         sets or clears an auth cookie is private even when we add nothing.
         """
         assert self.auth is not None

@@ -11,7 +11,7 @@ from cookieguard.config import Route
 
 @dataclass(frozen=True)
 class Target:
-    """A request target as cookieguard routes and forwards it (README "The proxy")."""
+    """A request target as cookieguard routes and forwards it (docs/proxy.md "The proxy")."""
 
     path: str  # decoded and normalised: what routes match
     forward: str  # the same path as the client encoded it, plus the query string: what the upstream gets

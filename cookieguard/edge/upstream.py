@@ -12,11 +12,11 @@ alive, that ended exactly where its framing said, with nothing after it; anythin
 a cancelled request, a body not read to its end, bytes after the end) closes it. Each answer gets
 a parser of its own, so nothing of one answer can ever be read as part of the next: an answer
 that is not exactly one well-formed message (a second head after the first, a duplicate
-Content-Length) is a 502 (README "The proxy", "What no proxy can tell apart").
+Content-Length) is a 502 (docs/proxy.md "The proxy": what no HTTP/1.1 proxy can tell apart).
 A request without a body that fails on a reused connection before the upstream sent a byte, or
 whose answer there was not exactly one message, is retried once on a new connection.
 
-At most `max_connections` connections per origin (in use and idle, README "Abuse limits",
+At most `max_connections` connections per origin (in use and idle, docs/proxy.md "The proxy",
 `limits.upstream_connections`); a request that finds them all in use waits up to the connect
 timeout for one to be released, then fails with UpstreamBusy (a 503).
 """

@@ -1,6 +1,6 @@
 """WebSocket upgrades: redo the handshake towards the upstream with aiohttp's client, then pump
 messages both ways until either side closes. Sessions are not repaired here: a WebSocket carries
-no Set-Cookie back (README "The proxy")."""
+no Set-Cookie back (docs/proxy.md "The proxy")."""
 
 from __future__ import annotations
 

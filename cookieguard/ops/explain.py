@@ -229,7 +229,7 @@ def _decide(session: Session, layout: Layout, config: Config, now_s: float) -> V
 
 
 def _proof_line(session: Session, config: Config, now_s: float) -> str:
-    """Whether the proxy would count the session as proven (README "Abuse limits"): proven
+    """Whether the proxy would count the session as proven (docs/security.md "Abuse limits"): proven
     sessions are budgeted per subject, unproven ones per client address and in all. Offline, a
     signature cannot be checked, so the best answer for well-formed tokens is "unknown"."""
     if config.provider is None:

@@ -1,7 +1,7 @@
 """`cookieguard healthcheck`: probe the running proxy where its config says it listens.
 
 The container's HEALTHCHECK and the Kubernetes probes run it, so a config that listens on another
-port or admin prefix stays healthy (README, "Docker"). It reads the config and probes with the
+port or admin prefix stays healthy (docs/operations.md, "Docker"). It reads the config and probes with the
 standard library's http.client, no event loop and no aiohttp: ~70 ms of CPU per probe in the image.
 """
 

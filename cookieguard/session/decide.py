@@ -20,7 +20,7 @@ def needs_refresh(
     clock_drift_ms: int = 0,
     access_issued_at: float | None = None,
 ) -> Action:
-    """README "How it works" (Decide). `access_expires_at` is None when there is no usable
+    """docs/behaviour.md §2. `access_expires_at` is None when there is no usable
     access token.
 
     Amplify keeps `clockDrift` = server time - browser time (ms) and judges expiry on the

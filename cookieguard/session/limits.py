@@ -1,4 +1,4 @@
-"""Budgets for IdP calls (README "Abuse limits").
+"""Budgets for IdP calls (docs/security.md "Abuse limits").
 
 A refresh spends the IdP's quota (Cognito's is per AWS account, shared by every sign-in of every
 app in it), and cookieguard refreshes on behalf of whoever sends a cookie. So every IdP call is

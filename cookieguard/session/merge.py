@@ -14,7 +14,7 @@ with a bare `name=;Expires=...`.
 
 An app that clears any auth cookie of the session (Max-Age <= 0, an Expires in the past, or an
 empty value) is signing the user out: then none of our Set-Cookie headers that carry a value is
-added, whatever its name (README "Guarantees": the app's sign-out holds). Only our deletions may
+added, whatever its name (docs/behaviour.md §4: the app's sign-out holds). Only our deletions may
 still go out.
 """
 

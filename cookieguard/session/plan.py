@@ -6,7 +6,7 @@ clock, and after a refresh its result) and carries the plan out: the proxy forwa
 the session endpoint reports, `cookieguard explain` prints, and a forward-auth endpoint could do
 the same without an aiohttp object. Nothing here does I/O, logs or reads a clock.
 
-A caller runs it in steps (README "How it works"):
+A caller runs it in steps (docs/behaviour.md §1):
 
 1. `plan_session(session, verdicts, now)`: `Check(kind)` while a verdict the plan needs is not
    gathered yet (a signature check is I/O: the caller does it and plans again), then `Forward`
@@ -16,7 +16,7 @@ A caller runs it in steps (README "How it works"):
    (`on_rejected: clear`), `Answer` 302/401 (`on_rejected: login`), or `Forward` unchanged (the
    IdP could not answer, a budget held the call back, `on_rejected: pass`).
 
-`session_check` turns a plan into the session endpoint's report (README "Session endpoint").
+`session_check` turns a plan into the session endpoint's report (docs/operations.md "Session endpoint").
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Policy:
 
     layout: Layout
     before_expiry_s: float
-    on_rejected: str  # clear | pass | login (README "When the refresh does not succeed")
+    on_rejected: str  # clear | pass | login (docs/behaviour.md §3)
     login_url: str
     attributes: CookieAttributes = field(repr=False)
     signature_verified: bool  # verify.signature: without it nothing is proven
@@ -67,7 +67,7 @@ class Verdicts(NamedTuple):
     yet (the plan asks for it with `Check` when it needs it); a token the session lacks has none.
 
     `opaque_lifetime`: for an opaque access token, the lifetime from the token response that
-    issued it, when cookieguard received that response itself (README "Any OIDC provider":
+    issued it, when cookieguard received that response itself (docs/providers/oidc.md "Any OIDC provider":
     `expires_in`); None when cookieguard never saw it issued.
     """
 
@@ -86,7 +86,7 @@ NO_VERDICTS = Verdicts()
 
 @dataclass(frozen=True, slots=True)
 class Proof:
-    """Whether a session is proven (README "Abuse limits"): one of its access or id tokens
+    """Whether a session is proven (docs/security.md "Abuse limits"): one of its access or id tokens
     verifies against the IdP's keys for this client (expired is fine). `subject` and `user` come
     from that token only; `reason` says why a session is not proven."""
 
@@ -145,8 +145,8 @@ class Refresh:
     """Send this refresh token to the IdP, charged to the proof's subject (else the address)."""
 
     refresh_token: str = field(repr=False)
-    # Cognito's SECRET_HASH is computed over the username the cookies name (README "Amazon
-    # Cognito with Amplify v6").
+    # Cognito's SECRET_HASH is computed over the username the cookies name (docs/providers/cognito.md
+    # "Amazon Cognito with Amplify v6").
     username: str | None
     device_key: str | None = field(repr=False)
     proof: Proof
@@ -174,7 +174,7 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class Answer:
     """Answer without forwarding: 302 to `location` for a navigation, else 401
-    `{"error": "session_expired"}` (README "When the refresh does not succeed", `login`)."""
+    `{"error": "session_expired"}` (docs/behaviour.md §3, `login`)."""
 
     status: int
     location: str | None
@@ -246,7 +246,7 @@ def _due_reason(access: AccessState, session: Session, now_s: float) -> str:
         return "absent"
     if access.expires_at is None:
         return "no_exp"
-    # On the server's clock, like Amplify (its clockDrift cookie; README "How it works").
+    # On the server's clock, like Amplify (its clockDrift cookie; docs/behaviour.md §2).
     return "expired" if access.expires_at <= now_s + session.clock_drift_ms / 1000 else "due"
 
 
@@ -344,7 +344,7 @@ def reported_user(claims: Claims) -> str | None:
 
 
 def user_of(proof: Proof, session: Session) -> str | None:
-    """The user to report (README "Logs"): from a verified token; the cookies' name only when
+    """The user to report (docs/operations.md "Logs"): from a verified token; the cookies' name only when
     nothing can be verified (`verify.signature: false`). A token of one user under another's
     name reports the token's user."""
     if proof.proven:
@@ -396,7 +396,7 @@ class SessionCheck:
 def session_check(
     session: Session | None, verdicts: Verdicts, plan: Forward | Answer, now_s: float, policy: Policy
 ) -> SessionCheck | Check:
-    """The session endpoint's report on a plan carried out (README "Session endpoint"), or the
+    """The session endpoint's report on a plan carried out (docs/operations.md "Session endpoint"), or the
     verdict it still needs (the user comes from whichever token verifies)."""
     set_cookies = [cookie.header() for cookie in plan.set_cookies]
     if session is None:

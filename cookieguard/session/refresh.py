@@ -4,7 +4,7 @@ the result kept for `refresh.grace` so late requests reuse it instead of spendin
 Outcomes (docs/behaviour.md §3): `refreshed` (this request called the IdP), `joined` (it waited for a refresh
 already under way), `reused` (it found a result from the grace window), `rejected` (the IdP said
 the session is over), `failed` (the IdP could not answer: keep the session, back off), `limited`
-(a budget of README "Abuse limits" refused the IdP call: nothing stored, no backoff, the session
+(a budget of docs/security.md "Abuse limits" refused the IdP call: nothing stored, no backoff, the session
 is tried again on a later request; `error` names the budget).
 
 Budgets are charged right before the IdP call, after the single-flight and the stored-result
@@ -87,8 +87,8 @@ class Refresher:
         self.budgets = budgets
         self.unproven_feed_guard = unproven_feed_guard
         self._in_flight: dict[str, asyncio.Task[RefreshResult]] = {}
-        # Refresh tokens the IdP could not refresh lately (README "When the refresh does not
-        # succeed"), and the lifetimes of opaque access tokens from token responses we saw.
+        # Refresh tokens the IdP could not refresh lately (docs/behaviour.md §3,
+        # `failed`), and the lifetimes of opaque access tokens from token responses we saw.
         self._backoff: ExpiringLRU[str, None] = ExpiringLRU(store_config.max_entries)
         self._opaque_lifetimes: LRU[str, tuple[float, float]] = LRU(store_config.max_entries)
 

@@ -50,7 +50,7 @@ class Auth:
     claims: ClaimsReader  # the process's claims memo, shared with the verifier
     wall_clock: Callable[[], float] = time.time
     sessions: SessionReader = field(init=False)
-    # One `outcome: limited` line per budget and address or subject per minute (README "Logs").
+    # One `outcome: limited` line per budget and address or subject per minute (docs/operations.md "Logs").
     limited_log: LogThrottle = field(default_factory=LogThrottle)
 
     def __post_init__(self) -> None:
@@ -58,8 +58,9 @@ class Auth:
 
 
 # Requests per event-loop turn that may start a signature check or a refresh. bench/README.md,
-# "refresh storm": fresh sessions' p99 during a 1,000-session storm was 71-81 ms unpaced, 23-43 ms
-# at 4, 42 ms at 8, 34 ms at 2 (single runs, noisy); the storm took no longer.
+# "Each step, measured" (step 5, the refresh storm): fresh sessions' p99 during a 1,000-session
+# storm was 71-81 ms unpaced, 23-43 ms at 4, 42 ms at 8, 34 ms at 2 (single runs, noisy); the
+# storm took no longer.
 PACE_PER_TURN = 4
 
 
@@ -195,7 +196,7 @@ class SessionRepair:
     def _log_refresh(
         self, session: Session, refresh: Refresh, result: RefreshResult, plan: Plan, address: str
     ) -> None:
-        """The `token_refresh` line and the refresh metrics (README "Logs", "Metrics")."""
+        """The `token_refresh` line and the refresh metrics (docs/operations.md "Logs", "Metrics")."""
         self.metrics.refresh_total.labels(outcome=result.outcome).inc()
         if result.outcome == REFRESHED:
             self.metrics.refresh_duration.observe(result.duration_ms / 1000)

@@ -1,6 +1,6 @@
 """Token buckets that remember whom they charged: what the stores keep for the IdP-call budgets.
 
-The budgets themselves (who is charged, how much, README "Abuse limits") are
+The budgets themselves (who is charged, how much, docs/security.md "Abuse limits") are
 cookieguard/session/limits.py; a store keeps their buckets, in the process (`BucketTable`) or in
 Redis (the same rules in a script). Pure: no I/O, the clock is passed in.
 """

@@ -34,7 +34,7 @@ TokenKind = Literal["access", "id"]
 # not a token we could have been sent; refusing it early also bounds what the caches can pin.
 MAX_TOKEN_CHARS: Final = 16_384
 CLAIMS_CACHE_SIZE: Final = 10_000
-# What the caches hold at most per token (README "Threat model": made-up tokens cannot grow the
+# What the caches hold at most per token (docs/security.md "Threat model": made-up tokens cannot grow the
 # process). A browser keeps at most ~4 KB per cookie, and real tokens are far below this: Cognito
 # access tokens ~1 KB, id tokens ~1-3 KB with groups; larger ones are decoded, not remembered.
 MAX_CACHED_TOKEN_CHARS: Final = 8_192
@@ -218,7 +218,7 @@ class ClaimsReader:
 
 
 def session_id(refresh_token: str) -> str:
-    """The `session` log field (README "Logs"): names a session without revealing its token."""
+    """The `session` log field (docs/operations.md "Logs"): names a session without revealing its token."""
     return hashlib.sha256(refresh_token.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 

@@ -1,4 +1,4 @@
-"""Cookie layouts: where an app keeps its session in cookies (README, "Cookie layouts").
+"""Cookie layouts: where an app keeps its session in cookies (docs/behaviour.md §5).
 
 A layout is one module here (a `Layout` subclass) plus one line in `LAYOUTS`; `cookies.layout`
 in the configuration names it.

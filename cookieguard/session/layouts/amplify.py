@@ -1,7 +1,7 @@
 """The `amplify` layout: the cookies Amplify v6 (Cognito) keeps a session in.
 
 `CognitoIdentityServiceProvider.<clientId>.<username>.<key>`, one cookie per key, names built from
-`LastAuthUser` with js-cookie v3's name encoding, values percent-encoded (README, "Cookie layouts").
+`LastAuthUser` with js-cookie v3's name encoding, values percent-encoded (docs/behaviour.md §5).
 """
 
 from __future__ import annotations

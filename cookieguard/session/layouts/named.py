@@ -1,7 +1,7 @@
 """The `named` layout: tokens in cookies with configured names (generic OIDC apps).
 
 Values too large for one cookie are split into `<name>.0`, `<name>.1`, ... by the shared chunk
-codec (`layouts.base.Chunks`); README, "Cookie layouts".
+codec (`layouts.base.Chunks`); docs/behaviour.md §5.
 """
 
 from __future__ import annotations

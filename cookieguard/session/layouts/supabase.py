@@ -3,7 +3,7 @@
 Pure: no I/O, no clock, no logging. What it reproduces was read in
 `@supabase/ssr` 0.12.7 (`cookies.js`, `utils/chunker.js`, `utils/base64url.js`,
 `utils/constants.js`) and checked against the library itself by tests/test_layout_supabase.py
-(the README's Supabase section states the same facts):
+(docs/providers/supabase.md states the same facts):
 
 - The cookie is named after auth-js's storage key, `sb-<ref>-auth-token`, where `ref` is the
   first label of the project URL's host name (supabase-js `SupabaseClient`), unless the app set

@@ -5,7 +5,7 @@ as supabase-js's auth client sends them, the headers `apikey: <key>` and
 `Authorization: Bearer <key>` (the anon or publishable key) and
 `X-Supabase-Api-Version: 2024-01-01`. GoTrue rotates the refresh token on every refresh.
 
-Rules that shape this module (the README's Supabase section says the same):
+Rules that shape this module (docs/providers/supabase.md says the same):
 
 - A refresh is sent exactly once and redirects are not followed: GoTrue forgives the reuse of
   the *parent* of the active token, but reusing an older one after the reuse interval (10 s by
