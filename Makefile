@@ -60,13 +60,15 @@ clean:
 	rm -rf $(VENV) $(OIDC_DIR)/node_modules $(SUPABASE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
 
 # cookieguard vs nginx vs a bare aiohttp proxy on 127.0.0.1 (bench/README.md); ~6 minutes.
+# BASE=<git rev>: that revision's cookieguard and the working tree's in the same rounds, an A/B
+# (bench/README.md; ~5 minutes, ~3.5 with BENCH_ARGS="--duration 3").
 # Installs nginx and wrk from Debian's packages when missing. BENCH_ARGS e.g. "--upstream aiohttp".
 BENCH_ARGS ?=
 .PHONY: bench
 bench: $(STAMP)
 	@if ! command -v wrk >/dev/null || ! { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
 		apt-get update && apt-get install -y nginx wrk; fi
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/run.py $(if $(BASE),--base $(BASE)) $(BENCH_ARGS)
 
 # A real browser against the two Next.js examples, Amplify (examples/nextjs-amplify/README.md) and
 # Supabase (examples/nextjs-supabase/README.md), each directly and through cookieguard; about 7

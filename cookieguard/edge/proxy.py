@@ -226,10 +226,8 @@ class Proxy:
     async def _relay(
         self, request: web.Request, upstream: UpstreamResponse, ours: list[SetCookie]
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
-        theirs = (
-            [value for name, value in upstream.headers if name.lower() == "set-cookie"] if self.auth else []
-        )
+        response = _RelayedResponse(status=upstream.status, reason=upstream.reason or None)
+        theirs = upstream.set_cookies if self.auth else []
         set_cookies: list[str] = []
         private = bool(ours)
         if theirs and self.auth is not None:
@@ -250,6 +248,10 @@ class Proxy:
             response.headers["Cache-Control"] = "private, no-store"
         try:
             await response.prepare(request)
+            if not upstream.ready():
+                # Nothing of the body is here yet (a slow app, an event stream): the client gets
+                # the head now, not when the first chunk comes.
+                await response.write(b"")
             while chunk := await upstream.read():
                 await response.write(chunk)
             await response.write_eof()
@@ -297,6 +299,15 @@ class Proxy:
         )
         text = {503: "upstream busy", 504: "upstream timed out"}.get(status, "upstream unreachable")
         return web.Response(status=status, text=f"cookieguard: {text}\n")
+
+
+class _RelayedResponse(web.StreamResponse):
+    """An upstream's answer as relayed: the head goes out with the first body chunk, in one
+    write instead of two (aiohttp's StreamResponse sends it on its own at `prepare`; its
+    `Response` holds it back the same way). `_send_headers_immediately` is aiohttp's (3.14)
+    switch between the two; `_relay` sends the head alone when no body chunk is waiting."""
+
+    _send_headers_immediately = False
 
 
 def _answer(plan: Answer) -> web.Response:
