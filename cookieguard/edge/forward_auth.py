@@ -31,6 +31,7 @@ from cookieguard.edge.routing import Router, Target, parse_target
 from cookieguard.logs import get_logger
 from cookieguard.session.plan import Answer, Forward, Plan, Refresh
 from cookieguard.session.repair import SessionRepair
+from cookieguard.vocabulary import ForwardReason
 
 ENDPOINT = "forward-auth"
 SET_COOKIE_HEADER = "X-Cookieguard-Set-Cookie-"
@@ -40,7 +41,7 @@ SET_COOKIE_HEADER = "X-Cookieguard-Set-Cookie-"
 _URI_HEADER = {"traefik": "X-Forwarded-Uri", "nginx": "X-Original-URI"}
 _METHOD_HEADER = {"traefik": "X-Forwarded-Method", "nginx": "X-Original-Method"}
 
-UNCHANGED = Forward("unchanged")
+UNCHANGED = Forward(ForwardReason.UNCHANGED)
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
