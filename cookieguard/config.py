@@ -32,6 +32,7 @@ from cookieguard.schema import (
 from cookieguard.vocabulary import OnRejected
 
 if TYPE_CHECKING:
+    from cookieguard.session.layouts.base import LayoutConfig
     from cookieguard.tokens.providers import ProviderConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -171,13 +172,6 @@ def _duration(name: str, default_s: float, meaning: str, *, positive: bool = Fal
 
 
 @dataclass(frozen=True)
-class CookieNames:
-    access_token: str = key("access_token", cookie_name, "", default="access_token")
-    refresh_token: str = key("refresh_token", cookie_name, "", default="refresh_token")
-    id_token: str | None = key("id_token", cookie_name, "", default=None)
-
-
-@dataclass(frozen=True)
 class CookieAttributes:
     # A layout's defaults are its cookie library's (cookieguard.loader reads them as the defaults).
     secure: bool = key(
@@ -212,21 +206,9 @@ class CookiesConfig:
         "`amplify` (Amplify v6 cookie names), `named` or `supabase` (`@supabase/ssr`'s session cookie)",
         default="amplify",
     )
-    names: CookieNames = section_key(
-        "names",
-        CookieNames,
-        "`named` layout only: `{access_token, refresh_token, id_token}` cookie names",
-        shown="`access_token`, `refresh_token`, no id token",
-    )
-    storage_key: str | None = key(
-        "storage_key",
-        cookie_name,
-        "`supabase` layout only: the cookie name, when the app set its own `storageKey` / "
-        "`cookieOptions.name`",
-        default=None,
-        shown="`sb-<ref>-auth-token` (`ref`: first label of `provider.url`'s host)",
-    )
     attributes: CookieAttributes = section_key("attributes", CookieAttributes)
+    # The layout's own keys of this section, as its record read them (None: its defaults).
+    layout_config: LayoutConfig | None = None
 
 
 @dataclass(frozen=True)

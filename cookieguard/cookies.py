@@ -24,6 +24,7 @@ Which cookies hold a session, and how, is a cookie layout's business: see `cooki
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -237,6 +238,9 @@ class SetCookie:
     secure: bool
     http_only: bool
     same_site: str | None
+    # A fixed end (epoch seconds), written as `Expires` in place of `Max-Age`: for a layout whose
+    # cookie ends with its own claims (Auth.js writes its JWT's `exp`), not `cookies.attributes`.
+    expires_at: float | None = None
 
     def __post_init__(self) -> None:
         if not is_valid_cookie_name(self.name):
@@ -282,7 +286,10 @@ class SetCookie:
         parts = [f"{self.name}={self.value}", f"Path={self.path}"]
         if self.domain:
             parts.append(f"Domain={self.domain}")
-        parts.append(f"Max-Age={self.max_age_s}")
+        if self.expires_at is not None:
+            parts.append(f"Expires={http_date(self.expires_at)}")
+        else:
+            parts.append(f"Max-Age={self.max_age_s}")
         if self.secure:
             parts.append("Secure")
         if self.http_only:
@@ -290,3 +297,17 @@ class SetCookie:
         if self.same_site:
             parts.append(f"SameSite={self.same_site}")
         return "; ".join(parts)
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(epoch_s: float) -> str:
+    """An IMF-fixdate (RFC 9110 section 5.6.7), as `Expires` wants it, independent of the locale.
+    (email.utils.formatdate does the same but imports socket, and this module stays I/O-free.)"""
+    t = time.gmtime(epoch_s)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )

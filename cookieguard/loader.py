@@ -25,7 +25,6 @@ from cookieguard.config import (
     DEFAULT_LISTEN,
     Config,
     CookieAttributes,
-    CookieNames,
     CookiesConfig,
     ForwardAuthConfig,
     LimitsConfig,
@@ -37,7 +36,6 @@ from cookieguard.config import (
     TimeoutsConfig,
     VerifyConfig,
     admin_path,
-    cookie_name,
     listen_address,
 )
 from cookieguard.schema import (
@@ -182,23 +180,21 @@ def _build_cookies(root: Section, provider: ProviderConfig | None) -> CookiesCon
     defaults are its cookie library's."""
     s = root.section("cookies")
     layout = s.get("layout", one_of(*LAYOUTS), CookiesConfig.layout)
-    names = CookieNames()
-    if s.has("names"):
-        names = read_record(s.section("names"), CookieNames)
-        if not LAYOUTS[layout].uses_names:
-            named = " or ".join(name for name, other in LAYOUTS.items() if other.uses_names)
-            s.error("names", f"only valid with layout {named} ({layout} cookie names are not configurable)")
-    storage_key = s.get("storage_key", cookie_name, CookiesConfig.storage_key)
-    if storage_key is not None and not LAYOUTS[layout].uses_storage_key:
-        keyed = " or ".join(name for name, other in LAYOUTS.items() if other.uses_storage_key)
-        s.error("storage_key", f"only valid with layout {keyed}")
+    # The layout reads its own keys (layouts/<name>.py); another layout's key is a mistake.
+    own = LAYOUTS[layout].config.load(s, provider)
+    for other in LAYOUTS.values():
+        for key in other.config.yaml_keys:
+            if key in s.seen or key in LAYOUTS[layout].config.yaml_keys:
+                continue
+            s.seen.add(key)
+            if s.has(key):
+                owners = " or ".join(n for n, o in LAYOUTS.items() if key in o.config.yaml_keys)
+                s.error(key, f"only valid with layout {owners} (not with layout {layout})")
     a = s.section("attributes")
     attributes = read_record(a, CookieAttributes, CookieAttributes(**LAYOUTS[layout].attribute_defaults))
     if attributes.same_site == "None" and not attributes.secure:
         a.error("same_site", "None requires secure: true (browsers reject SameSite=None without Secure)")
-    config = read_record(
-        s, CookiesConfig, layout=layout, names=names, storage_key=storage_key, attributes=attributes
-    )
+    config = read_record(s, CookiesConfig, layout=layout, attributes=attributes, layout_config=own)
     kinds = LAYOUTS[layout].provider_kinds
     if provider is not None and kinds is not None and provider.kind not in kinds:
         fitting = [
@@ -208,10 +204,6 @@ def _build_cookies(root: Section, provider: ProviderConfig | None) -> CookiesCon
             "layout",
             f"{layout} layout needs provider.kind {' or '.join(kinds)} "
             f"(use layout {' or '.join(fitting)} for {provider.kind})",
-        )
-    if LAYOUTS[layout].uses_storage_key and storage_key is None and provider is None:
-        s.error(
-            "storage_key", f"required with layout {layout} when there is no provider (it names the cookie)"
         )
     return config
 
@@ -254,9 +246,13 @@ def _build_routes(
 
 
 def config_keys() -> Iterator[str]:
-    """Every YAML key path cookieguard reads: the records' declared keys, and each provider
-    kind's (`provider.kind`, the keys every kind has, then each kind's own)."""
+    """Every YAML key path cookieguard reads: the records' declared keys, each layout's own keys
+    of `cookies`, and each provider kind's (`provider.kind`, the keys every kind has, then each
+    kind's own)."""
     yield from key_paths(Config)
+    for layout in LAYOUTS.values():
+        for name in layout.config.yaml_keys:
+            yield f"cookies.{name}"
     yield "provider.kind"
     for name in COMMON_KEYS:
         yield f"provider.{name}"
@@ -267,7 +263,7 @@ def config_keys() -> Iterator[str]:
 
 def reference() -> list[str]:
     """The table rows of the records' keys in docs/configuration.md "Configuration reference"
-    (the provider kinds document their own keys beside them)."""
+    (the layouts and the provider kinds document their own keys beside them)."""
     return list(reference_rows(Config))
 
 

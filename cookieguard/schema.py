@@ -22,6 +22,7 @@ __all__ = [
     "Key",
     "Section",
     "boolean",
+    "cookie_name",
     "duration_text",
     "http_url",
     "is_http_url",
@@ -128,6 +129,16 @@ def nonempty_string(value: Any) -> str:
     s = string(value)
     if not s:
         raise ValueError("must not be empty")
+    return s
+
+
+_TOKEN_CHARS = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+
+
+def cookie_name(value: Any) -> str:
+    s = nonempty_string(value)
+    if not _TOKEN_CHARS.match(s):
+        raise ValueError(f"not a valid cookie name: {s!r}")
     return s
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cookieguard.config import CookieAttributes, CookieNames, CookiesConfig
+from cookieguard.config import CookieAttributes, CookiesConfig
 from cookieguard.cookies import (
     MAX_COOKIE_BYTES,
     SetCookie,
@@ -30,6 +30,8 @@ from cookieguard.session.layouts import (
     make_layout,
 )
 from cookieguard.session.layouts.base import Chunks
+from cookieguard.session.layouts.named import CookieNames
+from cookieguard.session.merge import clears_cookie
 from cookieguard.tokens.providers.cognito import CognitoConfig
 from tests.support.properties import CORE_EXAMPLES, core_property
 
@@ -282,7 +284,8 @@ def test_amplify_reads_a_real_session() -> None:
     assert session.id_token == ID
     assert session.refresh_token == REFRESH
     assert session.clock_drift_ms == -1042
-    assert session.device_key == "us-east-1_0b9a6e3c-1f2d"
+    # What the Cognito provider needs to refresh: the username (SECRET_HASH) and the device key.
+    assert session.refresh_context == {"username": USER, "device_key": "us-east-1_0b9a6e3c-1f2d"}
     assert session.cookie_names == {
         f"{PREFIX}.LastAuthUser",
         f"{PREFIX}.{USER_IN_NAME}.accessToken",
@@ -326,7 +329,7 @@ def test_amplify_last_auth_user_without_tokens_is_still_a_session() -> None:
         None,
         None,
     )
-    assert session.clock_drift_ms == 0 and session.device_key is None
+    assert session.clock_drift_ms == 0 and "device_key" not in session.refresh_context
 
 
 def test_amplify_tokens_without_refresh_token_is_still_a_session() -> None:
@@ -507,6 +510,17 @@ def test_set_cookie_attributes_follow_the_config() -> None:
     assert amplify.set_cookies(session, FRESH, none)[0].header().endswith("; Secure; SameSite=None")
 
 
+def test_a_cookie_that_ends_with_its_own_claims_carries_expires_instead_of_max_age() -> None:
+    """For a layout whose cookie expires with its own claims (Auth.js: the JWT's `exp`); a browser
+    and the merge's own reader agree on when it ends."""
+    cookie = SetCookie("__Secure-authjs.session-token", "v", "/", None, 0, True, True, "Lax", 1_800_000_000)
+    header = cookie.header()
+    assert header == (
+        "__Secure-authjs.session-token=v; Path=/; Expires=Fri, 15 Jan 2027 08:00:00 GMT; Secure; HttpOnly; SameSite=Lax"
+    )
+    assert not clears_cookie(header, 1_799_999_999.0) and clears_cookie(header, 1_800_000_001.0)
+
+
 def test_amplify_clear_cookies_expire_every_session_cookie() -> None:
     session = amplify.read(parse_cookie_header(amplify_header()))
     assert session is not None
@@ -599,7 +613,6 @@ def test_named_reads_plain_cookies() -> None:
         id_token=ID,
         refresh_token="opaque-refresh",
         clock_drift_ms=0,
-        device_key=None,
         cookie_names=frozenset({"at", "rt", "idt"}),
     )
 
@@ -716,7 +729,7 @@ def test_named_layout_refuses_clashing_names() -> None:
 def test_make_layout() -> None:
     cognito = CognitoConfig(client_id=CLIENT_ID, user_pool_id="us-east-1_AbCdEf123")
     assert isinstance(make_layout(CookiesConfig(), cognito), AmplifyLayout)
-    assert isinstance(make_layout(CookiesConfig(layout="named", names=NAMES), None), NamedLayout)
+    assert isinstance(make_layout(CookiesConfig(layout="named", layout_config=NAMES), None), NamedLayout)
     with pytest.raises(ValueError, match="client id"):
         make_layout(CookiesConfig(), None)
 
@@ -827,3 +840,12 @@ def test_no_header_value_produced_contains_a_line_break(
             produced += [c.header() for c in layout.clear_cookies(found, CookieAttributes())]
         for value in produced:
             assert "\r" not in value and "\n" not in value and "\0" not in value
+
+
+@given(st.floats(min_value=0, max_value=253402300799, allow_nan=False))
+def test_http_date_is_the_imf_fixdate_email_utils_writes(epoch_s: float) -> None:
+    from email.utils import formatdate
+
+    from cookieguard.cookies import http_date
+
+    assert http_date(epoch_s) == formatdate(epoch_s, usegmt=True)

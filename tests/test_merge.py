@@ -1,4 +1,8 @@
-"""Merging the proxy's Set-Cookie headers into the upstream's: the upstream's always win."""
+"""What the browser is told: the app's Set-Cookie headers and cookieguard's, merged.
+
+The app's own always win; a session (every cookie a layout owns) is one value, so the app's write
+of any part of it wins as a whole (cookieguard.session.merge).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cookieguard.config import CookieAttributes
-from cookieguard.cookies import SetCookie
+from cookieguard.cookies import SetCookie, parse_cookie_header
+from cookieguard.session.layouts import (
+    AmplifyLayout,
+    FreshTokens,
+    Layout,
+    NamedLayout,
+    Session,
+    SupabaseLayout,
+)
+from cookieguard.session.layouts.named import CookieNames
+from cookieguard.session.layouts.supabase import session_cookies
 from cookieguard.session.merge import (
     _parse_scope,
     clears_cookie,
+    merge_answer,
     merge_set_cookies,
     set_cookie_key,
-    signs_out,
 )
+from tests.support.apps import Browser
 from tests.support.properties import core_property
 
 AT = "CognitoIdentityServiceProvider.3n4b5urk1ft4fl3mg5e62d9ado.user+tag%40example.com.accessToken"
@@ -154,7 +169,7 @@ def scope_matches(upstream: tuple[str, str | None, str | None], key: tuple[str, 
 def test_merge_never_doubles_ours_and_never_overrides_upstream(
     upstream: list[str], cookies: list[SetCookie]
 ) -> None:
-    merged = merge_set_cookies(upstream, cookies, now_s=NOW)
+    merged = merge_set_cookies(upstream, cookies)
     assert merged[: len(upstream)] == upstream
     added = merged[len(upstream) :]
     keys = [set_cookie_key(h) for h in added]
@@ -162,11 +177,9 @@ def test_merge_never_doubles_ours_and_never_overrides_upstream(
     upstream_scopes = [_parse_scope(h) for h in upstream]
     for key in keys:
         assert not any(scope_matches(scope, key) for scope in upstream_scopes)
-    # Every cookie of ours whose scope the upstream left alone is there, unless the upstream
-    # clears one of the cookies ours would write: then it signs out and none is.
+    # Every cookie of ours whose scope the upstream left alone is there (per name: the session
+    # as a whole is merge_answer's, below).
     wanted = {set_cookie_key(c.header()) for c in cookies}
-    if signs_out(upstream, {c.name for c in cookies}, NOW):
-        wanted = set()
     assert {k for k in wanted if not any(scope_matches(s, k) for s in upstream_scopes)} == set(keys)
     assert all("\r" not in h and "\n" not in h for h in merged)
 
@@ -205,25 +218,37 @@ def test_clears_cookie_never_raises(header: str) -> None:
     clears_cookie(header, NOW)
 
 
+AMPLIFY = AmplifyLayout("3n4b5urk1ft4fl3mg5e62d9ado")
+LAST_AUTH_USER = "CognitoIdentityServiceProvider.3n4b5urk1ft4fl3mg5e62d9ado.LastAuthUser"
+IDT = AT.replace("accessToken", "idToken")
+ATTRS = CookieAttributes()
+
+
+def amplify_session(*names: str) -> tuple[Browser, Session]:
+    browser = Browser({LAST_AUTH_USER: "user%2Btag%40example.com", **{n: "old" for n in names}})
+    session = AMPLIFY.read(parse_cookie_header(browser.header()))
+    assert session is not None and session.cookie_names == {LAST_AUTH_USER, *names}
+    return browser, session
+
+
 def test_an_app_that_clears_one_auth_cookie_gets_none_of_our_tokens() -> None:
     """The app clears only the access token (its sign-out): our fresh refresh token, id token and
-    LastAuthUser are not written either, or the next request would refresh the session back."""
-    idt = AT.replace("accessToken", "idToken")
+    LastAuthUser are not written; they are expired, or the next request would refresh the
+    session back."""
+    _, session = amplify_session(AT, RT, IDT)
     upstream = [f"{AT}=; Path=/; Max-Age=0"]
-    merged = merge_set_cookies(upstream, [ours(AT), ours(RT), ours(idt)], auth_cookies=SESSION, now_s=NOW)
-    assert merged == upstream
-    # Our own deletions still go out: they agree with the sign-out.
-    expired = SetCookie.expired(RT, CookieAttributes())
-    assert merge_set_cookies(upstream, [ours(idt), expired], auth_cookies=SESSION, now_s=NOW) == [
-        *upstream,
-        expired.header(),
-    ]
+    merged = merge_answer(upstream, [ours(AT), ours(RT), ours(IDT)], session, AMPLIFY, ATTRS, NOW)
+    assert merged.set_cookies[:1] == upstream and merged.private
+    added = merged.set_cookies[1:]
+    assert all("=;" in h and "Max-Age=0" in h for h in added)  # deletions only, none of our tokens
+    assert {h.split("=", 1)[0] for h in added} == {RT, IDT, LAST_AUTH_USER}
 
 
 def test_cookies_the_app_sets_or_clears_outside_the_session_change_nothing() -> None:
+    _, session = amplify_session(AT, RT)
     upstream = ["theme=; Max-Age=0", f"{AT}=app-issued; Path=/app", "LastAuthUser=x"]
-    merged = merge_set_cookies(upstream, [ours(AT), ours(RT)], auth_cookies=SESSION, now_s=NOW)
-    assert merged == [*upstream, ours(AT).header(), ours(RT).header()]
+    merged = merge_answer(upstream, [ours(AT), ours(RT)], session, AMPLIFY, ATTRS, NOW)
+    assert merged.set_cookies == [*upstream, ours(AT).header(), ours(RT).header()]
 
 
 @core_property
@@ -240,16 +265,206 @@ def test_cookies_the_app_sets_or_clears_outside_the_session_change_nothing() -> 
     ),
     st.lists(our_cookies, max_size=6),
 )
-def test_a_response_that_clears_an_auth_cookie_never_carries_our_tokens(
+def test_a_response_that_writes_or_clears_an_auth_cookie_never_carries_our_tokens(
     upstream_parts: list[tuple[str, str, str]], cookies: list[SetCookie]
 ) -> None:
+    _, session = amplify_session(AT, RT)
     upstream = [f"{name}={value}{attributes}" for name, value, attributes in upstream_parts]
-    merged = merge_set_cookies(upstream, cookies, auth_cookies=SESSION, now_s=NOW)
-    added = merged[len(upstream) :]
+    merged = merge_answer(upstream, cookies, session, AMPLIFY, ATTRS, NOW)
+    added = merged.set_cookies[len(upstream) :]
+    assert merged.set_cookies[: len(upstream)] == upstream
     clearing = any(
         name in SESSION and (not value or "Max-Age=0" in attributes or "1970" in attributes)
         for name, value, attributes in upstream_parts
     )
-    if clearing:
-        assert added == []  # every cookie of ours here carries a value
-    assert merged[: len(upstream)] == upstream
+    writing = any(
+        name in SESSION
+        and value
+        and "Max-Age=0" not in attributes
+        and "1970" not in attributes
+        and "/x" not in attributes
+        for name, value, attributes in upstream_parts
+    )
+    if writing:
+        assert not any(AMPLIFY.owns(set_cookie_key(h)[0]) for h in added)  # the app's write wins whole
+    elif clearing:
+        assert all("Max-Age=0" in h for h in added)  # our deletions only
+    if writing or clearing:
+        assert merged.private
+
+
+# -- a session is one value on the way back --------------------------------------------------------
+
+SB = SupabaseLayout("sb-ref-auth-token")
+SSR_ATTRS = CookieAttributes(secure=False, max_age_s=34560000)
+NAMED = NamedLayout(CookieNames(access_token="at", refresh_token="rt", id_token="idt"))
+
+
+def supabase_cookies(session: dict[str, object], request_names: list[str] = []) -> list[SetCookie]:  # noqa: B006
+    return session_cookies(SB.key, session, request_names, SSR_ATTRS)
+
+
+def sb_session(email: str, size: int) -> dict[str, object]:
+    return {
+        "access_token": "a" * 40,
+        "refresh_token": "r" * 12,
+        "expires_at": 1,
+        "expires_in": 3600,
+        "token_type": "bearer",
+        "user": {"email": email, "user_metadata": {"bio": "x" * size}},
+    }
+
+
+def two_chunks(**others: str) -> dict[str, str]:
+    browser = Browser(dict(others))
+    browser.receive([c.header() for c in supabase_cookies(sb_session("alice@example.com", 2500))])
+    assert len(browser.cookies) == 2 + len(others)
+    return browser.cookies
+
+
+def browser_after(
+    layout: Layout, request: Browser, upstream: list[str], ours: list[SetCookie], attrs: CookieAttributes
+) -> dict[str, str]:
+    """The browser's cookies after it stores the merged answer."""
+    session = layout.read(parse_cookie_header(request.header()))
+    browser = Browser(dict(request.cookies))
+    browser.receive(merge_answer(upstream, ours, session, layout, attrs, NOW).set_cookies)
+    return browser.cookies
+
+
+def test_supabase_the_apps_two_chunks_win_over_our_three() -> None:
+    """issue 19: the request has 2 chunks; the refresh grows the session to 3; on the same answer
+    the app signs another account in with its own 2 chunks (deleting nothing: the request had
+    only .0 .1). Judged per name, our .2 was added and the browser joined app .0 + app .1 +
+    our .2: no session. The browser must end with exactly the app's 2 chunks."""
+    request = Browser({"theme": "dark"})
+    request.receive([c.header() for c in supabase_cookies(sb_session("alice@example.com", 2500))])
+    assert sorted(request.cookies) == [f"{SB.key}.0", f"{SB.key}.1", "theme"]
+    session = SB.read(parse_cookie_header(request.header()))
+    assert session is not None
+    ours = SB.set_cookies(session, FreshTokens("a" * 3000, None, "n" * 12), SSR_ATTRS)
+    assert [c.name for c in ours if c.value] == [f"{SB.key}.0", f"{SB.key}.1", f"{SB.key}.2"]
+    theirs = [
+        c.header() for c in supabase_cookies(sb_session("bob@example.com", 2400), sorted(request.cookies))
+    ]
+    assert [h.split("=", 1)[0] for h in theirs] == [f"{SB.key}.0", f"{SB.key}.1"]
+
+    after = browser_after(SB, request, theirs, ours, SSR_ATTRS)
+    app = Browser({"theme": "dark"})
+    app.receive(theirs)
+    assert after == app.cookies
+    signed_in = SB.read(parse_cookie_header(Browser(after).header()))
+    assert signed_in is not None and signed_in.user == "bob@example.com"
+
+
+@pytest.mark.parametrize(
+    ("case", "layout", "request_cookies", "upstream", "ours", "attrs", "expected"),
+    [
+        (
+            "supabase: the app writes the plain cookie, we would write chunks",
+            SB,
+            two_chunks(),
+            [f"{SB.key}=app; Path=/"],
+            [
+                SetCookie.expired(f"{SB.key}.1", SSR_ATTRS),
+                SetCookie.with_attributes(f"{SB.key}.0", "x", SSR_ATTRS),
+            ],
+            SSR_ATTRS,
+            # Ours neither adds nor deletes: the app's write is the session now.
+            two_chunks() | {SB.key: "app"},
+        ),
+        (
+            "supabase: the app deletes the chunks (sign-out): nothing of ours, the rest expired",
+            SB,
+            two_chunks(theme="dark"),
+            [f"{SB.key}.0=; Path=/; Max-Age=0"],
+            [SetCookie.with_attributes(f"{SB.key}.0", "x", SSR_ATTRS)],
+            SSR_ATTRS,
+            {"theme": "dark"},
+        ),
+        (
+            "supabase: another app cookie changes nothing of ours",
+            SB,
+            {SB.key: "a"},
+            ["theme=light; Path=/"],
+            [SetCookie.with_attributes(SB.key, "fresh", SSR_ATTRS)],
+            SSR_ATTRS,
+            {SB.key: "fresh", "theme": "light"},
+        ),
+        (
+            "amplify: the app writes only a (large) id token: none of ours",
+            AMPLIFY,
+            {LAST_AUTH_USER: "user%2Btag%40example.com", AT: "old", RT: "old", IDT: "old"},
+            [f"{IDT}={'i' * 3000}; Path=/"],
+            [ours(LAST_AUTH_USER, "user%2Btag%40example.com"), ours(AT), ours(IDT), ours(RT)],
+            ATTRS,
+            {LAST_AUTH_USER: "user%2Btag%40example.com", AT: "old", RT: "old", IDT: "i" * 3000},
+        ),
+        (
+            "amplify: the app signs another user in: none of ours, nothing of the old user deleted",
+            AMPLIFY,
+            {LAST_AUTH_USER: "user%2Btag%40example.com", AT: "old", RT: "old"},
+            [f"{LAST_AUTH_USER}=bob; Path=/", f"{AT.replace('user+tag%40example.com', 'bob')}=b; Path=/"],
+            [ours(AT), ours(RT), ours(LAST_AUTH_USER, "user%2Btag%40example.com")],
+            ATTRS,
+            {
+                LAST_AUTH_USER: "bob",
+                AT: "old",
+                RT: "old",
+                AT.replace("user+tag%40example.com", "bob"): "b",
+            },
+        ),
+        (
+            "named: the app writes its own chunked access token: none of ours, its chunks only",
+            NAMED,
+            {"at": "old", "rt": "old"},
+            ["at.0=a0; Path=/", "at.1=a1; Path=/"],
+            [ours("at", "fresh"), ours("rt", "fresh"), ours("at.0", "")],
+            ATTRS,
+            {"at": "old", "rt": "old", "at.0": "a0", "at.1": "a1"},
+        ),
+        (
+            "named: the app writes the refresh token only: our access token is not added either",
+            NAMED,
+            {"at.0": "o0", "at.1": "o1", "rt": "old"},
+            ["rt=app; Path=/"],
+            [
+                ours("at", "fresh"),
+                ours("rt", "fresh"),
+                SetCookie.expired("at.0", ATTRS),
+                SetCookie.expired("at.1", ATTRS),
+            ],
+            ATTRS,
+            {"at.0": "o0", "at.1": "o1", "rt": "app"},
+        ),
+        (
+            "named: the app sets a cookie at another path: another cookie, ours go out",
+            NAMED,
+            {"at": "old", "rt": "old"},
+            ["at=elsewhere; Path=/admin"],
+            [ours("at", "fresh"), ours("rt", "fresh")],
+            ATTRS,
+            {"at": "fresh", "rt": "fresh"},  # this jar is one path's view: /admin's is not kept
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) and " " in v else "",
+)
+def test_the_apps_write_of_any_part_of_the_session_wins_whole(
+    case: str,
+    layout: Layout,
+    request_cookies: dict[str, str],
+    upstream: list[str],
+    ours: list[SetCookie],
+    attrs: CookieAttributes,
+    expected: dict[str, str],
+) -> None:
+    after = browser_after(layout, Browser(dict(request_cookies)), upstream, ours, attrs)
+    assert after == expected, case
+
+
+def test_an_answer_that_touches_the_session_is_private_even_when_nothing_is_added() -> None:
+    session = SB.read([(SB.key, "x")])
+    assert merge_answer([f"{SB.key}.0=v"], [], session, SB, SSR_ATTRS, NOW).private
+    assert merge_answer([f"{SB.key}.0=v"], [], None, SB, SSR_ATTRS, NOW).private
+    assert not merge_answer(["theme=dark"], [], None, SB, SSR_ATTRS, NOW).private
+    assert merge_answer([], [ours(SB.key)], None, SB, SSR_ATTRS, NOW).private

@@ -33,7 +33,9 @@ from hypothesis import strategies as st
 from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.tokens.providers.base import RefreshError, RefreshRejected, RefreshUnavailable
 from cookieguard.tokens.providers.cognito import (
+    DEVICE_KEY,
     REJECTING_ERRORS,
+    USERNAME,
     CognitoConfig,
     CognitoProvider,
     parse_error_code,
@@ -85,7 +87,7 @@ async def test_refresh_returns_fresh_tokens(
     pool = make_cognito_pool(with_secret=with_secret)
     user = make_cognito_user(pool)
 
-    tokens = await _provider(pool, http, api).refresh(user.refresh_token, username=user.username)
+    tokens = await _provider(pool, http, api).refresh(user.refresh_token, {USERNAME: user.username})
 
     access, id_claims = _claims(tokens.access_token), _claims(tokens.id_token or "")
     assert access["token_use"] == "access" and access["client_id"] == pool.client_id
@@ -106,7 +108,7 @@ async def test_device_key_is_sent_when_known(
     api: str, cognito_idp: CognitoEmulator, cognito_user: CognitoUser, http: aiohttp.ClientSession
 ) -> None:
     provider = _provider(cognito_user.pool, http, api)
-    await provider.refresh(cognito_user.refresh_token, device_key="us-east-1_d3v1ce-k3y")
+    await provider.refresh(cognito_user.refresh_token, {DEVICE_KEY: "us-east-1_d3v1ce-k3y"})
     await provider.refresh(cognito_user.refresh_token)
 
     assert [c.device_key for c in cognito_idp.refresh_log] == ["us-east-1_d3v1ce-k3y", None]
@@ -122,9 +124,9 @@ async def test_secret_hash_uses_the_username(
     provider = _provider(cognito_pool_with_secret, http, "initiate_auth")
 
     with pytest.raises(RefreshRejected) as rejected:
-        await provider.refresh(user.refresh_token, username="somebody-else")
+        await provider.refresh(user.refresh_token, {USERNAME: "somebody-else"})
     assert rejected.value.code == "NotAuthorizedException"
-    assert (await provider.refresh(user.refresh_token, username=user.username)).access_token
+    assert (await provider.refresh(user.refresh_token, {USERNAME: user.username})).access_token
 
 
 def test_secret_hash_matches_the_documented_formula() -> None:
@@ -261,7 +263,7 @@ async def test_wrong_secret_hash_echoed_by_moto_never_reaches_the_exception(
 
     provider = _provider(cognito_pool_with_secret, http, "initiate_auth", client_secret=wrong_secret)
     with pytest.raises(RefreshRejected) as rejected:
-        await provider.refresh(user.refresh_token, username=user.username)
+        await provider.refresh(user.refresh_token, {USERNAME: user.username})
 
     # Cognito answers a wrong secret with NotAuthorizedException: indistinguishable by code from
     # a dead session (documented in providers/cognito.py).
@@ -413,7 +415,9 @@ async def test_emulator_pools_live_in_the_region_asked_for(http: aiohttp.ClientS
         pool = emulator.create_pool(with_secret=True)
         emulator.create_user(pool, "alice", "Correct-Horse-9")
         user = emulator.sign_in(pool, "alice", "Correct-Horse-9")
-        tokens = await _provider(pool, http, "initiate_auth").refresh(user["RefreshToken"], username="alice")
+        tokens = await _provider(pool, http, "initiate_auth").refresh(
+            user["RefreshToken"], {USERNAME: "alice"}
+        )
     assert pool.user_pool_id.startswith("eu-west-1_") and pool.region == "eu-west-1"
     assert (
         _claims(tokens.access_token)["iss"]
@@ -479,7 +483,7 @@ async def test_request_shape_get_tokens_from_refresh_token(fake_cognito: Any) ->
         )(request)
 
     provider = await fake_cognito(handler, client_secret="shh-secret")
-    tokens = await provider.refresh("rt-1", username="alice", device_key="dk-1")
+    tokens = await provider.refresh("rt-1", {USERNAME: "alice", DEVICE_KEY: "dk-1"})
 
     assert seen["path"] == "/"
     assert seen["headers"]["Content-Type"] == "application/x-amz-json-1.1"
@@ -506,7 +510,7 @@ async def test_request_shape_initiate_auth(fake_cognito: Any) -> None:
         return await _answer(200, {"AuthenticationResult": {"AccessToken": "a", "ExpiresIn": 300}})(request)
 
     provider = await fake_cognito(handler, api="initiate_auth", client_secret="shh-secret")
-    tokens = await provider.refresh("rt-1", username="alice", device_key="dk-1")
+    tokens = await provider.refresh("rt-1", {USERNAME: "alice", DEVICE_KEY: "dk-1"})
 
     assert seen["headers"]["X-Amz-Target"] == "AWSCognitoIdentityProviderService.InitiateAuth"
     assert seen["body"] == {

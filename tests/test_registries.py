@@ -6,6 +6,7 @@ from `providers.KINDS` and `layouts.LAYOUTS`, which these tests pin against docs
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -64,3 +65,73 @@ def test_defaults_are_the_records_own() -> None:
     assert config.provider.default_jwks_url == (
         "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Abc/.well-known/jwks.json"
     )
+
+
+# -- kinds stay in their module (STYLE.md "Kinds in one registry") ---------------------------------
+
+PACKAGE = Path(__file__).resolve().parent.parent / "cookieguard"
+KIND_NAMES = {"amplify", "named", "supabase", "cognito", "oidc"}
+# The registries may name every kind, a kind's own module its own name (a new layout or provider
+# needs no entry here); the demo (ops/demo/) plays the IdPs and the apps themselves.
+KIND_FOLDERS = ("session/layouts/", "tokens/providers/")
+
+
+def may_compare(path: str) -> set[str]:
+    folder, _, module = path.rpartition("/")
+    if f"{folder}/" not in KIND_FOLDERS:
+        return set()
+    return KIND_NAMES if module == "__init__.py" else {module.removesuffix(".py")}
+
+
+COGNITO_FIELDS = re.compile(r"\b(device_key|username)\b")
+# The username-claim chain (Cognito's `username`/`cognito:username`, OIDC's `preferred_username`)
+# is still read in tokens/claims.py and named by the plan and explain: it is to move into the
+# providers (issue 19). Nothing else may name Cognito's fields.
+CLAIM_CHAIN = {"tokens/claims.py", "session/plan.py", "ops/explain.py"}
+
+
+def package_sources() -> list[tuple[str, str]]:
+    return [
+        (path.relative_to(PACKAGE).as_posix(), path.read_text(encoding="utf-8"))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "ops/demo/" not in path.relative_to(PACKAGE).as_posix()
+    ]
+
+
+def kind_comparisons(source: str) -> list[str]:
+    """`x == "amplify"`, `kind != "oidc"`, `layout in ("named", ...)`: a kind's name compared."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        for operand in [node.left, *node.comparators]:
+            values = operand.elts if isinstance(operand, ast.Tuple | ast.List | ast.Set) else [operand]
+            found += [v.value for v in values if isinstance(v, ast.Constant) and v.value in KIND_NAMES]
+    return found
+
+
+def test_no_kind_name_is_compared_outside_its_module_and_the_registries() -> None:
+    leaks = {
+        path: names
+        for path, source in package_sources()
+        if (names := [n for n in kind_comparisons(source) if n not in may_compare(path)])
+    }
+    assert leaks == {}
+
+
+def test_cognitos_fields_stay_in_the_cognito_provider_and_the_amplify_layout() -> None:
+    leaks = {
+        path: sorted(set(COGNITO_FIELDS.findall(source)))
+        for path, source in package_sources()
+        if path not in {"tokens/providers/cognito.py", "session/layouts/amplify.py", *CLAIM_CHAIN}
+        and COGNITO_FIELDS.search(source)
+    }
+    assert leaks == {}
+
+
+def test_the_leak_checks_would_catch_a_leak() -> None:
+    assert kind_comparisons('if config.cookies.layout == "amplify": pass') == ["amplify"]
+    assert kind_comparisons('ok = kind in ("oidc", "x")') == ["oidc"]
+    assert kind_comparisons('LAYOUTS = {"named": 1}') == []
+    assert COGNITO_FIELDS.search("refresh(token, device_key=key)")
+    assert may_compare("session/layouts/named.py") == {"named"} and may_compare("ops/explain.py") == set()

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from cookieguard.config import CookieNames
 from cookieguard.cookies import parse_cookie_header
 from cookieguard.session.layouts import NamedLayout
+from cookieguard.session.layouts.named import CookieNames
 from tests.support.apps import RESPONSE_KINDS, Browser, seen_by, set_cookie_values, start_buggy_app
 from tests.support.no_secrets import KnownSecrets
 from tests.support.oidc_idp import OidcIdp

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from cryptography.fernet import Fernet
 
 from cookieguard.config import CookieAttributes
@@ -133,7 +134,10 @@ async def test_a_redirect_and_a_rewrite_carry_the_refreshed_cookie(
     assert fresh["refresh_token"] == gotrue.active_refresh_token(sid) != session["refresh_token"]
     claims = gotrue.decode(fresh["access_token"], verify_exp=True)
     assert fresh["expires_at"] == claims["exp"] and fresh["expires_in"] == 3600
-    assert fresh["user"] == session["user"] and fresh["provider_token"] == session["provider_token"]
+    # `user` as GoTrue answered it (as @supabase/ssr saves it); a field we do not own kept.
+    assert fresh["user"] == gotrue.users[session["user"]["id"]].as_json(gotrue.clock())
+    assert fresh["user"] != session["user"]  # GoTrue's answer stamps `last_sign_in_at`/`updated_at`
+    assert fresh["provider_token"] == session["provider_token"]
     assert fresh["token_type"] == "bearer"
     # The attributes are @supabase/ssr's, and no shared cache may keep them.
     assert all("; Path=/; Max-Age=34560000; SameSite=Lax" in c for c in set_cookies if "Max-Age=0" not in c)
@@ -146,6 +150,54 @@ async def test_a_redirect_and_a_rewrite_carry_the_refreshed_cookie(
     (event,) = guard.events("token_refresh")
     assert event["outcome"] == "refreshed" and event["user"] == "alice@example.com"
     assert event["new_exp"] == claims["exp"] and event["rotated"] is True
+
+
+async def test_the_apps_own_sign_in_on_the_answer_wins_over_a_refresh_that_grew_the_cookie(
+    aiohttp_server: Any, cookieguard_process: Start, gotrue: GoTrueServer, known_secrets: KnownSecrets
+) -> None:
+    """issue 19, as a user hits it: the request carries a 2-chunk session that is due (its access
+    token is gone); the refresh grows it to 3 chunks; on the same answer the app signs another
+    account in and writes its own 2 chunks (deleting nothing: the request had only .0 .1). The
+    browser must end with exactly the app's session, not app .0 + app .1 + cookieguard's .2."""
+    key = storage_key(gotrue.url)
+    bob = expired_session(gotrue, known_secrets, email="bob@example.com", metadata=1000)
+    apps_write = [c.header() for c in session_cookies(key, bob, [f"{key}.0", f"{key}.1"], SSR_ATTRS)]
+    assert [h.split("=", 1)[0] for h in apps_write] == [f"{key}.0", f"{key}.1"]
+    seen: list[str] = []
+
+    async def sign_in(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie", ""))
+        response = web.Response(status=303, headers={"Location": "/"})
+        for header in apps_write:
+            response.headers.add("Set-Cookie", header)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/sign-in", sign_in)
+    server = await aiohttp_server(app)
+    guard = start_guard(cookieguard_process, gotrue, guard_config(gotrue, str(server.make_url(""))))
+    alice = expired_session(gotrue, known_secrets, metadata=1900)
+    del alice["access_token"]  # due: only the refresh token is left, so the refresh adds a token
+    browser = browser_with(gotrue, alice, theme="dark")
+    assert sorted(browser.cookies) == [f"{key}.0", f"{key}.1", "theme"]
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{guard.url}/sign-in", headers={"Cookie": browser.header()}, allow_redirects=False
+        ) as resp,
+    ):
+        assert resp.status == 303
+        set_cookies = resp.headers.getall("Set-Cookie", [])
+        assert resp.headers["Cache-Control"] == "private, no-store"
+    assert gotrue.stats.refreshed == 1
+    (cookie,) = seen
+    assert f"{key}.2=" in cookie, "the refresh grew the session to 3 chunks upstream"
+
+    browser.receive(set_cookies)
+    assert set_cookies == apps_write
+    assert sorted(browser.cookies) == [f"{key}.0", f"{key}.1", "theme"]
+    assert stored(gotrue, browser.cookies) == bob, "the user who just signed in stays signed in"
 
 
 @needs_node
@@ -180,6 +232,33 @@ async def test_the_library_and_cookieguard_read_each_others_cookies(
     assert answer["error"] is None and answer["setAll"] == []
     assert answer["session"] == fresh
     assert gotrue.stats.refresh_calls == 1  # the library did not refresh again
+
+
+@needs_node
+async def test_after_a_refresh_the_cookie_holds_the_user_gotrue_answered(
+    aiohttp_server: Any, cookieguard_process: Start, gotrue: GoTrueServer, known_secrets: KnownSecrets
+) -> None:
+    """The user's metadata changed since the cookie was written (the app updated it through
+    GoTrue's admin API): after cookieguard's refresh, the real library reads the new `user`
+    from the cookie, as it would after its own refresh."""
+    app = await start_buggy_app(aiohttp_server)
+    guard = start_guard(cookieguard_process, gotrue, guard_config(gotrue, str(app.make_url(""))))
+    session = expired_session(gotrue, known_secrets)
+    browser = browser_with(gotrue, session)
+    gotrue.users[session["user"]["id"]].user_metadata = {"plan": "pro"}
+
+    async with aiohttp.ClientSession() as http:
+        status, set_cookies = await get(http, f"{guard.url}/rewrite", browser.header())
+    assert status == 200 and gotrue.stats.refreshed == 1
+    browser.receive(set_cookies)
+    fresh = note_written(known_secrets, gotrue, browser)
+    assert session["user"]["user_metadata"] == {} and fresh["user"]["user_metadata"] == {"plan": "pro"}
+
+    answer = await ssr(
+        {"op": "read", "url": gotrue.url, "anonKey": gotrue.anon_key, "cookieHeader": browser.header()}
+    )
+    assert answer["error"] is None and answer["setAll"] == []
+    assert answer["session"]["user"]["user_metadata"] == {"plan": "pro"}
 
 
 async def test_50_concurrent_requests_with_one_expired_session_make_one_refresh(

@@ -35,9 +35,10 @@ from cookieguard.edge.upstream import (
 from cookieguard.edge.websocket import forward_websocket, is_websocket
 from cookieguard.logs import get_logger
 from cookieguard.metrics import Metrics
-from cookieguard.session.merge import merge_set_cookies, set_cookie_key, signs_out
+from cookieguard.session.layouts import Session
+from cookieguard.session.merge import NOTHING, merge_answer
 from cookieguard.session.plan import Answer, Forward, Plan, Refresh, SessionCheck
-from cookieguard.session.repair import Auth, Pacer, SessionRepair
+from cookieguard.session.repair import Auth, Judged, Pacer, SessionRepair
 from cookieguard.vocabulary import CheckReason, ForwardReason
 
 __all__ = ["Auth", "Pacer", "Proxy", "SessionCheck"]
@@ -83,6 +84,7 @@ class Proxy:
                 response = await self.forward_websocket(request, route, target)
             else:
                 plan: Plan = UNCHANGED
+                judged: Judged | None = None
                 repair = self.repair
                 if route.refresh and repair is not None:
                     # Read the session and plan; a fresh session costs a cached read and a cached verdict.
@@ -97,7 +99,8 @@ class Proxy:
                     response = _answer(plan)
                 else:
                     assert isinstance(plan, Forward)
-                    response = await self.forward(request, route, plan, target)  # forward, merge, respond
+                    # forward, merge, respond
+                    response = await self.forward(request, route, plan, target, judged)
             if route is not None:
                 self.count_request(route.match, response.status)
             if self.access_log:
@@ -160,8 +163,9 @@ class Proxy:
         )
 
     async def forward(
-        self, request: web.Request, route: Route, plan: Forward, target: Target
+        self, request: web.Request, route: Route, plan: Forward, target: Target, judged: Judged | None = None
     ) -> web.StreamResponse:
+        """Forward as planned; `judged`: what the plan read, None when the route skipped the session."""
         origin = self._origins.get(route.match)
         if origin is None:
             return self._upstream_error(route, 502, "no_upstream", time.perf_counter())
@@ -198,7 +202,7 @@ class Proxy:
             return self._upstream_error(route, 502, exc.reason, started)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
         try:
-            return await self._relay(request, upstream, list(plan.set_cookies))
+            return await self._relay(request, upstream, plan.set_cookies, judged)
         finally:
             upstream.release()
 
@@ -224,26 +228,26 @@ class Proxy:
         return response
 
     async def _relay(
-        self, request: web.Request, upstream: UpstreamResponse, ours: list[SetCookie]
+        self,
+        request: web.Request,
+        upstream: UpstreamResponse,
+        ours: tuple[SetCookie, ...],
+        judged: Judged | None,
     ) -> web.StreamResponse:
         response = _RelayedResponse(status=upstream.status, reason=upstream.reason or None)
-        theirs = upstream.set_cookies if self.auth else []
-        set_cookies: list[str] = []
-        private = bool(ours)
-        if theirs and self.auth is not None:
-            ours, private = self._answer_cookies(request, theirs, ours)
-        if ours:
-            auth = self.auth
-            assert auth is not None
-            session = auth.sessions.read(request.headers.get("Cookie", ""))
-            set_cookies = merge_set_cookies(
-                theirs,
-                ours,
-                auth_cookies=session.cookie_names if session else (),
-                now_s=auth.wall_clock(),
-            )
-        response.headers.extend(response_headers(upstream.headers, set_cookies, private=private))
-        if private:
+        merged = NOTHING
+        auth = self.auth
+        if auth is not None:
+            theirs = upstream.set_cookies
+            if theirs or ours:
+                session = judged.session if judged is not None else self._unplanned_session(request, theirs)
+                merged = merge_answer(
+                    theirs, ours, session, auth.layout, self.config.cookies.attributes, auth.wall_clock()
+                )
+        response.headers.extend(
+            response_headers(upstream.headers, merged.set_cookies, private=merged.private)
+        )
+        if merged.private:
             # docs/behaviour.md §4: no shared cache may store a response that carries tokens.
             response.headers["Cache-Control"] = "private, no-store"
         try:
@@ -265,29 +269,12 @@ class Proxy:
             pass  # the client went away mid-answer (a closed tab): not an error of ours to log
         return response
 
-    def _answer_cookies(
-        self, request: web.Request, theirs: list[str], ours: list[SetCookie]
-    ) -> tuple[list[SetCookie], bool]:
-        """What we add beside the app's own Set-Cookie headers, and whether the answer is private.
-
-        An app that clears any auth cookie of the request's session ends that session: instead of
-        tokens, the rest of its auth cookies are expired too, or the refresh token left behind
-        would refresh the session back on the next request (docs/behaviour.md §4). An answer that
-        sets or clears an auth cookie is private even when we add nothing.
-        """
+    def _unplanned_session(self, request: web.Request, theirs: list[str]) -> Session | None:
+        """The session of a request whose route skipped it (`refresh: false`), read only when the
+        app sets cookies: its sign-out holds there too (docs/behaviour.md §4)."""
         assert self.auth is not None
-        session = self.auth.sessions.read(request.headers.get("Cookie", ""))
-        names = session.cookie_names if session else frozenset()
-        if session is not None and signs_out(
-            theirs, {*names, *(c.name for c in ours if c.value)}, self.auth.wall_clock()
-        ):
-            ours = self.auth.layout.clear_cookies(session, self.config.cookies.attributes)
-        layout = self.auth.layout
-        private = bool(ours) or any(
-            name in names or bool(layout.relevant_cookies(f"{name}=x"))
-            for name, _, _ in map(set_cookie_key, theirs)
-        )
-        return ours, private
+        cookie_header = request.headers.get("Cookie", "")
+        return self.auth.sessions.read(cookie_header) if theirs and cookie_header else None
 
     def _upstream_error(self, route: Route, status: int, error: str, started: float) -> web.Response:
         self.log.warning(

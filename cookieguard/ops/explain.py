@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from cookieguard.config import Config
-from cookieguard.cookies import parse_cookie_header, percent_decode
-from cookieguard.session.layouts import AmplifyLayout, Session, make_layout
-from cookieguard.session.layouts.amplify import AMPLIFY_PREFIX, LAST_AUTH_USER
+from cookieguard.cookies import parse_cookie_header
+from cookieguard.session.layouts import LAYOUTS, Session
 from cookieguard.session.plan import (
     Check,
     Due,
@@ -47,7 +45,6 @@ from cookieguard.tokens.claims import (
 )
 from cookieguard.vocabulary import DueReason, ForwardReason
 
-_AMPLIFY_KEYS = ("accessToken", "idToken", "refreshToken", "clockDrift", "deviceKey", "signInDetails")
 _HEADER_PREFIX = re.compile(r"^\s*cookie\s*:\s*", re.IGNORECASE)
 
 
@@ -58,17 +55,6 @@ def cookie_header_from(text: str) -> str:
     header = _HEADER_PREFIX.sub("", joined)
     # Wrapped lines split at `; ` join back with a space; a double `;` would only add empty pieces.
     return header.strip()
-
-
-def amplify_client_ids(cookies: Sequence[tuple[str, str]]) -> list[str]:
-    """Client ids named by `CognitoIdentityServiceProvider.<clientId>.LastAuthUser` cookies."""
-    found: list[str] = []
-    for name, _ in cookies:
-        parts = percent_decode(name).split(".")
-        is_last_auth_user = len(parts) == 3 and parts[0] == AMPLIFY_PREFIX and parts[2] == LAST_AUTH_USER
-        if is_last_auth_user and parts[1] not in found:
-            found.append(parts[1])
-    return found
 
 
 @dataclass(frozen=True)
@@ -90,33 +76,18 @@ def explain(
     out = ["cookieguard explain: offline (no IdP call, no signature check; claims are read, not verified)"]
     if client_id is None and config.provider is not None and config.provider.uses_client:
         client_id = config.provider.client_id
-    layout_name = config.cookies.layout
-    if layout_name == "amplify" and not client_id:
-        found = amplify_client_ids(cookies)
-        if len(found) == 1:
-            client_id = found[0]
-            out.append(f"client id: {client_id} (from the cookie names; the config has no provider)")
-        elif found:
-            out.append(
-                f"cookies for {len(found)} app clients: {', '.join(found)}; choose one with --client-id"
-            )
-            return out
-    elif client_id:
-        out.append(f"client id: {client_id}")
-    before_expiry = _relative(config.refresh.before_expiry_s)
-    out.append(f"config: {config.source}  layout: {layout_name}  before_expiry: {before_expiry}")
-    out.append(f"cookies in the header: {len(cookies)}")
-    if layout_name == "amplify" and not client_id:
-        out += _verdict_lines(
-            Verdict("forward", "no auth cookies (no CognitoIdentityServiceProvider.*.LastAuthUser)")
-        )
+    # The layout may find what the configuration does not say in the cookie names (a client id).
+    offline = LAYOUTS[config.cookies.layout].offline(config.cookies, config.provider, cookies, client_id)
+    out += offline.notes
+    if offline.ambiguous:
         return out
-    # The client id may come from the command line or the cookies rather than the configuration.
-    layout = (
-        AmplifyLayout(client_id)
-        if client_id and layout_name == "amplify"
-        else make_layout(config.cookies, config.provider)
-    )
+    before_expiry = _relative(config.refresh.before_expiry_s)
+    out.append(f"config: {config.source}  layout: {config.cookies.layout}  before_expiry: {before_expiry}")
+    out.append(f"cookies in the header: {len(cookies)}")
+    layout = offline.layout
+    if layout is None:
+        out += _verdict_lines(Verdict("forward", offline.no_session))
+        return out
     session = layout.read(cookies)
     if session is None:
         out.append("user: none")
@@ -129,16 +100,9 @@ def explain(
     for name in sorted(session.cookie_names):
         size = len(values.get(name, ""))
         out.append(f"  {name}  ({size} char{'' if size == 1 else 's'})")
-    if layout_name == "amplify" and session.user:
-        present = {percent_decode(n) for n in session.cookie_names}
-        prefix = f"{AMPLIFY_PREFIX}.{client_id}.{session.user}."
-        missing = [k for k in _AMPLIFY_KEYS[:3] if prefix + k not in present]
-        if missing:
-            out.append(f"  missing: {', '.join(missing)}")
+    out += layout.describe(session, lambda epoch_s, what: _when(epoch_s, now_s, tz, what))
     if session.clock_drift_ms:
         out.append(f"clock drift (server - browser): {session.clock_drift_ms} ms")
-    if isinstance(session.payload, dict):
-        out += _session_json_lines(session.payload, now_s, tz)
 
     access = decode_claims(session.access_token) if session.access_token else None
     out += _token_lines("access token", session.access_token, access, now_s, tz)
@@ -158,20 +122,6 @@ def explain(
     if config.provider is not None and config.verify.signature:
         out.append("note: the proxy also verifies the signature against the IdP's keys (not done here)")
     return out
-
-
-def _session_json_lines(payload: dict[str, object], now_s: float, tz: tzinfo | None) -> list[str]:
-    """What a session JSON (supabase layout) says beside its tokens; never a token or a secret."""
-    fields = ", ".join(sorted(k for k in payload if k not in ("access_token", "refresh_token")))
-    lines = [f"session JSON fields: {fields}"]
-    expires_at = payload.get("expires_at")
-    if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
-        lines.append(
-            f"  expires_at {_when(float(expires_at), now_s, tz, 'expires')} (what the browser client reads)"
-        )
-    else:
-        lines.append("  expires_at absent: the browser client treats this session as invalid")
-    return lines
 
 
 def offline_verdict(token: str, kind: TokenKind, config: Config, now_s: float) -> TokenCheck:

@@ -1,8 +1,17 @@
-"""Merge the proxy's Set-Cookie headers into the upstream's response (docs/behaviour.md §4).
+"""What the browser is told: the app's Set-Cookie headers and cookieguard's, merged (docs/behaviour.md §4).
 
 The upstream's headers are returned untouched: never joined, never split on commas (an `Expires`
-date contains one). One of ours is added only when the upstream did not set the same cookie in
-this response, because the app may be signing the user out and its decision wins.
+date contains one). `merge_answer` is the one decision; it works on a session as one value:
+
+- The app writes any cookie of the session (one chunk, the plain name, any of a layout's cookies:
+  `layout.owns(name)`): it is signing someone in or refreshing by itself, and its write wins as
+  a whole. None of cookieguard's cookies of the session is added, and none is deleted. Judged per
+  name, the app's chunks `.0 .1` beside our `.2` would join into a value that does not decode.
+- The app only clears cookies of the session (Max-Age <= 0, an Expires in the past, or an empty
+  value): it is signing the user out. None of our tokens is added, and the session's other auth
+  cookies are expired, or the refresh token left behind would refresh the session back on the
+  next request (docs/behaviour.md §4: the app's sign-out holds).
+- Otherwise ours are added, each unless the upstream set the same cookie (`merge_set_cookies`).
 
 "The same cookie" is (name, domain, path), as a browser keys its store (RFC 6265 5.3 step 11).
 An upstream Set-Cookie without `Domain` or without a valid `Path` leaves that part to the browser
@@ -11,24 +20,25 @@ without the request. Such a missing part matches ours whatever it is: wrongly ke
 the app meant to delete could sign a signed-out user back in, while wrongly yielding to the app
 only costs one response without our refresh. Amplify's adapter-nextjs, for one, deletes cookies
 with a bare `name=;Expires=...`.
-
-An app that clears any auth cookie of the session (Max-Age <= 0, an Expires in the past, or an
-empty value) is signing the user out: then none of our Set-Cookie headers that carry a value is
-added, whatever its name (docs/behaviour.md §4: the app's sign-out holds). Only our deletions may
-still go out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 # http2time reads the date forms Set-Cookie uses (RFC 1123, RFC 850 "01-Jan-70", asctime) and
 # returns None for the rest; it is public in http.cookiejar but absent from typeshed.
 from http.cookiejar import http2time  # type: ignore[attr-defined]
+from typing import TYPE_CHECKING
 
 from cookieguard.cookies import SetCookie
 
-__all__ = ["clears_cookie", "merge_set_cookies", "set_cookie_key", "signs_out"]
+if TYPE_CHECKING:
+    from cookieguard.config import CookieAttributes
+    from cookieguard.session.layouts.base import Layout, Session
+
+__all__ = ["Merged", "clears_cookie", "merge_answer", "merge_set_cookies", "set_cookie_key"]
 
 
 def _parse_scope(header_value: str) -> tuple[str, str | None, str | None]:
@@ -90,17 +100,6 @@ def clears_cookie(header_value: str, now_s: float) -> bool:
     return expires is not None and expires < now_s
 
 
-def signs_out(upstream: Sequence[str], auth_cookies: Collection[str], now_s: float) -> bool:
-    """Whether the upstream clears one of these auth cookies in this response."""
-    if not auth_cookies:
-        return False
-    for header_value in upstream:
-        name, _, _ = _parse_scope(header_value)
-        if name in auth_cookies and clears_cookie(header_value, now_s):
-            return True
-    return False
-
-
 def _our_key(cookie: SetCookie) -> tuple[str, str | None, str]:
     domain = cookie.domain.lower() if cookie.domain else None
     if domain and domain.startswith("."):
@@ -108,22 +107,11 @@ def _our_key(cookie: SetCookie) -> tuple[str, str | None, str]:
     return cookie.name, domain or None, cookie.path
 
 
-def merge_set_cookies(
-    upstream: Sequence[str],
-    ours: Sequence[SetCookie],
-    *,
-    auth_cookies: Collection[str] = (),
-    now_s: float = 0.0,
-) -> list[str]:
+def merge_set_cookies(upstream: Sequence[str], ours: Sequence[SetCookie]) -> list[str]:
     """Every upstream Set-Cookie unchanged, then each of ours that the upstream did not set.
 
-    Among ours, one header per (name, domain, path): the last one given wins. When the upstream
-    clears one of `auth_cookies` (the session's) or a cookie ours would write, it is signing the
-    user out, and only our deletions are kept (`now_s` judges a clearing Expires date).
+    Among ours, one header per (name, domain, path): the last one given wins.
     """
-    named = {*auth_cookies, *(cookie.name for cookie in ours if cookie.value)}
-    if signs_out(upstream, named, now_s):
-        ours = [cookie for cookie in ours if not cookie.value]
     set_by_upstream: dict[str, list[tuple[str | None, str | None]]] = {}
     for header_value in upstream:
         name, domain, path = _parse_scope(header_value)
@@ -139,3 +127,54 @@ def merge_set_cookies(
         chosen.pop(key, None)  # keep the last one given, at its own position
         chosen[key] = cookie
     return [*upstream, *(cookie.header() for cookie in chosen.values())]
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """The answer's Set-Cookie headers, and whether it carries tokens (then no shared cache may
+    keep it: docs/behaviour.md §4)."""
+
+    set_cookies: list[str]
+    private: bool
+
+
+NOTHING = Merged([], private=False)
+
+
+def merge_answer(
+    upstream: Sequence[str],
+    ours: Sequence[SetCookie],
+    session: Session | None,
+    layout: Layout,
+    attrs: CookieAttributes,
+    now_s: float,
+) -> Merged:
+    """The browser's Set-Cookie headers from the app's (`upstream`), cookieguard's (`ours`, all of
+    them the layout's), the request's session as `layout` read it (None: no session), and the
+    wall clock (`now_s` judges a clearing Expires date). Pure; never raises."""
+    if not upstream:
+        return Merged(merge_set_cookies((), ours), private=True) if ours else NOTHING
+    names = session.cookie_names if session is not None else frozenset()
+    ending = names | {c.name for c in ours if c.value}
+    scope = _scope(attrs)
+    touched = writes = clears = False
+    for header_value in upstream:
+        name, domain, path = _parse_scope(header_value)
+        if name not in names and not layout.owns(name):
+            continue
+        touched = True
+        if clears_cookie(header_value, now_s):
+            clears = clears or name in ending
+        # The same name at another path or domain is another cookie in the browser.
+        elif domain in (None, scope[0]) and path in (None, scope[1]):
+            writes = True
+    if writes:
+        ours = [c for c in ours if not layout.owns(c.name) and c.name not in names]
+    elif clears:
+        ours = layout.clear_cookies(session, attrs) if session is not None else []
+    return Merged(merge_set_cookies(upstream, ours), private=bool(ours) or touched)
+
+
+def _scope(attrs: CookieAttributes) -> tuple[str | None, str]:
+    domain = attrs.domain.lower().removeprefix(".") if attrs.domain else None
+    return domain or None, attrs.path

@@ -26,6 +26,7 @@ nothing that does I/O (tests/test_plan.py imports it with those modules blocked)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -205,10 +206,7 @@ class Refresh:
     """Send this refresh token to the IdP, charged to the proof's subject (else the address)."""
 
     refresh_token: str = field(repr=False)
-    # Cognito's SECRET_HASH is computed over the username the cookies name (docs/providers/cognito.md
-    # "Amazon Cognito with Amplify v6").
-    username: str | None
-    device_key: str | None = field(repr=False)
+    context: Mapping[str, str] = field(repr=False)  # Session.refresh_context, for the provider
     proof: Proof
     due: Due
     old_expires_at: float | None  # the access token's `exp`, for the log line
@@ -303,8 +301,7 @@ def plan_session(
     if result is None:
         return Refresh(
             session.refresh_token,
-            username=session.user,
-            device_key=session.device_key,
+            context=session.refresh_context,
             proof=proof,
             due=when,
             old_expires_at=access.expires_at,
@@ -340,6 +337,7 @@ def _after_refresh(
             if claims and claims.iat
             else session.clock_drift_ms,
             expires_in_s=tokens.expires_in_s,
+            extra_fields=tokens.extra_fields,
         )
         opaque_lifetime = None
         if claims is None and tokens.expires_in_s is not None:

@@ -29,7 +29,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from cookieguard.config import RefreshConfig, StoreConfig
@@ -40,7 +40,13 @@ from cookieguard.session.limits import Budgets, Claimant
 from cookieguard.session.result import RefreshResult
 from cookieguard.store.base import Store
 from cookieguard.store.crypto import Sealer
-from cookieguard.tokens.providers.base import Provider, RefreshRejected, RefreshUnavailable, TokenSet
+from cookieguard.tokens.providers.base import (
+    NO_CONTEXT,
+    Provider,
+    RefreshRejected,
+    RefreshUnavailable,
+    TokenSet,
+)
 from cookieguard.vocabulary import Outcome
 
 _POLL_S = 0.05
@@ -94,14 +100,14 @@ class Refresher:
         self,
         refresh_token: str,
         *,
-        username: str | None = None,
-        device_key: str | None = None,
+        context: Mapping[str, str] = NO_CONTEXT,
         claimant: Claimant | None = None,
         urgent: bool = False,
     ) -> RefreshResult:
-        """`claimant`: whom the IdP call is charged to; None charges nobody (and counts as proven
-        for the reject-storm guard). `urgent`: the access token has expired or is about to, so a
-        proven session waits for the IdP ceiling rather than go unrefreshed."""
+        """`context`: the session's refresh context, for the provider. `claimant`: whom the IdP
+        call is charged to; None charges nobody (and counts as proven for the reject-storm guard).
+        `urgent`: the access token has expired or is about to, so a proven session waits for the
+        IdP ceiling rather than go unrefreshed."""
         key = store_key(refresh_token)
         task = self._in_flight.get(key)
         if task is not None:
@@ -110,9 +116,7 @@ class Refresher:
         until = self._backoff.expires_at(key, self.clock())
         if until is not None:
             return RefreshResult(Outcome.FAILED, error="backoff", retry_after_s=until - self.clock())
-        task = asyncio.ensure_future(
-            self._coordinated(key, refresh_token, username, device_key, claimant, urgent)
-        )
+        task = asyncio.ensure_future(self._coordinated(key, refresh_token, context, claimant, urgent))
         self._in_flight[key] = task
         task.add_done_callback(lambda _t: self._in_flight.pop(key, None))
         # Shielded: a client that disconnects must not cancel the refresh for everybody else.
@@ -122,8 +126,7 @@ class Refresher:
         self,
         key: str,
         refresh_token: str,
-        username: str | None,
-        device_key: str | None,
+        context: Mapping[str, str],
         claimant: Claimant | None,
         urgent: bool,
     ) -> RefreshResult:
@@ -158,7 +161,7 @@ class Refresher:
                     return RefreshResult(Outcome.LIMITED, error=limit, wait_ms=wait_ms)
             feeds_guard = claimant is None or claimant.proven or self.unproven_feed_guard
             try:
-                result = await self._call_idp(key, refresh_token, username, device_key, feeds_guard)
+                result = await self._call_idp(key, refresh_token, context, feeds_guard)
             finally:
                 if budgets is not None and claimant is not None:
                     budgets.answered()
@@ -171,15 +174,14 @@ class Refresher:
         self,
         key: str,
         refresh_token: str,
-        username: str | None,
-        device_key: str | None,
+        context: Mapping[str, str],
         feeds_guard: bool,
     ) -> RefreshResult:
         started = time.perf_counter()
         if self.on_idp_call:
             self.on_idp_call(True)
         try:
-            tokens = await self.provider.refresh(refresh_token, username=username, device_key=device_key)
+            tokens = await self.provider.refresh(refresh_token, context)
         except RefreshRejected as exc:
             if feeds_guard:
                 self._note_storm(self.guard.record(key, rejected=True, now=self.clock()))
@@ -262,6 +264,8 @@ class Refresher:
                 refresh_token=t.refresh_token,
                 expires_in=t.expires_in_s,
             )
+            if t.extra_fields:
+                body["extra"] = dict(t.extra_fields)
         if result.error:
             body["error"] = result.error
         return self.sealer.seal(json.dumps(body, separators=(",", ":")).encode())
@@ -279,6 +283,7 @@ class Refresher:
                 id_token=body.get("id_token"),
                 refresh_token=body.get("refresh_token"),
                 expires_in_s=body.get("expires_in"),
+                extra_fields=dict(body.get("extra") or {}),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None

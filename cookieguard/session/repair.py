@@ -127,8 +127,7 @@ class SessionRepair:
         await self._pacer.turn()
         return await self.auth.refresher.refresh(
             plan.refresh_token,
-            username=plan.username,
-            device_key=plan.device_key,
+            context=plan.context,
             claimant=Claimant(address, plan.proof.subject),
             urgent=plan.urgent,
         )

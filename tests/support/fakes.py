@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cookieguard.session.refresh import Refresher
 from cookieguard.store import Store
-from cookieguard.tokens.providers.base import TokenSet
+from cookieguard.tokens.providers.base import NO_CONTEXT, TokenSet
 
 
 @dataclass
@@ -31,9 +31,7 @@ class ScriptedProvider:
     def __post_init__(self) -> None:
         self.gate.set()
 
-    async def refresh(
-        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
-    ) -> TokenSet:
+    async def refresh(self, refresh_token: str, context: Mapping[str, str] = NO_CONTEXT) -> TokenSet:
         self.calls.append(refresh_token)
         self.started.set()
         await self.gate.wait()

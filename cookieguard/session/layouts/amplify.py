@@ -21,7 +21,7 @@ from cookieguard.cookies import (
     unquote_value,
 )
 from cookieguard.lru import LRU, MISSING
-from cookieguard.session.layouts.base import FreshTokens, Layout, Session
+from cookieguard.session.layouts.base import FreshTokens, Layout, Offline, Pairs, Session, When
 
 if TYPE_CHECKING:
     from cookieguard.config import CookieAttributes, CookiesConfig
@@ -65,6 +65,33 @@ class AmplifyLayout(Layout):
     def cookie_name(self, user: str, key: str) -> str:
         """The name Amplify writes for one of a user's keys (e.g. accessToken)."""
         return js_cookie_name(f"{self._prefix}{user}.{key}")
+
+    @classmethod
+    def offline(
+        cls, cookies: CookiesConfig, provider: ProviderConfig | None, header: Pairs, client_id: str | None
+    ) -> Offline:
+        """Without a configured client id, the one the cookie names carry (one app client)."""
+        if client_id:
+            return Offline(cls(client_id), (f"client id: {client_id}",))
+        found = client_ids(header)
+        if len(found) == 1:
+            note = f"client id: {found[0]} (from the cookie names; the config has no provider)"
+            return Offline(cls(found[0]), (note,))
+        if found:
+            note = f"cookies for {len(found)} app clients: {', '.join(found)}; choose one with --client-id"
+            return Offline(None, (note,), ambiguous=True)
+        return Offline(None, no_session=f"no auth cookies (no {AMPLIFY_PREFIX}.*.{LAST_AUTH_USER})")
+
+    def describe(self, session: Session, when: When) -> list[str]:
+        if not session.user:
+            return []
+        present = {percent_decode(n) for n in session.cookie_names}
+        prefix = f"{self._prefix}{session.user}."
+        missing = [k for k in (ACCESS_TOKEN, ID_TOKEN, REFRESH_TOKEN) if prefix + k not in present]
+        return [f"  missing: {', '.join(missing)}"] if missing else []
+
+    def owns(self, name: str) -> bool:
+        return name.startswith(self._prefix)
 
     def relevant_cookies(self, header: str) -> list[tuple[str, str]]:
         return select_cookies(header, self._prefixes)
@@ -115,7 +142,7 @@ class AmplifyLayout(Layout):
             id_token=_decode_value(values.get(ID_TOKEN, "")) or None,
             refresh_token=_decode_value(values.get(REFRESH_TOKEN, "")) or None,
             clock_drift_ms=int(drift) if _CLOCK_DRIFT.fullmatch(drift) else 0,
-            device_key=_decode_value(values.get(DEVICE_KEY, "")) or None,
+            refresh_context=_refresh_context(user, _decode_value(values.get(DEVICE_KEY, ""))),
             cookie_names=frozenset(names),
         )
 
@@ -164,6 +191,22 @@ class AmplifyLayout(Layout):
             for name in existing.get(key) or [self.cookie_name(user, key)]:
                 written.append(SetCookie.with_attributes(name, value, attrs))
         return written
+
+
+def client_ids(cookies: Sequence[tuple[str, str]]) -> list[str]:
+    """Client ids named by `CognitoIdentityServiceProvider.<clientId>.LastAuthUser` cookies."""
+    found: list[str] = []
+    for name, _ in cookies:
+        parts = percent_decode(name).split(".")
+        is_last_auth_user = len(parts) == 3 and parts[0] == AMPLIFY_PREFIX and parts[2] == LAST_AUTH_USER
+        if is_last_auth_user and parts[1] not in found:
+            found.append(parts[1])
+    return found
+
+
+def _refresh_context(user: str, device_key: str) -> dict[str, str]:
+    """What the Cognito provider needs to refresh (its keys are providers/cognito.py's)."""
+    return {"username": user, "device_key": device_key} if device_key else {"username": user}
 
 
 def _decode_value(raw: str) -> str:

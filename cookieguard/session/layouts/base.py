@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cookieguard.cookies import MAX_COOKIE_BYTES, SetCookie, format_cookie_header, is_valid_cookie_name
@@ -20,9 +21,11 @@ if TYPE_CHECKING:
     from typing import Self
 
     from cookieguard.config import CookieAttributes, CookiesConfig
+    from cookieguard.schema import Section
     from cookieguard.tokens.providers.base import ProviderConfig
 
 Pairs = list[tuple[str, str]]
+NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,9 @@ class Session:
     id_token: str | None = field(repr=False)
     refresh_token: str | None = field(repr=False)
     clock_drift_ms: int = 0
-    device_key: str | None = field(default=None, repr=False)
+    # What the provider needs beside the refresh token, as the layout read it (opaque here:
+    # tokens.providers.base.Provider.refresh); empty for most layouts.
+    refresh_context: Mapping[str, str] = field(default_factory=lambda: NO_CONTEXT, repr=False)
     cookie_names: frozenset[str] = frozenset()
     payload: Any = field(default=None, repr=False)
 
@@ -54,6 +59,38 @@ class FreshTokens:
     refresh_token: str = field(repr=False)  # the rotated one, else the old one
     clock_drift_ms: int = 0  # iat*1000 - now_ms, computed by the caller
     expires_in_s: int | None = None  # the token response's `expires_in`, for layouts that store it
+    # The token response's other fields a layout stores (TokenSet.extra_fields).
+    extra_fields: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class LayoutConfig:
+    """A layout's own keys of the `cookies:` section, read by the layout's record (as a provider
+    kind reads its `provider:` keys). This base has none; a layout with keys subclasses it."""
+
+    yaml_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def load(cls, s: Section, provider: ProviderConfig | None) -> Self:
+        """Read the keys from the `cookies:` section; problems go to `s` with their key path."""
+        return cls()
+
+
+# `explain`'s time formatter: (epoch seconds, "expires" | "issued") -> "in 5m (12:00:00 UTC)".
+When = Callable[[float, str], str]
+
+
+@dataclass(frozen=True)
+class Offline:
+    """The layout `cookieguard explain` reads a pasted header with, and what it says first.
+
+    `layout` None: nothing to read; `notes` say why (and `ambiguous`: the header names several
+    apps and the user must choose; else `no_session` is the verdict's reason)."""
+
+    layout: Layout | None
+    notes: tuple[str, ...] = ()
+    ambiguous: bool = False
+    no_session: str = ""
 
 
 class Layout(ABC):
@@ -61,10 +98,8 @@ class Layout(ABC):
 
     # The provider kinds whose tokens this layout holds; None: any kind.
     provider_kinds: ClassVar[tuple[str, ...] | None] = None
-    # Whether `cookies.names` configures it.
-    uses_names: ClassVar[bool] = False
-    # Whether `cookies.storage_key` configures it.
-    uses_storage_key: ClassVar[bool] = False
+    # The record of its own `cookies:` keys (`cookies.layout_config` is one of these).
+    config: ClassVar[type[LayoutConfig]] = LayoutConfig
     # `cookies.attributes` defaults of this layout where they differ from CookieAttributes' own
     # (field name -> value): what the app's own cookie library writes.
     attribute_defaults: ClassVar[Mapping[str, Any]] = {}
@@ -79,6 +114,12 @@ class Layout(ABC):
         """The pairs of a `Cookie` header that `read` looks at (all of them would do too)."""
 
     @abstractmethod
+    def owns(self, name: str) -> bool:
+        """Whether a cookie of this name (raw, as in `Set-Cookie`) is one this layout keeps a
+        session in: a chunk, the plain name, any of its cookies. An app that writes one is
+        writing the session, and its write wins whole (cookieguard.session.merge)."""
+
+    @abstractmethod
     def read(self, cookies: Sequence[tuple[str, str]]) -> Session | None:
         """The session in these cookies, or None when there are no auth cookies at all."""
 
@@ -89,6 +130,19 @@ class Layout(ABC):
     @abstractmethod
     def set_cookies(self, session: Session, tokens: FreshTokens, attrs: CookieAttributes) -> list[SetCookie]:
         """What the browser must store after a refresh."""
+
+    @classmethod
+    def offline(
+        cls, cookies: CookiesConfig, provider: ProviderConfig | None, header: Pairs, client_id: str | None
+    ) -> Offline:
+        """The layout for `cookieguard explain`: the configured one (`client_id`: from the command
+        line or the configuration, printed when there is one)."""
+        return Offline(cls.from_config(cookies, provider), (f"client id: {client_id}",) if client_id else ())
+
+    def describe(self, session: Session, when: When) -> list[str]:
+        """What `explain` prints about the session beside its cookie names and tokens (never a
+        token or a cookie value): what the layout keeps that is not a token."""
+        return []
 
     def stripped_cookie_header(self, cookies: Sequence[tuple[str, str]], session: Session) -> str:
         """The outgoing `Cookie` header without any of the session's auth cookies."""
@@ -135,9 +189,12 @@ class SessionReader:
 class Chunks:
     """One encoded value kept in the cookie `<name>` when it fits, else in `<name>.0`, `.1`, ...
 
-    The scheme of @supabase/ssr's chunker and of the named layout. `limit` bounds each cookie:
-    its name plus value (browsers refuse more than 4096 bytes), or with `value_only` its value
-    alone (@supabase/ssr splits values longer than 3180 characters).
+    The one chunk codec: @supabase/ssr's chunker and the named layout's (and any layout that
+    splits a value). `limit` bounds each cookie: its name plus value (browsers refuse more than
+    4096 bytes), or with `value_only` its value alone (@supabase/ssr splits values longer than
+    3180 characters). Values are percent-encoded (every `%` starts an escape); a chunk never ends
+    inside an escape or inside a multi-byte character's escapes, because readers such as the
+    `cookie` package decode each chunk on its own.
     """
 
     limit: int = MAX_COOKIE_BYTES
@@ -152,10 +209,11 @@ class Chunks:
         while start < len(encoded):
             chunk_name = f"{name}.{len(chunks)}"
             size = self.limit - (0 if self.value_only else len(chunk_name))
-            if size <= 0:
+            end = _cut(encoded, start, start + size)
+            if end <= start:
                 raise ValueError(f"cookie name {name!r} leaves no room for a value")
-            chunks.append((chunk_name, encoded[start : start + size]))
-            start += size
+            chunks.append((chunk_name, encoded[start:end]))
+            start = end
         return chunks
 
     @staticmethod
@@ -173,6 +231,12 @@ class Chunks:
         """Whether the cookie `name` holds (a piece of) the value of `base`."""
         return name == base or cls.index(name, base) is not None
 
+    @classmethod
+    def order(cls, name: str, base: str) -> int:
+        """Sort key of the cookies of `base`: the plain cookie first, then the chunks in order."""
+        index = cls.index(name, base)
+        return -1 if index is None else index
+
     @staticmethod
     def join(first: Mapping[str, str], base: str) -> str:
         """The encoded value of `base` from cookies by name (the first of duplicates): a non-empty
@@ -181,7 +245,7 @@ class Chunks:
         if raw:
             return raw
         parts: list[str] = []
-        while (part := first.get(f"{base}.{len(parts)}")) is not None:
+        while part := first.get(f"{base}.{len(parts)}"):  # up to the first missing or empty one
             parts.append(part)
         return "".join(parts)
 
@@ -215,6 +279,28 @@ class Chunks:
         one. Left in the browser, they would be read back into a corrupt value (@supabase/ssr #210)."""
         kept = {name for name, _ in written}
         return sorted(
-            (n for n in names if n not in kept and cls.holds(n, base)),
-            key=lambda n: -1 if n == base else cls.index(n, base) or 0,
+            (n for n in names if n not in kept and cls.holds(n, base)), key=lambda n: cls.order(n, base)
         )
+
+
+def _cut(encoded: str, start: int, end: int) -> int:
+    """`end`, moved back so that `encoded[start:end]` ends neither inside a `%XX` escape nor
+    inside the escapes of one multi-byte UTF-8 character."""
+    if end >= len(encoded):
+        return len(encoded)
+    escape = encoded.rfind("%", max(start, end - 2), end)
+    if escape != -1:
+        end = escape
+    i, continuation = end, 0
+    while i - 3 >= start and encoded[i - 3] == "%":
+        try:
+            byte = int(encoded[i - 2 : i], 16)
+        except ValueError:
+            return end
+        if byte & 0xC0 == 0x80:  # 10xxxxxx: a continuation byte
+            continuation += 1
+            i -= 3
+            continue
+        length = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        return i - 3 if continuation + 1 < length else end
+    return end

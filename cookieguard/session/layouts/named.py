@@ -7,6 +7,7 @@ codec (`layouts.base.Chunks`); docs/behaviour.md §5.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from cookieguard.cookies import (
@@ -18,11 +19,38 @@ from cookieguard.cookies import (
     percent_decode,
     select_cookies,
 )
-from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, Pairs, Session
+from cookieguard.schema import cookie_name
+from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, LayoutConfig, Pairs, Session
 
 if TYPE_CHECKING:
-    from cookieguard.config import CookieAttributes, CookieNames, CookiesConfig
+    from cookieguard.config import CookieAttributes, CookiesConfig
+    from cookieguard.schema import Section
     from cookieguard.tokens.providers.base import ProviderConfig
+
+
+@dataclass(frozen=True)
+class CookieNames(LayoutConfig):
+    """`cookies.names`: the cookies the app keeps its tokens in."""
+
+    yaml_keys: ClassVar[tuple[str, ...]] = ("names",)
+
+    access_token: str = "access_token"
+    refresh_token: str = "refresh_token"
+    id_token: str | None = None
+
+    @classmethod
+    def load(cls, s: Section, provider: ProviderConfig | None) -> CookieNames:
+        if not s.has("names"):
+            s.seen.add("names")
+            return cls()
+        n = s.section("names")
+        names = cls(
+            access_token=n.get("access_token", cookie_name, cls.access_token),
+            refresh_token=n.get("refresh_token", cookie_name, cls.refresh_token),
+            id_token=n.get("id_token", cookie_name, cls.id_token),
+        )
+        n.finish()
+        return names
 
 
 class NamedLayout(Layout):
@@ -34,11 +62,12 @@ class NamedLayout(Layout):
     A plain `<name>` with a value wins over chunks; chunks are read contiguously from `.0`.
     """
 
-    uses_names: ClassVar[bool] = True
+    config: ClassVar[type[LayoutConfig]] = CookieNames
 
     @classmethod
     def from_config(cls, cookies: CookiesConfig, provider: ProviderConfig | None) -> NamedLayout:
-        return cls(cookies.names)
+        names = cookies.layout_config
+        return cls(names if isinstance(names, CookieNames) else CookieNames())
 
     def __init__(self, names: CookieNames, max_cookie_bytes: int = MAX_COOKIE_BYTES) -> None:
         self.names = names
@@ -53,6 +82,9 @@ class NamedLayout(Layout):
 
     def relevant_cookies(self, header: str) -> Pairs:
         return select_cookies(header, self._bases)
+
+    def owns(self, name: str) -> bool:
+        return self._base_of(name) is not None
 
     def _base_of(self, name: str) -> str | None:
         for base in self._bases:

@@ -35,15 +35,18 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from cookieguard.cookies import SetCookie, encode_uri_component, format_cookie_header, select_cookies
-from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, Pairs, Session
+from cookieguard.schema import cookie_name
+from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, LayoutConfig, Pairs, Session, When
 from cookieguard.tokens.claims import decode_claims
 
 if TYPE_CHECKING:
     from cookieguard.config import CookieAttributes, CookiesConfig
+    from cookieguard.schema import Section
     from cookieguard.tokens.providers.base import ProviderConfig
 
 __all__ = [
@@ -155,34 +158,8 @@ def _percent_decode_strict(encoded: str) -> str:
 
 def split_chunks(key: str, value: str, chunk_size: int = MAX_CHUNK_SIZE) -> list[tuple[str, str]]:
     """`createChunks`: [(name, value)] with values *not* encoded, as the library hands them over."""
-    encoded = encode_uri_component(value)
-    if len(encoded) <= chunk_size:
-        return [(key, value)]
-    chunks: list[str] = []
-    while encoded:
-        head = encoded[:chunk_size]
-        last_escape = head.rfind("%")
-        if last_escape > chunk_size - 3:
-            head = head[:last_escape]
-        while True:
-            try:
-                chunks.append(_percent_decode_strict(head))
-                break
-            except UnicodeDecodeError:
-                # Cut inside a multi-byte character: drop whole escapes until it decodes.
-                if len(head) > 3 and head[-3] == "%":
-                    head = head[:-3]
-                else:
-                    raise
-        encoded = encoded[len(head) :]
-    return [(f"{key}.{i}", chunk) for i, chunk in enumerate(chunks)]
-
-
-def _is_chunk_like(name: str, key: str) -> bool:
-    if name == key:
-        return True
-    base, dot, index = name.rpartition(".")
-    return bool(dot) and base == key and (index == "0" or (index.isdigit() and index[0] != "0"))
+    pieces = Chunks(chunk_size, value_only=True).split(key, encode_uri_component(value))
+    return [(name, _percent_decode_strict(piece)) for name, piece in pieces]
 
 
 def read_session(cookies: Sequence[tuple[str, str]], key: str) -> dict[str, Any] | None:
@@ -192,17 +169,9 @@ def read_session(cookies: Sequence[tuple[str, str]], key: str) -> dict[str, Any]
     """
     values: dict[str, str] = {}
     for name, raw in cookies:
-        if name not in values and _is_chunk_like(name, key):
+        if name not in values and Chunks.holds(name, key):
             values[name] = _cookie_decode(raw)
-    value = values.get(key)
-    if not value:
-        parts = []
-        for index in range(len(values)):
-            part = values.get(f"{key}.{index}")
-            if not part:
-                break
-            parts.append(part)
-        value = "".join(parts)
+    value = Chunks.join(values, key)
     return decode_value(value) if value else None
 
 
@@ -219,9 +188,13 @@ def updated_session(
     expires_in: int,
     expires_at: int,
     token_type: str = "bearer",
+    user: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The session JSON after a refresh: cookieguard's fields replaced, every other one kept."""
+    """The session JSON after a refresh: cookieguard's fields replaced, and `user` when the
+    IdP's answer had one; every other field kept."""
     fresh = dict(session)
+    if user is not None:
+        fresh["user"] = dict(user)
     fresh.update(
         access_token=access_token,
         refresh_token=refresh_token,
@@ -244,7 +217,7 @@ def session_cookies(
     written = {name for name, _ in writes}
     stale: list[str] = []
     for name in request_cookie_names:
-        if _is_chunk_like(name, key) and name not in written and name not in stale:
+        if Chunks.holds(name, key) and name not in written and name not in stale:
             stale.append(name)
     deletions = [SetCookie.expired(name, attrs) for name in stale]
     if attrs.domain:
@@ -274,28 +247,48 @@ def _without_domain(cookie: SetCookie) -> SetCookie:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SupabaseCookie(LayoutConfig):
+    """`cookies.storage_key`: the cookie's name when the app set its own `storageKey` (or
+    `cookieOptions.name`); else it is derived from the project (provider.url)."""
+
+    yaml_keys: ClassVar[tuple[str, ...]] = ("storage_key",)
+
+    storage_key: str | None = None
+
+    @classmethod
+    def load(cls, s: Section, provider: ProviderConfig | None) -> SupabaseCookie:
+        key = s.get("storage_key", cookie_name, cls.storage_key)
+        if key is None and provider is None:
+            s.error(
+                "storage_key", "required with layout supabase when there is no provider (it names the cookie)"
+            )
+        return cls(key)
+
+
 class SupabaseLayout(Layout):
     """`sb-<ref>-auth-token` (or `cookies.storage_key`), chunked as @supabase/ssr chunks it.
 
     The session JSON is the layout's `payload`: after a refresh it is written back whole, with
-    the fields of `OWNED_FIELDS` replaced and every other one (`user`, `provider_token`, ...)
-    kept as read.
+    the fields of `OWNED_FIELDS` replaced, `user` from GoTrue's answer when it has one (as
+    @supabase/ssr saves it), and every other one (`provider_token`, ...) kept as read.
     """
 
     provider_kinds: ClassVar[tuple[str, ...] | None] = ("supabase",)
-    uses_storage_key: ClassVar[bool] = True
+    config: ClassVar[type[LayoutConfig]] = SupabaseCookie
     # @supabase/ssr's DEFAULT_COOKIE_OPTIONS: not Secure (it runs on http://localhost too),
     # Max-Age 400 days (the longest Chrome keeps).
     attribute_defaults: ClassVar[Mapping[str, Any]] = {"secure": False, "max_age_s": DEFAULT_MAX_AGE_S}
 
     @classmethod
     def from_config(cls, cookies: CookiesConfig, provider: ProviderConfig | None) -> SupabaseLayout:
-        if cookies.storage_key:
-            return cls(cookies.storage_key)
-        url = getattr(provider, "url", None)
-        if not isinstance(url, str) or not url:
+        own = cookies.layout_config
+        if isinstance(own, SupabaseCookie) and own.storage_key:
+            return cls(own.storage_key)
+        # The supabase provider's client_id is the project ref (providers/supabase.py reads it).
+        if provider is None or not provider.client_id:
             raise ValueError("the supabase cookie layout needs provider.url or cookies.storage_key")
-        return cls(storage_key(url))
+        return cls(f"sb-{provider.client_id}-auth-token")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -304,11 +297,26 @@ class SupabaseLayout(Layout):
     def relevant_cookies(self, header: str) -> Pairs:
         return select_cookies(header, self._prefixes)
 
+    def describe(self, session: Session, when: When) -> list[str]:
+        """The session JSON's fields beside the tokens, and the `expires_at` the browser reads."""
+        payload = session.payload if isinstance(session.payload, dict) else {}
+        fields = ", ".join(sorted(k for k in payload if k not in ("access_token", "refresh_token")))
+        lines = [f"session JSON fields: {fields}"]
+        expires_at = payload.get("expires_at")
+        if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+            lines.append(f"  expires_at {when(float(expires_at), 'expires')} (what the browser client reads)")
+        else:
+            lines.append("  expires_at absent: the browser client treats this session as invalid")
+        return lines
+
+    def owns(self, name: str) -> bool:
+        return Chunks.holds(name, self.key)
+
     def _base_of(self, name: str) -> str | None:
-        return self.key if _is_chunk_like(name, self.key) else None
+        return self.key if Chunks.holds(name, self.key) else None
 
     def read(self, cookies: Sequence[tuple[str, str]]) -> Session | None:
-        names = frozenset(name for name, _ in cookies if _is_chunk_like(name, self.key))
+        names = frozenset(name for name, _ in cookies if Chunks.holds(name, self.key))
         if not names:
             return None
         payload = read_session(cookies, self.key)
@@ -339,6 +347,7 @@ class SupabaseLayout(Layout):
             expires_in = exp - iat
         if exp is None and iat is not None and expires_in is not None:
             exp = iat + expires_in  # no `exp` claim: the token response's lifetime from its issue
+        user = tokens.extra_fields.get("user")
         return updated_session(
             old,
             access_token=tokens.access_token,
@@ -347,6 +356,7 @@ class SupabaseLayout(Layout):
             # keeps the old one, so the browser client refreshes it itself.
             expires_in=expires_in if expires_in is not None else _int(old.get("expires_in")),
             expires_at=exp if exp is not None else _int(old.get("expires_at")),
+            user=user if isinstance(user, Mapping) else None,
         )
 
     def _fresh_pairs(self, session: Session, tokens: FreshTokens) -> Pairs:
@@ -361,14 +371,9 @@ class SupabaseLayout(Layout):
         return session_cookies(
             self.key,
             self.fresh_session(session, tokens),
-            sorted(session.cookie_names, key=_chunk_order),
+            sorted(session.cookie_names, key=lambda name: Chunks.order(name, self.key)),
             attrs,
         )
-
-
-def _chunk_order(name: str) -> tuple[int, str]:
-    index = name.rpartition(".")[2]
-    return (int(index) if index.isdigit() else -1, name)
 
 
 def _text(value: object) -> str | None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import aiohttp
@@ -48,6 +49,9 @@ class TokenSet:
     id_token: str | None = field(default=None, repr=False)
     refresh_token: str | None = field(default=None, repr=False)
     expires_in_s: int | None = None
+    # Fields of the token response beside the tokens that a layout stores with them (Supabase's
+    # `user`, which @supabase/ssr saves from every answer). JSON values; empty for most IdPs.
+    extra_fields: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def rotated(self) -> bool:
@@ -89,12 +93,17 @@ def transport_errors(prefix: str = "") -> Iterator[None]:
         raise RefreshUnavailable(prefix + "bad_response") from None
 
 
-class Provider(Protocol):
-    """A client for one IdP's refresh endpoint. It knows nothing of requests or cookies."""
+# What a layout read beside the refresh token that its provider needs to refresh it (what the
+# amplify layout reads for the Cognito provider, say). Opaque to everything between the two;
+# empty for most kinds.
+NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
-    async def refresh(
-        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
-    ) -> TokenSet: ...
+
+class Provider(Protocol):
+    """A client for one IdP's refresh endpoint. It knows nothing of requests or cookies;
+    `context` is what the session's layout read for it (`Session.refresh_context`)."""
+
+    async def refresh(self, refresh_token: str, context: Mapping[str, str] = NO_CONTEXT) -> TokenSet: ...
 
     async def resolve_jwks_url(self) -> str | None:
         """Where the IdP publishes its signing keys; may ask the IdP (OIDC discovery), so it is

@@ -36,6 +36,7 @@ import aiohttp
 from cookieguard.schema import Section, http_url, nonempty_string, one_of
 from cookieguard.tokens.claims import Expectations, TokenKind
 from cookieguard.tokens.providers.base import (
+    NO_CONTEXT,
     ProviderConfig,
     RefreshRejected,
     RefreshUnavailable,
@@ -43,6 +44,10 @@ from cookieguard.tokens.providers.base import (
     idp_timeout,
     parse_retry_after,
 )
+
+# The refresh context (Session.refresh_context) the amplify layout reads from Amplify's cookies.
+USERNAME = "username"  # LastAuthUser: Cognito's own username, for SECRET_HASH
+DEVICE_KEY = "device_key"  # `<username>.deviceKey`: a remembered device
 
 TARGET_PREFIX = "AWSCognitoIdentityProviderService."
 CONTENT_TYPE = "application/x-amz-json-1.1"
@@ -214,10 +219,12 @@ class CognitoProvider:
     async def resolve_jwks_url(self) -> str:
         return self._config.default_jwks_url
 
-    async def refresh(
-        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
-    ) -> TokenSet:
-        target, body = build_request(self._config, refresh_token, username=username, device_key=device_key)
+    async def refresh(self, refresh_token: str, context: Mapping[str, str] = NO_CONTEXT) -> TokenSet:
+        """One refresh. `context` is what the amplify layout read: the user's `username` (for
+        SECRET_HASH) and `device_key` (for a remembered device), each when present."""
+        target, body = build_request(
+            self._config, refresh_token, username=context.get(USERNAME), device_key=context.get(DEVICE_KEY)
+        )
         status, headers, payload = await self._post(target, body)
         if 200 <= status < 300:
             return parse_token_set(payload, refresh_token)

@@ -35,6 +35,7 @@ import aiohttp
 from cookieguard.schema import Section, http_url, one_of
 from cookieguard.tokens.claims import Expectations, TokenKind
 from cookieguard.tokens.providers.base import (
+    NO_CONTEXT,
     ProviderConfig,
     RefreshRejected,
     RefreshUnavailable,
@@ -182,10 +183,8 @@ class OidcProvider:
                 self._jwks_url = metadata.get("jwks_uri")
             self._discovered = True
 
-    async def refresh(
-        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
-    ) -> TokenSet:
-        """One `grant_type=refresh_token` request; `username`/`device_key` are Cognito's, unused."""
+    async def refresh(self, refresh_token: str, context: Mapping[str, str] = NO_CONTEXT) -> TokenSet:
+        """One `grant_type=refresh_token` request (no refresh context)."""
         if self._token_endpoint is None:
             await self.discover()
         assert self._token_endpoint is not None  # discover() sets it or raises

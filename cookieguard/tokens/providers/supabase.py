@@ -29,6 +29,7 @@ Rules that shape this module (docs/providers/supabase.md says the same):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -173,9 +174,9 @@ class SupabaseProvider:
         return self._jwks_url
 
     async def refresh(
-        self, refresh_token: str, *, username: str | None = None, device_key: str | None = None
+        self, refresh_token: str, context: Mapping[str, str] = base.NO_CONTEXT
     ) -> base.TokenSet:
-        """One refresh; `username`/`device_key` are Cognito's, unused here."""
+        """One refresh (no refresh context)."""
         with base.transport_errors():
             async with self._session.post(
                 self._token_url,
@@ -204,10 +205,14 @@ def _token_set(
         if payload is None or not isinstance(access_token, str) or not access_token:
             raise base.RefreshUnavailable("bad_response", status=status)
         rotated = isinstance(new_refresh_token, str) and new_refresh_token not in ("", old_refresh_token)
+        user = payload.get("user")
         return base.TokenSet(
             access_token=access_token,
             refresh_token=new_refresh_token if rotated else None,
             expires_in_s=base.expires_in_s(payload.get("expires_in")),
+            # @supabase/ssr saves the session GoTrue answers, `user` included: the cookie's
+            # `user_metadata` would otherwise stay stale until the browser client writes.
+            extra_fields={"user": user} if isinstance(user, dict) else {},
         )
     if status == 429 or status >= 500:
         raise base.RefreshUnavailable(f"http_{status}", status=status, retry_after_s=retry_after_s)
