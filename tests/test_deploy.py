@@ -19,6 +19,7 @@ import yaml
 
 from cookieguard.loader import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, parse_config
 from cookieguard.ops.healthcheck import parse_timeout
+from cookieguard.session.layouts.named import CookieNames
 from tests.support.proxy_process import ROOT, CookieguardProcess, run_cli
 
 DEPLOY = ROOT / "deploy"
@@ -261,7 +262,8 @@ def test_the_traefik_example_is_the_tested_configuration() -> None:
     forward_auth = load_all(here / "traefik-dynamic.yaml")[0]["http"]["middlewares"]["cookieguard"][
         "forwardAuth"
     ]
-    names = config.cookies.names
+    names = config.cookies.layout_config
+    assert isinstance(names, CookieNames)
     assert forward_auth == {
         "address": f"http://cookieguard:{config.listen_port}{config.admin_prefix}/forward-auth",
         "authResponseHeaders": ["Cookie"],
