@@ -26,6 +26,7 @@ from cookieguard.config import (
     Config,
     CookieAttributes,
     CookiesConfig,
+    ForwardAuthConfig,
     LimitsConfig,
     LoggingConfig,
     MetricsConfig,
@@ -143,7 +144,8 @@ def _build(root: Section, source: str) -> Config | None:
             "audience", f"only valid with provider.kind {' or '.join(checked)} ({provider.audience_unused})"
         )
     store = read_record(root.section("store"), StoreConfig)
-    routes = _build_routes(root, upstream)
+    forward_auth = read_record(root.section("forward_auth"), ForwardAuthConfig)
+    routes = _build_routes(root, upstream, upstream_required=not forward_auth.enabled)
     timeouts = read_record(root.section("timeouts"), TimeoutsConfig)
     limits = read_record(root.section("limits"), LimitsConfig)
     admin_listen = root.get("admin_listen", listen_address, Config.admin_listen)
@@ -166,6 +168,7 @@ def _build(root: Section, source: str) -> Config | None:
         logging=read_record(root.section("logging"), LoggingConfig),
         metrics=read_record(root.section("metrics"), MetricsConfig),
         limits=limits,
+        forward_auth=forward_auth,
         admin_listen=admin_listen,
         source=source,
     )
@@ -211,7 +214,9 @@ def _build_cookies(root: Section, provider: ProviderConfig | None) -> CookiesCon
     return config
 
 
-def _build_routes(root: Section, default_upstream: str | None) -> tuple[Route, ...]:
+def _build_routes(
+    root: Section, default_upstream: str | None, *, upstream_required: bool
+) -> tuple[Route, ...]:
     root.seen.add("routes")
     raw = root.data.get("routes")
     if raw is None:
@@ -234,7 +239,8 @@ def _build_routes(root: Section, default_upstream: str | None) -> tuple[Route, .
         elif match and not match.startswith("/"):
             s.error("match", f"a path prefix must start with /, got {match!r} (or use regex:)")
         upstream = s.get("upstream", http_url, None) or default_upstream
-        if upstream is None and not s.has("upstream") and not root.has("upstream"):
+        # In forward-auth mode the ingress forwards: a route may only say what to repair.
+        if upstream_required and upstream is None and not s.has("upstream") and not root.has("upstream"):
             s.error("upstream", "no upstream for this route and no top-level upstream")
         routes.append(read_record(s, Route, match=match, upstream=upstream or "", regex=regex))
     return tuple(routes)
