@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OIDC_DIR := tests/oidc_provider
 SUPABASE_DIR := tests/supabase_ssr
+AUTHJS_DIR := tests/authjs_node
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt clean venv node supabase-node redis
+.PHONY: run test lint fmt clean venv node supabase-node authjs-node redis
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,14 @@ $(SUPABASE_DIR)/node_modules/.package-lock.json: $(SUPABASE_DIR)/package-lock.js
 	cd $(SUPABASE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The real @auth/core (v5) and next-auth 4 (pinned in its lockfile, side by side with
+# legacy-peer-deps: see its .npmrc) that the Auth.js cookie tests run against.
+authjs-node: $(AUTHJS_DIR)/node_modules/.package-lock.json
+
+$(AUTHJS_DIR)/node_modules/.package-lock.json: $(AUTHJS_DIR)/package-lock.json
+	cd $(AUTHJS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # The tests run a real Redis (tests/support/redis_server.py); install Debian's when it is missing.
 redis:
 	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
@@ -48,26 +57,29 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format cookieguard tests bench examples
 	$(VENV)/bin/ruff check --fix cookieguard tests bench examples
 
-test: $(STAMP) node supabase-node redis lint
+test: $(STAMP) node supabase-node authjs-node redis lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(OIDC_DIR)/node_modules $(SUPABASE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(OIDC_DIR)/node_modules $(SUPABASE_DIR)/node_modules $(AUTHJS_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
 
 # cookieguard vs nginx vs a bare aiohttp proxy on 127.0.0.1 (bench/README.md); ~6 minutes.
+# BASE=<git rev>: that revision's cookieguard and the working tree's in the same rounds, an A/B
+# (bench/README.md; ~5 minutes, ~3.5 with BENCH_ARGS="--duration 3").
 # Installs nginx and wrk from Debian's packages when missing. BENCH_ARGS e.g. "--upstream aiohttp".
 BENCH_ARGS ?=
 .PHONY: bench
 bench: $(STAMP)
 	@if ! command -v wrk >/dev/null || ! { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
 		apt-get update && apt-get install -y nginx wrk; fi
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/run.py $(if $(BASE),--base $(BASE)) $(BENCH_ARGS)
 
-# A real browser against the two Next.js examples, Amplify (examples/nextjs-amplify/README.md) and
-# Supabase (examples/nextjs-supabase/README.md), each directly and through cookieguard; about 7
+# A real browser against the Next.js examples, Amplify (examples/nextjs-amplify/README.md) and
+# Supabase (examples/nextjs-supabase/README.md), each directly and through cookieguard, and
+# Auth.js (examples/nextjs-authjs/README.md, directly so far); about 8
 # minutes, not part of `make test`. Installs Debian's chromium when missing, each example's npm
 # packages from its lockfile, and builds each.
-E2E_APPS := examples/nextjs-amplify examples/nextjs-supabase
+E2E_APPS := examples/nextjs-amplify examples/nextjs-supabase examples/nextjs-authjs
 e2e_sources = $(wildcard $(1)/*.ts $(1)/*.json $(1)/app/*.tsx $(1)/app/*/*.ts $(1)/app/*/*.tsx $(1)/utils/*/*.ts)
 .PHONY: e2e
 e2e: $(STAMP) $(E2E_APPS:%=%/.next/BUILD_ID) examples/nextjs-amplify/public/session-health.js

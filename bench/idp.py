@@ -2,7 +2,8 @@
 
 moto answers in threads of the process that runs it; keeping it out of the load generator's
 process keeps the two from sharing a GIL. Commands: `pool`, `sessions` (users x per_user sign-ins,
-each a distinct refresh token, at a given token lifetime), `lifetime`, `calls`, `reset`, `quit`.
+each a distinct refresh token, at a given token lifetime), `lifetime`, `calls`, `call_times`,
+`reset`, `quit`.
 """
 
 import json
@@ -43,6 +44,8 @@ def main() -> None:
                 answer = {}
             elif op == "calls":
                 answer = {"calls": emulator.refresh_calls}
+            elif op == "call_times":  # when each refresh call arrived, time.monotonic()
+                answer = {"at": [call.at for call in emulator.refresh_log]}
             elif op == "reset":
                 emulator.reset()
                 answer = {}

@@ -117,7 +117,8 @@ class Bench:
 
     def start(self, name: str, argv: Sequence[str], **kwargs: Any) -> Proc:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, **kwargs)
+        kwargs.setdefault("cwd", ROOT)
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kwargs)
         proc = Proc(name, popen)
         self.procs.append(proc)
         return proc
@@ -149,9 +150,14 @@ def wait_http(url: str, proc: Proc, timeout_s: float = 30.0) -> None:
 
 
 def cpu_s(pid: int) -> float:
+    return sum(cpu_split_s(pid))
+
+
+def cpu_split_s(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the process: Python's work and the kernel's (socket calls) apart."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -237,6 +243,15 @@ def nginx_conf(workdir: Path, name: str, body: str) -> Path:
     return path
 
 
+LIMITS_YAML = """limits:
+  # The storm phase is 1,000 real sessions of 50 users (20 each) at once: lift the per-subject
+  # budget and the IdP ceiling so it measures refreshing, not the budgets. The unproven budgets
+  # (what the spray phase meets) keep their defaults.
+  refresh_tokens_per_subject: 100
+  idp_calls_per_second: 10000
+"""
+
+
 def cookieguard_conf(
     workdir: Path,
     name: str,
@@ -245,8 +260,11 @@ def cookieguard_conf(
     pool: dict[str, str],
     idp_timeout: str | None = None,
     verify: bool = True,
+    limits: bool = True,
 ) -> Path:
     path = workdir / f"{name}.yaml"
+    # Without `limits` (the A/B phase): a base revision older than that section rejects the key.
+    limits_yaml = LIMITS_YAML if limits else ""
     path.write_text(
         f"""listen: 127.0.0.1:{port}
 upstream: http://127.0.0.1:{upstream_port}
@@ -258,13 +276,7 @@ provider:
   jwks_url: {pool["jwks_url"]}
 {f"  timeout: {idp_timeout}" + chr(10) if idp_timeout else ""}verify:
   signature: {"true" if verify else "false"}
-limits:
-  # The storm phase is 1,000 real sessions of 50 users (20 each) at once: lift the per-subject
-  # budget and the IdP ceiling so it measures refreshing, not the budgets. The unproven budgets
-  # (what the spray phase meets) keep their defaults.
-  refresh_tokens_per_subject: 100
-  idp_calls_per_second: 10000
-routes:
+{limits_yaml}routes:
   - match: /static/
     refresh: false
   - match: /
@@ -309,6 +321,7 @@ class Run:
     p99_ms: float
     errors: int
     cpu_us: float | None = None
+    sys_us: float | None = None  # of cpu_us, the kernel's part
 
 
 def wrk(
@@ -320,10 +333,13 @@ def wrk(
     script: Path | None = None,
 ) -> Run:
     proc = start_wrk(url, connections, duration_s, cookie, script)
-    before = cpu_s(pid) if pid else 0.0
+    before = cpu_split_s(pid) if pid else (0.0, 0.0)
     out = proc.communicate(timeout=duration_s + 30)[0]
-    after = cpu_s(pid) if pid else 0.0
-    return parse_wrk(out, (after - before) if pid else None)
+    after = cpu_split_s(pid) if pid else (0.0, 0.0)
+    run = parse_wrk(out, sum(after) - sum(before) if pid else None)
+    if pid and run.requests:
+        run.sys_us = (after[1] - before[1]) * 1e6 / run.requests
+    return run
 
 
 def start_wrk(
@@ -537,6 +553,143 @@ def measure_spray(
     }
 
 
+async def arrive(url: str, cookies: list[str], spread_s: float) -> list[tuple[float, bool]]:
+    """Each session once, spread evenly over `spread_s`: (seconds to the answer, whether it came
+    with a fresh accessToken Set-Cookie and status 200) per request."""
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout
+    ) as client:
+
+        async def one(cookie: str) -> tuple[float, bool]:
+            started = time.monotonic()
+            try:
+                async with client.get(url, headers={"Cookie": cookie}) as r:
+                    await r.read()
+                    fresh = any(".accessToken=" in c for c in r.headers.getall("Set-Cookie", ()))
+                    return time.monotonic() - started, r.status == 200 and fresh
+            except (aiohttp.ClientError, TimeoutError):
+                return time.monotonic() - started, False
+
+        tasks: list[asyncio.Future[tuple[float, bool]]] = []
+        started = time.monotonic()
+        while len(tasks) < len(cookies):
+            due = min(len(cookies), int((time.monotonic() - started) / spread_s * len(cookies)) + 1)
+            tasks.extend(asyncio.ensure_future(one(c)) for c in cookies[len(tasks) : due])
+            await asyncio.sleep(0.002)
+        return list(await asyncio.gather(*tasks))
+
+
+def storm_at_defaults(
+    bench: Bench,
+    ask: Callable[..., dict[str, Any]],
+    pool: dict[str, str],
+    up_port: int,
+    ngx_port: int,
+    fresh_cookies: list[str],
+    expired_cookie: Callable[[dict[str, str]], str],
+    window_s: float,
+) -> dict[str, Any]:
+    """docs/security.md "Abuse limits", a mass expiry: 1,000 distinct users whose access tokens expired
+    arrive within 2 s at a cookieguard with the DEFAULT limits (50 IdP calls per second, a queue
+    of 1000, 10 s each). The IdP calls and their most in one second (counted at the emulator),
+    requests forwarded without fresh tokens (they reached the app with the expired one), the
+    storm requests' time to answer (the wait for the ceiling plus one IdP call), and fresh
+    sessions' p99 (wrk) through cookieguard and through nginx, both during the first `window_s`
+    of the storm against the same load without it."""
+    wd = bench.workdir
+    port = free_port()
+    conf = cookieguard_conf(wd, "cookieguard-defaults", port, up_port, pool, limits=False)
+    cg = bench.start("cookieguard-defaults", [PY, "-m", "cookieguard", "run", "--config", str(conf)])
+    base_url = f"http://127.0.0.1:{port}"
+    wait_http(f"{base_url}/", cg)
+    script = rotating_cookies_script(wd, "/app/page", fresh_cookies)
+    cg_url, ngx_url = f"{base_url}/app/page", f"http://127.0.0.1:{ngx_port}/app/page"
+    wrk(cg_url, 4, 1, None, None, script)  # warm-up: the JWKS, the fresh sessions' verdicts
+    t = time.monotonic()
+    expired = ask(cmd="sessions", prefix="expiry", users=1000, per_user=1, lifetime=-60)["sessions"]
+    ask(cmd="lifetime", value=3600)
+    minted_s = time.monotonic() - t
+    cookies = [expired_cookie(s) for s in expired]
+
+    def both(storm: bool) -> tuple[Run, Run, list[tuple[float, bool]]]:
+        on_cg, on_ngx = (start_wrk(u, 2, window_s, None, script) for u in (cg_url, ngx_url))
+        answers = asyncio.run(arrive(cg_url, cookies, 2.0)) if storm else []
+        runs = [parse_wrk(p.communicate(timeout=window_s + 90)[0], None) for p in (on_cg, on_ngx)]
+        return runs[0], runs[1], answers
+
+    cg_base, ngx_base, _ = both(storm=False)
+    calls_before = ask(cmd="calls")["calls"]
+    cpu_before = cpu_s(cg.pid)
+    t = time.monotonic()
+    cg_storm, ngx_storm, answers = both(storm=True)
+    storm_s = time.monotonic() - t
+    cpu = cpu_s(cg.pid) - cpu_before
+    at = sorted(ask(cmd="call_times")["at"][calls_before:])
+    per_second = [0] * (int(at[-1] - at[0]) + 1 if at else 0)
+    for a in at:
+        per_second[int(a - at[0])] += 1
+    with urllib.request.urlopen(f"{base_url}/.cookieguard/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    limited = {
+        m.group(1): int(float(m.group(2)))
+        for m in re.finditer(r'(?m)^cookieguard_refresh_limited_total\{limit="(\w+)"\} (\S+)$', metrics)
+    }
+    cg.stop()
+
+    def mean_s(histogram: str) -> float:
+        sums = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(rf"(?m)^{histogram}_(sum|count) (\S+)$", metrics)
+        }
+        return sums["sum"] / sums["count"] if sums.get("count") else float("nan")
+
+    def quantile_s(histogram: str, q: float) -> float:
+        """From a Prometheus histogram's cumulative buckets, linear within the bucket."""
+        buckets = [
+            (float(m.group(1)), float(m.group(2)))
+            for m in re.finditer(rf'(?m)^{histogram}_bucket\{{le="([\d.e+-]+|\+Inf)"\}} (\S+)$', metrics)
+        ]
+        if not buckets or not buckets[-1][1]:
+            return float("nan")
+        rank, lower, below = q * buckets[-1][1], 0.0, 0.0
+        for upper, count in buckets:
+            if count >= rank:
+                if upper == float("inf"):
+                    return lower
+                return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+            lower, below = upper, count
+        return lower
+
+    waits = [s for s, fresh in answers if fresh]
+    return {
+        "sessions": len(cookies),
+        "minted_s": minted_s,
+        "storm_s": storm_s,
+        "idp_calls": len(at),
+        "idp_calls_per_second": per_second,
+        "not_refreshed": sum(not fresh for _, fresh in answers),
+        "limited": {k: v for k, v in limited.items() if v},
+        "refreshed_answer_p50_s": pct(waits, 0.5),
+        "refreshed_answer_p99_s": pct(waits, 0.99),
+        "all_answers_max_s": max((s for s, _ in answers), default=float("nan")),
+        # From cookieguard's own histograms: what an IdP call took, what a refresh waited.
+        "idp_call_mean_s": mean_s("cookieguard_refresh_duration_seconds"),
+        "refresh_wait_mean_s": mean_s("cookieguard_refresh_wait_seconds"),
+        "refresh_wait_p50_s": quantile_s("cookieguard_refresh_wait_seconds", 0.5),
+        "refresh_wait_p99_s": quantile_s("cookieguard_refresh_wait_seconds", 0.99),
+        "cookieguard_cpu_s": cpu,
+        "fresh_cg_p99_base_ms": cg_base.p99_ms,
+        "fresh_cg_p99_storm_ms": cg_storm.p99_ms,
+        "fresh_cg_p50_base_ms": cg_base.p50_ms,
+        "fresh_cg_p50_storm_ms": cg_storm.p50_ms,
+        "fresh_ngx_p99_base_ms": ngx_base.p99_ms,
+        "fresh_ngx_p99_storm_ms": ngx_storm.p99_ms,
+        "fresh_errors": cg_base.errors + cg_storm.errors + ngx_base.errors + ngx_storm.errors,
+    }
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -606,8 +759,215 @@ async def open_keepalive(port: int, count: int) -> list[asyncio.StreamWriter]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The run
+# A/B against a base revision (`make bench BASE=<rev>`)
 # ---------------------------------------------------------------------------------------------
+
+AB_CONTENDERS = ("base", "head", "nginx", "bare")
+
+
+@dataclass
+class BaseCheckout:
+    """The base revision checked out in a git worktree of its own, and the Python that runs it."""
+
+    rev: str
+    sha: str
+    path: Path
+    python: str
+
+    def remove(self) -> None:
+        git = ["git", "-C", str(ROOT)]
+        subprocess.run([*git, "worktree", "remove", "--force", str(self.path)], capture_output=True)
+        subprocess.run([*git, "worktree", "prune"], capture_output=True)
+
+
+def check_out_base(rev: str, workdir: Path) -> BaseCheckout:
+    """`rev` in a detached worktree under the bench's temporary directory. The package is pure
+    Python, so the working tree's venv runs it with the base tree first on sys.path, unless the
+    base's pyproject.toml declares other dependencies: then the base gets a venv of its own."""
+    git = ["git", "-C", str(ROOT)]
+    sha = subprocess.run(
+        [*git, "rev-parse", "--verify", f"{rev}^{{commit}}"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    path = workdir / f"base-{sha[:12]}"
+    subprocess.run([*git, "worktree", "add", "--detach", str(path), sha], capture_output=True, check=True)
+    python = PY
+    if (path / "pyproject.toml").read_text() != (ROOT / "pyproject.toml").read_text():
+        venv = path / ".venv"
+        subprocess.run([PY, "-m", "venv", str(venv)], check=True)
+        python = str(venv / "bin" / "python")
+        subprocess.run([python, "-m", "pip", "install", "--quiet", f"{path}[speed]"], check=True)
+    where = subprocess.run(
+        [python, "-c", "import cookieguard; print(cookieguard.__file__)"],
+        cwd=path,
+        env=base_env(path),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(where).resolve().is_relative_to(path.resolve()):
+        raise RuntimeError(f"the base run would import cookieguard from {where}, not from {path}")
+    return BaseCheckout(rev, sha, path, python)
+
+
+def base_env(path: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(path)}
+
+
+def start_base(bench: Bench, base: BaseCheckout, conf: Path) -> Proc:
+    argv = [base.python, "-m", "cookieguard", "run", "--config", str(conf)]
+    return bench.start("cookieguard-base", argv, cwd=base.path, env=base_env(base.path))
+
+
+def ab_rounds(
+    targets: dict[str, tuple[int, int]],
+    session_cookie: str,
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """base, head (the working tree), nginx and the bare proxy in the same rounds, the order
+    reversed every other round, so that whatever else the box does falls on all of them alike;
+    medians over the rounds. `c1` is the session mix at one connection (latency)."""
+    mixes = {
+        "plain": ("/app/page", None, args.connections),
+        "session": ("/app/page", session_cookie, args.connections),
+        "static": ("/static/app.js", session_cookie, args.connections),
+        "c1": ("/app/page", session_cookie, 1),
+    }
+    runs: dict[str, dict[str, list[Run]]] = {}
+    for rnd in range(args.rounds):
+        order = AB_CONTENDERS if rnd % 2 == 0 else AB_CONTENDERS[::-1]
+        for mix, (path, cookie, connections) in mixes.items():
+            for name in order:
+                port, pid = targets[name]
+                r = wrk(f"http://127.0.0.1:{port}{path}", connections, args.duration, cookie, pid)
+                runs.setdefault(mix, {}).setdefault(name, []).append(r)
+        log(f"A/B round {rnd + 1}/{args.rounds} done")
+    return {
+        mix: {
+            name: {
+                "rps": med([r.rps for r in rs]),
+                "cpu_us": med([r.cpu_us for r in rs]),
+                "p50_ms": med([r.p50_ms for r in rs]),
+                "p99_ms": med([r.p99_ms for r in rs]),
+                "errors": sum(r.errors for r in rs),
+                "sys_us": med([r.sys_us for r in rs]),
+                "cpu_us_rounds": [round(r.cpu_us or 0) for r in rs],
+                "rps_rounds": [round(r.rps) for r in rs],
+            }
+            for name, rs in by_name.items()
+        }
+        for mix, by_name in runs.items()
+    }
+
+
+def ab_phase(
+    bench: Bench,
+    args: argparse.Namespace,
+    pool: dict[str, str],
+    up_port: int,
+    references: dict[str, tuple[int, int]],
+    session_cookie: str,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The base revision and the working tree, each a cookieguard of its own with the same config
+    (no `limits` section: the mixes never refresh), against the same nginx and bare proxy."""
+    base = check_out_base(args.base, bench.workdir)
+    try:
+        base_port, head_port = free_port(), free_port()
+        conf = cookieguard_conf(bench.workdir, "ab-base", base_port, up_port, pool, limits=False)
+        base_proc = start_base(bench, base, conf)
+        conf = cookieguard_conf(bench.workdir, "ab-head", head_port, up_port, pool, limits=False)
+        head_proc = bench.start("cookieguard-head", [PY, "-m", "cookieguard", "run", "--config", str(conf)])
+        for port, proc in ((base_port, base_proc), (head_port, head_proc)):
+            wait_http(f"http://127.0.0.1:{port}/", proc)
+        targets = {**references, "base": (base_port, base_proc.pid), "head": (head_port, head_proc.pid)}
+        for name in ("base", "head"):  # warm-up: connections, the JWKS fetch, the token caches
+            port = targets[name][0]
+            for path in ("/app/page", "/static/app.js"):
+                wrk(f"http://127.0.0.1:{port}{path}", args.connections, 1, session_cookie, None)
+        log(f"A/B: base {base.rev} ({base.sha[:12]}) and the working tree up")
+        result: dict[str, Any] = {
+            "rev": base.rev,
+            "sha": base.sha,
+            "mixes": ab_rounds(targets, session_cookie, args, log),
+        }
+        if args.profile:
+            for name in ("base", "head"):
+                for mix, cookie in (("plain", None), ("session", session_cookie)):
+                    port, pid = targets[name]
+                    with spying(pid, f"ab-{name}-{mix}") as out:
+                        url = f"http://127.0.0.1:{port}/app/page"
+                        r = wrk(url, args.connections, args.duration, cookie, pid)
+                    if out is not None and out.exists():
+                        result.setdefault("profile", {})[f"{name}-{mix}"] = top_frames(out)
+                        # samples per request: the two profiles compare in absolute terms
+                        result.setdefault("profile_requests", {})[f"{name}-{mix}"] = r.requests
+            log("A/B profiles recorded in bench/out/profile-ab-*.txt")
+        base_proc.stop()
+        head_proc.stop()
+        return result
+    finally:
+        base.remove()
+
+
+def print_ab(ab: dict[str, Any]) -> None:
+    def cpu(by: dict[str, Any], name: str) -> float | None:
+        value: float | None = by.get(name, {}).get("cpu_us")
+        return value
+
+    def rps(by: dict[str, Any], name: str) -> float | None:
+        value: float | None = by.get(name, {}).get("rps")
+        return value
+
+    print()
+    print(f"A/B: base {ab['rev']} ({ab['sha'][:12]}) vs head (the working tree), same rounds, medians")
+    print(
+        f"{'mix':<8} {'cpu µs/req base':>15} {'head':>6} {'head/base':>9} {'req/s base':>11} {'head':>8} "
+        f"{'head/base':>9} {'cpu x bare: base':>16} {'head':>5} {'bare µs':>8} {'nginx µs':>8}"
+    )
+    for mix, by in ab["mixes"].items():
+        cells = [
+            _f(cpu(by, "base")).rjust(15),
+            _f(cpu(by, "head")).rjust(6),
+            _f(ratio(cpu(by, "head"), cpu(by, "base")), 3).rjust(9),
+            _f(rps(by, "base")).rjust(11),
+            _f(rps(by, "head")).rjust(8),
+            _f(ratio(rps(by, "head"), rps(by, "base")), 3).rjust(9),
+            _f(ratio(cpu(by, "base"), cpu(by, "bare")), 2).rjust(16),
+            _f(ratio(cpu(by, "head"), cpu(by, "bare")), 2).rjust(5),
+            _f(cpu(by, "bare")).rjust(8),
+            _f(cpu(by, "nginx")).rjust(8),
+        ]
+        print(f"{mix:<8} " + " ".join(cells))
+    c1 = ab["mixes"].get("c1", {})
+    if c1:
+        latency = ", ".join(
+            f"{n} {_f(c1[n]['p50_ms'], 3)}/{_f(c1[n]['p99_ms'], 3)}" for n in AB_CONTENDERS if n in c1
+        )
+        print(f"c1 (1 connection, session cookies) p50/p99 ms: {latency}")
+    for mix, by in ab["mixes"].items():
+        rounds = "; ".join(f"{n} {by[n]['cpu_us_rounds']}" for n in AB_CONTENDERS if n in by)
+        kernel = ", ".join(f"{n} {_f(by[n]['sys_us'])}" for n in AB_CONTENDERS if n in by)
+        print(f"  {mix} cpu µs/req per round: {rounds}; of which kernel (median): {kernel}")
+    for name, frames in (ab.get("profile") or {}).items():
+        print()
+        print(f"profile ab-{name} (py-spy, self time): bench/out/profile-ab-{name}.txt")
+        for frame, share in frames or ():
+            print(f"  {share:5.1f}%  {frame}")
+    figures = [
+        f"{mix}_cpu_ratio={_f(ratio(cpu(by, 'head'), cpu(by, 'base')), 3)}" for mix, by in ab["mixes"].items()
+    ]
+    session = ab["mixes"].get("session", {})
+    figures.append(f"session_head_x_bare={_f(ratio(cpu(session, 'head'), cpu(session, 'bare')), 3)}")
+    print(f"bench-ab: base={ab['sha'][:12]} " + " ".join(figures))
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+PHASES = ("matrix", "latency", "storm", "spray", "storm-defaults", "rss")
 
 
 def main() -> int:
@@ -627,10 +987,23 @@ def main() -> int:
         help="also record py-spy profiles of cookieguard and the bare proxy (session mix) into bench/out/",
     )
     parser.add_argument(
-        "--skip", default="", help="comma list of phases to skip: matrix,latency,storm,spray,rss"
+        "--skip",
+        default=None,
+        help=f"comma list of phases to skip: {','.join(PHASES)} (with --base: all of them unless given)",
     )
+    parser.add_argument(
+        "--base",
+        default=None,
+        metavar="REV",
+        help="also run this git revision's cookieguard in the same rounds as the working tree (A/B)",
+    )
+    parser.add_argument("--only", default="", help="comma list of the phases to run; the others are skipped")
     args = parser.parse_args()
+    if args.skip is None:
+        args.skip = ",".join(PHASES) if args.base else ""
     skip = set(filter(None, args.skip.split(",")))
+    if args.only:
+        skip |= set(PHASES) - set(args.only.split(","))
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             print(f"bench: {tool} not found (make bench installs it with apt-get)", file=sys.stderr)
@@ -762,6 +1135,10 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
         for name, rs in lat.items()
     }
 
+    if args.base:
+        references = {name: contenders[name] for name in ("nginx", "bare")}
+        results["ab"] = ab_phase(bench, args, pool, up_port, references, session_cookie, log)
+
     for proc in (bare, bare_aio):  # they have done their part; free the CPU for what follows
         proc.stop()
 
@@ -810,6 +1187,12 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
         results["spray"] = spray_result
         log(f"spray done: {spray_result}")
     results["cookieguard_rss_mb_after_matrix"] = rss_mb(cg.pid)[0]
+    if "storm-defaults" not in skip:
+        # A cookieguard of its own, with the default limits; the one above stays idle.
+        results["storm_defaults"] = storm_at_defaults(
+            bench, ask, pool, up_port, ngx_port, [cookie_of(s) for s in fresh[1:]], cookie_of, args.duration
+        )
+        log(f"storm at the default limits done: {results['storm_defaults']}")
     cg.stop()
     ngx.stop()
 
@@ -958,6 +1341,29 @@ def print_report(res: dict[str, Any]) -> None:
                 f"p99 {f['fresh_p99_storm_ms']:.2f} ms vs {f['fresh_p99_base_ms']:.2f} ms without "
                 f"({f['fresh_p99_storm_ms'] / f['fresh_p99_base_ms']:.1f}x)"
             )
+    if "storm_defaults" in res:
+        d = res["storm_defaults"]
+        print()
+        print(
+            f"storm at the default limits: {d['sessions']:,} expired sessions within 2 s -> "
+            f"{d['idp_calls']} IdP calls (at most {max(d['idp_calls_per_second'], default=0)} in one "
+            f"second at the IdP), {d['not_refreshed']} forwarded without fresh tokens "
+            f"{d['limited'] or ''}, took {d['storm_s']:.1f}s"
+        )
+        print(
+            f"  refresh wait for the ceiling p50 {d['refresh_wait_p50_s']:.2f} s / p99 "
+            f"{d['refresh_wait_p99_s']:.2f} s (cookieguard's histogram, interpolated in its buckets)"
+        )
+        print(
+            f"  refreshed requests answered in p50 {d['refreshed_answer_p50_s']:.2f} s / p99 "
+            f"{d['refreshed_answer_p99_s']:.2f} s (at the client: connecting, the wait, one IdP call); mean "
+            f"wait {d['refresh_wait_mean_s']:.2f} s, mean IdP call {d['idp_call_mean_s']:.2f} s"
+        )
+        print(
+            f"  fresh sessions p99 through cookieguard {d['fresh_cg_p99_base_ms']:.1f} -> "
+            f"{d['fresh_cg_p99_storm_ms']:.1f} ms; through nginx in the same storm "
+            f"{d['fresh_ngx_p99_base_ms']:.2f} -> {d['fresh_ngx_p99_storm_ms']:.2f} ms"
+        )
     if "rss" in res:
         r = res["rss"]
         print(
@@ -967,6 +1373,8 @@ def print_report(res: dict[str, Any]) -> None:
             f"{r['rps_new_sessions']:,.0f} req/s, {r['cpu_us_new_session']:.0f} µs CPU each, "
             f"{r['not_200']} not 200"
         )
+    if "ab" in res:
+        print_ab(res["ab"])
     print(f"took {res.get('took_s', 0):.0f}s")
     session = tp.get("session", {})
     cg, ngx, bare = session.get("cookieguard", {}), session.get("nginx", {}), session.get("bare", {})

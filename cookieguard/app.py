@@ -115,7 +115,7 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
                 config.store,
                 idp_timeout_s=config.provider.timeout_s,
                 on_idp_call=metrics.idp_call,
-                budgets=Budgets(config.limits, store, clock),
+                budgets=Budgets(config.limits, store, clock, on_waiting=metrics.refresh_queue_waiting.set),
                 # Nothing can be proven without signature checks: then every verdict counts.
                 unproven_feed_guard=not config.verify.signature,
             )

@@ -97,13 +97,17 @@ class LimitsConfig:
     may cost at most `unproven_per_address` IdP calls per client address per minute (burst the
     same) and `unproven_per_second` in all; a proven subject (`sub`) at most
     `refresh_tokens_per_subject` distinct refresh tokens per 10 minutes; every IdP call together
-    at most `idp_calls_per_second`, proven sessions first.
+    at most `idp_calls_per_second`, proven sessions first. A proven session whose access token
+    has expired (or is about to) waits for the ceiling instead of being forwarded unrefreshed: at
+    most `refresh_queue` of them per replica, each at most `refresh_wait_s`.
     """
 
     unproven_per_address: int = 5
     unproven_per_second: float = 1.0
     refresh_tokens_per_subject: int = 5
     idp_calls_per_second: float = 50.0
+    refresh_queue: int = 1000
+    refresh_wait_s: float = 10.0
     # Peers whose X-Forwarded-For is believed (a load balancer in front of cookieguard).
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_connections: int = 10_000

@@ -389,6 +389,12 @@ def _positive_number(value: Any) -> float:
     return float(value)
 
 
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number, 0 or more, got {value!r}")
+    return value
+
+
 def _networks(value: Any) -> tuple[IPNetwork, ...]:
     items = value if isinstance(value, list) else [value]
     out = []
@@ -411,6 +417,8 @@ def _build_limits(root: _Section) -> LimitsConfig:
             "refresh_tokens_per_subject", _positive_int, d.refresh_tokens_per_subject
         ),
         idp_calls_per_second=s.get("idp_calls_per_second", _positive_number, d.idp_calls_per_second),
+        refresh_queue=s.get("refresh_queue", _non_negative_int, d.refresh_queue),
+        refresh_wait_s=s.get("refresh_wait", _positive_duration, d.refresh_wait_s),
         trusted_proxies=s.get("trusted_proxies", _networks, d.trusted_proxies),
         max_connections=s.get("max_connections", _positive_int, d.max_connections),
         upstream_connections=s.get("upstream_connections", _positive_int, d.upstream_connections),

@@ -19,7 +19,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Why cookieguard cut a client off: the `reason` label of cookieguard_clients_cut_total.
 CLIENT_CUT_REASONS = ("header_timeout", "body_timeout", "max_connections")
+# Which budget held a refresh back: the `limit` label of cookieguard_refresh_limited_total
+# (cookieguard/limits.py names them).
+LIMITS = ("idp_ceiling", "subject", "unproven_address", "unproven_total", "queue_full", "wait_expired")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A wait for the IdP ceiling lasts up to limits.refresh_wait (default 10s): seconds matter there.
+_WAIT_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 15.0, 30.0)
 
 
 class Metrics:
@@ -61,6 +66,26 @@ class Metrics:
             "Deprecated alias of cookieguard_idp_calls_in_flight; removed in the next release.",
             registry=self.registry,
         )
+        self.refresh_queue_waiting = Gauge(
+            "cookieguard_refresh_queue_waiting",
+            "Proven sessions with an expired access token waiting for the IdP ceiling right now "
+            "(limits.refresh_queue).",
+            registry=self.registry,
+        )
+        self.refresh_wait = Histogram(
+            "cookieguard_refresh_wait_seconds",
+            "Time each IdP call waited for a slot of the IdP ceiling (limits.refresh_wait); near 0 "
+            "unless sessions queue.",
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.refresh_limited = Counter(
+            "cookieguard_refresh_limited_total",
+            "Refreshes a budget held back (outcome limited), by the budget: idp_ceiling, subject, "
+            "unproven_address, unproven_total, queue_full, wait_expired.",
+            ["limit"],
+            registry=self.registry,
+        )
         self.store_degraded = Gauge(
             "cookieguard_store_degraded",
             "1 while the shared store is unreachable and refreshes coordinate per replica only.",
@@ -77,6 +102,8 @@ class Metrics:
             self.refresh_total.labels(outcome=outcome)
         for reason in CLIENT_CUT_REASONS:
             self.clients_cut.labels(reason=reason)
+        for limit in LIMITS:
+            self.refresh_limited.labels(limit=limit)
 
     def _latency(self, name: str, documentation: str) -> Histogram:
         """A seconds histogram with the shared latency buckets, in this instance's registry."""

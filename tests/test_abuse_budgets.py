@@ -2,7 +2,9 @@
 app, refreshing against moto's Cognito server, IdP calls counted at the emulator.
 
 The budgets' clock is the proxy's wall clock, injected and frozen: the tests move it, so what a
-budget allows does not depend on how fast this machine runs the spray.
+budget allows does not depend on how fast this machine runs the spray. The storm tests (sessions
+waiting for the IdP ceiling) run on the real clock: a slot of the ceiling comes free a second
+after its call, so they take seconds.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp.test_utils import TestServer
 
 from cookieguard.app import build_app
 from cookieguard.loader import parse_config
 from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.session.layouts import AmplifyLayout
-from tests.support.apps import amplify_cookies, set_cookie_values, start_buggy_app
+from cookieguard.tokens.claims import decode_claims
+from tests.support.apps import amplify_cookies, cookie_value, seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets
 
@@ -38,13 +42,21 @@ class FrozenClock:
 async def start_guard(
     aiohttp_server: Any, pool: PoolInfo, clock: FrozenClock, limits: dict[str, Any] | None = None
 ) -> str:
+    url, _app = await start_guard_and_app(aiohttp_server, pool, clock, limits)
+    return url
+
+
+async def start_guard_and_app(
+    aiohttp_server: Any, pool: PoolInfo, clock: Callable[[], float], limits: dict[str, Any] | None = None
+) -> tuple[str, TestServer]:
+    """cookieguard in front of the buggy app (which records what reached it); the guard's URL."""
     app = await start_buggy_app(aiohttp_server)
     upstream = str(app.make_url("")).rstrip("/")
     config = parse_config(
         yaml.safe_dump(cognito_guard_config(pool, upstream, timeout="5s", limits=limits or {})), env={}
     )
     guard = await aiohttp_server(build_app(config, clock=clock))
-    return str(guard.make_url("")).rstrip("/")
+    return str(guard.make_url("")).rstrip("/"), app
 
 
 def made_up_session(pool: PoolInfo) -> str:
@@ -133,11 +145,7 @@ async def test_a_spray_of_made_up_sessions_costs_a_handful_of_idp_calls_and_nobo
         assert status == 200 and cleared(revoked_later, set_cookies)
         async with s.get(f"{url}/.cookieguard/metrics") as resp:
             metrics = await resp.text()
-    limited_total = next(
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith('cookieguard_refresh_total{outcome="limited"}')
-    )
+    limited_total = metric(metrics, 'cookieguard_refresh_total{outcome="limited"}')
     events = refresh_events(no_secrets_in_logs)
     limited = [e for e in events if e["outcome"] == "limited"]
     # Counted every time, logged once per budget and address per minute.
@@ -223,3 +231,155 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_is_budgeted(
         assert cognito_idp.refresh_calls == 5
         await get(s, f"{url}/rsc", made_up_session(cognito_pool), **{"X-Forwarded-For": "198.51.100.9"})
         assert cognito_idp.refresh_calls == (6 if trusted else 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# A mass expiry: proven sessions over the IdP ceiling wait for it (docs/security.md "Abuse limits")
+# ---------------------------------------------------------------------------------------------
+
+
+def access_cookie(user: CognitoUser, cookie_header: str) -> str | None:
+    return cookie_value(
+        cookie_header, AmplifyLayout(user.pool.client_id).cookie_name(user.username, "accessToken")
+    )
+
+
+async def scrape(s: aiohttp.ClientSession, url: str) -> str:
+    async with s.get(f"{url}/.cookieguard/metrics") as resp:
+        return await resp.text()
+
+
+def metric(text: str, series: str) -> float:
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(series + " "))
+
+
+async def until_waiting(s: aiohttp.ClientSession, url: str, count: int, timeout_s: float = 10.0) -> None:
+    """Poll the queue gauge until `count` sessions wait for the IdP ceiling."""
+    deadline = time.monotonic() + timeout_s
+    while metric(await scrape(s, url), "cookieguard_refresh_queue_waiting") != count:
+        assert time.monotonic() < deadline, f"never {count} waiting"
+
+
+async def test_three_hundred_users_expiring_at_once_all_reach_the_app_refreshed(
+    aiohttp_server: Any,
+    cognito_idp: CognitoEmulator,
+    cognito_pool: PoolInfo,
+    make_expiring_user: Callable[..., CognitoUser],
+    known_secrets: KnownSecrets,
+) -> None:
+    """The default limits (50 IdP calls per second, a queue of 1000, 10 s each), 300 distinct
+    signed-in users whose access tokens expired overnight, all at once at one replica, an IdP
+    answering in 50 ms. Before the queue, 240 of them reached the app with the expired token."""
+    users = [make_expiring_user(cognito_pool) for _ in range(300)]
+    cognito_idp.delay_s = 0.05
+    url, app = await start_guard_and_app(aiohttp_server, cognito_pool, time.time)
+    # The first 50 users send two requests each at once: the second joins the first's refresh
+    # (and its wait) for free.
+    sent = [(n, user) for n, user in enumerate(users)] + [
+        (300 + n, user) for n, user in enumerate(users[:50])
+    ]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        results = await asyncio.gather(
+            *(get(s, f"{url}/page/{n}", amplify_cookie_header(u)) for n, u in sent)
+        )
+        metrics = await scrape(s, url)
+    now = time.time()
+    seen = {record["path"]: record["cookie"] for record in seen_by(app)}
+    for (n, user), (status, values, _) in zip(sent, results, strict=True):
+        known_secrets.add(*values.values())
+        assert status == 200 and refreshed(user, values), n
+        # What the app got is the fresh access token, never the expired one.
+        forwarded = access_cookie(user, seen[f"/page/{n}"])
+        assert forwarded is not None and forwarded != user.access_token, n
+        claims = decode_claims(forwarded)
+        assert claims is not None and claims.exp is not None and claims.exp > now, n
+    calls = sorted(call.at for call in cognito_idp.refresh_log)
+    assert len(calls) == 300  # one per session: the 50 second requests joined
+    # As the IdP counts: whole seconds from its first refresh call.
+    per_second = [0] * (int(calls[-1] - calls[0]) + 1)
+    for at in calls:
+        per_second[int(at - calls[0])] += 1
+    assert max(per_second) <= 50, per_second
+    assert metric(metrics, 'cookieguard_refresh_total{outcome="limited"}') == 0
+    assert metric(metrics, 'cookieguard_refresh_total{outcome="refreshed"}') == 300
+    assert metric(metrics, "cookieguard_refresh_queue_waiting") == 0
+    # Most of them waited: the histogram saw waits of seconds.
+    assert metric(metrics, 'cookieguard_refresh_wait_seconds_bucket{le="2.0"}') < 300
+
+
+async def test_a_full_queue_forwards_unchanged_and_a_merely_due_session_does_not_wait(
+    aiohttp_server: Any,
+    cognito_idp: CognitoEmulator,
+    cognito_pool: PoolInfo,
+    make_cognito_user: Callable[..., CognitoUser],
+    make_expiring_user: Callable[..., CognitoUser],
+    known_secrets: KnownSecrets,
+    no_secrets_in_logs: Any,
+) -> None:
+    first, waiting, overflow = (make_expiring_user(cognito_pool) for _ in range(3))
+    # Valid for about 100 s more, inside `before_expiry` (5m): due, but the app can use it.
+    cognito_idp.clock_offset_s = -3500
+    due = make_cognito_user(cognito_pool)
+    cognito_idp.clock_offset_s = 0
+    known_secrets.add(due.access_token, due.id_token, due.refresh_token)
+    url, app = await start_guard_and_app(
+        aiohttp_server,
+        cognito_pool,
+        time.time,
+        {"idp_calls_per_second": 1, "refresh_queue": 1, "refresh_wait": "10s"},
+    )
+    async with aiohttp.ClientSession() as s:
+        status, values, _ = await get(s, f"{url}/page/first", amplify_cookie_header(first))
+        assert status == 200 and refreshed(first, values)  # the one slot: busy for a second
+        known_secrets.add(*values.values())
+        queued = asyncio.ensure_future(get(s, f"{url}/page/waiting", amplify_cookie_header(waiting)))
+        await until_waiting(s, url, 1)
+        # The queue is full: forwarded as it came, the expired token and all.
+        status, values, _ = await get(s, f"{url}/page/overflow", amplify_cookie_header(overflow))
+        assert status == 200 and not refreshed(overflow, values)
+        # Still valid: forwarded unchanged at once, while the queued session still waits.
+        status, values, _ = await get(s, f"{url}/page/due", amplify_cookie_header(due))
+        assert status == 200 and not refreshed(due, values)
+        assert not queued.done()
+        status, values, _ = await queued
+        assert status == 200 and refreshed(waiting, values)
+        known_secrets.add(*values.values())
+        metrics = await scrape(s, url)
+    seen = {record["path"]: record["cookie"] for record in seen_by(app)}
+    assert access_cookie(overflow, seen["/page/overflow"]) == overflow.access_token
+    assert access_cookie(due, seen["/page/due"]) == due.access_token
+    assert access_cookie(waiting, seen["/page/waiting"]) != waiting.access_token
+    assert cognito_idp.refresh_calls == 2
+    assert metric(metrics, 'cookieguard_refresh_total{outcome="limited"}') == 2
+    assert metric(metrics, 'cookieguard_refresh_limited_total{limit="queue_full"}') == 1
+    assert metric(metrics, 'cookieguard_refresh_limited_total{limit="idp_ceiling"}') == 1
+    limited = {e["user"]: e for e in refresh_events(no_secrets_in_logs) if e["outcome"] == "limited"}
+    assert limited[overflow.username]["limit"] == "queue_full" and limited[overflow.username]["proven"]
+    assert limited[due.username]["limit"] == "idp_ceiling"
+
+
+async def test_a_wait_that_runs_out_forwards_unchanged(
+    aiohttp_server: Any,
+    cognito_idp: CognitoEmulator,
+    cognito_pool: PoolInfo,
+    make_expiring_user: Callable[..., CognitoUser],
+    known_secrets: KnownSecrets,
+    no_secrets_in_logs: Any,
+) -> None:
+    first, late = make_expiring_user(cognito_pool), make_expiring_user(cognito_pool)
+    url, app = await start_guard_and_app(
+        aiohttp_server, cognito_pool, time.time, {"idp_calls_per_second": 1, "refresh_wait": "200ms"}
+    )
+    async with aiohttp.ClientSession() as s:
+        status, values, _ = await get(s, f"{url}/page/first", amplify_cookie_header(first))
+        assert status == 200 and refreshed(first, values)
+        known_secrets.add(*values.values())
+        status, values, _ = await get(s, f"{url}/page/late", amplify_cookie_header(late))
+        assert status == 200 and not refreshed(late, values)
+        metrics = await scrape(s, url)
+    assert access_cookie(late, seen_by(app)[-1]["cookie"]) == late.access_token
+    assert cognito_idp.refresh_calls == 1
+    assert metric(metrics, 'cookieguard_refresh_limited_total{limit="wait_expired"}') == 1
+    assert metric(metrics, "cookieguard_refresh_queue_waiting") == 0
+    (event,) = [e for e in refresh_events(no_secrets_in_logs) if e["outcome"] == "limited"]
+    assert event["limit"] == "wait_expired" and event["user"] == late.username and event["wait_ms"] >= 200

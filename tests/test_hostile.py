@@ -184,6 +184,36 @@ async def test_a_long_poll_within_the_route_timeout_survives(
         assert resp.status == 200 and await resp.text() == "event"
 
 
+async def test_the_head_reaches_the_client_before_a_body_the_app_holds_back(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    """The answer's head goes out with its first body chunk when that chunk is already there
+    (one write); an app that sends its head and then holds the body (an event stream, a slow
+    report) must still have its head relayed at once, not when the body finally comes."""
+    release = asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"X-Head": "early"})
+        await response.prepare(request)
+        await release.wait()
+        await response.write(b"the body")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/held", held)
+    upstream = await aiohttp_server(app)
+    guard = cookieguard_process({"upstream": str(upstream.make_url(""))})
+    async with aiohttp.ClientSession() as s:
+        # The body is released only after the head has arrived; a proxy that waited for the
+        # body before sending the head would hit the deadline here.
+        resp = await asyncio.wait_for(s.get(f"{guard.url}/held"), timeout=10)
+        async with resp:
+            assert resp.status == 200 and resp.headers["X-Head"] == "early"
+            release.set()
+            assert await resp.read() == b"the body"
+
+
 async def test_a_malformed_request_carrying_tokens_is_logged_without_them(
     aiohttp_server: Any, cookieguard_process: Start
 ) -> None:

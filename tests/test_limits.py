@@ -1,17 +1,25 @@
 """Budgets for IdP calls (cookieguard/session/limits.py): the pure token buckets and the `Budgets` shell
-over the in-process store, on a clock the tests move. Nothing here sleeps."""
+over the in-process store, on a clock the tests move; the waits for the IdP ceiling on the real
+clock (a slot comes free a whole second after its call: those tests take about that). Nothing
+here sleeps."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cookieguard.config import LimitsConfig
 from cookieguard.session.limits import (
     IDP_CEILING,
+    QUEUE_FULL,
     SUBJECT,
     UNPROVEN_ADDRESS,
     UNPROVEN_TOTAL,
+    WAIT_EXPIRED,
     Budgets,
+    Ceiling,
     Claimant,
     LogThrottle,
     budget_name,
@@ -39,6 +47,7 @@ def test_the_defaults_are_the_documented_ones() -> None:
     d = LimitsConfig()
     assert (d.unproven_per_address, d.unproven_per_second, d.refresh_tokens_per_subject) == (5, 1.0, 5)
     assert d.idp_calls_per_second == 50.0 and d.trusted_proxies == ()
+    assert (d.refresh_queue, d.refresh_wait_s) == (1000, 10.0)
 
 
 def test_a_bucket_refills_at_its_rate_up_to_its_burst() -> None:
@@ -127,8 +136,82 @@ async def test_proven_sessions_keep_the_last_half_of_the_ceiling() -> None:
     assert unproven.count(None) == 5 and set(unproven[5:]) == {IDP_CEILING}
     proven = [await b.spend(Claimant("10.1.0.1", subject=f"s{n}"), f"p{n}") for n in range(10)]
     assert proven.count(None) == 5 and set(proven[5:]) == {IDP_CEILING}
-    clock.now += 1
+    for _ in range(10):
+        b.answered()
+    clock.now += 0.99  # a slot comes free a whole window after its call was answered
+    assert await b.spend(Claimant("10.1.0.1", subject="s-late"), "late") == IDP_CEILING
+    clock.now += 0.01
     assert await b.spend(Claimant("10.1.0.1", subject="s-late"), "late") is None
+
+
+def test_the_ceiling_counts_a_call_until_a_window_after_its_answer() -> None:
+    """However late the network delivers a request, two calls on one slot reach the IdP at
+    least a window apart: no second at the IdP sees more than `idp_calls_per_second`."""
+    ceiling = Ceiling(rate_per_s=2.0)
+    assert (ceiling.slots, ceiling.window_s) == (2, 1.0)
+    assert ceiling.take(0.0) and ceiling.take(0.0) and not ceiling.take(5.0)  # both still calling
+    ceiling.answered(5.0)
+    assert not ceiling.take(5.5) and ceiling.next_free_at() == 6.0
+    assert ceiling.take(6.0) and not ceiling.take(6.0)
+    slow = Ceiling(rate_per_s=0.5)  # one call per two seconds
+    assert (slow.slots, slow.window_s) == (1, 2.0)
+    assert slow.take(0.0, keep=0.0) and not Ceiling(10.0).take(0.0, keep=10.0)
+
+
+def real_budgets(**limits: float) -> Budgets:
+    return Budgets(LimitsConfig(**limits), MemoryStore(), time.monotonic)  # type: ignore[arg-type]
+
+
+async def test_over_the_ceiling_urgent_proven_sessions_wait_and_are_served_in_arrival_order() -> None:
+    b = real_budgets(idp_calls_per_second=2.0, refresh_wait_s=5.0, refresh_tokens_per_subject=100)
+    alice = Claimant("10.0.0.1", subject="alice")
+    assert await b.spend(alice, "t0") is None and await b.spend(alice, "t1") is None
+    served: list[int] = []
+
+    async def waiter(n: int) -> str | None:
+        outcome = await b.spend(Claimant("10.0.0.1", subject=f"s{n}"), f"w{n}", may_wait=True)
+        served.append(n)
+        b.answered()
+        return outcome
+
+    waiters = [asyncio.ensure_future(waiter(n)) for n in range(3)]
+    await wait_until(lambda: b.waiting == 3)
+    # While proven sessions wait, nobody overtakes them: not a later proven session that may
+    # not wait (its token is still valid), not an unproven one.
+    assert await b.spend(Claimant("10.0.0.2", subject="late"), "late") == IDP_CEILING
+    assert await b.spend(Claimant("10.0.0.3"), "unproven") == IDP_CEILING
+    b.answered()
+    b.answered()  # the first two calls are over: their slots come free a second later
+    assert await asyncio.gather(*waiters) == [None, None, None]
+    assert served == [0, 1, 2] and b.waiting == 0
+
+
+async def test_a_full_queue_and_an_expired_wait_refuse() -> None:
+    b = real_budgets(idp_calls_per_second=1.0, refresh_queue=1, refresh_wait_s=0.2)
+    assert await b.spend(Claimant("10.0.0.1", subject="a"), "a") is None  # and never answered
+    first = asyncio.ensure_future(b.spend(Claimant("10.0.0.1", subject="b"), "b", may_wait=True))
+    await wait_until(lambda: b.waiting == 1)
+    assert await b.spend(Claimant("10.0.0.1", subject="c"), "c", may_wait=True) == QUEUE_FULL
+    assert await first == WAIT_EXPIRED
+    assert b.waiting == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    b = real_budgets(idp_calls_per_second=1.0)
+    assert await b.spend(Claimant("10.0.0.1", subject="a"), "a") is None
+    waiter = asyncio.ensure_future(b.spend(Claimant("10.0.0.1", subject="b"), "b", may_wait=True))
+    await wait_until(lambda: b.waiting == 1)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert b.waiting == 0
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll `condition` each event-loop turn until it holds (or fail after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0)
 
 
 async def test_a_refused_budget_charges_nothing_after_it() -> None:

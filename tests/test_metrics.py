@@ -19,7 +19,14 @@ from tests.support.no_secrets import KnownSecrets, find_leaks
 from tests.support.proxy_process import CookieguardProcess
 
 Start = Callable[..., CookieguardProcess]
-LABELS = {"outcome", "route", "status", "le", "reason"}  # ours; process/platform collectors add their own
+LABELS = {
+    "outcome",
+    "route",
+    "status",
+    "le",
+    "reason",
+    "limit",
+}  # ours; process/platform collectors add their own
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

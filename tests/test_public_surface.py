@@ -46,7 +46,8 @@ CONFIG_KEYS = {
     "timeouts.client_header", "timeouts.client_body_idle", "timeouts.keepalive",
     "limits.max_connections", "limits.trusted_proxies", "limits.unproven_per_address",
     "limits.unproven_per_second", "limits.refresh_tokens_per_subject",
-    "limits.idp_calls_per_second", "limits.upstream_connections",
+    "limits.idp_calls_per_second", "limits.refresh_queue", "limits.refresh_wait",
+    "limits.upstream_connections",
     "logging.level", "logging.format", "logging.access_log",
     "metrics.enabled",
 }  # fmt: skip
@@ -68,6 +69,9 @@ METRICS = {
     "cookieguard_sessions_in_flight",  # deprecated alias, removed in the next release
     "cookieguard_store_degraded",
     "cookieguard_clients_cut_total",
+    "cookieguard_refresh_queue_waiting",
+    "cookieguard_refresh_wait_seconds",
+    "cookieguard_refresh_limited_total",
 }
 REFRESH_OUTCOMES = {"refreshed", "joined", "reused", "rejected", "failed", "limited"}
 

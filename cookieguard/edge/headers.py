@@ -8,7 +8,8 @@ an answer that carries tokens.
 
 from __future__ import annotations
 
-import string
+import functools
+import re
 from collections.abc import Iterable, Sequence
 
 from aiohttp import web
@@ -36,6 +37,13 @@ _FORWARDING = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
 )
 _OURS = _FORWARDING | {"host", "cookie"}
+_HOP, _COOKIE, _HOST, _FORWARDED = "hop", "cookie", "host", "forwarded"
+_KIND = {
+    **dict.fromkeys(HOP_BY_HOP, _HOP),
+    **dict.fromkeys(_FORWARDING, _FORWARDED),
+    "cookie": _COOKIE,
+    "host": _HOST,
+}
 
 
 def _connection_tokens(values: Iterable[str]) -> set[str]:
@@ -68,16 +76,15 @@ def upstream_request_headers(
     forwarding: dict[str, list[str]] = {}
     for name, value in raw.items():
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in named_by_connection or lname.startswith("proxy-"):
-            continue
-        if lname == "cookie":
+        # One lookup for the common case, a header of no special kind (hop-by-hop and Host go).
+        kind = _KIND.get(lname)
+        if kind is None:
+            if not (lname in named_by_connection or lname.startswith("proxy-")):
+                headers.append((name, value))
+        elif kind is _COOKIE:
             cookies.append(value)
-        elif lname == "host":
-            continue
-        elif lname in _FORWARDING:
+        elif kind is _FORWARDED:  # never in named_by_connection: that leaves out _OURS
             forwarding.setdefault(lname, []).append(value)
-        else:
-            headers.append((name, value))
     host = authority or raw.get("Host")
     if route.preserve_host and host:
         headers.insert(0, ("Host", host))
@@ -113,17 +120,20 @@ def upstream_request_headers(
     return headers
 
 
+# The same few (client, scheme, host) triples come again and again; the Host header is the
+# client's to choose, hence the bound.
+@functools.lru_cache(maxsize=1024)
 def _forwarded_element(client: str, scheme: str, host: str | None) -> str:
     element = f"for={_forwarded_value(f'[{client}]' if ':' in client else client)};proto={scheme}"
     return element + f";host={_forwarded_value(host)}" if host else element
 
 
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _forwarded_value(value: str) -> str:
     # RFC 7239 section 4: a token, else a quoted string (an IPv6 address, a host with a port).
-    if value and all(c in _TOKEN_CHARS for c in value):
+    if _TOKEN.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -157,8 +167,11 @@ def response_headers(
         if private and (lname in _SHARED_CACHE or lname.endswith("cdn-cache-control")):
             continue
         headers.append((name, value))
-    if connection:  # rare: headers the upstream named as connection-specific go too
-        named = _connection_tokens(connection)
+    # Rare: headers the upstream named as connection-specific go too. `keep-alive` and `close`,
+    # what nearly every upstream sends, name nothing that is still here.
+    named = _connection_tokens(connection) - HOP_BY_HOP - {"close"} if connection else None
+    if named:
         headers = [(name, value) for name, value in headers if name.lower() not in named]
-    headers.extend(("Set-Cookie", value) for value in set_cookies)
+    if set_cookies:
+        headers.extend([("Set-Cookie", value) for value in set_cookies])
     return headers

@@ -101,7 +101,8 @@ class EdgeHandler(web.RequestHandler):
             return
         super().data_received(data)
         if self._messages:
-            self._disarm_header_deadline()  # a whole head is in: the handler has the request now
+            if self._header_deadline is not None:  # tested here: this runs for every request
+                self._disarm_header_deadline()  # a whole head is in: the handler has the request now
         elif data and self._header_deadline is None and self._is_idle():
             self._arm_header_deadline()  # the first bytes of the next request on a kept-alive connection
 

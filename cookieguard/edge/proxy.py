@@ -234,11 +234,11 @@ class Proxy:
         ours: tuple[SetCookie, ...],
         judged: Judged | None,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
+        response = _RelayedResponse(status=upstream.status, reason=upstream.reason or None)
         merged = NOTHING
         auth = self.auth
         if auth is not None:
-            theirs = [value for name, value in upstream.headers if name.lower() == "set-cookie"]
+            theirs = upstream.set_cookies
             if theirs or ours:
                 session = judged.session if judged is not None else self._unplanned_session(request, theirs)
                 merged = merge_answer(
@@ -252,6 +252,10 @@ class Proxy:
             response.headers["Cache-Control"] = "private, no-store"
         try:
             await response.prepare(request)
+            if not upstream.ready():
+                # Nothing of the body is here yet (a slow app, an event stream): the client gets
+                # the head now, not when the first chunk comes.
+                await response.write(b"")
             while chunk := await upstream.read():
                 await response.write(chunk)
             await response.write_eof()
@@ -282,6 +286,15 @@ class Proxy:
         )
         text = {503: "upstream busy", 504: "upstream timed out"}.get(status, "upstream unreachable")
         return web.Response(status=status, text=f"cookieguard: {text}\n")
+
+
+class _RelayedResponse(web.StreamResponse):
+    """An upstream's answer as relayed: the head goes out with the first body chunk, in one
+    write instead of two (aiohttp's StreamResponse sends it on its own at `prepare`; its
+    `Response` holds it back the same way). `_send_headers_immediately` is aiohttp's (3.14)
+    switch between the two; `_relay` sends the head alone when no body chunk is waiting."""
+
+    _send_headers_immediately = False
 
 
 def _answer(plan: Answer) -> web.Response:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from cookieguard.config import Route
 
 
-@dataclass(frozen=True)
-class Target:
-    """A request target as cookieguard routes and forwards it (docs/proxy.md "The proxy")."""
+class Target(NamedTuple):
+    """A request target as cookieguard routes and forwards it (docs/proxy.md "The proxy"). A
+    tuple: one is made per request, and a frozen dataclass costs a setattr call per field."""
 
     path: str  # decoded and normalised: what routes match
     forward: str  # the same path as the client encoded it, plus the query string: what the upstream gets

@@ -121,6 +121,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
+        self.set_cookies: list[str] = []  # the Set-Cookie values among `headers`, in order
         self.head_done = False
         self.complete = False
         self.ended = False  # the answer is over for its parser: any further byte poisons the connection
@@ -200,7 +201,10 @@ class _Connection(asyncio.Protocol):
         lname = name.lower()
         if lname == b"content-length" or (lname == b"transfer-encoding" and b"chunked" in value.lower()):
             self.framed = True
-        self.headers.append((name.decode("utf-8", _BYTES), value.decode("utf-8", _BYTES)))
+        text = value.decode("utf-8", _BYTES)
+        self.headers.append((name.decode("utf-8", _BYTES), text))
+        if lname == b"set-cookie":  # picked out here, where the name is lowercased already
+            self.set_cookies.append(text)
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -209,6 +213,7 @@ class _Connection(asyncio.Protocol):
             # already answered the client's Expect); the final answer follows on this connection.
             self.interim = True
             self.headers = []
+            self.set_cookies = []
             self.framed = False
             return
         self.status = status
@@ -346,12 +351,13 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """The upstream's answer: status, reason and headers at once, the body chunk by chunk."""
 
-    __slots__ = ("_client", "_conn", "_key", "headers", "reason", "status")
+    __slots__ = ("_client", "_conn", "_key", "headers", "reason", "set_cookies", "status")
 
     def __init__(self, conn: _Connection, client: UpstreamClient, key: tuple[str, int, bool]) -> None:
         self.status = conn.status
         self.reason = conn.reason
         self.headers = conn.headers
+        self.set_cookies = conn.set_cookies  # the Set-Cookie values among `headers`
         self._conn: _Connection | None = conn
         self._client = client
         self._key = key
@@ -367,6 +373,11 @@ class UpstreamResponse:
             if chunk is not None:
                 return chunk
             await conn.wait()
+
+    def ready(self) -> bool:
+        """True when `read` would not wait: a chunk is in, or the body is over (or broken)."""
+        conn = self._conn
+        return conn is None or bool(conn.chunks) or conn.complete or conn.error is not None
 
     def release(self) -> None:
         """Done with the answer: its connection goes back to the pool or is closed."""
@@ -465,7 +476,8 @@ class UpstreamClient:
         if pool is None:
             pool = self._pools[key] = _Pool()
         loop = asyncio.get_running_loop()
-        self._prune(pool, loop.time())
+        if pool.idle:
+            self._prune(pool, loop.time())
         if not fresh:
             while pool.idle:
                 conn = pool.idle.pop()

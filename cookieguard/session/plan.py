@@ -150,6 +150,10 @@ class Refresh:
     proof: Proof
     reason: str  # absent | no_exp | expired | due
     old_expires_at: float | None  # the access token's `exp`, for the log line
+    # Forwarded unrefreshed, the app would get no access token, an expired one, or one that
+    # expires before it could act on it (docs/security.md "Abuse limits": such a session waits for the IdP
+    # ceiling). False: still valid for a while, merely inside `before_expiry`.
+    urgent: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +186,11 @@ class Answer:
 
 
 Plan = Check | Refresh | Forward | Answer
+
+# A token this close to its expiry is as good as expired to the app: Amplify's server-side
+# session refreshes by itself a token within 5 s of `exp` (isTokenExpired's tolerance), and a
+# handler may still call an API with the token after that check.
+APP_MARGIN_S = 30.0
 
 NO_SESSION = Forward("no_session")
 NO_REFRESH_TOKEN = Forward("no_refresh_token")
@@ -228,14 +237,21 @@ def plan_session(
     if isinstance(proof, Check):
         return proof
     if result is None:
+        reason = _due_reason(access, session, now_s)
         return Refresh(
             session.refresh_token,
             context=session.refresh_context,
             proof=proof,
-            reason=_due_reason(access, session, now_s),
+            reason=reason,
             old_expires_at=access.expires_at,
+            urgent=reason != "due" or _expires_within(access, session, now_s, APP_MARGIN_S),
         )
     return _after_refresh(session, result, now_s, policy, cookie_header, is_navigation)
+
+
+def _expires_within(access: AccessState, session: Session, now_s: float, seconds: float) -> bool:
+    expires_at = access.expires_at
+    return expires_at is not None and expires_at <= now_s + session.clock_drift_ms / 1000 + seconds
 
 
 def _due_reason(access: AccessState, session: Session, now_s: float) -> str:

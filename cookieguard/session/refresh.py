@@ -7,6 +7,10 @@ the session is over), `failed` (the IdP could not answer: keep the session, back
 (a budget of docs/security.md "Abuse limits" refused the IdP call: nothing stored, no backoff, the session
 is tried again on a later request; `error` names the budget).
 
+A session whose access token has expired (`urgent`) and is proven may wait for the IdP ceiling
+(limits.py); it waits inside the single flight, holding the refresh token's lock (its lease kept
+alive), so everyone who asks for the same refresh token meanwhile joins that one wait.
+
 Budgets are charged right before the IdP call, after the single-flight and the stored-result
 checks, so a join and a grace reuse cost nothing; a retry of the same token is free in the
 budgets themselves (cookieguard/session/limits.py).
@@ -26,7 +30,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cookieguard.config import RefreshConfig, StoreConfig
 from cookieguard.logs import get_logger
@@ -58,6 +62,7 @@ class RefreshResult:
     idp_status: int | None = None
     duration_ms: float = 0.0
     retry_after_s: float | None = None
+    wait_ms: float = 0.0  # how long the refresh waited for the IdP ceiling
 
 
 def store_key(refresh_token: str) -> str:
@@ -108,9 +113,12 @@ class Refresher:
         *,
         context: Mapping[str, str] = NO_CONTEXT,
         claimant: Claimant | None = None,
+        urgent: bool = False,
     ) -> RefreshResult:
         """`context`: the session's refresh context, for the provider. `claimant`: whom the IdP
-        call is charged to; None charges nobody (and counts as proven for the reject-storm guard)."""
+        call is charged to; None charges nobody (and counts as proven for the reject-storm guard).
+        `urgent`: the access token has expired or is about to, so a proven session waits for the
+        IdP ceiling rather than go unrefreshed."""
         key = store_key(refresh_token)
         task = self._in_flight.get(key)
         if task is not None:
@@ -119,7 +127,7 @@ class Refresher:
         until = self._backoff.expires_at(key, self.clock())
         if until is not None:
             return RefreshResult(FAILED, error="backoff", retry_after_s=until - self.clock())
-        task = asyncio.ensure_future(self._coordinated(key, refresh_token, context, claimant))
+        task = asyncio.ensure_future(self._coordinated(key, refresh_token, context, claimant, urgent))
         self._in_flight[key] = task
         task.add_done_callback(lambda _t: self._in_flight.pop(key, None))
         # Shielded: a client that disconnects must not cancel the refresh for everybody else.
@@ -131,12 +139,16 @@ class Refresher:
         refresh_token: str,
         context: Mapping[str, str],
         claimant: Claimant | None,
+        urgent: bool,
     ) -> RefreshResult:
         stored = await self._stored(key)
         if stored is not None:
             return stored if stored.outcome == REJECTED else _with_outcome(stored, REUSED)
         owner = uuid.uuid4().hex
-        deadline = self.clock() + self.idp_timeout_s + self.lease_s
+        budgets = self.budgets
+        # The holder may wait for the IdP ceiling before it calls.
+        wait_s = budgets.limits.refresh_wait_s if budgets is not None else 0.0
+        deadline = self.clock() + self.idp_timeout_s + self.lease_s + wait_s
         while not await self.store.acquire(key, owner, self.lease_s):
             # Another replica holds the lock: wait for its result rather than spend the token.
             await asyncio.sleep(_POLL_S)
@@ -145,29 +157,37 @@ class Refresher:
                 return _as_joined(stored)
             if self.clock() > deadline:
                 return RefreshResult(FAILED, error="lock_wait_timeout")
+        keeper = asyncio.ensure_future(self._keep_lease(key, owner))
         try:
             # Look again: the previous holder may have finished while we waited for the lock.
             stored = await self._stored(key)
             if stored is not None:
                 return _as_joined(stored)
-            if self.budgets is not None and claimant is not None:
-                limit = await self.budgets.spend(claimant, key)
+            wait_ms = 0.0
+            if budgets is not None and claimant is not None:
+                started = time.perf_counter()
+                limit = await budgets.spend(claimant, key, may_wait=urgent)
+                wait_ms = _ms(started)
                 if limit is not None:
-                    return RefreshResult(LIMITED, error=limit)
+                    return RefreshResult(LIMITED, error=limit, wait_ms=wait_ms)
             feeds_guard = claimant is None or claimant.proven or self.unproven_feed_guard
-            return await self._call_idp(key, owner, refresh_token, context, feeds_guard)
+            try:
+                result = await self._call_idp(key, refresh_token, context, feeds_guard)
+            finally:
+                if budgets is not None and claimant is not None:
+                    budgets.answered()
+            return replace(result, wait_ms=wait_ms)
         finally:
+            keeper.cancel()
             await self.store.release(key, owner)
 
     async def _call_idp(
         self,
         key: str,
-        owner: str,
         refresh_token: str,
         context: Mapping[str, str],
         feeds_guard: bool,
     ) -> RefreshResult:
-        keeper = asyncio.ensure_future(self._keep_lease(key, owner))
         started = time.perf_counter()
         if self.on_idp_call:
             self.on_idp_call(True)
@@ -200,7 +220,6 @@ class Refresher:
                 retry_after_s=backoff_s,
             )
         finally:
-            keeper.cancel()
             if self.on_idp_call:
                 self.on_idp_call(False)
         if feeds_guard:

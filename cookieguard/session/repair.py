@@ -35,7 +35,7 @@ from cookieguard.session.plan import (
     refreshed_user,
     session_check,
 )
-from cookieguard.session.refresh import FAILED, LIMITED, REFRESHED, Refresher, RefreshResult
+from cookieguard.session.refresh import FAILED, LIMITED, REFRESHED, REJECTED, Refresher, RefreshResult
 from cookieguard.tokens.claims import ClaimsReader, TokenKind, session_id
 from cookieguard.tokens.verifier import TokenCheck, TokenStatus, TokenVerifier
 
@@ -127,6 +127,7 @@ class SessionRepair:
             plan.refresh_token,
             context=plan.context,
             claimant=Claimant(address, plan.proof.subject),
+            urgent=plan.urgent,
         )
 
     def plan_after(
@@ -196,12 +197,16 @@ class SessionRepair:
         self, session: Session, refresh: Refresh, result: RefreshResult, plan: Plan, address: str
     ) -> None:
         """The `token_refresh` line and the refresh metrics (docs/operations.md "Logs", "Metrics")."""
-        self.metrics.refresh_total.labels(outcome=result.outcome).inc()
+        metrics = self.metrics
+        metrics.refresh_total.labels(outcome=result.outcome).inc()
         if result.outcome == REFRESHED:
-            self.metrics.refresh_duration.observe(result.duration_ms / 1000)
+            metrics.refresh_duration.observe(result.duration_ms / 1000)
+        if result.duration_ms and result.outcome in (REFRESHED, REJECTED):
+            metrics.refresh_wait.observe(result.wait_ms / 1000)
         proof = refresh.proof
         extra: dict[str, object] = {}
         if result.outcome == LIMITED:
+            metrics.refresh_limited.labels(limit=result.error or "").inc()
             # A spray must not flood the logs: one line per budget and subject or address a minute.
             who = f"subject:{proof.subject}" if proof.proven else f"address:{address}"
             if not self.auth.limited_log.allow(f"{result.error}|{who}", self.auth.wall_clock()):
@@ -219,6 +224,7 @@ class SessionRepair:
             old_exp=int(refresh.old_expires_at) if refresh.old_expires_at else None,
             new_exp=int(new_claims.exp) if new_claims and new_claims.exp else None,
             duration_ms=result.duration_ms,
+            wait_ms=result.wait_ms,
             idp_status=result.idp_status,
             error=result.error,
             rotated=bool(result.tokens and result.tokens.rotated),

@@ -4,7 +4,9 @@
 //
 // Usage: node server.js [port]   (port 0 or absent = ephemeral)
 // Env:   OIDC_PORT, OIDC_ACCESS_TOKEN_TTL (seconds, default 60), OIDC_REFRESH_TOKEN_TTL
-//        (seconds, default 14 days).
+//        (seconds, default 14 days), OIDC_LOGIN_CLIENT (JSON {client_id, client_secret,
+//        redirect_uris}: a confidential client for browser logins by authorization code, see
+//        below; absent: no browser login at all, as before).
 // Once listening it prints exactly one JSON line on stdout:
 //   {"ready":true,"port":N,"issuer":"http://127.0.0.1:N", ...}
 // Everything else (oidc-provider's warnings) goes to stderr.
@@ -46,6 +48,19 @@ const CLIENTS = [
   redirect_uris: ['http://127.0.0.1/callback'],
   ...client,
 }));
+
+// A browser login (authorization code) for an app under test, e.g. examples/nextjs-authjs: TEST
+// ONLY, the interaction signs in the account named by `login_hint` (default "alice") and grants
+// the requested scopes without any page, so a browser test only follows redirects.
+const LOGIN_CLIENT = process.env.OIDC_LOGIN_CLIENT ? JSON.parse(process.env.OIDC_LOGIN_CLIENT) : null;
+if (LOGIN_CLIENT) {
+  CLIENTS.push({
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+    ...LOGIN_CLIENT,
+  });
+}
 
 function signingKey() {
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -96,6 +111,7 @@ const provider = new Provider(issuer, {
     RefreshToken: refreshTokenTTL,
     Grant: refreshTokenTTL,
   },
+  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
   features: {
     devInteractions: { enabled: false },
     resourceIndicators: {
@@ -190,6 +206,26 @@ async function mint({ account_id: accountId = 'alice', client_id: clientId = 'co
 
 const providerCallback = provider.callback();
 
+async function autoInteraction(req, res) {
+  const details = await provider.interactionDetails(req, res);
+  const { prompt, params, session } = details;
+  if (prompt.name === 'login') {
+    const accountId = typeof params.login_hint === 'string' && params.login_hint ? params.login_hint : 'alice';
+    await provider.interactionFinished(req, res, { login: { accountId } }, { mergeWithLastSubmission: false });
+    return;
+  }
+  const grant = details.grantId
+    ? await provider.Grant.find(details.grantId)
+    : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  if (prompt.details.missingOIDCScope) grant.addOIDCScope(prompt.details.missingOIDCScope.join(' '));
+  if (prompt.details.missingOIDCClaims) grant.addOIDCClaims(prompt.details.missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(prompt.details.missingResourceScopes ?? {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
+  const grantId = await grant.save();
+  await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+}
+
 server.on('request', async (req, res) => {
   const path = new URL(req.url, issuer).pathname;
   try {
@@ -215,6 +251,15 @@ server.on('request', async (req, res) => {
     }
   } catch (err) {
     sendJson(res, 400, { error: 'test_route_error', message: String(err?.message ?? err) });
+    return;
+  }
+
+  if (LOGIN_CLIENT && path.startsWith('/interaction/') && req.method === 'GET') {
+    try {
+      await autoInteraction(req, res);
+    } catch (err) {
+      sendJson(res, 400, { error: 'interaction_error', message: String(err?.message ?? err) });
+    }
     return;
   }
 
@@ -246,5 +291,6 @@ process.stdout.write(`${JSON.stringify({
   token_endpoint: `${issuer}/token`,
   api_resource: API_RESOURCE,
   access_token_ttl: accessTokenTTL,
-  clients: CLIENTS.map(({ client_id: id, client_secret: secret, token_endpoint_auth_method: auth }) => ({ client_id: id, client_secret: secret ?? null, token_endpoint_auth_method: auth })),
+  login_client: LOGIN_CLIENT ? LOGIN_CLIENT.client_id : null,
+  clients: CLIENTS.filter((client) => client !== CLIENTS.find((c) => c.client_id === LOGIN_CLIENT?.client_id)).map(({ client_id: id, client_secret: secret, token_endpoint_auth_method: auth }) => ({ client_id: id, client_secret: secret ?? null, token_endpoint_auth_method: auth })),
 })}\n`);

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 
 def free_port() -> int:
@@ -42,6 +46,34 @@ def stop(process: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def next_start(
+    app: Path, env: Mapping[str, str], log_path: Path, *, port: int | None = None, ready_path: str = "/"
+) -> Iterator[str]:
+    """`next start -H localhost` of an example's production build (`make e2e` builds it), with the
+    environment plus `env`, its output in `log_path`; yields its URL (http://localhost:<port>)."""
+    if not (app / ".next" / "BUILD_ID").exists() or not (app / "node_modules").is_dir():
+        pytest.fail("the example is not built: run `make e2e` (npm ci, next build, then this test)")
+    port = free_port() if port is None else port
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        # -H localhost, not 127.0.0.1: with an IP Next proxies its own rewrites back into itself
+        # and runs the middleware twice (vercel/next.js#84341).
+        process = subprocess.Popen(
+            [str(app / "node_modules" / ".bin" / "next"), "start", "-H", "localhost", "-p", str(port)],
+            cwd=app,
+            env={**os.environ, "NEXT_TELEMETRY_DISABLED": "1", **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://localhost:{port}"
+            wait_until_serving(url + ready_path, process, timeout_s=60)
+            yield url
+        finally:
+            stop(process)
 
 
 class BrowserDriver:

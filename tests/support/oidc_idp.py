@@ -133,13 +133,19 @@ def _ensure_node_modules() -> None:
 
 
 @contextlib.contextmanager
-def start_oidc_idp(*, access_token_ttl_s: int = 60, port: int = 0) -> Iterator[OidcIdp]:
-    """Run server.js on `port` (0: an ephemeral one) until the block ends."""
+def start_oidc_idp(
+    *, access_token_ttl_s: int = 60, port: int = 0, login_client: dict[str, Any] | None = None
+) -> Iterator[OidcIdp]:
+    """Run server.js on `port` (0: an ephemeral one) until the block ends. `login_client`
+    ({client_id, client_secret, redirect_uris}) adds a client that a browser signs in with (the
+    authorization code flow; the server signs in `login_hint` without a page)."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node not found on PATH: Node 20 is part of this machine and runs the test IdP")
     _ensure_node_modules()
     env = {**os.environ, "OIDC_ACCESS_TOKEN_TTL": str(access_token_ttl_s)}
+    if login_client is not None:
+        env["OIDC_LOGIN_CLIENT"] = json.dumps(login_client)
     # stderr goes to a file: a pipe nobody reads could fill up and stall the server.
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(

@@ -6,16 +6,15 @@ library writes for a session, or what its server client reads (and refreshes) fr
 
 from __future__ import annotations
 
-import asyncio
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.node import run_json
+
 SSR_DIR = Path(__file__).resolve().parents[1] / "supabase_ssr"
-NODE_TIMEOUT_S = 30.0
 
 needs_node = pytest.mark.skipif(
     shutil.which("node") is None or not (SSR_DIR / "node_modules" / "@supabase" / "ssr").is_dir(),
@@ -25,24 +24,7 @@ needs_node = pytest.mark.skipif(
 
 async def ssr(request: dict[str, Any]) -> dict[str, Any]:
     """One call of tests/supabase_ssr/ssr.mjs (the real library)."""
-    process = await asyncio.create_subprocess_exec(
-        "node",
-        "ssr.mjs",
-        cwd=SSR_DIR,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(
-            process.communicate(json.dumps(request).encode()), NODE_TIMEOUT_S
-        )
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
-    answer: dict[str, Any] = json.loads(stdout)
+    answer: dict[str, Any] = await run_json(SSR_DIR, "ssr.mjs", request)
     return answer
 
 

@@ -120,6 +120,8 @@ class RefreshCall:
     client_id: str | None
     device_key: str | None
     sent_secret: bool  # ClientSecret (GetTokensFromRefreshToken) or SECRET_HASH (InitiateAuth)
+    # When it arrived (time.monotonic()): what the IdP's own per-second quota would count.
+    at: float = field(default_factory=time.monotonic)
 
 
 class CognitoEmulator:

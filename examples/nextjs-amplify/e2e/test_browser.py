@@ -20,7 +20,6 @@ import base64
 import contextlib
 import json
 import os
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -34,7 +33,7 @@ import pytest
 import yaml
 
 from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
-from tests.support.e2e import BrowserDriver, free_port, stop, wait_until_serving
+from tests.support.e2e import BrowserDriver, next_start
 from tests.support.proxy_process import CookieguardProcess
 
 pytestmark = pytest.mark.e2e
@@ -171,36 +170,16 @@ def _next_server(
     emulator: CognitoEmulator, pool: PoolInfo, log_name: str, extra_env: dict[str, str] | None = None
 ) -> Iterator[str]:
     """`next start -H localhost` of the built app; yields its URL (http://localhost:<port>)."""
-    if not (APP / ".next" / "BUILD_ID").exists() or not (APP / "node_modules").is_dir():
-        pytest.fail("the example is not built: run `make e2e` (npm ci, next build, then this test)")
-    port = free_port()
     env = {
-        **os.environ,
         "COGNITO_USER_POOL_ID": pool.user_pool_id,
         "COGNITO_CLIENT_ID": pool.client_id,
         "COGNITO_USER_POOL_ENDPOINT": emulator.endpoint,
         "COGNITO_JWKS_ORIGIN": emulator.endpoint,
         "NODE_OPTIONS": f"--require {APP / 'e2e' / 'jwks-redirect.cjs'}",
-        "NEXT_TELEMETRY_DISABLED": "1",
         **(extra_env or {}),
     }
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    with (OUTPUT / log_name).open("wb") as log:
-        # -H localhost, not 127.0.0.1: with an IP Next proxies its own rewrites back into itself
-        # and runs the middleware twice (vercel/next.js#84341).
-        process = subprocess.Popen(
-            [str(APP / "node_modules" / ".bin" / "next"), "start", "-H", "localhost", "-p", str(port)],
-            cwd=APP,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            url = f"http://localhost:{port}"
-            wait_until_serving(url + "/", process, timeout_s=60)
-            yield url
-        finally:
-            stop(process)
+    with next_start(APP, env, OUTPUT / log_name) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

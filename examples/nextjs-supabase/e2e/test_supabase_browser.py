@@ -43,7 +43,6 @@ import asyncio
 import base64
 import json
 import os
-import subprocess
 import tempfile
 import threading
 import time
@@ -55,7 +54,7 @@ from typing import Any, TypeVar
 import pytest
 
 from cookieguard.ops.demo.gotrue import GoTrueServer, ManualClock, User
-from tests.support.e2e import BrowserDriver, free_port, stop, wait_until_serving
+from tests.support.e2e import BrowserDriver, next_start
 from tests.support.proxy_process import CookieguardProcess
 
 pytestmark = pytest.mark.e2e
@@ -222,35 +221,15 @@ def auth() -> Iterator[AuthServer]:
 @pytest.fixture(scope="module")
 def next_app(auth: AuthServer) -> Iterator[str]:
     """`next start -H localhost` of the built app; its URL (http://localhost:<port>)."""
-    if not (APP / ".next" / "BUILD_ID").exists() or not (APP / "node_modules").is_dir():
-        pytest.fail("the example is not built: run `make e2e` (npm ci, next build, then this test)")
-    port = free_port()
     env = {
-        **os.environ,
         "NEXT_PUBLIC_SUPABASE_URL": auth.server.url,
         "NEXT_PUBLIC_SUPABASE_ANON_KEY": ANON_KEY,
         # supabase-js 2.119 builds its realtime client eagerly and needs a global WebSocket,
         # which Node 20 has only behind this flag (Node 22 has it by default).
         "NODE_OPTIONS": "--experimental-websocket",
-        "NEXT_TELEMETRY_DISABLED": "1",
     }
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    with (OUTPUT / "next-supabase.log").open("wb") as log:
-        # -H localhost, not 127.0.0.1: with an IP Next proxies its own rewrites back into itself
-        # and runs the middleware twice (vercel/next.js#84341).
-        process = subprocess.Popen(
-            [str(APP / "node_modules" / ".bin" / "next"), "start", "-H", "localhost", "-p", str(port)],
-            cwd=APP,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            url = f"http://localhost:{port}"
-            wait_until_serving(url + "/login", process, timeout_s=60)
-            yield url
-        finally:
-            stop(process)
+    with next_start(APP, env, OUTPUT / "next-supabase.log", ready_path="/login") as url:
+        yield url
 
 
 @pytest.fixture
