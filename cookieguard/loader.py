@@ -170,7 +170,7 @@ def _build(root: _Section, source: str) -> Config | None:
     admin_prefix = root.get("admin_prefix", _admin_prefix, DEFAULT_ADMIN_PREFIX)
     provider = _build_provider(root)
     cookies = _build_cookies(root, provider)
-    refresh = _build_refresh(root)
+    refresh = _build_refresh(root, cookies.layout)
     verify = _build_verify(root, provider)
     store = _build_store(root)
     routes = _build_routes(root, upstream, admin_prefix)
@@ -280,16 +280,25 @@ def _login_url(value: Any) -> str:
     return s
 
 
-def _build_refresh(root: _Section) -> RefreshConfig:
+# `refresh.on_rejected` policies some layout carries out (layouts/<name>.py: rejected_policies).
+_LAYOUT_POLICIES = tuple(dict.fromkeys(p for layout in LAYOUTS.values() for p in layout.rejected_policies))
+
+
+def _build_refresh(root: _Section, layout: str) -> RefreshConfig:
     s = root.section("refresh")
     d = RefreshConfig
     cfg = RefreshConfig(
         before_expiry_s=s.get("before_expiry", parse_duration, d.before_expiry_s),
         grace_s=s.get("grace", parse_duration, d.grace_s),
-        on_rejected=s.get("on_rejected", _one_of("clear", "pass", "login"), d.on_rejected),
+        on_rejected=s.get("on_rejected", _one_of("clear", "pass", "login", *_LAYOUT_POLICIES), d.on_rejected),
         login_url=s.get("login_url", _login_url, d.login_url),
         backoff_s=s.get("backoff", parse_duration, d.backoff_s),
     )
+    if cfg.on_rejected in _LAYOUT_POLICIES and cfg.on_rejected not in LAYOUTS[layout].rejected_policies:
+        owners = " or ".join(n for n, o in LAYOUTS.items() if cfg.on_rejected in o.rejected_policies)
+        s.error(
+            "on_rejected", f"{cfg.on_rejected} is only valid with layout {owners} (not with layout {layout})"
+        )
     s.finish()
     return cfg
 

@@ -41,7 +41,9 @@ class Policy:
 
     layout: Layout
     before_expiry_s: float
-    on_rejected: str  # clear | pass | login (docs/behaviour.md §3)
+    on_rejected: (
+        str  # clear | pass | login, or one of the layout's `rejected_policies` (docs/behaviour.md §3)
+    )
     login_url: str
     attributes: CookieAttributes = field(repr=False)
     signature_verified: bool  # verify.signature: without it nothing is proven
@@ -301,6 +303,12 @@ def _after_refresh(
     if result.outcome != REJECTED or policy.on_rejected == "pass":
         # IdP trouble never signs a user out: forward as the request came.
         return Forward(result.outcome, outcome=result.outcome)
+    if policy.on_rejected == "flag":
+        # The app sees its own error field in this very request and signs the user out itself.
+        header, flagged = layout.flag_rejected(parse_cookie_header(cookie_header), session, policy.attributes)
+        return Forward(
+            result.outcome, cookie_header=header, set_cookies=tuple(flagged), outcome=result.outcome
+        )
     clear = tuple(layout.clear_cookies(session, policy.attributes))
     if policy.on_rejected == "login":
         if is_navigation:
@@ -323,6 +331,10 @@ def judge_access(session: Session, verdicts: Verdicts) -> AccessState | Check:
         return CHECK_ACCESS
     if verdict.status is TokenStatus.INVALID:
         return INVALID
+    if session.expires_at is not None:
+        # The session's own record of the expiry, as the app reads it (the token may be opaque).
+        claims = verdict.claims
+        return AccessState("ok", claims.iat if claims is not None else None, session.expires_at)
     if verdict.status is TokenStatus.OPAQUE:
         seen = verdicts.opaque_lifetime
         return OPAQUE_UNSEEN if seen is None else AccessState("ok", seen.issued_at, seen.expires_at)
@@ -333,6 +345,8 @@ def judge_access(session: Session, verdicts: Verdicts) -> AccessState | Check:
 
 def prove(session: Session, verdicts: Verdicts, policy: Policy) -> Proof | Check:
     """Is the session proven? An UNKNOWN verdict (JWKS unreachable) proves nothing."""
+    if session.sealed_subject is not None:
+        return Proof(session.sealed_subject, session.user)
     if not policy.signature_verified:
         return NOT_VERIFIED
     reason = "no_token"

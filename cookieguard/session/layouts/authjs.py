@@ -7,8 +7,10 @@ any of several secrets can decrypt while the first one encrypts. A value longer 
 split into `<name>.0`, `<name>.1`, ...; readers join every cookie whose name starts with the session
 name, ordered by the number after its last dot, exactly as the libraries' `SessionStore` does.
 
-Pure: no I/O, no clock (callers pass `now_s`), no logging. Bad input of any kind is "not a
-session" (None), never an exception.
+The codec is pure: no I/O, no clock (callers pass `now_s`), no logging. Bad input of any kind
+is "not a session" (None), never an exception. `AuthjsLayout` at the end is the `authjs` cookie
+layout (docs/providers/authjs.md) built on it; its only state is a wall clock (a cookie past its
+JWT's `exp` is no session, as for the library) and a memo of the cookie it wrote per refresh.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import base64
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeGuard
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -27,6 +30,18 @@ from joserfc import jwe
 from joserfc.errors import JoseError
 from joserfc.jwe import JWERegistry
 from joserfc.jwk import OctKey, thumbprint
+
+from cookieguard.cookies import SetCookie, format_cookie_header, is_valid_cookie_name, select_cookies
+from cookieguard.lru import LRU
+from cookieguard.schema import cookie_name as _cookie_name
+from cookieguard.schema import nonempty_string, one_of
+from cookieguard.session.layouts.base import FreshTokens, Layout, LayoutConfig, Pairs, Session, When
+from cookieguard.tokens.claims import decode_claims
+
+if TYPE_CHECKING:
+    from cookieguard.config import CookieAttributes, CookiesConfig
+    from cookieguard.schema import Section
+    from cookieguard.tokens.providers.base import ProviderConfig
 
 Version = Literal[4, 5]
 ENC_CBC = "A256CBC-HS512"  # what v5 writes
@@ -512,3 +527,240 @@ def _v8_sort(items: list[str], compare: Callable[[str, str], float]) -> list[str
         work[left + 1 : start + 1] = work[left:start]
         work[left] = pivot
     return work
+
+
+# -- the layout ----------------------------------------------------------------------------------
+
+
+def _version(value: Any) -> Version:
+    if value in (4, 5) and not isinstance(value, bool):
+        return 4 if value == 4 else 5
+    raise ValueError(f"must be 5 (@auth/core, next-auth 5) or 4 (next-auth 4), got {value!r}")
+
+
+def _secrets(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of the app's secrets (the first encrypts)")
+    secrets = tuple(nonempty_string(item) for item in value)
+    if not secrets:
+        raise ValueError("must name at least one secret (the app's AUTH_SECRET / NEXTAUTH_SECRET)")
+    return secrets
+
+
+@dataclass(frozen=True)
+class AuthjsConfig(LayoutConfig):
+    """`cookies.authjs`: the app's Auth.js version and secret(s), its session cookie's name, and
+    where its `jwt` callback keeps the provider's tokens (docs/providers/authjs.md)."""
+
+    yaml_keys: ClassVar[tuple[str, ...]] = ("authjs",)
+
+    version: Version = 5
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    cookie_name: str | None = None
+    fields: TokenFields = field(default_factory=TokenFields)
+
+    @classmethod
+    def load(cls, s: Section, provider: ProviderConfig | None) -> AuthjsConfig:
+        a = s.section("authjs")
+        version = a.get("version", _version, cls.version)
+        no_secrets: tuple[str, ...] = ()
+        secrets = a.get("secrets", _secrets, no_secrets)
+        if not a.has("secrets"):
+            a.error("secrets", "required with layout authjs: the app's AUTH_SECRET (NEXTAUTH_SECRET for v4)")
+        elif version == 4 and len(secrets) > 1:
+            # next-auth 4 takes one secret: its JWE has no kid to pick the decrypting one by.
+            a.error("secrets", "next-auth 4 (version: 4) takes exactly one secret")
+        name = a.get("cookie_name", _cookie_name, None)
+        f = a.section("fields")
+        d = TokenFields()
+        fields = TokenFields(
+            access_token=f.get("access_token", nonempty_string, d.access_token),
+            refresh_token=f.get("refresh_token", nonempty_string, d.refresh_token),
+            expires_at=f.get("expires_at", nonempty_string, d.expires_at),
+            expires_at_unit="ms" if f.get("expires_at_unit", one_of("s", "ms"), "s") == "ms" else "s",
+            id_token=f.get("id_token", nonempty_string, d.id_token),
+            error=f.get("error", nonempty_string, d.error),
+            error_value=f.get("error_value", nonempty_string, d.error_value),
+        )
+        f.finish()
+        a.finish()
+        return cls(version=version, secrets=secrets, cookie_name=name, fields=fields)
+
+
+class AuthjsLayout(Layout):
+    """One encrypted session cookie (chunked when long), as Auth.js writes it.
+
+    A cookie that decrypts with a configured secret is a proven session (only the app could
+    have written it: `Session.sealed_subject`); one that does not is no session at all and is
+    forwarded untouched. The session's expiry is its `expires_at` field, as the app's own `jwt`
+    callback reads it (the access token may be opaque). A session whose error field is set
+    (by the app, or by `on_rejected: flag`) is never refreshed again: it has no refresh token
+    here.
+    """
+
+    config: ClassVar[type[LayoutConfig]] = AuthjsConfig
+    # What Auth.js writes; only `cookies.attributes.domain` applies to this layout.
+    attribute_defaults: ClassVar[Mapping[str, Any]] = {"http_only": True, "same_site": "Lax", "secure": False}
+    rejected_policies: ClassVar[tuple[str, ...]] = ("flag",)
+
+    @classmethod
+    def from_config(cls, cookies: CookiesConfig, provider: ProviderConfig | None) -> AuthjsLayout:
+        own = cookies.layout_config
+        if not isinstance(own, AuthjsConfig) or not own.secrets:
+            raise ValueError("the authjs cookie layout needs cookies.authjs.secrets")
+        return cls(Keys(own.version, own.secrets), own.fields, own.cookie_name)
+
+    def __init__(
+        self,
+        keys: Keys,
+        fields: TokenFields | None = None,
+        cookie_name: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = keys
+        self.fields = fields or TokenFields()
+        self.cookie_name = cookie_name
+        self.clock = clock
+        self._names = session_names(keys.version, cookie_name)
+        # The write of each refresh, made once: a JWE has a random IV, and the upstream's Cookie
+        # and the browser's Set-Cookie must carry the same bytes (and so must every request
+        # that joined the refresh).
+        self._written: LRU[tuple[str, str, str, str | None], CookieWrites] = LRU(256)
+
+    def relevant_cookies(self, header: str) -> Pairs:
+        return select_cookies(header, self._names)
+
+    def owns(self, name: str) -> bool:
+        # The libraries read every cookie whose name starts with the session cookie's.
+        return name.startswith(self._names)
+
+    def read(self, cookies: Sequence[tuple[str, str]]) -> Session | None:
+        found = read_session(self.keys, cookies, self.clock(), self.cookie_name)
+        if found is None:
+            return None
+        claims = found.claims
+        tokens = read_tokens(claims, self.fields)
+        subject = _text(claims.get("sub")) or _text(claims.get("jti"))
+        return Session(
+            user=_text(claims.get("email")) or _text(claims.get("name")) or _text(claims.get("sub")),
+            access_token=tokens.access_token,
+            id_token=tokens.id_token,
+            refresh_token=None if tokens.error else tokens.refresh_token,
+            cookie_names=frozenset(found.cookies.cookie_names),
+            payload=found,
+            expires_at=tokens.expires_at_s,
+            sealed_subject=subject,
+        )
+
+    def _fresh_claims(self, old: AuthjsSession, tokens: FreshTokens) -> dict[str, Any]:
+        """The session's claims with the refresh's tokens; `expires_at` as the guide computes it
+        (now + `expires_in`), else the fresh access token's `exp`, else the old one."""
+        expires_at_s: float | None = None
+        if tokens.expires_in_s is not None:
+            expires_at_s = self.clock() + tokens.expires_in_s
+        else:
+            claims = decode_claims(tokens.access_token)
+            if claims is not None and claims.exp is not None:
+                expires_at_s = claims.exp
+        if expires_at_s is None:
+            expires_at_s = read_tokens(old.claims, self.fields).expires_at_s or self.clock()
+        rotated = tokens.refresh_token != read_tokens(old.claims, self.fields).refresh_token
+        return with_tokens(
+            old.claims,
+            self.fields,
+            access_token=tokens.access_token,
+            expires_at_s=expires_at_s,
+            refresh_token=tokens.refresh_token if rotated else None,
+            id_token=tokens.id_token,
+        )
+
+    def _write(self, session: Session, tokens: FreshTokens) -> CookieWrites:
+        old = _payload(session)
+        key = (old.cookies.value, tokens.access_token, tokens.refresh_token, tokens.id_token)
+        writes = self._written.get(key)
+        if writes is None:
+            writes = write_session(self.keys, old, self._fresh_claims(old, tokens))
+            self._written.put(key, writes)
+        return writes
+
+    def cookie_header(self, cookies: Sequence[tuple[str, str]], session: Session, tokens: FreshTokens) -> str:
+        return format_cookie_header(self._write(session, tokens).cookie_pairs(cookies))
+
+    def set_cookies(self, session: Session, tokens: FreshTokens, attrs: CookieAttributes) -> list[SetCookie]:
+        return _set_cookies(self._write(session, tokens), attrs)
+
+    def flag_rejected(
+        self, cookies: Sequence[tuple[str, str]], session: Session, attrs: CookieAttributes
+    ) -> tuple[str, list[SetCookie]]:
+        writes = write_session(self.keys, _payload(session), flagged(_payload(session).claims, self.fields))
+        return format_cookie_header(writes.cookie_pairs(cookies)), _set_cookies(writes, attrs)
+
+    def clear_cookies(self, session: Session, attrs: CookieAttributes) -> list[SetCookie]:
+        return [_deletion(n, attrs) for n in sorted(session.cookie_names) if is_valid_cookie_name(n)]
+
+    def describe(self, session: Session, when: When) -> list[str]:
+        """The cookie's version, `enc` and claim names, its `expires_at` and `exp`, and whether it
+        is flagged; never a claim's value beside those times."""
+        old = _payload(session)
+        claims = old.claims
+        fields = self.fields
+        names = ", ".join(sorted(claims))
+        lines = [
+            f"Auth.js v{self.keys.version} session cookie {old.cookies.name}: {old.jwt.enc}"
+            f"{', kid' if old.jwt.has_kid else ''}, decrypted with a configured secret (a proven session)",
+            f"  claims: {names}",
+        ]
+        tokens = read_tokens(claims, fields)
+        if tokens.expires_at_s is not None:
+            lines.append(
+                f"  {fields.expires_at} {when(tokens.expires_at_s, 'expires')} (the access token's expiry)"
+            )
+        else:
+            lines.append(f"  {fields.expires_at} absent: the access token's own exp decides")
+        exp = claims.get("exp")
+        if _finite_number(exp):
+            lines.append(f"  exp {when(float(exp), 'expires')} (the cookie's end)")
+        if tokens.error is not None:
+            lines.append(f"  flagged: {fields.error} is set, so the session is never refreshed again")
+        return lines
+
+
+def _payload(session: Session) -> AuthjsSession:
+    payload = session.payload
+    assert isinstance(payload, AuthjsSession), "a session this layout read"
+    return payload
+
+
+def _set_cookies(writes: CookieWrites, attrs: CookieAttributes) -> list[SetCookie]:
+    """As Auth.js writes them: HttpOnly, SameSite=Lax, Path=/, Secure exactly for `__Secure-`
+    names, Expires = the JWT's `exp`; of `cookies.attributes` only the domain. Stale pieces the
+    request carried are deleted."""
+    deletions = [_deletion(name, attrs) for name in writes.delete if is_valid_cookie_name(name)]
+    return deletions + [
+        SetCookie(
+            name=name,
+            value=value,
+            path="/",
+            domain=attrs.domain,
+            max_age_s=attrs.max_age_s,
+            secure=writes.secure,
+            http_only=True,
+            same_site="Lax",
+            expires_at=writes.expires_at_s,
+        )
+        for name, value in writes.set
+    ]
+
+
+def _deletion(name: str, attrs: CookieAttributes) -> SetCookie:
+    # A browser refuses any `__Secure-` cookie, deletions included, without Secure.
+    return SetCookie(
+        name=name,
+        value="",
+        path="/",
+        domain=attrs.domain,
+        max_age_s=0,
+        secure=name.startswith(SECURE_PREFIX),
+        http_only=True,
+        same_site="Lax",
+    )
