@@ -24,9 +24,9 @@ Which cookies hold a session, and how, is a cookie layout's business: see `cooki
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -287,7 +287,7 @@ class SetCookie:
         if self.domain:
             parts.append(f"Domain={self.domain}")
         if self.expires_at is not None:
-            parts.append(f"Expires={formatdate(self.expires_at, usegmt=True)}")
+            parts.append(f"Expires={http_date(self.expires_at)}")
         else:
             parts.append(f"Max-Age={self.max_age_s}")
         if self.secure:
@@ -297,3 +297,17 @@ class SetCookie:
         if self.same_site:
             parts.append(f"SameSite={self.same_site}")
         return "; ".join(parts)
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(epoch_s: float) -> str:
+    """RFC 9110's IMF-fixdate (`Sun, 06 Dec 2026 12:00:00 GMT`), as Set-Cookie's Expires takes it.
+    Written out here: email.utils.formatdate would pull the socket module into the pure core."""
+    t = time.gmtime(epoch_s)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )

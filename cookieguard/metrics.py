@@ -17,6 +17,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from cookieguard.vocabulary import Outcome
+
 # Why cookieguard cut a client off: the `reason` label of cookieguard_clients_cut_total.
 CLIENT_CUT_REASONS = ("header_timeout", "body_timeout", "max_connections")
 # Which budget held a refresh back: the `limit` label of cookieguard_refresh_limited_total
@@ -98,7 +100,7 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        for outcome in ("refreshed", "joined", "reused", "rejected", "failed", "limited"):
+        for outcome in Outcome:
             self.refresh_total.labels(outcome=outcome)
         for reason in CLIENT_CUT_REASONS:
             self.clients_cut.labels(reason=reason)

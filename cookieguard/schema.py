@@ -1,29 +1,42 @@
 """Reading one YAML mapping with its key path: the helpers every section loader shares.
 
-`config.py` reads the top level with them, and each provider kind (`providers/`) reads its own
-`provider:` section, so a kind's fields and defaults are written once, in its module. Problems are
-collected with their key path (`provider.user_pool_id: required ...`), never raised one by one.
+A configuration record declares its YAML keys once, on its fields (`key(...)`: the key's name,
+its parser, its default and the line of the configuration reference). `read_record` reads a
+section into the record from that; `reference_rows` writes the reference table's rows from it;
+`key_paths` lists the keys (tests/test_public_surface.py). Each provider kind (`providers/`) reads
+its own `provider:` section with the same `Section`, so a kind's fields and defaults are written
+once, in its module. Problems are collected with their key path (`provider.user_pool_id:
+required ...`), never raised one by one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from enum import StrEnum
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
+    "Key",
     "Section",
     "boolean",
     "cookie_name",
+    "duration_text",
     "http_url",
     "is_http_url",
+    "key",
+    "key_paths",
     "kind_of",
+    "member_of",
     "nonempty_string",
     "one_of",
     "parse_duration",
     "positive_duration",
     "positive_int",
+    "read_record",
+    "reference_rows",
     "string",
 ]
 
@@ -145,6 +158,19 @@ def one_of(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+def member_of(vocabulary: type[E]) -> Callable[[Any], E]:
+    """One of a vocabulary's words (cookieguard.vocabulary), read as its member."""
+    check = one_of(*vocabulary)
+
+    def parse(value: Any) -> E:
+        return vocabulary(check(value))
+
+    return parse
+
+
 def http_url(value: Any) -> str:
     s = string(value)
     if not is_http_url(s):
@@ -163,3 +189,134 @@ def positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"must be a positive integer, got {value!r}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys declared on the records' fields
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One YAML key of a record: `name` in the YAML, how its value is read (`parse`, or `record`
+    for a nested section), and the configuration reference's line: `meaning`, and `shown` for
+    the default when the field's value does not say it (`required`, a layout's own default)."""
+
+    name: str
+    meaning: str
+    parse: Callable[[Any], Any] | None = None
+    record: type | None = None
+    shown: str | None = None
+    show: Callable[[Any], str] | None = None  # how the default reads, e.g. 300.0 -> `5m`
+    many: bool = False  # a list of such sections (`routes[]`)
+
+
+def key(
+    name: str,
+    parse: Callable[[Any], Any],
+    meaning: str,
+    *,
+    default: Any = dataclasses.MISSING,
+    shown: str | None = None,
+    show: Callable[[Any], str] | None = None,
+    repr: bool = True,
+) -> Any:
+    """A record field read from the YAML key `name` (the field's default is the key's)."""
+    return dataclasses.field(
+        default=default, repr=repr, metadata={"yaml": Key(name, meaning, parse, shown=shown, show=show)}
+    )
+
+
+def section_key(
+    name: str,
+    record: type,
+    meaning: str = "",
+    *,
+    shown: str | None = None,
+    required: bool = False,
+    many: bool = False,
+) -> Any:
+    """A record field that is a nested section (or with `many`, a list of them), read into
+    `record`, its defaults when absent. With a `meaning` the reference documents it as one key."""
+    metadata = {"yaml": Key(name, meaning, record=record, shown=shown, many=many)}
+    if required or many:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default_factory=record, metadata=metadata)
+
+
+def yaml_keys(record: type) -> Iterator[tuple[dataclasses.Field[Any], Key]]:
+    for f in dataclasses.fields(record):
+        declared = f.metadata.get("yaml")
+        if declared is not None:
+            yield f, declared
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+R = TypeVar("R")
+
+
+def read_record(s: Section, record: type[R], defaults: R | None = None, /, **given: Any) -> R:
+    """Read the section `s` into `record`: every key declared on its fields, parsed, its default
+    the field's (or `defaults`' when given: a layout's own); nested sections read alike. Fields
+    passed in `given` are not read. Unknown keys are problems (`finish`)."""
+    values: dict[str, Any] = {}
+    for f, declared in yaml_keys(record):
+        if f.name in given:
+            s.seen.add(declared.name)
+            continue
+        default = getattr(defaults, f.name) if defaults is not None else _default(f)
+        if declared.many:
+            raise TypeError(f"{record.__name__}.{f.name}: a list of sections is read by its caller")
+        if declared.record is not None:
+            values[f.name] = read_record(s.section(declared.name), declared.record)
+        else:
+            assert declared.parse is not None
+            values[f.name] = s.get(declared.name, declared.parse, default)
+    s.finish()
+    return record(**values, **given)
+
+
+def key_paths(record: type, prefix: str = "") -> Iterator[str]:
+    """Every YAML key path a record reads: `refresh.before_expiry`, `cookies.attributes.path`."""
+    for _, declared in yaml_keys(record):
+        path = f"{prefix}{declared.name}{'[]' if declared.many else ''}"
+        if declared.record is not None and not declared.meaning:
+            yield from key_paths(declared.record, path + ".")
+        else:
+            yield path
+
+
+def reference_rows(record: type, prefix: str = "") -> Iterator[str]:
+    """The configuration reference's table rows for a record: `| key | default | meaning |`."""
+    for f, declared in yaml_keys(record):
+        path = f"{prefix}{declared.name}{'[]' if declared.many else ''}"
+        if declared.record is not None and not declared.meaning:
+            yield from reference_rows(declared.record, path + ".")
+            continue
+        shown = declared.shown
+        if shown is None:
+            value = _default(f)
+            shown = "none" if value is None else f"`{(declared.show or _shown)(value)}`"
+        yield f"| `{path}` | {shown} | {declared.meaning} |"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as the YAML would write it: the largest unit that divides it at least twice
+    (300.0 -> `5m`, 31536000.0 -> `365d`), else seconds (60.0 -> `60s`, 75.0 -> `75s`)."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= 2 * size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 or seconds == 0 else f"{round(seconds * 1000)}ms"

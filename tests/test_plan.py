@@ -8,8 +8,12 @@ the plan expected next; the playbook replays the whole exchange when asserted.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +28,7 @@ from cookieguard.session.layouts.supabase import session_cookies
 from cookieguard.session.plan import (
     Answer,
     Check,
+    Due,
     Forward,
     Lifetime,
     Plan,
@@ -35,10 +40,15 @@ from cookieguard.session.plan import (
     plan_session,
     session_check,
 )
-from cookieguard.session.refresh import FAILED, JOINED, LIMITED, REFRESHED, REJECTED, REUSED, RefreshResult
+from cookieguard.session.result import RefreshResult
 from cookieguard.tokens.claims import TokenCheck, TokenKind, TokenStatus, decode_claims
 from cookieguard.tokens.providers.base import TokenSet
+from cookieguard.vocabulary import DueReason, ForwardReason, OnRejected, Outcome
 from tests.support.apps import amplify_cookies
+from tests.support.proxy_process import ROOT
+
+REFRESHED, JOINED, REUSED = Outcome.REFRESHED, Outcome.JOINED, Outcome.REUSED
+REJECTED, FAILED, LIMITED = Outcome.REJECTED, Outcome.FAILED, Outcome.LIMITED
 
 NOW = 1_800_000_000.0
 CID = "3n4b5urk1ft4fl3mg5e62d9ado"
@@ -125,7 +135,7 @@ def policy(layout: Layout, on_rejected: str = "clear", *, signature: bool = True
     return Policy(
         layout=layout,
         before_expiry_s=300,
-        on_rejected=on_rejected,
+        on_rejected=OnRejected(on_rejected),
         login_url=LOGIN,
         attributes=attrs,
         signature_verified=signature,
@@ -293,8 +303,10 @@ def untouched(plan: Forward) -> bool:
 
 FRESH_ACCESS = access_token(NOW + 3600, NOW)
 WITH_TOKENS = {REFRESHED, JOINED, REUSED}
-OUTCOMES = [REFRESHED, JOINED, REUSED, REJECTED, FAILED, LIMITED]
-MATRIX = list(itertools.product(["clear", "pass", "login"], OUTCOMES, sorted(LAYOUTS), [True, False]))
+OUTCOMES = list(Outcome)
+# `flag` only with a layout that carries it out (the authjs layout: tests/test_session_repair_authjs.py).
+POLICIES = [policy for policy in OnRejected if policy is not OnRejected.FLAG]
+MATRIX = list(itertools.product(POLICIES, OUTCOMES, sorted(LAYOUTS), [True, False]))
 
 
 def result_for(outcome: str) -> RefreshResult:
@@ -547,3 +559,100 @@ def test_report_asks_for_the_id_verdict_only_when_the_access_token_proves_nothin
     plan = book.plans[-1]
     assert isinstance(plan, Forward)
     assert session_check(book.session, book.verdicts, plan, NOW, book.policy) == Check("id")
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan is import-pure, and carries its due window as data
+# ---------------------------------------------------------------------------------------------
+
+# Modules that do I/O (network, the store, the refresher, the verifier) or set up logging.
+IO_MODULES = (
+    "aiohttp", "redis", "socket", "ssl", "asyncio", "structlog", "prometheus_client",
+    "cryptography", "jwt", "cookieguard.session.refresh", "cookieguard.session.repair",
+    "cookieguard.store", "cookieguard.tokens.verifier", "cookieguard.tokens.providers",
+    "cookieguard.logs", "cookieguard.metrics",
+)  # fmt: skip
+
+_IMPORT_BLOCKED = """
+import importlib.abc, sys
+BLOCKED = {blocked!r}
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+            raise ImportError(f"blocked: {{name}}")
+        return None
+for name in [m for m in sys.modules if any(m == b or m.startswith(b + ".") for b in BLOCKED)]:
+    del sys.modules[name]
+sys.meta_path.insert(0, Refuse())
+import {module}
+print("imported", {module}.__name__)
+"""
+
+
+def import_blocked(module: str) -> subprocess.CompletedProcess[str]:
+    code = _IMPORT_BLOCKED.format(blocked=IO_MODULES, module=module)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_plan_imports_nothing_that_does_io() -> None:
+    """The plan, its result types and the vocabulary import with every I/O module refused; the
+    refusal is real: session repair, the plan's shell, does not import under it."""
+    for module in ("cookieguard.session.plan", "cookieguard.session.result", "cookieguard.vocabulary"):
+        proc = import_blocked(module)
+        assert proc.returncode == 0 and f"imported {module}" in proc.stdout, proc.stderr
+    shell = import_blocked("cookieguard.session.repair")
+    assert shell.returncode != 0 and "blocked: " in shell.stderr
+
+
+def test_the_plan_carries_the_due_window_and_time_left() -> None:
+    """What `cookieguard explain` and the log print is the plan's own data, not a recomputation;
+    a fresh session's window only when asked (Policy.keep_due): the proxy never reads it."""
+    fresh = access_token(NOW + 3000, NOW - 600)
+    book = playbook("named", fresh)
+    book.policy = dataclasses.replace(book.policy, keep_due=True)
+    assert (
+        book
+        >> Verdict("access", valid(fresh))
+        << like(Forward, reason=ForwardReason.FRESH, due=Due(DueReason.FRESH, left_s=3000, window_s=300))
+    )
+    short = access_token(NOW + 100, NOW - 200)  # a 5-minute token: the window is half of it
+    assert (
+        playbook("named", short)
+        >> Verdict("access", valid(short))
+        << like(Refresh, reason=DueReason.DUE, due=Due(DueReason.DUE, left_s=100, window_s=150, capped=True))
+    )
+
+
+def test_expired_means_the_same_to_the_plan_and_the_session_endpoint() -> None:
+    """One definition of expired, on the server's clock: a token past its `exp` by our clock but
+    not by the server's (Amplify's clockDrift) is fresh to the plan, and the session endpoint
+    says so too (it said `expired` while the proxy forwarded it as fresh)."""
+    token = access_token(NOW - 60, NOW - 3660)
+    cookies = amplify_cookies(CID, USER, access_token=token, id_token=None, refresh_token=REFRESH_TOKEN)
+    cookies[AmplifyLayout(CID).cookie_name(USER, "clockDrift")] = str(-3_600_000)
+    layout = AmplifyLayout(CID)
+    keep_due = dataclasses.replace(policy(layout), keep_due=True)
+    book = Playbook(layout, "; ".join(f"{k}={v}" for k, v in cookies.items()), keep_due)
+    behind = Due(DueReason.FRESH, left_s=3540, window_s=300)
+    assert book >> Verdict("access", valid(token)) << like(Forward, reason="fresh", due=behind)
+    report = book.report()
+    assert (report.authenticated, report.reason, report.expires_at) == (True, "ok", NOW - 60)
+
+
+@pytest.mark.parametrize("keep_due", [False, True])
+@pytest.mark.parametrize("left_s", [-10, 100, 301, 3000])
+def test_the_fresh_shortcut_decides_as_due_does(keep_due: bool, left_s: float) -> None:
+    """Without keep_due a fresh session skips the Due record; the decision is the same."""
+    token = access_token(NOW + left_s, NOW - 3600)
+    book = playbook("named", token)
+    book.policy = dataclasses.replace(book.policy, keep_due=keep_due)
+    expected = (
+        like(Forward, reason="fresh")
+        if left_s > 300
+        else like(Refresh, due=Due(DueReason.EXPIRED if left_s <= 0 else DueReason.DUE, left_s, 300))
+    )
+    assert book >> Verdict("access", valid(token)) << expected
+    if left_s > 300:
+        assert (book.plans[-1].due is not None) == keep_due  # type: ignore[union-attr]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -16,9 +18,10 @@ import yaml
 
 import cookieguard
 from cookieguard.app import build_app
-from cookieguard.loader import parse_config
+from cookieguard.loader import config_keys, parse_config, reference
 from cookieguard.metrics import Metrics
 from cookieguard.tokens.providers import KINDS
+from cookieguard.vocabulary import CheckReason, OnRejected, Outcome
 from tests.support.proxy_process import ROOT, run_cli
 
 CONFIGURATION = (ROOT / "docs/configuration.md").read_text()
@@ -27,34 +30,9 @@ PACKAGE = ROOT / "cookieguard"
 
 CLI_VERBS = {"run", "check", "keygen", "healthcheck", "explain", "demo"}
 
-CONFIG_KEYS = {
-    "listen", "upstream", "admin_prefix", "admin_listen",
-    "provider.kind", "provider.client_id", "provider.client_secret", "provider.timeout",
-    "provider.jwks_url", "provider.user_pool_id", "provider.api", "provider.endpoint",
-    "provider.issuer", "provider.token_endpoint", "provider.client_auth", "provider.url",
-    "provider.anon_key", "provider.jwt_secret",
-    "cookies.layout", "cookies.names", "cookies.storage_key", "cookies.attributes.secure",
-    "cookies.attributes.same_site", "cookies.attributes.path", "cookies.attributes.max_age",
-    "cookies.attributes.http_only", "cookies.attributes.domain",
-    "cookies.authjs.version", "cookies.authjs.secrets", "cookies.authjs.cookie_name",
-    "cookies.authjs.fields.access_token", "cookies.authjs.fields.refresh_token",
-    "cookies.authjs.fields.expires_at", "cookies.authjs.fields.expires_at_unit",
-    "cookies.authjs.fields.id_token", "cookies.authjs.fields.error", "cookies.authjs.fields.error_value",
-    "refresh.before_expiry", "refresh.grace", "refresh.on_rejected", "refresh.login_url",
-    "refresh.backoff",
-    "verify.signature", "verify.audience",
-    "store.kind", "store.url", "store.encryption_key", "store.max_entries", "store.lock_lease",
-    "routes[].match", "routes[].upstream", "routes[].refresh", "routes[].preserve_host",
-    "routes[].timeout",
-    "timeouts.upstream_connect", "timeouts.upstream_read", "timeouts.drain",
-    "timeouts.client_header", "timeouts.client_body_idle", "timeouts.keepalive",
-    "limits.max_connections", "limits.trusted_proxies", "limits.unproven_per_address",
-    "limits.unproven_per_second", "limits.refresh_tokens_per_subject",
-    "limits.idp_calls_per_second", "limits.refresh_queue", "limits.refresh_wait",
-    "limits.upstream_connections",
-    "logging.level", "logging.format", "logging.access_log",
-    "metrics.enabled",
-}  # fmt: skip
+# Declared once, on the records' fields and by the provider kinds (cookieguard/config.py,
+# cookieguard.loader.config_keys); docs/configuration.md must document exactly these.
+CONFIG_KEYS = set(config_keys())
 
 ENDPOINTS = {"healthz", "readyz", "metrics", "session"}
 
@@ -78,6 +56,8 @@ METRICS = {
     "cookieguard_refresh_limited_total",
 }
 REFRESH_OUTCOMES = {"refreshed", "joined", "reused", "rejected", "failed", "limited"}
+# Reasons the session endpoint never answers with: without a provider it is not served.
+UNDOCUMENTED_CHECK_REASONS = {CheckReason.NO_PROVIDER}
 
 
 def test_the_package_exports_little() -> None:
@@ -103,6 +83,32 @@ def _first_column(section: str) -> set[str]:
 
 def test_the_configuration_reference_documents_exactly_the_config_keys() -> None:
     assert _first_column(_section(CONFIGURATION, "Configuration reference")) == CONFIG_KEYS
+    assert len(CONFIG_KEYS) == 73  # 63, and the authjs layout's 10
+
+
+def test_the_reference_table_is_the_records_own() -> None:
+    """The rows of the records' keys are what `python -m cookieguard.loader --reference` prints
+    from the field declarations (default and meaning), in that order; only the provider kinds'
+    rows are written by hand beside them."""
+    section = _section(CONFIGURATION, "Configuration reference")
+    rows = re.findall(r"^\| `[a-z_.\[\]]+` \|.*$", section, re.MULTILINE)
+    assert [row for row in rows if not row.startswith("| `provider.")] == reference()
+
+
+def test_the_reference_command_prints_the_rows() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cookieguard.loader", "--reference"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert proc.stdout.splitlines() == reference()
+    assert (
+        "| `refresh.before_expiry` | `5m` | refresh when the access token has less than this left |"
+        in proc.stdout
+    )
 
 
 def test_operations_documents_exactly_the_endpoints_and_log_events() -> None:
@@ -218,3 +224,31 @@ def test_metric_names_and_outcomes() -> None:
     assert outcomes == REFRESH_OUTCOMES
     documented = re.findall(r"^\| `(cookieguard_[a-z_]+)", _section(OPERATIONS, "Metrics"), re.MULTILINE)
     assert set(documented) == METRICS
+
+
+def _bullet(page: str, name: str) -> str:
+    """The bullet of a page that starts with `name`, up to the next bullet or blank line."""
+    start = page.index(f"- `{name}`:")
+    return re.split(r"\n(?:- |\n)", page[start + 2 :], maxsplit=1)[0]
+
+
+def _defined_words(text: str, *, explained: bool = False) -> set[str]:
+    """The words a list defines: each in backticks after a colon or a comma, then its
+    explanation in parentheses (`explained`), or then a comma, parentheses or the end."""
+    after = r"\s+\(" if explained else r",|\s+\(|\.?$"
+    return set(re.findall(rf"(?:^|[:,]\s+)`([a-z_]+)`(?={after})", text))
+
+
+def test_the_docs_name_exactly_the_vocabulary() -> None:
+    """The outcomes, the session endpoint's reasons and `on_rejected`'s values are declared once
+    (cookieguard/vocabulary.py); the docs list exactly those, and the refresh outcomes are the
+    pinned public set."""
+    assert {o.value for o in Outcome} == REFRESH_OUTCOMES
+    logs = _section(OPERATIONS, "Logs")
+    assert _defined_words(_bullet(logs, "token_refresh.outcome"), explained=True) == REFRESH_OUTCOMES
+    reasons = {r.value for r in CheckReason} - UNDOCUMENTED_CHECK_REASONS
+    assert _defined_words(_bullet(_section(OPERATIONS, "Session endpoint"), "reason")) == reasons
+    row = re.search(r"^\| `refresh\.on_rejected` \|.*$", CONFIGURATION, re.MULTILINE)
+    assert row is not None
+    meaning = row.group(0).rsplit("|", 2)[1]
+    assert set(re.findall(r"`([a-z_]+)`", meaning)) == {v.value for v in OnRejected}

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from cookieguard.metrics import Metrics
 from cookieguard.session.plan import SessionCheck
+from cookieguard.vocabulary import CheckReason
 
 # A readiness check returns None when its dependency is fine, else a short reason.
 ReadinessCheck = Callable[[], Awaitable[dict[str, str] | None]]
@@ -65,7 +66,7 @@ class Admin:
         Set-Cookie. Always 200 with JSON, except 404 when no provider is configured.
         """
         check = await self.check_session(request) if self.check_session is not None else None
-        if check is None or check.reason == "no_provider":
+        if check is None or check.reason is CheckReason.NO_PROVIDER:
             return web.json_response(
                 {"error": "no provider configured: cookieguard does not manage sessions"},
                 status=404,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from aiohttp import web
 
@@ -175,3 +175,11 @@ def response_headers(
     if set_cookies:
         headers.extend([("Set-Cookie", value) for value in set_cookies])
     return headers
+
+
+def is_navigation(headers: Mapping[str, str]) -> bool:
+    """A top-level page load (gets a redirect to sign in) vs a background fetch (gets a 401)."""
+    mode = headers.get("Sec-Fetch-Mode")
+    if mode is not None and mode.lower() != "navigate":
+        return False
+    return "text/html" in headers.get("Accept", "")

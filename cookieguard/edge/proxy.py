@@ -22,7 +22,7 @@ from yarl import URL
 from cookieguard.config import Config, Route
 from cookieguard.cookies import SetCookie
 from cookieguard.edge.client import client_address
-from cookieguard.edge.headers import response_headers, upstream_request_headers
+from cookieguard.edge.headers import is_navigation, response_headers, upstream_request_headers
 from cookieguard.edge.routing import Router, Target, parse_target
 from cookieguard.edge.upstream import (
     Origin,
@@ -35,15 +35,15 @@ from cookieguard.edge.upstream import (
 from cookieguard.edge.websocket import forward_websocket, is_websocket
 from cookieguard.logs import get_logger
 from cookieguard.metrics import Metrics
-from cookieguard.session.decide import is_navigation
 from cookieguard.session.layouts import Session
 from cookieguard.session.merge import NOTHING, merge_answer
 from cookieguard.session.plan import Answer, Forward, Plan, Refresh, SessionCheck
 from cookieguard.session.repair import Auth, Judged, Pacer, SessionRepair
+from cookieguard.vocabulary import CheckReason, ForwardReason
 
 __all__ = ["Auth", "Pacer", "Proxy", "SessionCheck"]
 
-UNCHANGED = Forward("unchanged")
+UNCHANGED = Forward(ForwardReason.UNCHANGED)
 
 
 class Proxy:
@@ -130,7 +130,7 @@ class Proxy:
         """The session endpoint's report (docs/operations.md "Session endpoint"): the session repaired exactly
         as a proxied request's would be, logged under the endpoint's own path."""
         if self.repair is None:
-            return SessionCheck(authenticated=False, reason="no_provider")
+            return SessionCheck(authenticated=False, reason=CheckReason.NO_PROVIDER)
         bind_contextvars(route=self._session_route)
         try:
             return await self.repair.check(

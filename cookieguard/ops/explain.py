@@ -11,15 +11,28 @@ digits of sha256 of the refresh token, as in the logs).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from cookieguard.config import Config
 from cookieguard.cookies import parse_cookie_header
-from cookieguard.session.decide import refresh_window
-from cookieguard.session.layouts import LAYOUTS, Layout, Session
-from cookieguard.session.plan import Check, Policy, Refresh, Verdicts, plan_session
+from cookieguard.session.layouts import LAYOUTS, Session
+from cookieguard.session.plan import (
+    Check,
+    Due,
+    Forward,
+    Plan,
+    Policy,
+    Proof,
+    Refresh,
+    Verdicts,
+    judge_access,
+    plan_session,
+    prove,
+    time_left,
+)
 from cookieguard.tokens.claims import (
     Claims,
     TokenCheck,
@@ -30,6 +43,7 @@ from cookieguard.tokens.claims import (
     expectations_for,
     session_id,
 )
+from cookieguard.vocabulary import DueReason, ForwardReason
 
 _HEADER_PREFIX = re.compile(r"^\s*cookie\s*:\s*", re.IGNORECASE)
 
@@ -99,8 +113,12 @@ def explain(
         )
     else:
         out.append("refresh token: absent")
-    out += _verdict_lines(_decide(session, layout, config, now_s))
-    out.append(_proof_line(session, config, now_s))
+    policy = dataclasses.replace(Policy.from_config(config, layout), keep_due=True)
+    verdicts = _offline_verdicts(session, config, now_s)
+    plan = plan_session(session, verdicts, now_s, policy)
+    assert not isinstance(plan, Check), "every token's verdict is given"
+    out += _verdict_lines(_decide(plan, session, verdicts, now_s))
+    out.append(_proof_line(session, verdicts, policy, config))
     if config.provider is not None and config.verify.signature:
         out.append("note: the proxy also verifies the signature against the IdP's keys (not done here)")
     return out
@@ -122,94 +140,95 @@ def offline_verdict(token: str, kind: TokenKind, config: Config, now_s: float) -
     return TokenCheck(TokenStatus.UNKNOWN, claims, "not_checked")
 
 
-def _decide(session: Session, layout: Layout, config: Config, now_s: float) -> Verdict:
-    """The proxy's own plan (cookieguard.session.plan), on verdicts read offline; an opaque access token
-    counts as never seen issued (its lifetime is known only to the proxy that received it)."""
-    verdicts = Verdicts(
-        access=offline_verdict(session.access_token, "access", config, now_s)
-        if session.access_token
-        else None,
-        id=offline_verdict(session.id_token, "id", config, now_s) if session.id_token else None,
+def _offline_verdicts(session: Session, config: Config, now_s: float) -> Verdicts:
+    """The verdicts explain can give: claims read, not verified; an opaque access token counts
+    as never seen issued (its lifetime is known only to the proxy that received it)."""
+    access, id_token = session.access_token, session.id_token
+    return Verdicts(
+        access=offline_verdict(access, "access", config, now_s) if access else None,
+        id=offline_verdict(id_token, "id", config, now_s) if id_token else None,
     )
-    plan = plan_session(session, verdicts, now_s, Policy.from_config(config, layout))
-    assert not isinstance(plan, Check), "every token's verdict is given"
-    access = verdicts.access.claims if verdicts.access is not None else None
-    if plan.reason == "no_refresh_token":
-        if access is not None and access.exp is not None and access.exp <= now_s:
-            return Verdict(
-                "forward", "no refresh token, and the access token has expired: the user must sign in"
-            )
-        return Verdict("forward", "no refresh token: cookieguard cannot refresh this session")
-    if plan.reason == "opaque_unseen":
-        return Verdict(
-            "forward",
-            "the access token is not a JWT (opaque): its expiry is known only from a token response "
-            "cookieguard saw itself, so it refreshes it only when that lifetime runs out",
-        )
-    if plan.reason == "invalid_token":
-        problem = verdicts.access.reason if verdicts.access is not None else "invalid"
-        if problem == "not_a_jwt":
+
+
+def _decide(plan: Plan, session: Session, verdicts: Verdicts, now_s: float) -> Verdict:
+    """The proxy's own plan (cookieguard.session.plan) put in words: what it decided and the due
+    window it carries; nothing is judged here."""
+    if isinstance(plan, Refresh):
+        return Verdict("refresh", _due_text(plan.due))
+    assert isinstance(plan, Forward)
+    match plan.reason:
+        case ForwardReason.FRESH:
+            assert plan.due is not None
+            return Verdict("forward", _due_text(plan.due))
+        case ForwardReason.NO_REFRESH_TOKEN:
+            access = judge_access(session, verdicts)
+            exp = None if isinstance(access, Check) else access.expires_at
+            if exp is not None and time_left(exp, now_s, session.clock_drift_ms) <= 0:
+                return Verdict(
+                    "forward", "no refresh token, and the access token has expired: the user must sign in"
+                )
+            return Verdict("forward", "no refresh token: cookieguard cannot refresh this session")
+        case ForwardReason.OPAQUE_UNSEEN:
             return Verdict(
                 "forward",
-                "the access token is not a JWT: treated as no session (never refreshed, passed through)",
+                "the access token is not a JWT (opaque): its expiry is known only from a token response "
+                "cookieguard saw itself, so it refreshes it only when that lifetime runs out",
             )
-        return Verdict(
-            "forward", f"the access token fails the claim checks ({problem}): treated as no session"
-        )
-    if plan.reason == "absent":
-        return Verdict("refresh", "no access token, but a refresh token: cookieguard refreshes")
-    if plan.reason == "no_exp" or access is None or access.exp is None:
-        return Verdict("refresh", "the access token has no exp claim: cookieguard refreshes")
-    left = access.exp - (now_s + session.clock_drift_ms / 1000)
-    window = refresh_window(config.refresh.before_expiry_s, access.exp, access.iat)
+        case ForwardReason.INVALID_TOKEN:
+            problem = verdicts.access.reason if verdicts.access is not None else "invalid"
+            if problem == "not_a_jwt":
+                return Verdict(
+                    "forward",
+                    "the access token is not a JWT: treated as no session (never refreshed, passed through)",
+                )
+            return Verdict(
+                "forward", f"the access token fails the claim checks ({problem}): treated as no session"
+            )
+    return Verdict("forward", f"no session ({plan.reason})")
+
+
+def _due_text(when: Due) -> str:
+    """The plan's due window in words."""
+    if when.reason is DueReason.ABSENT:
+        return "no access token, but a refresh token: cookieguard refreshes"
+    if when.reason is DueReason.NO_EXP or when.left_s is None or when.window_s is None:
+        return "the access token has no exp claim: cookieguard refreshes"
+    left, window = when.left_s, when.window_s
     window_text = f"the {_relative(window)} refresh window" + (
-        " (refresh.before_expiry)"
-        if window == config.refresh.before_expiry_s
-        else " (half the token's lifetime)"
+        " (half the token's lifetime)" if when.capped else " (refresh.before_expiry)"
     )
-    if isinstance(plan, Refresh):
-        if left <= 0:
-            return Verdict("refresh", f"the access token expired {_relative(-left)} ago")
-        return Verdict("refresh", f"the access token expires in {_relative(left)}, within {window_text}")
-    return Verdict(
-        "forward",
+    if when.reason is DueReason.EXPIRED:
+        return f"the access token expired {_relative(-left)} ago"
+    if when.reason is DueReason.DUE:
+        return f"the access token expires in {_relative(left)}, within {window_text}"
+    return (
         f"the access token is fresh: it expires in {_relative(left)}, outside {window_text}; "
-        f"refresh due in {_relative(left - window)}",
+        f"refresh due in {_relative(left - window)}"
     )
 
 
-def _proof_line(session: Session, config: Config, now_s: float) -> str:
+def _proof_line(session: Session, verdicts: Verdicts, policy: Policy, config: Config) -> str:
     """Whether the proxy would count the session as proven (docs/security.md "Abuse limits"): proven
-    sessions are budgeted per subject, unproven ones per client address and in all. Offline, a
-    signature cannot be checked, so the best answer for well-formed tokens is "unknown"."""
+    sessions are budgeted per subject, unproven ones per client address and in all. The plan's
+    own rule, on the offline verdicts; a signature cannot be checked here, so the best answer
+    for well-formed tokens is "unknown"."""
     if config.provider is None:
         return "proven: no (no provider configured: nothing is refreshed)"
-    if not config.verify.signature:
+    proof = prove(session, verdicts, policy, assume_signed=True)
+    assert isinstance(proof, Proof), "every token's verdict is given"
+    if proof.reason == "not_verified":
         return "proven: no (verify.signature is false: every refresh is budgeted as unproven)"
-    problems = []
-    candidates: tuple[tuple[TokenKind, str | None], ...] = (
-        ("access", session.access_token),
-        ("id", session.id_token),
-    )
-    for kind, token in candidates:
-        if not token:
-            continue
-        claims = decode_claims(token)
-        if claims is None:
-            problems.append(f"{kind} token is not a JWT")
-            continue
-        problem = check_claims(claims, expectations_for(config.provider, config.verify, kind), now_s)
-        if problem is None and not claims.sub:
-            problem = "no sub claim"
-        if problem is None:
-            return (
-                f"proven: unknown (the {kind} token names this client and subject {claims.sub}; "
-                "the proxy proves it with a signature check against the IdP's keys, not done here)"
-            )
-        problems.append(f"{kind} token: {problem}")
-    if not problems:
+    if proof.proven and proof.kind is None:
+        # The layout vouches for it: a cookie sealed with the app's secret (docs/providers/authjs.md).
+        return f"proven: yes (the session cookie decrypts with the app's secret; subject {proof.subject})"
+    if proof.proven:
+        return (
+            f"proven: unknown (the {proof.kind} token names this client and subject {proof.subject}; "
+            "the proxy proves it with a signature check against the IdP's keys, not done here)"
+        )
+    if proof.reason == "no_token":
         return "proven: no (no access or id token beside the refresh token: budgeted per address)"
-    return f"proven: no ({'; '.join(problems)}: budgeted per address)"
+    return f"proven: no ({proof.kind} token: {proof.reason}: budgeted per address)"
 
 
 def _verdict_lines(verdict: Verdict) -> list[str]:

@@ -17,6 +17,11 @@ A caller runs it in steps (docs/behaviour.md §1):
    IdP could not answer, a budget held the call back, `on_rejected: pass`).
 
 `session_check` turns a plan into the session endpoint's report (docs/operations.md "Session endpoint").
+
+When a token is due is decided here once (`due`), on the server's clock (`time_left`): the due
+window, the time left and the reason travel on `Refresh.due`, and on a fresh `Forward.due` when
+the caller asks (`Policy.keep_due`: `cookieguard explain` prints them). The module imports
+nothing that does I/O (tests/test_plan.py imports it with those modules blocked).
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from cookieguard.cookies import SetCookie, parse_cookie_header
-from cookieguard.session.decide import Action, needs_refresh
 from cookieguard.session.layouts import FreshTokens, Layout, Session
-from cookieguard.session.refresh import FAILED, LIMITED, REJECTED, RefreshResult
+from cookieguard.session.result import RefreshResult
 from cookieguard.tokens.claims import Claims, TokenCheck, TokenKind, TokenStatus, decode_claims
+from cookieguard.vocabulary import CheckReason, DueReason, ForwardReason, OnRejected, Outcome
 
 if TYPE_CHECKING:
     from cookieguard.config import Config, CookieAttributes
@@ -42,11 +47,14 @@ class Policy:
     layout: Layout
     before_expiry_s: float
     on_rejected: (
-        str  # clear | pass | login, or one of the layout's `rejected_policies` (docs/behaviour.md §3)
+        OnRejected  # docs/behaviour.md §3 (`flag`: only a layout that lists it in `rejected_policies`)
     )
     login_url: str
     attributes: CookieAttributes = field(repr=False)
     signature_verified: bool  # verify.signature: without it nothing is proven
+    # Carry the due window on a fresh session's Forward too (`cookieguard explain` prints it).
+    # The proxy does not read it there, and its hottest path then allocates nothing.
+    keep_due: bool = False
 
     @classmethod
     def from_config(cls, config: Config, layout: Layout) -> Policy:
@@ -96,6 +104,8 @@ class Proof:
     subject: str | None = None
     user: str | None = None
     reason: str = "ok"  # ok | no_token | not_verified (verify.signature false) | no_sub | <verdict reason>
+    # The token that proves it, or the last one that did not (what `cookieguard explain` names).
+    kind: TokenKind | None = field(default=None, compare=False)
 
     @property
     def proven(self) -> bool:
@@ -124,6 +134,56 @@ INVALID = AccessState("invalid_token")
 OPAQUE_UNSEEN = AccessState("opaque_unseen")
 
 
+class Due(NamedTuple):
+    """Whether the access token is due for a refresh (docs/behaviour.md §2), as the plan
+    decided it. `left_s`: the time left before its `exp` on the server's clock (negative: it
+    expired that long ago); `window_s`: the refresh window it is judged by, `refresh.before_expiry`
+    or, when `capped`, half the token's lifetime. Both None when it has no `exp` or is absent."""
+
+    reason: DueReason
+    left_s: float | None = None
+    window_s: float | None = None
+    capped: bool = False
+
+    @property
+    def is_due(self) -> bool:
+        return self.reason is not DueReason.FRESH
+
+
+DUE_ABSENT = Due(DueReason.ABSENT)
+DUE_NO_EXP = Due(DueReason.NO_EXP)
+
+
+def time_left(expires_at: float, now_s: float, clock_drift_ms: int) -> float:
+    """Seconds before `expires_at` on the server's clock; expired when <= 0. Amplify keeps
+    `clockDrift` = server time - browser time (ms) and judges expiry on the server's clock; the
+    proxy does the same so both agree on when a token is due."""
+    return expires_at - (now_s + clock_drift_ms / 1000)
+
+
+def refresh_window(before_expiry_s: float, expires_at: float, issued_at: float | None) -> float:
+    """`before_expiry`, capped at half the token's lifetime when its `iat` is known: with
+    `before_expiry: 5m` and an IdP issuing 5-minute tokens, every request would otherwise
+    refresh again."""
+    if issued_at is not None and expires_at > issued_at:
+        return min(before_expiry_s, (expires_at - issued_at) / 2)
+    return before_expiry_s
+
+
+def due(access: AccessState, now_s: float, before_expiry_s: float, clock_drift_ms: int) -> Due:
+    """When the refresh is due: within the refresh window before `exp`, on the server's clock;
+    expired when no time is left."""
+    expires_at = access.expires_at
+    if expires_at is None:
+        return DUE_ABSENT if access is ABSENT else DUE_NO_EXP
+    left = time_left(expires_at, now_s, clock_drift_ms)
+    window = refresh_window(before_expiry_s, expires_at, access.issued_at)
+    capped = window < before_expiry_s
+    if left > window:
+        return Due(DueReason.FRESH, left, window, capped)
+    return Due(DueReason.EXPIRED if left <= 0 else DueReason.DUE, left, window, capped)
+
+
 # ---------------------------------------------------------------------------------------------
 # Plans
 # ---------------------------------------------------------------------------------------------
@@ -150,29 +210,32 @@ class Refresh:
     refresh_token: str = field(repr=False)
     context: Mapping[str, str] = field(repr=False)  # Session.refresh_context, for the provider
     proof: Proof
-    reason: str  # absent | no_exp | expired | due
+    due: Due
     old_expires_at: float | None  # the access token's `exp`, for the log line
     # Forwarded unrefreshed, the app would get no access token, an expired one, or one that
     # expires before it could act on it (docs/security.md "Abuse limits": such a session waits for the IdP
     # ceiling). False: still valid for a while, merely inside `before_expiry`.
     urgent: bool = True
 
+    @property
+    def reason(self) -> DueReason:
+        return self.due.reason
+
 
 @dataclass(frozen=True, slots=True)
 class Forward:
     """Forward the request. `cookie_header` None: the client's Cookie header as it came."""
 
-    # no_session | no_refresh_token | invalid_token | opaque_unseen | fresh, or after a refresh
-    # its outcome: refreshed | joined | reused | rejected | failed | limited
-    reason: str
+    reason: ForwardReason  # after a refresh, its outcome
     cookie_header: str | None = field(default=None, repr=False)
     set_cookies: tuple[SetCookie, ...] = field(default=(), repr=False)  # merged into the answer
-    outcome: str | None = None  # the refresh outcome, when a refresh was made
+    outcome: Outcome | None = None  # the refresh outcome, when a refresh was made
     fresh: FreshTokens | None = None  # the tokens the refresh gave
     fresh_claims: Claims | None = None  # the fresh access token's claims, decoded once (None: opaque)
     # Remember this lifetime for the fresh access token: it is opaque, and only this token
     # response says when it expires.
     opaque_lifetime: Lifetime | None = None
+    due: Due | None = None  # `fresh`, with Policy.keep_due: how far the token is from its refresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +246,8 @@ class Answer:
     status: int
     location: str | None
     set_cookies: tuple[SetCookie, ...] = field(repr=False)
-    outcome: str
-    reason: str = "rejected"
+    outcome: Outcome
+    reason: ForwardReason = ForwardReason.REJECTED
 
 
 Plan = Check | Refresh | Forward | Answer
@@ -194,11 +257,11 @@ Plan = Check | Refresh | Forward | Answer
 # handler may still call an API with the token after that check.
 APP_MARGIN_S = 30.0
 
-NO_SESSION = Forward("no_session")
-NO_REFRESH_TOKEN = Forward("no_refresh_token")
-INVALID_TOKEN = Forward("invalid_token")
-UNSEEN_OPAQUE_TOKEN = Forward("opaque_unseen")
-FRESH = Forward("fresh")
+NO_SESSION = Forward(ForwardReason.NO_SESSION)
+NO_REFRESH_TOKEN = Forward(ForwardReason.NO_REFRESH_TOKEN)
+INVALID_TOKEN = Forward(ForwardReason.INVALID_TOKEN)
+UNSEEN_OPAQUE_TOKEN = Forward(ForwardReason.OPAQUE_UNSEEN)
+FRESH = Forward(ForwardReason.FRESH)  # `due` left out (Policy.keep_due)
 
 
 def plan_session(
@@ -225,44 +288,34 @@ def plan_session(
         return INVALID_TOKEN  # a token that fails verification is no session: never refresh it
     if access is OPAQUE_UNSEEN:
         return UNSEEN_OPAQUE_TOKEN
-    action = needs_refresh(
-        has_refresh_token=True,
-        access_expires_at=access.expires_at,
-        access_issued_at=access.issued_at,
-        now_s=now_s,
-        before_expiry_s=policy.before_expiry_s,
-        clock_drift_ms=session.clock_drift_ms,
-    )
-    if action is Action.FORWARD:
-        return FRESH
+    expires_at = access.expires_at
+    if expires_at is not None and not policy.keep_due:
+        # due() below, without its record: most requests carry a fresh session.
+        window = refresh_window(policy.before_expiry_s, expires_at, access.issued_at)
+        if time_left(expires_at, now_s, session.clock_drift_ms) > window:
+            return FRESH
+    when = due(access, now_s, policy.before_expiry_s, session.clock_drift_ms)
+    if when.reason is DueReason.FRESH:
+        return Forward(ForwardReason.FRESH, due=when)
     proof = prove(session, verdicts, policy)
     if isinstance(proof, Check):
         return proof
     if result is None:
-        reason = _due_reason(access, session, now_s)
         return Refresh(
             session.refresh_token,
             context=session.refresh_context,
             proof=proof,
-            reason=reason,
+            due=when,
             old_expires_at=access.expires_at,
-            urgent=reason != "due" or _expires_within(access, session, now_s, APP_MARGIN_S),
+            urgent=_urgent(when),
         )
     return _after_refresh(session, result, now_s, policy, cookie_header, is_navigation)
 
 
-def _expires_within(access: AccessState, session: Session, now_s: float, seconds: float) -> bool:
-    expires_at = access.expires_at
-    return expires_at is not None and expires_at <= now_s + session.clock_drift_ms / 1000 + seconds
-
-
-def _due_reason(access: AccessState, session: Session, now_s: float) -> str:
-    if access is ABSENT:
-        return "absent"
-    if access.expires_at is None:
-        return "no_exp"
-    # On the server's clock, like Amplify (its clockDrift cookie; docs/behaviour.md §2).
-    return "expired" if access.expires_at <= now_s + session.clock_drift_ms / 1000 else "due"
+def _urgent(when: Due) -> bool:
+    """Whether the app would get no access token, an expired one, or one within APP_MARGIN_S of
+    its expiry, were the request forwarded unrefreshed."""
+    return when.reason is not DueReason.DUE or (when.left_s is not None and when.left_s <= APP_MARGIN_S)
 
 
 def _after_refresh(
@@ -292,7 +345,7 @@ def _after_refresh(
         if claims is None and tokens.expires_in_s is not None:
             opaque_lifetime = Lifetime(now_s, now_s + tokens.expires_in_s)
         return Forward(
-            result.outcome,
+            ForwardReason(result.outcome),
             cookie_header=layout.cookie_header(parse_cookie_header(cookie_header), session, fresh),
             set_cookies=tuple(layout.set_cookies(session, fresh, policy.attributes)),
             outcome=result.outcome,
@@ -300,22 +353,22 @@ def _after_refresh(
             fresh_claims=claims,
             opaque_lifetime=opaque_lifetime,
         )
-    if result.outcome != REJECTED or policy.on_rejected == "pass":
+    if result.outcome is not Outcome.REJECTED or policy.on_rejected is OnRejected.PASS:
         # IdP trouble never signs a user out: forward as the request came.
-        return Forward(result.outcome, outcome=result.outcome)
-    if policy.on_rejected == "flag":
+        return Forward(ForwardReason(result.outcome), outcome=result.outcome)
+    if policy.on_rejected is OnRejected.FLAG:
         # The app sees its own error field in this very request and signs the user out itself.
         header, flagged = layout.flag_rejected(parse_cookie_header(cookie_header), session, policy.attributes)
         return Forward(
-            result.outcome, cookie_header=header, set_cookies=tuple(flagged), outcome=result.outcome
+            ForwardReason.REJECTED, cookie_header=header, set_cookies=tuple(flagged), outcome=result.outcome
         )
     clear = tuple(layout.clear_cookies(session, policy.attributes))
-    if policy.on_rejected == "login":
+    if policy.on_rejected is OnRejected.LOGIN:
         if is_navigation:
             return Answer(302, policy.login_url, clear, result.outcome)
         return Answer(401, None, clear, result.outcome)
     return Forward(
-        result.outcome,
+        ForwardReason.REJECTED,
         cookie_header=layout.stripped_cookie_header(parse_cookie_header(cookie_header), session),
         set_cookies=clear,
         outcome=result.outcome,
@@ -343,13 +396,18 @@ def judge_access(session: Session, verdicts: Verdicts) -> AccessState | Check:
     return AccessState("ok", claims.iat, claims.exp) if claims is not None else AccessState("ok")
 
 
-def prove(session: Session, verdicts: Verdicts, policy: Policy) -> Proof | Check:
-    """Is the session proven? An UNKNOWN verdict (JWKS unreachable) proves nothing."""
+def prove(
+    session: Session, verdicts: Verdicts, policy: Policy, *, assume_signed: bool = False
+) -> Proof | Check:
+    """Is the session proven? An UNKNOWN verdict (JWKS unreachable) proves nothing, unless
+    `assume_signed` (`cookieguard explain`, which checks no signature: would it be proven?)."""
     if session.sealed_subject is not None:
         return Proof(session.sealed_subject, session.user)
     if not policy.signature_verified:
         return NOT_VERIFIED
     reason = "no_token"
+    last: TokenKind | None = None
+    proving = (TokenStatus.VALID, TokenStatus.UNKNOWN) if assume_signed else (TokenStatus.VALID,)
     candidates: tuple[tuple[Check, str | None, TokenCheck | None], ...] = (
         (CHECK_ACCESS, session.access_token, verdicts.access),
         (CHECK_ID, session.id_token, verdicts.id),
@@ -359,10 +417,11 @@ def prove(session: Session, verdicts: Verdicts, policy: Policy) -> Proof | Check
             continue
         if verdict is None:
             return check
-        if verdict.status is TokenStatus.VALID and verdict.claims is not None and verdict.claims.sub:
-            return Proof(verdict.claims.sub, reported_user(verdict.claims))
-        reason = verdict.reason if verdict.status is not TokenStatus.VALID else "no_sub"
-    return Proof(reason=reason)
+        if verdict.status in proving and verdict.claims is not None and verdict.claims.sub:
+            return Proof(verdict.claims.sub, reported_user(verdict.claims), kind=check.kind)
+        reason = verdict.reason if verdict.status not in proving else "no_sub"
+        last = check.kind
+    return Proof(reason=reason, kind=last)
 
 
 def reported_user(claims: Claims) -> str | None:
@@ -415,9 +474,7 @@ class SessionCheck:
     user: str | None = None
     expires_at: float | None = None  # the access token's `exp`, epoch seconds
     refreshed: bool = False
-    # ok | refreshed | no_session | expired | rejected | invalid_token | refresh_unavailable | limited
-    # | no_provider
-    reason: str = "ok"
+    reason: CheckReason = CheckReason.OK
     set_cookies: list[str] = field(default_factory=list, repr=False)
 
 
@@ -428,7 +485,7 @@ def session_check(
     verdict it still needs (the user comes from whichever token verifies)."""
     set_cookies = [cookie.header() for cookie in plan.set_cookies]
     if session is None:
-        return SessionCheck(authenticated=False, reason="no_session")
+        return SessionCheck(authenticated=False, reason=CheckReason.NO_SESSION)
     fresh = plan.fresh if isinstance(plan, Forward) else None
     if fresh is None:
         judged = judge_access(session, verdicts)
@@ -438,33 +495,37 @@ def session_check(
         if isinstance(proof, Check):
             return proof
         access, user = judged, user_of(proof, session)
+        clock_drift_ms = session.clock_drift_ms
     else:
         assert isinstance(plan, Forward)
         access = _fresh_access(plan)
         user = session.user if not policy.signature_verified else fresh_user(fresh, plan.fresh_claims)
-    if plan.outcome == REJECTED and policy.on_rejected != "pass":
+        clock_drift_ms = fresh.clock_drift_ms
+    outcome = plan.outcome
+    if outcome is Outcome.REJECTED and policy.on_rejected is not OnRejected.PASS:
         # The session is over; the answer carries the expired auth cookies.
-        return SessionCheck(False, user, reason="rejected", set_cookies=set_cookies)
+        return SessionCheck(False, user, reason=CheckReason.REJECTED, set_cookies=set_cookies)
     if access is INVALID:
-        return SessionCheck(authenticated=False, user=user, reason="invalid_token")
+        return SessionCheck(authenticated=False, user=user, reason=CheckReason.INVALID_TOKEN)
     expires_at = access.expires_at
-    expired = expires_at is not None and expires_at <= now_s
-    if plan.outcome in (FAILED, LIMITED):
+    # Expired as the plan judges it: on the server's clock.
+    expired = expires_at is not None and time_left(expires_at, now_s, clock_drift_ms) <= 0
+    if outcome is Outcome.FAILED or outcome is Outcome.LIMITED:
         # The IdP could not answer, or a budget held the call back: the session is not over,
         # it will be refreshed on a later request.
-        reason = "limited" if plan.outcome == LIMITED else "refresh_unavailable"
+        reason = CheckReason.LIMITED if outcome is Outcome.LIMITED else CheckReason.REFRESH_UNAVAILABLE
         return SessionCheck(True, user, expires_at, reason=reason)
-    if plan.outcome == REJECTED:  # on_rejected: pass; the token lives until it expires
-        return SessionCheck(not expired, user, expires_at, reason="rejected")
+    if outcome is Outcome.REJECTED:  # on_rejected: pass; the token lives until it expires
+        return SessionCheck(not expired, user, expires_at, reason=CheckReason.REJECTED)
     if expired or access is ABSENT:
-        return SessionCheck(False, user, expires_at, reason="expired")
+        return SessionCheck(False, user, expires_at, reason=CheckReason.EXPIRED)
     refreshed = bool(set_cookies)
     return SessionCheck(
         True,
         user,
         expires_at,
         refreshed=refreshed,
-        reason="refreshed" if refreshed else "ok",
+        reason=CheckReason.REFRESHED if refreshed else CheckReason.OK,
         set_cookies=set_cookies,
     )
 

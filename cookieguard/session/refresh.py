@@ -30,13 +30,14 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from cookieguard.config import RefreshConfig, StoreConfig
 from cookieguard.logs import get_logger
 from cookieguard.lru import LRU, ExpiringLRU
 from cookieguard.session.guard import RejectStormGuard, StormChange
 from cookieguard.session.limits import Budgets, Claimant
+from cookieguard.session.result import RefreshResult
 from cookieguard.store.base import Store
 from cookieguard.store.crypto import Sealer
 from cookieguard.tokens.providers.base import (
@@ -46,23 +47,11 @@ from cookieguard.tokens.providers.base import (
     RefreshUnavailable,
     TokenSet,
 )
+from cookieguard.vocabulary import Outcome
 
-REFRESHED, JOINED, REUSED, REJECTED, FAILED = "refreshed", "joined", "reused", "rejected", "failed"
-LIMITED = "limited"
 _POLL_S = 0.05
 _MAX_BACKOFF_S = 300.0
 REJECT_STORM = "reject_storm"
-
-
-@dataclass(frozen=True)
-class RefreshResult:
-    outcome: str
-    tokens: TokenSet | None = field(default=None, repr=False)
-    error: str | None = None
-    idp_status: int | None = None
-    duration_ms: float = 0.0
-    retry_after_s: float | None = None
-    wait_ms: float = 0.0  # how long the refresh waited for the IdP ceiling
 
 
 def store_key(refresh_token: str) -> str:
@@ -126,7 +115,7 @@ class Refresher:
             return _as_joined(result)
         until = self._backoff.expires_at(key, self.clock())
         if until is not None:
-            return RefreshResult(FAILED, error="backoff", retry_after_s=until - self.clock())
+            return RefreshResult(Outcome.FAILED, error="backoff", retry_after_s=until - self.clock())
         task = asyncio.ensure_future(self._coordinated(key, refresh_token, context, claimant, urgent))
         self._in_flight[key] = task
         task.add_done_callback(lambda _t: self._in_flight.pop(key, None))
@@ -143,7 +132,7 @@ class Refresher:
     ) -> RefreshResult:
         stored = await self._stored(key)
         if stored is not None:
-            return stored if stored.outcome == REJECTED else _with_outcome(stored, REUSED)
+            return stored if stored.outcome == Outcome.REJECTED else _with_outcome(stored, Outcome.REUSED)
         owner = uuid.uuid4().hex
         budgets = self.budgets
         # The holder may wait for the IdP ceiling before it calls.
@@ -156,7 +145,7 @@ class Refresher:
             if stored is not None:
                 return _as_joined(stored)
             if self.clock() > deadline:
-                return RefreshResult(FAILED, error="lock_wait_timeout")
+                return RefreshResult(Outcome.FAILED, error="lock_wait_timeout")
         keeper = asyncio.ensure_future(self._keep_lease(key, owner))
         try:
             # Look again: the previous holder may have finished while we waited for the lock.
@@ -169,7 +158,7 @@ class Refresher:
                 limit = await budgets.spend(claimant, key, may_wait=urgent)
                 wait_ms = _ms(started)
                 if limit is not None:
-                    return RefreshResult(LIMITED, error=limit, wait_ms=wait_ms)
+                    return RefreshResult(Outcome.LIMITED, error=limit, wait_ms=wait_ms)
             feeds_guard = claimant is None or claimant.proven or self.unproven_feed_guard
             try:
                 result = await self._call_idp(key, refresh_token, context, feeds_guard)
@@ -200,20 +189,22 @@ class Refresher:
                 # Not believed: forward unchanged, store nothing, and back off like any IdP trouble.
                 self._remember_backoff(key, self.config.backoff_s)
                 return RefreshResult(
-                    FAILED,
+                    Outcome.FAILED,
                     error=REJECT_STORM,
                     idp_status=exc.status,
                     duration_ms=_ms(started),
                     retry_after_s=self.config.backoff_s,
                 )
-            result = RefreshResult(REJECTED, error=exc.code, idp_status=exc.status, duration_ms=_ms(started))
+            result = RefreshResult(
+                Outcome.REJECTED, error=exc.code, idp_status=exc.status, duration_ms=_ms(started)
+            )
             await self.store.put_result(key, self._seal(result), self.config.grace_s)
             return result
         except RefreshUnavailable as exc:
             backoff_s = min(max(self.config.backoff_s, exc.retry_after_s or 0.0), _MAX_BACKOFF_S)
             self._remember_backoff(key, backoff_s)
             return RefreshResult(
-                FAILED,
+                Outcome.FAILED,
                 error=exc.code,
                 idp_status=exc.status,
                 duration_ms=_ms(started),
@@ -224,7 +215,7 @@ class Refresher:
                 self.on_idp_call(False)
         if feeds_guard:
             self._note_storm(self.guard.record(key, rejected=False, now=self.clock()))
-        result = RefreshResult(REFRESHED, tokens=tokens, duration_ms=_ms(started))
+        result = RefreshResult(Outcome.REFRESHED, tokens=tokens, duration_ms=_ms(started))
         await self.store.put_result(key, self._seal(result), self.config.grace_s)
         return result
 
@@ -285,8 +276,8 @@ class Refresher:
             return None  # sealed with a key we do not have: treat as absent, never as a session
         try:
             body = json.loads(plain)
-            if body.get("outcome") == REJECTED:
-                return RefreshResult(REJECTED, error=body.get("error"))
+            if body.get("outcome") == Outcome.REJECTED:
+                return RefreshResult(Outcome.REJECTED, error=body.get("error"))
             tokens = TokenSet(
                 access_token=body["access_token"],
                 id_token=body.get("id_token"),
@@ -296,10 +287,10 @@ class Refresher:
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        return RefreshResult(REFRESHED, tokens=tokens)
+        return RefreshResult(Outcome.REFRESHED, tokens=tokens)
 
 
-def _with_outcome(result: RefreshResult, outcome: str) -> RefreshResult:
+def _with_outcome(result: RefreshResult, outcome: Outcome) -> RefreshResult:
     return RefreshResult(
         outcome,
         tokens=result.tokens,
@@ -312,8 +303,8 @@ def _with_outcome(result: RefreshResult, outcome: str) -> RefreshResult:
 
 def _as_joined(result: RefreshResult) -> RefreshResult:
     """What a request that waited for someone else's refresh gets: the same tokens or verdict."""
-    if result.outcome in (REFRESHED, REUSED, JOINED):
-        return _with_outcome(result, JOINED)
+    if result.outcome in (Outcome.REFRESHED, Outcome.REUSED, Outcome.JOINED):
+        return _with_outcome(result, Outcome.JOINED)
     return _with_outcome(result, result.outcome)
 
 

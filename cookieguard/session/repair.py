@@ -35,9 +35,11 @@ from cookieguard.session.plan import (
     refreshed_user,
     session_check,
 )
-from cookieguard.session.refresh import FAILED, LIMITED, REFRESHED, REJECTED, Refresher, RefreshResult
+from cookieguard.session.refresh import Refresher
+from cookieguard.session.result import RefreshResult
 from cookieguard.tokens.claims import ClaimsReader, TokenKind, session_id
 from cookieguard.tokens.verifier import TokenCheck, TokenStatus, TokenVerifier
+from cookieguard.vocabulary import Outcome
 
 
 @dataclass
@@ -199,13 +201,13 @@ class SessionRepair:
         """The `token_refresh` line and the refresh metrics (docs/operations.md "Logs", "Metrics")."""
         metrics = self.metrics
         metrics.refresh_total.labels(outcome=result.outcome).inc()
-        if result.outcome == REFRESHED:
+        if result.outcome is Outcome.REFRESHED:
             metrics.refresh_duration.observe(result.duration_ms / 1000)
-        if result.duration_ms and result.outcome in (REFRESHED, REJECTED):
+        if result.duration_ms and result.outcome in (Outcome.REFRESHED, Outcome.REJECTED):
             metrics.refresh_wait.observe(result.wait_ms / 1000)
         proof = refresh.proof
         extra: dict[str, object] = {}
-        if result.outcome == LIMITED:
+        if result.outcome is Outcome.LIMITED:
             metrics.refresh_limited.labels(limit=result.error or "").inc()
             # A spray must not flood the logs: one line per budget and subject or address a minute.
             who = f"subject:{proof.subject}" if proof.proven else f"address:{address}"
@@ -214,7 +216,7 @@ class SessionRepair:
             # The address is logged as it is: operators need it to act, and it is no credential.
             extra = {"limit": result.error, "address": address}
         new_claims = plan.fresh_claims if isinstance(plan, Forward) else None
-        log = self.log.warning if result.outcome in (FAILED, LIMITED) else self.log.info
+        log = self.log.warning if result.outcome in (Outcome.FAILED, Outcome.LIMITED) else self.log.info
         log(
             "token_refresh",
             outcome=result.outcome,

@@ -16,6 +16,7 @@ JWT's `exp` is no session, as for the library) and a memo of the cookie it wrote
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
@@ -24,21 +25,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeGuard
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from joserfc import jwe
-from joserfc.errors import JoseError
-from joserfc.jwe import JWERegistry
-from joserfc.jwk import OctKey, thumbprint
-
 from cookieguard.cookies import SetCookie, format_cookie_header, is_valid_cookie_name, select_cookies
 from cookieguard.lru import LRU
 from cookieguard.schema import cookie_name as _cookie_name
-from cookieguard.schema import nonempty_string, one_of
+from cookieguard.schema import key, nonempty_string, one_of, read_record, section_key
 from cookieguard.session.layouts.base import FreshTokens, Layout, LayoutConfig, Pairs, Session, When
 from cookieguard.tokens.claims import decode_claims
 
 if TYPE_CHECKING:
+    from joserfc.jwe import JWERegistry
+    from joserfc.jwk import OctKey
+
     from cookieguard.config import CookieAttributes, CookiesConfig
     from cookieguard.schema import Section
     from cookieguard.tokens.providers.base import ProviderConfig
@@ -55,8 +52,15 @@ CHUNK_SIZE: Mapping[int, int] = {5: 3936, 4: 3933}
 SECURE_PREFIX = "__Secure-"
 SESSION_COOKIE: Mapping[int, str] = {5: "authjs.session-token", 4: "next-auth.session-token"}
 
-# jose accepts header parameters it does not know; so does the reader here.
-_REGISTRY = JWERegistry(algorithms=["dir", *ENCS], strict_check_header=False)
+
+# The JOSE library (joserfc, on `cryptography`) is imported when a key is first derived, not with
+# the module: the layouts package is imported by the pure plan, which imports nothing of crypto.
+@functools.cache
+def _registry() -> JWERegistry:
+    from joserfc.jwe import JWERegistry
+
+    # jose accepts header parameters it does not know; so does the reader here.
+    return JWERegistry(algorithms=["dir", *ENCS], strict_check_header=False)
 
 
 def default_cookie_name(version: Version) -> str:
@@ -75,6 +79,9 @@ def derive_key(version: Version, secret: str, cookie_name: str, enc: str) -> byt
         salt, info = cookie_name.encode(), f"Auth.js Generated Encryption Key ({cookie_name})".encode()
     else:
         salt, info = b"", b"NextAuth.js Generated Encryption Key"
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     # An empty salt is HKDF's default (HashLen zero bytes), as @panva/hkdf does with "".
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES[enc], salt=salt or None, info=info).derive(
         secret.encode()
@@ -84,6 +91,8 @@ def derive_key(version: Version, secret: str, cookie_name: str, enc: str) -> byt
 def key_id(key: bytes) -> str:
     """v5's `kid`: the RFC 7638 thumbprint of `key` as an `oct` JWK, hashed with SHA-512 for a
     64-byte key and SHA-256 for a 32-byte one (the library's `sha${key.byteLength << 3}`)."""
+    from joserfc.jwk import OctKey, thumbprint
+
     digest: Literal["sha256", "sha512"] = "sha512" if len(key) == 64 else "sha256"
     return thumbprint(OctKey.import_key(key).as_dict(), digest)
 
@@ -110,6 +119,8 @@ class Keys:
     def _keys(self, cookie_name: str, enc: str) -> list[tuple[str, OctKey]]:
         found = self._derived.get((cookie_name, enc))
         if found is None:
+            from joserfc.jwk import OctKey
+
             found = []
             for secret in self.secrets:
                 key = derive_key(self.version, secret, cookie_name, enc)
@@ -145,6 +156,8 @@ def decrypt(keys: Keys, token: str, cookie_name: str, now_s: float) -> Jwt | Non
     """The session in `token` (the joined cookie value), or None when it is not one: malformed,
     made with another secret or for another cookie name, not JSON claims, or expired past the
     15 s tolerance (jose's rule: `exp <= now - 15` is expired; `nbf > now + 15` not yet valid)."""
+    from joserfc.errors import JoseError
+
     try:
         return _decrypt(keys, token, cookie_name, now_s)
     except (JoseError, ValueError, TypeError, KeyError, UnicodeError, OverflowError, RecursionError):
@@ -164,7 +177,9 @@ def _decrypt(keys: Keys, token: str, cookie_name: str, now_s: float) -> Jwt | No
     key = keys.decrypting(cookie_name, enc, kid)
     if key is None:
         return None
-    plaintext = jwe.decrypt_compact(token, key, registry=_REGISTRY).plaintext
+    from joserfc import jwe
+
+    plaintext = jwe.decrypt_compact(token, key, registry=_registry()).plaintext
     if plaintext is None:
         return None
     claims = _json_object(plaintext)
@@ -193,7 +208,9 @@ def encrypt(keys: Keys, claims: Mapping[str, Any], cookie_name: str, enc: str) -
     header: dict[str, str] = {"alg": "dir", "enc": enc}
     if keys.version == 5:
         header["kid"] = kid
-    return jwe.encrypt_compact(header, _json_bytes(claims), key, registry=_REGISTRY)
+    from joserfc import jwe
+
+    return jwe.encrypt_compact(header, _json_bytes(claims), key, registry=_registry())
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -352,18 +369,53 @@ def write_session(keys: Keys, session: AuthjsSession, claims: Mapping[str, Any])
 # -- the token fields the app's jwt callback keeps ------------------------------------------------
 
 
+def _unit(value: Any) -> Literal["s", "ms"]:
+    return "ms" if one_of("s", "ms")(value) == "ms" else "s"
+
+
 @dataclass(frozen=True)
 class TokenFields:
     """Where the app's `jwt` callback keeps the provider's tokens (the refresh guide's names by
-    default; the v4 tutorial's are `accessToken`, `refreshToken`, `accessTokenExpires` in ms)."""
+    default; the v4 tutorial's are `accessToken`, `refreshToken`, `accessTokenExpires` in ms).
+    `cookies.authjs.fields` in the configuration."""
 
-    access_token: str = "access_token"
-    refresh_token: str = "refresh_token"
-    expires_at: str = "expires_at"
-    expires_at_unit: Literal["s", "ms"] = "s"
-    id_token: str | None = None
-    error: str = "error"
-    error_value: str = "RefreshTokenError"
+    access_token: str = key(
+        "access_token",
+        nonempty_string,
+        "where the app's `jwt` callback keeps the access token (v4 tutorial: `accessToken`)",
+        default="access_token",
+    )
+    refresh_token: str = key(
+        "refresh_token",
+        nonempty_string,
+        "where it keeps the refresh token (v4 tutorial: `refreshToken`)",
+        default="refresh_token",
+    )
+    expires_at: str = key(
+        "expires_at",
+        nonempty_string,
+        "where it keeps the access token's expiry, which decides when to refresh (v4 tutorial: "
+        "`accessTokenExpires`)",
+        default="expires_at",
+    )
+    expires_at_unit: Literal["s", "ms"] = key(
+        "expires_at_unit", _unit, "`s` or `ms` (v4 tutorial's `accessTokenExpires`: `ms`)", default="s"
+    )
+    id_token: str | None = key(
+        "id_token", nonempty_string, "the field holding an id token, when the app keeps one", default=None
+    )
+    error: str = key(
+        "error",
+        nonempty_string,
+        "the field `on_rejected: flag` sets (a session with it set is never refreshed again)",
+        default="error",
+    )
+    error_value: str = key(
+        "error_value",
+        nonempty_string,
+        "what `on_rejected: flag` writes there (v4 tutorials check `RefreshAccessTokenError`)",
+        default="RefreshTokenError",
+    )
 
 
 @dataclass(frozen=True)
@@ -548,43 +600,62 @@ def _secrets(value: Any) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class AuthjsConfig(LayoutConfig):
+class AuthjsKeys:
     """`cookies.authjs`: the app's Auth.js version and secret(s), its session cookie's name, and
     where its `jwt` callback keeps the provider's tokens (docs/providers/authjs.md)."""
 
+    version: Version = key(
+        "version",
+        _version,
+        "`authjs` layout only: `5` (`@auth/core`, `next-auth` 5) or `4` (`next-auth` 4)",
+        default=5,
+    )
+    secrets: tuple[str, ...] = key(
+        "secrets",
+        _secrets,
+        "the app's `AUTH_SECRET` (v4: `NEXTAUTH_SECRET`) as a list: the first encrypts, any decrypts "
+        "(v5, by `kid`); v4 takes exactly one; never printed or logged",
+        default=(),
+        shown="required for authjs",
+        repr=False,
+    )
+    cookie_name: str | None = key(
+        "cookie_name",
+        _cookie_name,
+        "the session cookie's name when the app set its own; the `__Secure-` variant is read and "
+        "written as the request had it",
+        default=None,
+        shown="`authjs.session-token` (v5), `next-auth.session-token` (v4)",
+    )
+    fields: TokenFields = section_key("fields", TokenFields)
+
+
+@dataclass(frozen=True)
+class AuthjsConfig(LayoutConfig):
+    """The authjs layout's keys of the `cookies:` section."""
+
     yaml_keys: ClassVar[tuple[str, ...]] = ("authjs",)
 
-    version: Version = 5
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-    cookie_name: str | None = None
-    fields: TokenFields = field(default_factory=TokenFields)
+    authjs: AuthjsKeys = section_key("authjs", AuthjsKeys)
+
+    @property
+    def version(self) -> Version:
+        return self.authjs.version
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self.authjs.secrets
 
     @classmethod
     def load(cls, s: Section, provider: ProviderConfig | None) -> AuthjsConfig:
         a = s.section("authjs")
-        version = a.get("version", _version, cls.version)
-        no_secrets: tuple[str, ...] = ()
-        secrets = a.get("secrets", _secrets, no_secrets)
+        keys = read_record(a, AuthjsKeys)
         if not a.has("secrets"):
             a.error("secrets", "required with layout authjs: the app's AUTH_SECRET (NEXTAUTH_SECRET for v4)")
-        elif version == 4 and len(secrets) > 1:
+        elif keys.version == 4 and len(keys.secrets) > 1:
             # next-auth 4 takes one secret: its JWE has no kid to pick the decrypting one by.
             a.error("secrets", "next-auth 4 (version: 4) takes exactly one secret")
-        name = a.get("cookie_name", _cookie_name, None)
-        f = a.section("fields")
-        d = TokenFields()
-        fields = TokenFields(
-            access_token=f.get("access_token", nonempty_string, d.access_token),
-            refresh_token=f.get("refresh_token", nonempty_string, d.refresh_token),
-            expires_at=f.get("expires_at", nonempty_string, d.expires_at),
-            expires_at_unit="ms" if f.get("expires_at_unit", one_of("s", "ms"), "s") == "ms" else "s",
-            id_token=f.get("id_token", nonempty_string, d.id_token),
-            error=f.get("error", nonempty_string, d.error),
-            error_value=f.get("error_value", nonempty_string, d.error_value),
-        )
-        f.finish()
-        a.finish()
-        return cls(version=version, secrets=secrets, cookie_name=name, fields=fields)
+        return cls(keys)
 
 
 class AuthjsLayout(Layout):
@@ -608,7 +679,7 @@ class AuthjsLayout(Layout):
         own = cookies.layout_config
         if not isinstance(own, AuthjsConfig) or not own.secrets:
             raise ValueError("the authjs cookie layout needs cookies.authjs.secrets")
-        return cls(Keys(own.version, own.secrets), own.fields, own.cookie_name)
+        return cls(Keys(own.version, own.secrets), own.authjs.fields, own.authjs.cookie_name)
 
     def __init__(
         self,

@@ -174,6 +174,10 @@ class ProviderConfig(ABC):
         """The refresh client for this configuration, over the proxy's IdP session."""
 
 
+# The `provider:` keys every kind has (read by load_common), beside `kind` and the kind's own.
+COMMON_KEYS = ("client_id", "client_secret", "timeout", "jwks_url")
+
+
 def load_common(s: Section, record: type[ProviderConfig]) -> dict[str, Any]:
     """The keys every kind has, read into the fields of ProviderConfig (only those set)."""
     if not record.uses_client:
@@ -192,7 +196,7 @@ def load_common(s: Section, record: type[ProviderConfig]) -> dict[str, Any]:
         common["timeout_s"] = s.get("timeout", positive_duration, ProviderConfig.timeout_s)
     if s.has("jwks_url"):
         common["jwks_url"] = s.get("jwks_url", _http_url, None)
-    s.seen.update(("client_secret", "timeout", "jwks_url"))
+    s.seen.update(COMMON_KEYS)
     return common
 
 
