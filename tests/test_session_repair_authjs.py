@@ -26,6 +26,7 @@ from cookieguard.ops.explain import explain
 from cookieguard.session.layouts.authjs import Keys, TokenFields, decrypt
 from tests.support.apps import seen_by, start_buggy_app
 from tests.support.authjs import authjs, needs_node
+from tests.support.cognito_idp import cognito_guard_config
 from tests.support.no_secrets import KnownSecrets
 from tests.support.oidc_idp import OidcIdp
 from tests.support.proxy_process import CookieguardProcess
@@ -458,3 +459,45 @@ def test_the_codec_reads_back_what_the_layout_wrote_for_a_secure_name() -> None:
     assert header == f"{name}={written[0].value}" and written[0].secure
     jwt = decrypt(keys, written[0].value, name, now)
     assert jwt is not None and jwt.claims["access_token"] == "a2" and jwt.claims["refresh_token"] == "r"
+
+
+async def test_cognito_refreshes_an_authjs_session_by_configuration_only(
+    app: TestServer,
+    cognito_idp: Any,
+    cognito_pool: Any,
+    expiring_user: Any,
+    cookieguard_process: Start,
+    known_secrets: KnownSecrets,
+) -> None:
+    """The same layout with `provider.kind: cognito` (moto's Cognito, GetTokensFromRefreshToken):
+    nothing but the provider section changes."""
+    claims = {
+        "name": "Ada",
+        "sub": "user-1",
+        "access_token": expiring_user.access_token,
+        "refresh_token": expiring_user.refresh_token,
+        "expires_at": int(time.time()) - 60,
+    }
+    old = await library_cookie(5, V5, claims)
+    known_secrets.add(SECRET, old)
+    config = cognito_guard_config(
+        cognito_pool,
+        str(app.make_url("")),
+        cookies={"layout": "authjs", "authjs": {"version": 5, "secrets": [SECRET]}},
+    )
+    guard = cookieguard_process(config)
+    calls = cognito_idp.refresh_calls
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{guard.url}/redirect", headers={"Cookie": f"{V5}={old}"}, allow_redirects=False) as resp,
+    ):
+        assert resp.status == 302
+        fresh, _ = cookies_set(resp.headers.getall("Set-Cookie", []))[V5]
+    known_secrets.add(fresh)
+    assert cognito_idp.refresh_calls == calls + 1
+    assert value_in(seen_by(app)[0]["cookie"], V5) == fresh
+    after = await library_reads(5, f"{V5}={fresh}")
+    assert after is not None
+    known_secrets.add(after["access_token"])
+    assert after["access_token"] != expiring_user.access_token
+    assert after["expires_at"] > time.time() and after["name"] == "Ada" and after["sub"] == "user-1"
