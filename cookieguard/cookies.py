@@ -304,10 +304,10 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def http_date(epoch_s: float) -> str:
-    """RFC 9110's IMF-fixdate (`Sun, 06 Dec 2026 12:00:00 GMT`), as Set-Cookie's Expires takes it.
-    Written out here: email.utils.formatdate would pull the socket module into the pure core."""
+    """An IMF-fixdate (RFC 9110 section 5.6.7), as `Expires` wants it, independent of the locale.
+    (email.utils.formatdate does the same but imports socket, and this module stays I/O-free.)"""
     t = time.gmtime(epoch_s)
     return (
-        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
         f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
     )

@@ -250,8 +250,9 @@ def _build_routes(root: Section, default_upstream: str | None) -> tuple[Route, .
 
 
 def config_keys() -> Iterator[str]:
-    """Every YAML key path cookieguard reads: the records' declared keys, and each provider
-    kind's (`provider.kind`, the keys every kind has, then each kind's own)."""
+    """Every YAML key path cookieguard reads: the records' declared keys, each layout's own keys
+    of `cookies` (declared on its `config` record), and each provider kind's (`provider.kind`,
+    the keys every kind has, then each kind's own)."""
     yield from key_paths(Config)
     for layout in LAYOUTS.values():
         yield from key_paths(layout.config, "cookies.")
@@ -265,12 +266,8 @@ def config_keys() -> Iterator[str]:
 
 def reference() -> list[str]:
     """The table rows of the records' keys in docs/configuration.md "Configuration reference"
-    (the provider kinds document their own keys beside them); each layout's own keys follow
-    `cookies.layout`, in the registry's order."""
-    rows = list(reference_rows(Config))
-    at = next(i for i, row in enumerate(rows) if row.startswith("| `cookies.layout` |")) + 1
-    layouts = [row for layout in LAYOUTS.values() for row in reference_rows(layout.config, "cookies.")]
-    return rows[:at] + layouts + rows[at:]
+    (the layouts and the provider kinds document their own keys beside them)."""
+    return list(reference_rows(Config))
 
 
 def config_path_from(arg: str | None, env: Mapping[str, str] | None = None) -> str:

@@ -840,3 +840,12 @@ def test_no_header_value_produced_contains_a_line_break(
             produced += [c.header() for c in layout.clear_cookies(found, CookieAttributes())]
         for value in produced:
             assert "\r" not in value and "\n" not in value and "\0" not in value
+
+
+@given(st.floats(min_value=0, max_value=253402300799, allow_nan=False))
+def test_http_date_is_the_imf_fixdate_email_utils_writes(epoch_s: float) -> None:
+    from email.utils import formatdate
+
+    from cookieguard.cookies import http_date
+
+    assert http_date(epoch_s) == formatdate(epoch_s, usegmt=True)

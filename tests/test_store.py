@@ -17,7 +17,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from cookieguard.session.refresh import Refresher, RefreshResult, store_key
 from cookieguard.store import FallbackStore, MemoryStore, Store, StoreUnavailable, make_store
 from cookieguard.store.buckets import CHARGED, FREE, REFUSED
 from cookieguard.store.redis import RedisStore
-from cookieguard.tokens.providers.base import RefreshRejected, RefreshUnavailable, TokenSet
+from cookieguard.tokens.providers.base import NO_CONTEXT, RefreshRejected, RefreshUnavailable, TokenSet
 from tests.support.fakes import (
     ExtensionCounter,
     FastForwardClock,
@@ -555,7 +555,7 @@ async def test_the_refresh_path_stays_bounded_for_many_sessions() -> None:
     cap, sessions = 5_000, 20_000
 
     class Rotating:
-        async def refresh(self, refresh_token: str, **_: Any) -> TokenSet:
+        async def refresh(self, refresh_token: str, context: Mapping[str, str] = NO_CONTEXT) -> TokenSet:
             return TokenSet(access_token="x" * 1000 + refresh_token, refresh_token="N" + refresh_token)
 
     store = MemoryStore(max_entries=cap)
