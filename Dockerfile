@@ -41,8 +41,9 @@ COPY deploy/cookieguard.default.yaml /etc/cookieguard/cookieguard.yaml
 RUN cookieguard check > /dev/null
 USER 10001:10001
 EXPOSE 8080
-# Probes <listen><admin_prefix>/healthz as the config in $COOKIEGUARD_CONFIG says (a mounted config on
-# another port or prefix stays healthy); exit 1 with the reason on anything but 200 within 3 s.
+# Probes <admin_listen><admin_prefix>/healthz as the config in $COOKIEGUARD_CONFIG says (default
+# 127.0.0.1:9090, inside the container: readyz and metrics are not on the published port; a mounted
+# config on another port or prefix stays healthy); exit 1 with the reason on anything but 200 within 3 s.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
     CMD ["cookieguard", "healthcheck"]
 # Exec form: cookieguard is PID 1 and receives SIGTERM itself, then drains in-flight requests.

@@ -409,6 +409,7 @@ def main() -> int:
         upstream_port = upstream.wait_ready()["port"]
         config = {
             "listen": "127.0.0.1:0",
+            "admin_listen": "127.0.0.1:0",  # metrics are scraped there
             "upstream": f"http://127.0.0.1:{upstream_port}",
             "provider": pool.provider_yaml(),
             "refresh": {"before_expiry": "5m", "backoff": "5s", "login_url": LOGIN_URL},
@@ -438,7 +439,7 @@ def main() -> int:
         layout = AmplifyLayout(pool.client_id)
         tally, rss_series, elapsed = asyncio.run(run_load(url, users, layout, args, pid))
         rss_end, rss_peak = rss_mib(pid)
-        outcomes = asyncio.run(scrape_metrics(url))
+        outcomes = asyncio.run(scrape_metrics("http://" + listening["admin_listen"][0]))
         code = guard.stop()
         guard = None
         idp.stop()

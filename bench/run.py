@@ -267,6 +267,7 @@ def cookieguard_conf(
     limits_yaml = LIMITS_YAML if limits else ""
     path.write_text(
         f"""listen: 127.0.0.1:{port}
+admin_listen: 127.0.0.1:0
 upstream: http://127.0.0.1:{upstream_port}
 provider:
   kind: cognito

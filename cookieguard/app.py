@@ -36,9 +36,9 @@ MAX_LINE_SIZE = 16 * 1024
 
 PROXY_KEY = web.AppKey("proxy", Proxy)
 
-# With `admin_listen` set, these are served only there (docs/operations.md "Endpoints"): readyz and metrics
-# describe the deployment (store state, traffic, refresh outcomes) and have no business on a
-# public listener. healthz says nothing but "ok" and stays on both, for a load balancer that
+# Served only on `admin_listen` (docs/operations.md "Endpoints"): readyz and metrics describe the
+# deployment (store state, traffic, refresh outcomes, the Python version) and have no business on
+# a public listener. healthz says nothing but "ok" and stays on both, for a load balancer that
 # checks the public port; the session endpoint stays on the main listener, browsers call it.
 ADMIN_ONLY = ("readyz", "metrics")
 
@@ -65,11 +65,18 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
     """
     async with contextlib.AsyncExitStack() as stack:
         metrics = Metrics()
+
         # One pooled client for the app's lifetime (cookieguard.edge.upstream): no cookie jar, no
         # decompression, no headers of its own; the upstream's bytes pass through as they are.
+        def late_bytes(caught: str) -> None:
+            # docs/proxy.md "The proxy": an app that writes after its answer is the bug to fix.
+            metrics.upstream_late_bytes.labels(caught=caught).inc()
+            get_logger().warning("upstream_error", error="late_bytes", phase=caught)
+
         upstream = UpstreamClient(
             connect_timeout_s=config.timeouts.upstream_connect_s,
             max_connections=config.limits.upstream_connections,
+            on_late_bytes=late_bytes,
         )
         stack.push_async_callback(upstream.close)
         # WebSocket upgrades use aiohttp's client. DummyCookieJar: the proxy must never remember
@@ -150,8 +157,7 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
             yield
 
     app.cleanup_ctx.append(lifetime)
-    hidden = ADMIN_ONLY if config.admin_listen is not None else ()
-    add_routes(app, config.admin_prefix, hidden=hidden)
+    add_routes(app, config.admin_prefix, hidden=ADMIN_ONLY)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         return await request.app[PROXY_KEY].handle(request)
@@ -196,16 +202,15 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     limits = ClientLimits(config.timeouts.client_header_s, config.limits.max_connections, on_cut=client_cut)
     listeners = [await listen(runner, config.listen_host, config.listen_port, limits, **handler_kwargs)]
     runners = [runner]
-    if config.admin_listen is not None:
-        # Not under max_connections: a probe must get through while the public port is flooded.
-        admin_runner = web.AppRunner(build_admin_app(app[ADMIN_KEY], config), handle_signals=False)
-        await admin_runner.setup()
-        admin_limits = ClientLimits(
-            config.timeouts.client_header_s, None, on_cut=app[PROXY_KEY].metrics.client_cut
-        )
-        host, port = config.admin_listen
-        listeners.append(await listen(admin_runner, host, port, admin_limits, **handler_kwargs))
-        runners.append(admin_runner)
+    # Not under max_connections: a probe must get through while the public port is flooded.
+    admin_runner = web.AppRunner(build_admin_app(app[ADMIN_KEY], config), handle_signals=False)
+    await admin_runner.setup()
+    admin_limits = ClientLimits(
+        config.timeouts.client_header_s, None, on_cut=app[PROXY_KEY].metrics.client_cut
+    )
+    host, port = config.admin_listen
+    listeners.append(await listen(admin_runner, host, port, admin_limits, **handler_kwargs))
+    runners.append(admin_runner)
     # What start-up allocated (modules, config, clients) lives as long as the process. Frozen,
     # it is out of the cyclic collector's way: a full collection otherwise walks those ~50,000
     # objects, a 10-25 ms pause in the middle of whatever requests are in flight.
@@ -216,9 +221,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     addresses = [f"{a[0]}:{a[1]}" for a in _bound_addresses(listeners[0])]
-    admin_addresses = (
-        [f"{a[0]}:{a[1]}" for a in _bound_addresses(listeners[1])] if len(listeners) > 1 else None
-    )
+    admin_addresses = [f"{a[0]}:{a[1]}" for a in _bound_addresses(listeners[1])]
     log.info(
         "listening",
         listen=addresses,

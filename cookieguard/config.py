@@ -27,6 +27,8 @@ from cookieguard.schema import (
     positive_duration,
     positive_int,
     section_key,
+    size,
+    size_text,
     string,
 )
 from cookieguard.vocabulary import OnRejected
@@ -288,6 +290,13 @@ class Route:
         default=None,
         shown="`timeouts.upstream_read`",
     )  # read timeout override for this route
+    client_body_s: float | None = key(
+        "client_body",
+        positive_duration,
+        "the whole request body must arrive within this on this route (uploads)",
+        default=None,
+        shown="`timeouts.client_body`",
+    )
     regex: re.Pattern[str] | None = field(default=None, compare=False)
 
 
@@ -321,8 +330,23 @@ class TimeoutsConfig:
         "client gets `408` and the connection is closed (`client_timeout` event, `phase: body`)",
         positive=True,
     )
+    client_body_s: float = _duration(
+        "client_body",
+        60.0,
+        "the whole request body must arrive within this (per route: `routes[].client_body`), else "
+        "`408` and close (`client_timeout`, `phase: body`); a body trickled just under "
+        "`client_body_idle` cannot hold a connection for ever",
+        positive=True,
+    )
     keepalive_s: float = _duration(
         "keepalive", 75.0, "an idle kept-alive client connection is closed after this", positive=True
+    )
+    websocket_idle_s: float = _duration(
+        "websocket_idle",
+        300.0,
+        "a proxied WebSocket with no message (pings included) either way for this long is closed on "
+        "both sides (close code 1001)",
+        positive=True,
     )
 
 
@@ -403,10 +427,29 @@ class LimitsConfig:
     upstream_connections: int = key(
         "upstream_connections",
         positive_int,
-        "connections to each upstream origin (host, port, scheme), in use and idle; at the cap a "
+        "connections to each upstream origin (host, port, scheme), in use and idle, open WebSockets "
+        "included; at the cap a "
         "request waits up to `timeouts.upstream_connect` for one to be released, then gets a 503 "
         "(`upstream_error`, `error: pool_full`)",
         default=1_000,
+    )
+    max_cookie_size: int = key(
+        "max_cookie_size",
+        size,
+        "longest `Cookie` header forwarded (a request's `Cookie` headers together, as the app would get "
+        "them); longer gets `431` from cookieguard, quoting nothing. Set it to your app's own limit "
+        "([The proxy](proxy.md#the-proxy)). Sizes take `KB`/`MB` (1 KB = 1,024 bytes) or plain bytes",
+        default=64 * 1024,
+        show=size_text,
+    )
+    request_buffer: int = key(
+        "request_buffer",
+        size,
+        "a request body up to this size is read whole (under `client_body_idle` and `client_body`) "
+        "before an upstream connection is taken, so slow senders hold none of the app's connections; "
+        "a larger body streams. Memory: up to this much per request with a body in flight",
+        default=1024 * 1024,
+        show=size_text,
     )
 
 
@@ -462,14 +505,17 @@ class Config:
     logging: LoggingConfig = section_key("logging", LoggingConfig, required=True)
     metrics: MetricsConfig = section_key("metrics", MetricsConfig, required=True)
     limits: LimitsConfig = section_key("limits", LimitsConfig)
-    # A second listener for healthz, readyz and metrics only (e.g. 127.0.0.1:9090); None: they are
-    # served under admin_prefix on the main listener only.
-    admin_listen: tuple[str, int] | None = key(
+    # The listener for healthz, readyz and metrics (docs/operations.md "Endpoints"): loopback
+    # unless the operator opens it (a Prometheus scraping the pod's address needs 0.0.0.0:9090).
+    # readyz and metrics describe the deployment and are never served on the public listener.
+    admin_listen: tuple[str, int] = key(
         "admin_listen",
         listen_address,
-        "a second listener (e.g. `127.0.0.1:9090`) for `healthz`, `readyz` and `metrics`; when set, "
-        "`readyz` and `metrics` leave the main listener ([Endpoints](operations.md#endpoints))",
-        default=None,
+        "the listener for `healthz`, `readyz` and `metrics` (loopback by default); `readyz` and "
+        "`metrics` are never served on the main listener ([Endpoints](operations.md#endpoints)); "
+        "`0.0.0.0:9090` lets Prometheus scrape a pod's address; must not share `listen`'s port",
+        default=("127.0.0.1", 9090),
+        show=lambda value: f"`{value[0]}:{value[1]}`",
     )
     source: str = "<memory>"
 

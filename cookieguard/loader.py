@@ -124,6 +124,10 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
     return config
 
 
+# Hosts that bind every address: a listener on one of them takes the port on all of them.
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
 def _build(root: Section, source: str) -> Config | None:
     # In the file's order, so the problems are reported in it.
     listen_host, listen_port = root.get("listen", listen_address, DEFAULT_LISTEN)
@@ -153,7 +157,9 @@ def _build(root: Section, source: str) -> Config | None:
     timeouts = read_record(root.section("timeouts"), TimeoutsConfig)
     limits = read_record(root.section("limits"), LimitsConfig)
     admin_listen = root.get("admin_listen", listen_address, Config.admin_listen)
-    if admin_listen is not None and admin_listen == (listen_host, listen_port) and listen_port != 0:
+    if admin_listen[1] == listen_port != 0 and (
+        admin_listen[0] == listen_host or _WILDCARDS & {admin_listen[0], listen_host}
+    ):
         root.error("admin_listen", "must differ from listen")
     return Config(
         listen_host=listen_host,

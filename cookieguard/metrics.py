@@ -21,6 +21,9 @@ from cookieguard.vocabulary import Outcome
 
 # Why cookieguard cut a client off: the `reason` label of cookieguard_clients_cut_total.
 CLIENT_CUT_REASONS = ("header_timeout", "body_timeout", "max_connections")
+# Where stray upstream bytes were caught (edge/upstream.py): the `caught` label of
+# cookieguard_upstream_late_bytes_total.
+LATE_BYTES_CAUGHT = ("idle", "before_reuse", "after_answer")
 # Which budget held a refresh back: the `limit` label of cookieguard_refresh_limited_total
 # (cookieguard/limits.py names them).
 LIMITS = ("idp_ceiling", "subject", "unproven_address", "unproven_total", "queue_full", "wait_expired")
@@ -100,10 +103,19 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.upstream_late_bytes = Counter(
+            "cookieguard_upstream_late_bytes_total",
+            "Upstream connections closed for bytes the app sent after an answer, by where they "
+            'were caught (docs/proxy.md "The proxy"): idle, before_reuse, after_answer.',
+            ["caught"],
+            registry=self.registry,
+        )
         for outcome in Outcome:
             self.refresh_total.labels(outcome=outcome)
         for reason in CLIENT_CUT_REASONS:
             self.clients_cut.labels(reason=reason)
+        for caught in LATE_BYTES_CAUGHT:
+            self.upstream_late_bytes.labels(caught=caught)
         for limit in LIMITS:
             self.refresh_limited.labels(limit=limit)
 

@@ -185,6 +185,27 @@ def positive_duration(value: Any) -> float:
     return seconds
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024 * 1024}
+
+
+def size(value: Any) -> int:
+    """A size in bytes: a positive integer, or a number with KB or MB (binary: 8KB is 8192)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|)\s*", str(value), re.IGNORECASE)
+    parsed = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]) if m else 0
+    if parsed <= 0:
+        raise ValueError(f"must be a size such as 8KB or 1MB, got {value!r}")
+    return parsed
+
+
+def size_text(value: int) -> str:
+    for unit, factor in (("MB", 1024 * 1024), ("KB", 1024)):
+        if value % factor == 0:
+            return f"{value // factor}{unit}"
+    return str(value)
+
+
 def positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"must be a positive integer, got {value!r}")

@@ -77,4 +77,5 @@ class CheckReason(StrEnum):
     INVALID_TOKEN = "invalid_token"
     REFRESH_UNAVAILABLE = "refresh_unavailable"
     LIMITED = "limited"
+    UNPROVEN = "unproven"  # nothing but a refresh token, and its refresh did not happen
     NO_PROVIDER = "no_provider"

@@ -39,7 +39,8 @@ def main() -> int:
             print(
                 "\n  cookieguard is running in front of the example upstream.\n"
                 "  Open http://127.0.0.1:8080/ in a browser (the app itself is on :3000).\n"
-                "  Health: http://127.0.0.1:8080/.cookieguard/healthz   Metrics: /.cookieguard/metrics\n"
+                "  Health: http://127.0.0.1:8080/.cookieguard/healthz\n"
+                "  Metrics: http://127.0.0.1:9090/.cookieguard/metrics (admin_listen)\n"
                 "  Ctrl-C stops both.\n",
                 flush=True,
             )

@@ -21,7 +21,8 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from cookieguard.app import build_app
+from cookieguard.app import build_admin_app, build_app
+from cookieguard.edge.admin import ADMIN_KEY
 from cookieguard.loader import parse_config
 from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.session.layouts import AmplifyLayout
@@ -46,17 +47,25 @@ async def start_guard(
     return url
 
 
+# The admin listener of each guard started here, by the guard's URL: metrics live there.
+ADMIN_URLS: dict[str, str] = {}
+
+
 async def start_guard_and_app(
     aiohttp_server: Any, pool: PoolInfo, clock: Callable[[], float], limits: dict[str, Any] | None = None
 ) -> tuple[str, TestServer]:
-    """cookieguard in front of the buggy app (which records what reached it); the guard's URL."""
+    """cookieguard in front of the buggy app (which records what reached it); the guard's URL.
+    Its admin listener (metrics) is at ADMIN_URLS[url]."""
     app = await start_buggy_app(aiohttp_server)
     upstream = str(app.make_url("")).rstrip("/")
     config = parse_config(
         yaml.safe_dump(cognito_guard_config(pool, upstream, timeout="5s", limits=limits or {})), env={}
     )
     guard = await aiohttp_server(build_app(config, clock=clock))
-    return str(guard.make_url("")).rstrip("/"), app
+    admin = await aiohttp_server(build_admin_app(guard.app[ADMIN_KEY], config))
+    url = str(guard.make_url("")).rstrip("/")
+    ADMIN_URLS[url] = str(admin.make_url("")).rstrip("/")
+    return url, app
 
 
 def made_up_session(pool: PoolInfo) -> str:
@@ -143,8 +152,7 @@ async def test_a_spray_of_made_up_sessions_costs_a_handful_of_idp_calls_and_nobo
         # reached the reject-storm guard.
         status, _, set_cookies = await get(s, f"{url}/page", amplify_cookie_header(revoked_later))
         assert status == 200 and cleared(revoked_later, set_cookies)
-        async with s.get(f"{url}/.cookieguard/metrics") as resp:
-            metrics = await resp.text()
+        metrics = await scrape(s, url)
     limited_total = metric(metrics, 'cookieguard_refresh_total{outcome="limited"}')
     events = refresh_events(no_secrets_in_logs)
     limited = [e for e in events if e["outcome"] == "limited"]
@@ -206,7 +214,11 @@ async def test_the_session_endpoint_goes_through_the_same_budgets(
                 assert resp.status == 200
                 bodies.append(await resp.json())
     assert cognito_idp.refresh_calls == 1
-    assert sum(body["reason"] == "limited" for body in bodies) == 19
+    # A session of nothing but a made-up refresh token whose refresh was held back proved
+    # nothing: it is not reported signed in (docs/operations.md "Session endpoint").
+    assert [(b["authenticated"], b["reason"]) for b in bodies] == [(False, "rejected")] + [
+        (False, "unproven")
+    ] * 19
     assert all(body["user"] is None for body in bodies)  # no verified token: no user to report
 
 
@@ -245,7 +257,8 @@ def access_cookie(user: CognitoUser, cookie_header: str) -> str | None:
 
 
 async def scrape(s: aiohttp.ClientSession, url: str) -> str:
-    async with s.get(f"{url}/.cookieguard/metrics") as resp:
+    """The metrics of the guard at `url`, from its admin listener."""
+    async with s.get(f"{ADMIN_URLS[url]}/.cookieguard/metrics") as resp:
         return await resp.text()
 
 
@@ -383,3 +396,45 @@ async def test_a_wait_that_runs_out_forwards_unchanged(
     assert metric(metrics, "cookieguard_refresh_queue_waiting") == 0
     (event,) = [e for e in refresh_events(no_secrets_in_logs) if e["outcome"] == "limited"]
     assert event["limit"] == "wait_expired" and event["user"] == late.username and event["wait_ms"] >= 200
+
+
+SELF_REGISTERED = 40
+
+
+async def test_forty_self_registered_accounts_cannot_switch_off_clearing_a_revoked_session(
+    aiohttp_server: Any,
+    cognito_idp: CognitoEmulator,
+    cognito_pool: PoolInfo,
+    make_expiring_user: Callable[..., CognitoUser],
+    known_secrets: KnownSecrets,
+    no_secrets_in_logs: Any,
+) -> None:
+    """Each attacker account proves its subject with its own (expired) access token and sends 5
+    made-up refresh tokens under it: 200 proven sessions the IdP rejects. None of those refresh
+    tokens ever refreshed, so none counts toward the reject-storm guard (docs/security.md "Threat model"),
+    and a genuinely revoked victim is still cleared."""
+    bob, victim = make_expiring_user(cognito_pool), make_expiring_user(cognito_pool)
+    attackers = [make_expiring_user(cognito_pool) for _ in range(SELF_REGISTERED)]
+    cognito_idp.revoke(cognito_pool, victim.refresh_token)
+    clock = FrozenClock()
+    url = await start_guard(aiohttp_server, cognito_pool, clock, {"idp_calls_per_second": 1000})
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
+        # The site works: a real user refreshes.
+        status, values, _ = await get(s, f"{url}/page", amplify_cookie_header(bob))
+        known_secrets.add(*values.values())
+        assert status == 200 and refreshed(bob, values)
+        results = await asyncio.gather(
+            *(
+                get(s, f"{url}/rsc/{n}", amplify_cookie_header(mallory, refresh_token=f"made-up-{i}-{n}"))
+                for i, mallory in enumerate(attackers)
+                for n in range(5)
+            )
+        )
+        assert all(status == 200 for status, _, _ in results)
+        assert cognito_idp.refresh_calls == 1 + SELF_REGISTERED * 5
+        status, _, set_cookies = await get(s, f"{url}/page", amplify_cookie_header(victim))
+        assert status == 200 and cleared(victim, set_cookies)
+    events = refresh_events(no_secrets_in_logs)
+    assert sum(e["outcome"] == "rejected" for e in events) == SELF_REGISTERED * 5 + 1
+    assert not any(e.get("error") == "reject_storm" for e in events)
+    assert '"reject_storm"' not in no_secrets_in_logs.getvalue()

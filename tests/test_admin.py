@@ -68,10 +68,10 @@ async def test_healthz_readyz_metrics(
             assert resp.headers["Cache-Control"] == "no-store"
         async with s.head(f"{guard.url}/.cookieguard/healthz") as resp:
             assert resp.status == 200
-        async with s.get(f"{guard.url}/.cookieguard/readyz") as resp:
+        async with s.get(f"{guard.admin_url}/.cookieguard/readyz") as resp:
             assert resp.status == 200
             assert await resp.json() == {"ready": True, "config": "loaded", "store": "ok"}
-        async with s.get(f"{guard.url}/.cookieguard/metrics") as resp:
+        async with s.get(f"{guard.admin_url}/.cookieguard/metrics") as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("text/plain; version=")
             text = await resp.text()
@@ -343,7 +343,7 @@ async def test_nothing_under_the_admin_prefix_is_proxied(
         for method, path, status in (
             ("POST", SESSION, 405),
             ("DELETE", "/.cookieguard/healthz", 405),
-            ("POST", "/.cookieguard/metrics", 405),
+            ("POST", "/.cookieguard/metrics", 404),  # metrics is on admin_listen only
             ("GET", "/.cookieguard/nope", 404),
             ("PUT", "/.cookieguard/", 404),
         ):

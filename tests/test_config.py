@@ -307,7 +307,7 @@ def test_limits_and_client_timeouts_have_the_documented_defaults() -> None:
         30.0,
         75.0,
     )
-    assert config.admin_listen is None
+    assert config.admin_listen == ("127.0.0.1", 9090)  # loopback: readyz and metrics stay private
 
 
 @pytest.mark.parametrize(
@@ -323,6 +323,7 @@ def test_limits_and_client_timeouts_have_the_documented_defaults() -> None:
         ("timeouts: {client_header: soon}", "timeouts.client_header: not a duration"),
         ("admin_listen: 9090", "admin_listen: must be host:port"),
         ("listen: 127.0.0.1:8080\nadmin_listen: 127.0.0.1:8080", "admin_listen: must differ from listen"),
+        ("listen: 0.0.0.0:9090", "admin_listen: must differ from listen"),
     ],
 )
 def test_bad_limits_name_their_key(text: str, problem: str) -> None:

@@ -162,7 +162,7 @@ def test_kubernetes() -> None:
     ports = {p["name"]: p["containerPort"] for p in guard["ports"]}
     config = sidecar_config()
     # What Kubernetes cannot read from the ConfigMap has to agree with it.
-    assert ports == {"http": config.listen_port}
+    assert ports == {"http": config.listen_port, "admin": config.admin_listen[1]}
     readiness, liveness = guard["readinessProbe"]["exec"], guard["livenessProbe"]["exec"]
     assert readiness["command"][:3] == ["cookieguard", "healthcheck", "--ready"]
     assert liveness["command"][:2] == ["cookieguard", "healthcheck"] and "--ready" not in liveness["command"]
@@ -171,7 +171,7 @@ def test_kubernetes() -> None:
         assert parse_timeout(timeout) < probe["timeoutSeconds"], "the verb must give its reason first"
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == f"{config.admin_prefix}/metrics"
-    assert annotations["prometheus.io/port"] == str(config.listen_port)
+    assert annotations["prometheus.io/port"] == str(config.admin_listen[1])
 
     env = {e["name"]: e for e in guard["env"]}
     assert env[CONFIG_ENV_VAR]["value"] == IMAGE_CONFIG
@@ -222,8 +222,16 @@ def test_every_probe_follows_the_mounted_config() -> None:
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        admin_port = free.getsockname()[1]
     proxy = CookieguardProcess(
-        {"listen": f"127.0.0.1:{port}", "upstream": "http://127.0.0.1:9", "admin_prefix": "/_sidecar/guard"}
+        {
+            "listen": f"127.0.0.1:{port}",
+            "admin_listen": f"127.0.0.1:{admin_port}",
+            "upstream": "http://127.0.0.1:9",
+            "admin_prefix": "/_sidecar/guard",
+        }
     ).start()
     env = {CONFIG_ENV_VAR: str(proxy.config_path)}  # what the image's ENV and the mounts provide
     try:
@@ -231,7 +239,7 @@ def test_every_probe_follows_the_mounted_config() -> None:
             assert argv[0] == "cookieguard", where
             proc = run_cli(*argv[1:], env=env)
             assert proc.returncode == 0, f"{where}: {shlex.join(argv)}: {proc.stderr}"
-            assert f"http://127.0.0.1:{port}/_sidecar/guard/" in proc.stdout
+            assert f"http://127.0.0.1:{admin_port}/_sidecar/guard/" in proc.stdout
         assert proxy.stop() == 0
         for where, argv in _probe_commands().items():
             proc = run_cli(*argv[1:], env=env)

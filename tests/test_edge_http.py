@@ -61,7 +61,7 @@ async def clients_cut(proxy: CookieguardProcess, reason: str) -> float:
     deadline = time.monotonic() + 5
     async with aiohttp.ClientSession() as s:
         while True:
-            async with s.get(f"{proxy.url}/.cookieguard/metrics") as resp:
+            async with s.get(f"{proxy.admin_url}/.cookieguard/metrics") as resp:
                 text = await resp.text()
             if resp.status != 503 or time.monotonic() > deadline:
                 break
@@ -171,7 +171,9 @@ async def test_slow_uploads_are_cut_by_the_body_deadline_and_release_the_upstrea
     for elapsed, answer in results:
         assert status_of(answer) == 408, answer[:100]
         assert elapsed < 4.0
-    assert reached == UPLOADS  # the uploads did reach the app...
+    # Bodies up to limits.request_buffer are read whole before the app is asked: these never
+    # reached it, so none can be held there.
+    assert reached == 0
     deadline = time.monotonic() + 5
     while in_flight and time.monotonic() < deadline:  # ...and none of them is held there
         await asyncio.sleep(0.05)

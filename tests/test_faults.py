@@ -235,7 +235,7 @@ async def test_retry_after_is_honoured_then_exactly_one_new_call(
 
 
 async def readyz(guard: CookieguardProcess) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(f"{guard.url}/.cookieguard/readyz") as resp:
+    async with aiohttp.ClientSession() as s, s.get(f"{guard.admin_url}/.cookieguard/readyz") as resp:
         return resp.status, json.loads(await resp.text())
 
 

@@ -17,7 +17,7 @@ from cookieguard.session.guard import MIN_REJECTED_RATIO, MIN_REJECTED_SESSIONS,
 from cookieguard.session.limits import Claimant
 from cookieguard.session.refresh import Refresher, store_key
 from cookieguard.store.memory import MemoryStore
-from cookieguard.tokens.providers.base import RefreshRejected
+from cookieguard.tokens.providers.base import RefreshRejected, TokenSet
 from tests.support.apps import seen_by, start_buggy_app
 from tests.support.cognito_idp import CognitoUser
 from tests.support.no_secrets import KnownSecrets
@@ -269,3 +269,50 @@ async def test_without_signature_checks_every_verdict_feeds_the_guard() -> None:
     )
     results = [await refresher.refresh(f"R{n}", claimant=Claimant("10.0.0.1")) for n in range(25)]
     assert [r.outcome for r in results] == ["rejected"] * 19 + ["failed"] * 6
+
+
+async def test_after_a_success_only_refresh_tokens_that_worked_here_feed_the_guard() -> None:
+    """Self-registered accounts prove their subjects; their made-up refresh tokens never
+    refreshed, so 200 rejections of them start no storm and a revoked victim is rejected."""
+    rejected = RefreshRejected("NotAuthorizedException", status=400)
+    provider = ScriptedProvider(answers=[TokenSet(access_token="A")] + [rejected] * 201)
+    refresher = _refresher(provider, MemoryStore(), Clock())
+    assert (
+        await refresher.refresh("bob", claimant=Claimant("10.0.0.2", subject="bob"))
+    ).outcome == "refreshed"
+    for account in range(40):
+        for n in range(5):
+            claimant = Claimant("203.0.113.7", subject=f"mallory-{account}")
+            assert (
+                await refresher.refresh(f"made-up-{account}-{n}", claimant=claimant)
+            ).outcome == "rejected"
+    assert not refresher.guard.storming and refresher.guard.rejected_sessions == 0
+    victim = await refresher.refresh("victim", claimant=Claimant("198.51.100.1", subject="victim"))
+    assert victim.outcome == "rejected"
+
+
+async def test_refresh_tokens_that_worked_and_are_then_rejected_still_start_a_storm() -> None:
+    """The IdP's client secret rotated under a running process: every user's working (here:
+    rotated, so the IdP's own successor) refresh token is rejected at once; those count."""
+    rejected = RefreshRejected("NotAuthorizedException", status=400)
+    rotated = [TokenSet(access_token="A", refresh_token=f"R{n}-next") for n in range(25)]
+    provider = ScriptedProvider(answers=[*rotated, *[rejected] * 25])
+    clock = Clock()
+    refresher = _refresher(provider, MemoryStore(), clock)
+    users = [Claimant("10.0.0.1", subject=f"user-{n}") for n in range(25)]
+    for n, user in enumerate(users):
+        assert (await refresher.refresh(f"R{n}", claimant=user)).outcome == "refreshed"
+    clock.now += WINDOW_S + 1  # the successes have left the window
+    outcomes = [
+        (await refresher.refresh(f"R{n}-next", claimant=user)).outcome for n, user in enumerate(users)
+    ]
+    assert outcomes == ["rejected"] * 19 + ["failed"] * 6 and refresher.guard.storming
+
+
+async def test_before_any_success_one_subject_counts_once_however_many_tokens_it_sends() -> None:
+    rejected = RefreshRejected("NotAuthorizedException", status=400)
+    provider = ScriptedProvider(answers=[rejected] * 100)
+    refresher = _refresher(provider, MemoryStore(), Clock())
+    for n in range(100):
+        await refresher.refresh(f"made-up-{n}", claimant=Claimant("203.0.113.7", subject="mallory"))
+    assert not refresher.guard.storming and refresher.guard.rejected_sessions == 1

@@ -30,9 +30,15 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _config(port: int, prefix: str = PREFIX) -> dict[str, Any]:
-    # The upstream is never contacted: healthz and readyz are answered by cookieguard itself.
-    return {"listen": f"127.0.0.1:{port}", "upstream": "http://127.0.0.1:9", "admin_prefix": prefix}
+def _config(port: int, prefix: str = PREFIX, *, admin: int | None = None) -> dict[str, Any]:
+    # The upstream is never contacted: healthz and readyz are answered by cookieguard itself, on
+    # the admin listener (a port of its own: the probes go there).
+    return {
+        "listen": f"127.0.0.1:{port}",
+        "admin_listen": f"127.0.0.1:{admin or _free_port()}",
+        "upstream": "http://127.0.0.1:9",
+        "admin_prefix": prefix,
+    }
 
 
 def _write(tmp_path: Path, config: dict[str, Any] | str, name: str = "probe.yaml") -> Path:
@@ -60,7 +66,7 @@ def _one_line(text: str) -> str:
 
 def test_healthy_proxy_on_another_port_and_prefix(running_proxy: CookieguardProcess) -> None:
     path = str(running_proxy.config_path)
-    url = f"http://127.0.0.1:{running_proxy.port}{PREFIX}"
+    url = f"http://127.0.0.1:{running_proxy.admin_port}{PREFIX}"
 
     proc = run_cli("healthcheck", "--config", path)
     assert proc.returncode == 0, proc.stderr
@@ -76,15 +82,19 @@ def test_healthy_proxy_on_another_port_and_prefix(running_proxy: CookieguardProc
 def test_another_admin_prefix_than_the_proxy_is_unhealthy(
     running_proxy: CookieguardProcess, tmp_path: Path
 ) -> None:
-    # /elsewhere/healthz is not an admin path for this proxy: it is proxied, and the upstream
-    # (nothing on port 9) makes it a 502. A probe that only checked "something answered" would pass.
-    other = _write(tmp_path, _config(running_proxy.port or 0, prefix="/elsewhere"))
+    # /elsewhere/healthz is not an admin path for this proxy: its admin listener answers 404. A
+    # probe that only checked "something answered" would pass.
+    other = _write(
+        tmp_path, _config(running_proxy.port or 0, prefix="/elsewhere", admin=running_proxy.admin_port)
+    )
     proc = run_cli("healthcheck", "--config", str(other))
     assert proc.returncode == 1
     assert proc.stdout == ""
     line = _one_line(proc.stderr)
-    assert line.startswith(f"healthcheck: unhealthy: http://127.0.0.1:{running_proxy.port}/elsewhere/healthz")
-    assert line.endswith("HTTP 502 Bad Gateway"), line
+    assert line.startswith(
+        f"healthcheck: unhealthy: http://127.0.0.1:{running_proxy.admin_port}/elsewhere/healthz"
+    )
+    assert line.endswith("HTTP 404 Not Found"), line
 
 
 def test_stopped_proxy_is_unhealthy(running_proxy: CookieguardProcess) -> None:
@@ -99,7 +109,7 @@ def test_stopped_proxy_is_unhealthy(running_proxy: CookieguardProcess) -> None:
 
 def test_nothing_listening(tmp_path: Path) -> None:
     port = _free_port()
-    proc = run_cli("healthcheck", "--config", str(_write(tmp_path, _config(port))))
+    proc = run_cli("healthcheck", "--config", str(_write(tmp_path, _config(_free_port(), admin=port))))
     assert proc.returncode == 1 and proc.stdout == ""
     assert _one_line(proc.stderr) == (
         f"healthcheck: unhealthy: http://127.0.0.1:{port}{PREFIX}/healthz: "
@@ -121,7 +131,7 @@ async def test_non_200_answers_are_unhealthy(
     app = web.Application()
     app.router.add_get(f"{PREFIX}/healthz", answer)
     server = await aiohttp_server(app, host="127.0.0.1")
-    path = _write(tmp_path, _config(server.port))
+    path = _write(tmp_path, _config(_free_port(), admin=server.port))
     proc = await asyncio.to_thread(run_cli, "healthcheck", "--config", str(path))
     assert seen == [f"{PREFIX}/healthz"]
     assert proc.returncode == 1
@@ -133,7 +143,7 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        path = _write(tmp_path, _config(silent.getsockname()[1]))
+        path = _write(tmp_path, _config(_free_port(), admin=silent.getsockname()[1]))
         started = time.monotonic()
         proc = run_cli("healthcheck", "--config", str(path), "--timeout", "300ms")
         elapsed = time.monotonic() - started
@@ -146,7 +156,10 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         ("listen: 8080\nupstream: http://127.0.0.1:3000\n", "config error: listen: must be host:port"),
-        ("listen: 127.0.0.1:0\nupstream: http://127.0.0.1:3000\n", "listen: port 0 is picked at start-up"),
+        (
+            "admin_listen: 127.0.0.1:0\nupstream: http://127.0.0.1:3000\n",
+            "admin_listen: port 0 is picked at start-up",
+        ),
     ],
 )
 def test_config_problems_exit_2(tmp_path: Path, text: str, expected: str) -> None:
@@ -167,18 +180,20 @@ def test_missing_config_and_bad_timeout_exit_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("listen", "host", "url"),
+    ("admin_listen", "host", "url"),
     [
         ("0.0.0.0:4180", "127.0.0.1", "http://127.0.0.1:4180/_ops/guard/healthz"),
         ("[::]:4180", "::1", "http://[::1]:4180/_ops/guard/healthz"),
         (":4180", "127.0.0.1", "http://127.0.0.1:4180/_ops/guard/healthz"),
-        ("127.0.0.1:8080", "127.0.0.1", "http://127.0.0.1:8080/_ops/guard/healthz"),
-        ("[::1]:8080", "::1", "http://[::1]:8080/_ops/guard/healthz"),
+        ("127.0.0.1:9091", "127.0.0.1", "http://127.0.0.1:9091/_ops/guard/healthz"),
+        ("[::1]:9091", "::1", "http://[::1]:9091/_ops/guard/healthz"),
         ("10.1.2.3:80", "10.1.2.3", "http://10.1.2.3:80/_ops/guard/healthz"),
     ],
 )
-def test_wildcard_listen_addresses_are_probed_on_loopback(listen: str, host: str, url: str) -> None:
-    config = parse_config(f"listen: '{listen}'\nupstream: http://127.0.0.1:3000\nadmin_prefix: {PREFIX}/\n")
+def test_wildcard_listen_addresses_are_probed_on_loopback(admin_listen: str, host: str, url: str) -> None:
+    config = parse_config(
+        f"admin_listen: '{admin_listen}'\nupstream: http://127.0.0.1:3000\nadmin_prefix: {PREFIX}/\n"
+    )
     target = healthcheck_address(config)
     assert target.host == host
     assert target.url("healthz") == url
@@ -195,8 +210,13 @@ def test_timeout_must_be_positive(text: str) -> None:
         parse_timeout(text)
 
 
+def test_by_default_the_probe_goes_to_loopback_9090() -> None:
+    config = parse_config(f"listen: 0.0.0.0:8080\nupstream: http://127.0.0.1:3000\nadmin_prefix: {PREFIX}\n")
+    assert healthcheck_address(config).url("readyz") == f"http://127.0.0.1:9090{PREFIX}/readyz"
+
+
 def test_with_admin_listen_the_probe_goes_to_the_admin_listener() -> None:
-    """readyz leaves the main listener when admin_listen is set: the probe follows it there."""
+    """readyz is only on the admin listener: the probe follows it there."""
     main, admin = _free_port(), _free_port()
     proc = CookieguardProcess({**_config(main), "admin_listen": f"0.0.0.0:{admin}"}).start()
     try:

@@ -19,14 +19,8 @@ from tests.support.no_secrets import KnownSecrets, find_leaks
 from tests.support.proxy_process import CookieguardProcess
 
 Start = Callable[..., CookieguardProcess]
-LABELS = {
-    "outcome",
-    "route",
-    "status",
-    "le",
-    "reason",
-    "limit",
-}  # ours; process/platform collectors add their own
+# ours; process/platform collectors add their own
+LABELS = {"outcome", "route", "status", "le", "reason", "limit", "caught"}
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -95,7 +89,7 @@ async def test_counters_equal_the_traffic_and_labels_carry_no_user_or_token(
                         if k.endswith("Token")
                     )
                 )
-        async with s.get(f"{guard.url}/.cookieguard/metrics") as resp:
+        async with s.get(f"{guard.admin_url}/.cookieguard/metrics") as resp:
             assert resp.status == 200 and resp.headers["Content-Type"] == Metrics.content_type
             text = await resp.text()
     assert len(seen_by(app)) == 5 and cognito_idp.refresh_calls == 3

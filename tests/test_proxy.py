@@ -232,9 +232,9 @@ async def test_unmatched_path_is_404_and_admin_paths_are_never_proxied(
             assert resp.status == 404
         async with s.get(f"{proxy.url}/.cookieguard/healthz") as resp:
             assert resp.status == 200 and await resp.text() == "ok\n"
-        async with s.get(f"{proxy.url}/.cookieguard/readyz") as resp:
+        async with s.get(f"{proxy.admin_url}/.cookieguard/readyz") as resp:
             assert resp.status == 200 and (await resp.json())["ready"] is True
-        async with s.get(f"{proxy.url}/.cookieguard/metrics") as resp:
+        async with s.get(f"{proxy.admin_url}/.cookieguard/metrics") as resp:
             assert resp.status == 200 and "cookieguard_requests_total" in await resp.text()
     assert seen == []
 

@@ -92,7 +92,7 @@ async def burst(
 
 
 async def admin_get(guard: CookieguardProcess, what: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as s, s.get(f"{guard.url}/.cookieguard/{what}") as resp:
+    async with aiohttp.ClientSession() as s, s.get(f"{guard.admin_url}/.cookieguard/{what}") as resp:
         return resp.status, await resp.text()
 
 

@@ -172,7 +172,7 @@ async def test_run_at_debug_level_with_failing_idp_calls_never_logs_a_secret(
                 for line in resp.headers.getall("Set-Cookie", []):
                     known_secrets.add(line.split(";", 1)[0].partition("=")[2])
         for what in ("readyz", "metrics"):
-            async with s.get(f"{guard.url}/.cookieguard/{what}") as resp:
+            async with s.get(f"{guard.admin_url}/.cookieguard/{what}") as resp:
                 assert resp.status == 200
     assert statuses == [200] * 4
     events = await asyncio.to_thread(

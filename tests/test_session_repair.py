@@ -364,6 +364,7 @@ SHARED_CACHE_HEADERS = {
     "Vercel-CDN-Cache-Control": "max-age=600",
     "Edge-Control": "cache-maxage=600s",
     "Expires": "Wed, 21 Oct 2037 07:28:00 GMT",
+    "X-Accel-Expires": "600",  # nginx's proxy cache honours it over Cache-Control
 }
 
 

@@ -9,6 +9,9 @@ The raw upstreams are real TCP servers that write HTTP by hand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -708,3 +711,78 @@ async def test_a_request_that_gives_up_waiting_leaves_the_pool_whole(aiohttp_ser
         assert pool.count == 1 and len(set(arrived)) == 1  # the one connection, reused
     finally:
         await http.close()
+
+
+async def test_late_bytes_already_in_the_socket_are_caught_right_before_reuse_and_counted() -> None:
+    """The app writes a stray message after its answer and it reaches cookieguard's socket while
+    the event loop is busy (here: blocked on purpose), so no callback has seen it when the next
+    request takes the connection. A look at the socket right before sending catches it: the
+    connection is closed, counted, and the request goes out on a new one. The upstream runs in a
+    thread so it can write while the loop is blocked."""
+    caught: list[str] = []
+    client = UpstreamClient(connect_timeout_s=2.0, on_late_bytes=caught.append)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stray_sent, send_stray = threading.Event(), threading.Event()
+    connections: list[int] = []
+
+    def serve() -> None:
+        while len(connections) < 2:
+            conn, _ = listener.accept()
+            connections.append(len(connections))
+            with conn, contextlib.suppress(ConnectionError):  # cookieguard resets a stale one
+                buffered = b""
+                for n in range(3):
+                    while b"\r\n\r\n" not in buffered:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        buffered += data
+                    if b"\r\n\r\n" not in buffered:
+                        break
+                    buffered = buffered.split(b"\r\n\r\n", 1)[1]
+                    conn.sendall(OK)
+                    if len(connections) == 1 and n == 0:
+                        send_stray.wait(5)
+                        conn.sendall(PLANTED)
+                        stray_sent.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    origin = Origin.parse(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        assert (await fetch(client, origin))[2] == b"ok"
+        send_stray.set()
+        assert stray_sent.wait(5)  # blocks the loop: the stray bytes wait in the socket
+        status, headers, body = await fetch(client, origin)
+        assert (status, body) == (200, b"ok") and not planted(headers)
+        assert caught == ["before_reuse"] and len(connections) == 2
+    finally:
+        await client.close()
+        listener.close()
+        thread.join(5)
+
+
+async def test_bytes_arriving_while_idle_are_counted(
+    raw_upstream: Callable[[Handler], Awaitable[Origin]],
+) -> None:
+    caught: list[str] = []
+    client = UpstreamClient(connect_timeout_s=2.0, on_late_bytes=caught.append)
+    answered = asyncio.Event()
+
+    async def script(conn: int, n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK)
+        await writer.drain()
+        if conn == 0:
+            await answered.wait()
+            writer.write(PLANTED)
+            await writer.drain()
+
+    upstream = Misbehaving(script)
+    origin = await raw_upstream(upstream)
+    try:
+        assert (await fetch(client, origin))[2] == b"ok"
+        answered.set()
+        await asyncio.wait_for(upstream.closed[0].wait(), 3)
+        assert caught == ["idle"]
+    finally:
+        await client.close()

@@ -37,13 +37,43 @@ _FORWARDING = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
 )
 _OURS = _FORWARDING | {"host", "cookie"}
+# What a load balancer in front writes besides those (Traefik, the AWS ALB, nginx configs): kept
+# from a trusted proxy only, like X-Forwarded-Host (docs/proxy.md "The proxy", the table of
+# client headers removed).
+_FROM_TRUSTED = {
+    "x-forwarded-port": "X-Forwarded-Port",
+    "x-forwarded-prefix": "X-Forwarded-Prefix",
+    "x-forwarded-server": "X-Forwarded-Server",
+}
+# Never from a client, trusted proxy or not (docs/proxy.md "The proxy", the table of client headers removed):
+# other names for the client's address or scheme that frameworks read before cookieguard's own
+# (Rack takes X-Forwarded-Scheme over X-Forwarded-Proto), and the URL rewrites IIS-style apps
+# route by. cookieguard's X-Real-IP and X-Forwarded-* say the same, from the socket.
+_SPOOFABLE = frozenset(
+    {
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
+        "fastly-client-ip",
+        "x-original-forwarded-for",
+        "x-original-url",
+        "x-rewrite-url",
+    }
+)
 _HOP, _COOKIE, _HOST, _FORWARDED = "hop", "cookie", "host", "forwarded"
 _KIND = {
-    **dict.fromkeys(HOP_BY_HOP, _HOP),
-    **dict.fromkeys(_FORWARDING, _FORWARDED),
+    **dict.fromkeys(HOP_BY_HOP | _SPOOFABLE, _HOP),
+    **dict.fromkeys(_FORWARDING | _FROM_TRUSTED.keys(), _FORWARDED),
     "cookie": _COOKIE,
     "host": _HOST,
 }
+
+
+class CookieTooLarge(Exception):
+    """The Cookie header the app would get is longer than `limits.max_cookie_size` (a 431)."""
 
 
 def _connection_tokens(values: Iterable[str]) -> set[str]:
@@ -57,6 +87,7 @@ def upstream_request_headers(
     *,
     trusted: Sequence[IPNetwork] = (),
     authority: str | None = None,
+    max_cookie_size: int | None = None,
 ) -> list[tuple[str, str]]:
     """The client's headers minus hop-by-hop ones; Cookie replaced if given; the forwarding
     headers set from the socket (docs/proxy.md "The proxy").
@@ -64,8 +95,12 @@ def upstream_request_headers(
     From a client that is not one of `trusted` (a load balancer in front of cookieguard), the
     client's own X-Forwarded-*, Forwarded and X-Real-IP are dropped: they would let anybody tell
     the app any address or scheme. From a trusted proxy, its X-Forwarded-For is extended with the
-    peer, and its X-Forwarded-Proto/-Host and Forwarded are kept. `authority`, from an
+    peer, and its X-Forwarded-Proto/-Host/-Port/-Prefix/-Server and Forwarded are kept. Other
+    names for the client's address, scheme or URL never cross, nor does any name with an
+    underscore: CGI-style apps (WSGI, PHP, Rack) read `X_Forwarded_For` as `X-Forwarded-For`
+    (nginx drops them by default for the same reason). `authority`, from an
     absolute-form request target, replaces the Host header (RFC 9112 section 3.2.2).
+    Raises CookieTooLarge when the Cookie header it would write is over `max_cookie_size`.
     """
     raw = request.headers
     named_by_connection = (
@@ -76,10 +111,11 @@ def upstream_request_headers(
     forwarding: dict[str, list[str]] = {}
     for name, value in raw.items():
         lname = name.lower()
-        # One lookup for the common case, a header of no special kind (hop-by-hop and Host go).
+        # One lookup for the common case, a header of no special kind (hop-by-hop, the spoofable
+        # variants and Host go).
         kind = _KIND.get(lname)
         if kind is None:
-            if not (lname in named_by_connection or lname.startswith("proxy-")):
+            if not (lname in named_by_connection or lname.startswith("proxy-") or "_" in lname):
                 headers.append((name, value))
         elif kind is _COOKIE:
             cookies.append(value)
@@ -88,11 +124,12 @@ def upstream_request_headers(
     host = authority or raw.get("Host")
     if route.preserve_host and host:
         headers.insert(0, ("Host", host))
-    if cookie_header is not None:
-        if cookie_header:
-            headers.append(("Cookie", cookie_header))
-    elif cookies:
-        headers.append(("Cookie", "; ".join(cookies)))
+    if cookie_header is None and cookies:
+        cookie_header = cookies[0] if len(cookies) == 1 else "; ".join(cookies)
+    if cookie_header:
+        if max_cookie_size is not None and len(cookie_header) > max_cookie_size:
+            raise CookieTooLarge
+        headers.append(("Cookie", cookie_header))
     peer = request.remote or "unknown"
     scheme = request.scheme
     if not is_trusted(peer, trusted):
@@ -112,6 +149,8 @@ def upstream_request_headers(
         headers.append(("X-Forwarded-Host", ", ".join(their_host) if their_host else host or ""))
     client = client_address(peer, their_for or (), trusted)
     headers.append(("X-Real-IP", client))
+    for lname, name in _FROM_TRUSTED.items():
+        headers.extend((name, value) for value in forwarding.get(lname, ()))
     their_forwarded = forwarding.get("forwarded")
     if their_forwarded:
         headers.extend(("Forwarded", value) for value in their_forwarded)
@@ -140,8 +179,11 @@ def _forwarded_value(value: str) -> str:
 
 # Besides Cache-Control, what shared caches (CDNs) obey: RFC 9213's targeted fields
 # (CDN-Cache-Control, Cloudflare-/Vercel-/Netlify-CDN-Cache-Control), Surrogate-Control (Fastly,
-# Akamai), Akamai's Edge-Control, and Expires (RFC 9111 5.3, used when no max-age is given).
-_SHARED_CACHE = frozenset({"cache-control", "surrogate-control", "edge-control", "expires"})
+# Akamai), Akamai's Edge-Control, Expires (RFC 9111 5.3, used when no max-age is given), and
+# nginx's X-Accel-Expires (its proxy cache honours it over Cache-Control).
+_SHARED_CACHE = frozenset(
+    {"cache-control", "surrogate-control", "edge-control", "expires", "x-accel-expires"}
+)
 
 
 def response_headers(

@@ -11,7 +11,12 @@ gets an `EdgeHandler`, aiohttp's own `RequestHandler` (exported by `aiohttp.web`
   closed; the ones already open are unaffected;
 - error answers (400, 408, 413, 431, 500) that never quote the request: aiohttp's own 400 body
   repeats the offending header line, a Cookie header full of tokens included, which would let a
-  script read HttpOnly cookies (docs/security.md "Threat model").
+  script read HttpOnly cookies (docs/security.md "Threat model");
+- no second request after a chunked one: aiohttp 3.14.5's parser carries the last trailer field
+  of a chunked request into the headers of the next request on the connection (one user's
+  `Cookie` onto another's, behind a load balancer that reuses connections). The answer to a
+  chunked request says `Connection: close` and nothing after it on that connection is handled
+  (docs/security.md "Threat model"); the trailers themselves are never forwarded.
 
 aiohttp offers no hook for a head deadline. The handler reads RequestHandler's private
 attributes to know where a connection stands: `_messages` (request heads parsed and not yet
@@ -101,6 +106,7 @@ class EdgeHandler(web.RequestHandler):
             return
         super().data_received(data)
         if self._messages:
+            _close_after_chunked(self._messages)
             if self._header_deadline is not None:  # tested here: this runs for every request
                 self._disarm_header_deadline()  # a whole head is in: the handler has the request now
         elif data and self._header_deadline is None and self._is_idle():
@@ -154,6 +160,14 @@ class EdgeHandler(web.RequestHandler):
             self._limits.cut("header_timeout")
             get_logger().debug("client_timeout", phase="header", timeout_s=self._limits.header_timeout_s)
         self.force_close()
+
+
+def _close_after_chunked(messages: Any) -> None:
+    # The parsed heads waiting for the handler: a chunked one is marked to close the connection
+    # after its answer, so any head parsed after it (which may carry its trailer) is never handled.
+    for index, (message, payload) in enumerate(messages):
+        if getattr(message, "chunked", False) and not message.should_close:
+            messages[index] = (message._replace(should_close=True), payload)
 
 
 async def listen(

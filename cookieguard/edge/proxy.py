@@ -22,7 +22,12 @@ from yarl import URL
 from cookieguard.config import Config, Route
 from cookieguard.cookies import SetCookie
 from cookieguard.edge.client import client_address
-from cookieguard.edge.headers import is_navigation, response_headers, upstream_request_headers
+from cookieguard.edge.headers import (
+    CookieTooLarge,
+    is_navigation,
+    response_headers,
+    upstream_request_headers,
+)
 from cookieguard.edge.routing import Router, Target, parse_target
 from cookieguard.edge.upstream import (
     Origin,
@@ -151,15 +156,32 @@ class Proxy:
     async def forward_websocket(
         self, request: web.Request, route: Route, target: Target
     ) -> web.StreamResponse:
-        forwarded = upstream_request_headers(
-            request, route, None, trusted=self.config.limits.trusted_proxies, authority=target.authority
-        )
+        try:
+            forwarded = upstream_request_headers(
+                request,
+                route,
+                None,
+                trusted=self.config.limits.trusted_proxies,
+                authority=target.authority,
+                max_cookie_size=self.config.limits.max_cookie_size,
+            )
+        except CookieTooLarge:
+            return _cookie_too_large()
 
         def upstream_error(status: int, error: str) -> web.Response:
             return self._upstream_error(route, status, error, time.perf_counter())
 
+        origin = self._origins.get(route.match)
+        if origin is None:
+            return upstream_error(502, "no_upstream")
         return await forward_websocket(
-            request, self.websockets, _upstream_url(route, target), forwarded, upstream_error
+            request,
+            self.websockets,
+            _upstream_url(route, target),
+            forwarded,
+            upstream_error,
+            functools.partial(self.upstream.reserve, origin),
+            self.config.timeouts.websocket_idle_s,
         )
 
     async def forward(
@@ -169,18 +191,31 @@ class Proxy:
         origin = self._origins.get(route.match)
         if origin is None:
             return self._upstream_error(route, 502, "no_upstream", time.perf_counter())
-        headers = upstream_request_headers(
-            request,
-            route,
-            plan.cookie_header,
-            trusted=self.config.limits.trusted_proxies,
-            authority=target.authority,
-        )
-        body = (
-            IdleLimitedBody(request.content, self.config.timeouts.client_body_idle_s)
-            if request.body_exists
-            else None
-        )
+        try:
+            headers = upstream_request_headers(
+                request,
+                route,
+                plan.cookie_header,
+                trusted=self.config.limits.trusted_proxies,
+                authority=target.authority,
+                max_cookie_size=self.config.limits.max_cookie_size,
+            )
+        except CookieTooLarge:
+            return _cookie_too_large()
+        body: BufferedBody | None = None
+        content_length = request.content_length
+        if request.body_exists:
+            timeouts = self.config.timeouts
+            deadline = asyncio.get_running_loop().time() + (route.client_body_s or timeouts.client_body_s)
+            try:
+                body = await BufferedBody.read(
+                    IdleLimitedBody(request.content, timeouts.client_body_idle_s, deadline),
+                    self.config.limits.request_buffer,
+                )
+            except ClientBodyStalled:
+                return await self._client_body_timeout(request, route)
+            if body.complete:
+                content_length = body.size  # read whole: framed with its length, chunked or not
         started = time.perf_counter()
         try:
             upstream = await self.upstream.request(
@@ -189,7 +224,7 @@ class Proxy:
                 target.forward,  # the path the route matched, in the client's encoding, and the query
                 headers,
                 body=body,
-                content_length=request.content_length,
+                content_length=content_length,
                 read_timeout_s=self._read_timeouts[route.match],
             )
         except UpstreamTimeout as exc:
@@ -197,7 +232,7 @@ class Proxy:
         except UpstreamBusy as exc:
             return self._upstream_error(route, 503, exc.reason, started)
         except UpstreamError as exc:
-            if body is not None and body.stalled:
+            if body is not None and body.source.stalled:
                 return await self._client_body_timeout(request, route)
             return self._upstream_error(route, 502, exc.reason, started)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
@@ -215,6 +250,7 @@ class Proxy:
             "client_timeout",
             phase="body",
             timeout_s=self.config.timeouts.client_body_idle_s,
+            body_timeout_s=route.client_body_s or self.config.timeouts.client_body_s,
             client=request.remote,
         )
         response = web.Response(status=408, text="cookieguard: request body timed out\n")
@@ -309,33 +345,42 @@ def _answer(plan: Answer) -> web.Response:
     return response
 
 
+def _cookie_too_large() -> web.Response:
+    # Never quotes the header (docs/security.md "Abuse limits", limits.max_cookie_size).
+    return web.Response(status=431, text="cookieguard: cookie header too large\n")
+
+
 def _upstream_url(route: Route, target: Target) -> URL:
     # The normalised path in the client's encoding (%2F, %20, unicode escapes) and the query string.
     return URL(route.upstream.rstrip("/") + target.forward, encoded=True)
 
 
 class ClientBodyStalled(Exception):
-    """The client sent no body byte for `timeouts.client_body_idle`."""
+    """The client sent no body byte for `timeouts.client_body_idle`, or not the whole body
+    within `timeouts.client_body`."""
 
 
 class IdleLimitedBody:
-    """The client's request body, failing when it stalls longer than `idle_s` between bytes.
+    """The client's request body, failing when it stalls longer than `idle_s` between bytes or
+    is not over by `deadline` (loop time).
 
-    The upstream client sends the body as it comes; without this, a client that trickles one
-    byte a minute would hold an upstream connection (and the app's worker behind it) as long as
-    it liked. When it fails, upstream.py aborts the upstream request and its connection.
+    Without this, a client that trickles one byte a minute (or one just under the idle limit)
+    would hold an upstream connection, and the app's worker behind it, as long as it liked.
+    When it fails while streaming, upstream.py aborts the upstream request and its connection.
     """
 
-    def __init__(self, content: aiohttp.StreamReader, idle_s: float) -> None:
+    def __init__(self, content: aiohttp.StreamReader, idle_s: float, deadline: float) -> None:
         self._content = content
         self._idle_s = idle_s
+        self._deadline = deadline
         self.stalled = False
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         content = self._content
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                async with asyncio.timeout(self._idle_s):
+                async with asyncio.timeout_at(min(loop.time() + self._idle_s, self._deadline)):
                     chunk = await content.readany()
             except TimeoutError:
                 self.stalled = True
@@ -343,3 +388,39 @@ class IdleLimitedBody:
             if not chunk:
                 return
             yield chunk
+
+
+class BufferedBody:
+    """A request body read whole, up to `limits.request_buffer`, before an upstream connection
+    is taken (docs/security.md "Abuse limits"): a slow sender holds none. A larger body is handed over as
+    what was read plus the rest, streamed (under the same deadlines)."""
+
+    def __init__(
+        self, source: IdleLimitedBody, chunks: list[bytes], rest: AsyncIterator[bytes] | None
+    ) -> None:
+        self.source = source
+        self._chunks = chunks
+        self._rest = rest
+        self.size = sum(map(len, chunks))
+        self.complete = rest is None
+
+    @classmethod
+    async def read(cls, source: IdleLimitedBody, limit: int) -> BufferedBody:
+        """Raises ClientBodyStalled when the client is too slow while it is read."""
+        chunks: list[bytes] = []
+        size = 0
+        stream = source.iter_any()
+        while size <= limit:
+            chunk = await anext(stream, None)
+            if chunk is None:
+                return cls(source, chunks, None)
+            chunks.append(chunk)
+            size += len(chunk)
+        return cls(source, chunks, stream)
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+        if self._rest is not None:
+            async for chunk in self._rest:
+                yield chunk

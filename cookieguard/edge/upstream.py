@@ -16,18 +16,20 @@ Content-Length) is a 502 (docs/proxy.md "The proxy": what no HTTP/1.1 proxy can 
 A request without a body that fails on a reused connection before the upstream sent a byte, or
 whose answer there was not exactly one message, is retried once on a new connection.
 
-At most `max_connections` connections per origin (in use and idle, docs/proxy.md "The proxy",
-`limits.upstream_connections`); a request that finds them all in use waits up to the connect
-timeout for one to be released, then fails with UpstreamBusy (a 503).
+At most `max_connections` connections per origin (in use and idle, WebSockets included: each
+takes a slot with `reserve`; docs/proxy.md "The proxy", `limits.upstream_connections`); a request
+that finds them all in use waits up to the connect timeout for one to be released, then fails
+with UpstreamBusy (a 503).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -101,12 +103,22 @@ class Origin:
         )
 
 
+# Where stray upstream bytes were caught (metrics.LATE_BYTES_CAUGHT: the `phase` of the
+# upstream_error event): "idle" while the connection sat in the pool, "before_reuse" in the socket
+# right before it was reused, "after_answer" right behind an answer.
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; the state of the request in flight on it, if any."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_late_bytes: Callable[[str], None]) -> None:
         self.loop = loop
+        self.on_late_bytes = on_late_bytes
         self.transport: asyncio.Transport | None = None
+        # A view of the socket to look into before reuse (asyncio's and uvloop's transports
+        # offer none): made once per connection, detached (never closing the fd) when it goes.
+        self._peek: socket.socket | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
         self.poisoned = False  # bytes after an answer's end: closed, never reused
@@ -143,8 +155,13 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                self._peek = socket.socket(fileno=sock.fileno())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._forget_peek()
         self.lost = True
         if self.in_flight and not self.complete and self.error is None:
             if self.head_done and not self.framed and not self.head_only:
@@ -169,6 +186,8 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.in_flight:
             # Bytes nobody asked for: this connection cannot be trusted with the next request.
+            if not self.lost:
+                self.on_late_bytes("idle")
             self.close()
             return
         self.got_bytes = True
@@ -184,6 +203,8 @@ class _Connection(asyncio.Protocol):
                 self._fail(UpstreamError("invalid_answer"))
 
     def _poison(self) -> None:
+        if not self.poisoned:
+            self.on_late_bytes("after_answer")
         self.poisoned = True
         self._wake()
         self.close()
@@ -337,6 +358,29 @@ class _Connection(asyncio.Protocol):
         self._reset()
         return reusable
 
+    def stale(self) -> bool:
+        """Right before reuse: has the upstream sent anything (or closed) since its last answer
+        that the event loop has not delivered yet? Such bytes would be read as the next answer."""
+        peek = self._peek
+        if peek is None:
+            return False
+        try:
+            data = peek.recv(1, _PEEK)
+        except (BlockingIOError, InterruptedError):
+            return False  # nothing there: the connection is clean
+        except OSError:
+            self.lost = True
+            return True
+        if data:
+            self.on_late_bytes("before_reuse")
+        self.lost = True  # bytes, or b"": the upstream closed it
+        return True
+
+    def _forget_peek(self) -> None:
+        peek, self._peek = self._peek, None
+        if peek is not None:
+            peek.detach()  # the transport owns the fd
+
     def close(self) -> None:
         self.lost = True
         if self.transport is not None:
@@ -407,8 +451,11 @@ class UpstreamClient:
         connect_timeout_s: float,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        on_late_bytes: Callable[[str], None] | None = None,
     ) -> None:
         self.connect_timeout_s = connect_timeout_s
+        # Told where stray bytes were caught (one of LATE_BYTES_CAUGHT): a log line and a metric.
+        self.on_late_bytes = on_late_bytes or _ignore
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
         self._pools: dict[tuple[str, int, bool], _Pool] = {}
@@ -481,9 +528,10 @@ class UpstreamClient:
         if not fresh:
             while pool.idle:
                 conn = pool.idle.pop()
-                if not conn.lost:
+                if not conn.lost and not conn.stale():
                     self._busy.add(conn)
                     return conn, True
+                conn.close()
                 self._closed(pool)
         if pool.count >= self.max_connections:
             if pool.idle:  # a retry wants a new connection: the oldest idle one makes room
@@ -502,6 +550,35 @@ class UpstreamClient:
             raise
         self._busy.add(conn)
         return conn, False
+
+    async def reserve(self, origin: Origin) -> Callable[[], None]:
+        """A slot of `origin`'s pool for a connection opened elsewhere (a WebSocket, through
+        aiohttp's client): counted against `max_connections` like ours, waited for like ours
+        (UpstreamBusy past the connect timeout). Returns what gives the slot back."""
+        key = (origin.host, origin.port, origin.tls)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool()
+        loop = asyncio.get_running_loop()
+        self._prune(pool, loop.time())
+        if pool.count < self.max_connections:
+            pool.count += 1
+        elif pool.idle:  # an idle keep-alive connection makes room
+            pool.idle.popleft().close()
+        else:
+            handed = await self._wait_for_connection(pool, loop)
+            if handed is not None:  # a released connection: closed, its slot is ours
+                self._busy.discard(handed)
+                handed.close()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._closed(pool)
+
+        return release
 
     async def _wait_for_connection(self, pool: _Pool, loop: asyncio.AbstractEventLoop) -> _Connection | None:
         """A connection another request released, or None: a free slot to open one in."""
@@ -561,7 +638,7 @@ class UpstreamClient:
         try:
             _transport, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(loop),
+                    lambda: _Connection(loop, self.on_late_bytes),
                     origin.host,
                     origin.port,
                     ssl=tls,
@@ -606,6 +683,10 @@ class UpstreamClient:
         for conn in list(self._busy):
             conn.close()
         self._busy.clear()
+
+
+def _ignore(_caught: str) -> None:
+    pass
 
 
 def _head(

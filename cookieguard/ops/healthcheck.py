@@ -35,9 +35,8 @@ class ProbeTarget(NamedTuple):
 
 def healthcheck_address(config: Config) -> ProbeTarget:
     """Where the admin endpoints of the proxy configured by `config` answer: on `admin_listen`
-    when it is set (healthz, readyz and metrics live there, under `admin_prefix`; readyz is not
-    on the main listener then), else on `listen` under `admin_prefix`."""
-    host, port = config.admin_listen or (config.listen_host, config.listen_port)
+    (healthz, readyz and metrics, under `admin_prefix`; readyz is never on the main listener)."""
+    host, port = config.admin_listen
     return ProbeTarget(_WILDCARD_TO_LOOPBACK.get(host, host), port, config.admin_prefix)
 
 
@@ -86,7 +85,7 @@ def run_healthcheck(config: Config, endpoint: str = "healthz", timeout_s: float 
     target = healthcheck_address(config)
     if target.port == 0:
         print(
-            f"healthcheck: listen: port 0 is picked at start-up, nothing to probe ({config.source})",
+            f"healthcheck: admin_listen: port 0 is picked at start-up, nothing to probe ({config.source})",
             file=sys.stderr,
         )
         return EXIT_CONFIG

@@ -511,6 +511,10 @@ def session_check(
     # Expired as the plan judges it: on the server's clock.
     expired = expires_at is not None and time_left(expires_at, now_s, clock_drift_ms) <= 0
     if outcome is Outcome.FAILED or outcome is Outcome.LIMITED:
+        if session.access_token is None and session.id_token is None:
+            # Nothing but a refresh token, which nobody has vouched for: anybody can make one
+            # up, so the session proved nothing and is not reported signed in.
+            return SessionCheck(False, user, expires_at, reason=CheckReason.UNPROVEN)
         # The IdP could not answer, or a budget held the call back: the session is not over,
         # it will be refreshed on a later request.
         reason = CheckReason.LIMITED if outcome is Outcome.LIMITED else CheckReason.REFRESH_UNAVAILABLE

@@ -20,6 +20,13 @@ session is being rejected at once, the configuration is wrong, not the sessions,
 become `failed` with error `reject_storm`. Only proven sessions' verdicts feed the guard (with
 `verify.signature: false` nothing can be proven and every verdict does): anybody can make up
 refresh tokens the IdP rejects, and a spray of them must not switch off clearing for everyone.
+
+Proof of a subject is not enough either: anybody can register accounts, and each account's own
+(expired) access token proves its subject beside any number of made-up refresh tokens. So once
+this process has seen one refresh succeed (the configuration works), a rejection feeds the guard
+only when its refresh token had refreshed here before; until then (a deploy with a wrong secret
+never sees a success) every proven rejection does. Each subject counts as one session, so one
+account's many tokens weigh as one (docs/security.md "Threat model").
 """
 
 from __future__ import annotations
@@ -91,6 +98,10 @@ class Refresher:
         # `failed`), and the lifetimes of opaque access tokens from token responses we saw.
         self._backoff: ExpiringLRU[str, None] = ExpiringLRU(store_config.max_entries)
         self._opaque_lifetimes: LRU[str, tuple[float, float]] = LRU(store_config.max_entries)
+        # Refresh tokens (store keys) that refreshed here, and whether any refresh succeeded yet:
+        # which rejections may feed the reject-storm guard.
+        self._worked: LRU[str, None] = LRU(store_config.max_entries)
+        self._seen_success = False
 
     @property
     def in_flight(self) -> int:
@@ -160,8 +171,9 @@ class Refresher:
                 if limit is not None:
                     return RefreshResult(Outcome.LIMITED, error=limit, wait_ms=wait_ms)
             feeds_guard = claimant is None or claimant.proven or self.unproven_feed_guard
+            guard_key = claimant.subject if claimant is not None and claimant.subject else key
             try:
-                result = await self._call_idp(key, refresh_token, context, feeds_guard)
+                result = await self._call_idp(key, refresh_token, context, guard_key if feeds_guard else None)
             finally:
                 if budgets is not None and claimant is not None:
                     budgets.answered()
@@ -175,16 +187,18 @@ class Refresher:
         key: str,
         refresh_token: str,
         context: Mapping[str, str],
-        feeds_guard: bool,
+        guard_key: str | None,
     ) -> RefreshResult:
+        """`guard_key`: whom the verdict counts for in the reject-storm guard (the subject, or the
+        session); None: it does not feed the guard."""
         started = time.perf_counter()
         if self.on_idp_call:
             self.on_idp_call(True)
         try:
             tokens = await self.provider.refresh(refresh_token, context)
         except RefreshRejected as exc:
-            if feeds_guard:
-                self._note_storm(self.guard.record(key, rejected=True, now=self.clock()))
+            if guard_key is not None and (key in self._worked or not self._seen_success):
+                self._note_storm(self.guard.record(guard_key, rejected=True, now=self.clock()))
             if self.guard.storming:
                 # Not believed: forward unchanged, store nothing, and back off like any IdP trouble.
                 self._remember_backoff(key, self.config.backoff_s)
@@ -213,8 +227,9 @@ class Refresher:
         finally:
             if self.on_idp_call:
                 self.on_idp_call(False)
-        if feeds_guard:
-            self._note_storm(self.guard.record(key, rejected=False, now=self.clock()))
+        self._note_worked(key, tokens)
+        if guard_key is not None:
+            self._note_storm(self.guard.record(guard_key, rejected=False, now=self.clock()))
         result = RefreshResult(Outcome.REFRESHED, tokens=tokens, duration_ms=_ms(started))
         await self.store.put_result(key, self._seal(result), self.config.grace_s)
         return result
@@ -243,6 +258,12 @@ class Refresher:
                 sessions=change.sessions,
                 window_s=change.window_s,
             )
+
+    def _note_worked(self, key: str, tokens: TokenSet | None) -> None:
+        self._seen_success = True
+        self._worked.put(key, None)
+        if tokens is not None and tokens.refresh_token:  # rotated: the successor is known good too
+            self._worked.put(store_key(tokens.refresh_token), None)
 
     def _remember_backoff(self, key: str, seconds: float) -> None:
         now = self.clock()

@@ -32,7 +32,11 @@ class CookieguardProcess:
         if isinstance(config, dict):
             config = dict(config)
             config.setdefault("listen", "127.0.0.1:0")
+            # The admin listener's default (127.0.0.1:9090) is one port for every process.
+            config.setdefault("admin_listen", "127.0.0.1:0")
             text = yaml.safe_dump(config, sort_keys=False)
+        elif "admin_listen" not in config:
+            text = config.rstrip("\n") + "\nadmin_listen: 127.0.0.1:0\n"
         else:
             text = config
         self._dir = tempfile.TemporaryDirectory(prefix="cookieguard-test-")
@@ -44,12 +48,18 @@ class CookieguardProcess:
         self.stderr_lines: list[str] = []
         self._cond = threading.Condition()
         self.port: int | None = None
+        self.admin_port: int | None = None
         self.signalled = False
         STARTED.append(self)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """Where healthz, readyz and metrics answer (`admin_listen`)."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self, timeout_s: float = 20.0) -> CookieguardProcess:
         self.proc = subprocess.Popen(
@@ -65,6 +75,7 @@ class CookieguardProcess:
         threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr_lines), daemon=True).start()
         listening = self.wait_for_event("listening", timeout_s=timeout_s)
         self.port = int(listening["listen"][0].rsplit(":", 1)[1])
+        self.admin_port = int(listening["admin_listen"][0].rsplit(":", 1)[1])
         return self
 
     def _read(self, stream: Any, sink: list[str]) -> None:

@@ -102,6 +102,7 @@ class _Stack:
     app: DemoApp
     app_url: str = ""
     guard_url: str = ""
+    admin_url: str = ""  # healthz, readyz and metrics (`admin_listen`: a port of its own, on loopback)
     runners: list[web.AppRunner] = field(default_factory=list)
 
 
@@ -147,7 +148,8 @@ async def _start_stack(
     settings: DemoSettings, *, log_level: str, on_event: Callable[[AppEvent], None] | None = None
 ) -> _Stack:
     """The IdP, then the app, then cookieguard; on failure, what was started is stopped."""
-    from cookieguard.app import build_app
+    from cookieguard.app import build_admin_app, build_app
+    from cookieguard.edge.admin import ADMIN_KEY
     from cookieguard.logs import configure_logging, get_logger
 
     configure_logging(log_level, "console")
@@ -169,7 +171,10 @@ async def _start_stack(
             layout=config.cookies.layout,
             store=config.store.kind,
         )
-        runner, stack.guard_url = await _start(build_app(config), settings.host, settings.port)
+        guard = build_app(config)
+        runner, stack.guard_url = await _start(guard, settings.host, settings.port)
+        stack.runners.append(runner)
+        runner, stack.admin_url = await _start(build_admin_app(guard[ADMIN_KEY], config), "127.0.0.1", 0)
         stack.runners.append(runner)
     except BaseException:
         await _stop_stack(stack)
@@ -287,7 +292,7 @@ class _Story:
 
     async def _guard_outcomes(self) -> dict[str, float]:
         """cookieguard's `cookieguard_refresh_total` by outcome, from its metrics endpoint."""
-        async with self.http.get(f"{self.stack.guard_url}/.cookieguard/metrics") as resp:
+        async with self.http.get(f"{self.stack.admin_url}/.cookieguard/metrics") as resp:
             text = await resp.text()
         counts: dict[str, float] = {}
         for match in re.finditer(r'^cookieguard_refresh_total\{outcome="(\w+)"\} ([0-9.e+]+)$', text, re.M):
@@ -459,7 +464,7 @@ async def _serve(settings: DemoSettings, say: _Narrator) -> int:
             )
         say.line(f"  access tokens live {settings.token_lifetime_s} s; after that, click Home: {after}")
         say.line(f"  IdP ({idp.title}): {idp.endpoint}")
-        say.line(f"  cookieguard admin: {stack.guard_url}/.cookieguard/healthz, /.cookieguard/metrics")
+        say.line(f"  cookieguard admin: {stack.admin_url}/.cookieguard/healthz, /.cookieguard/metrics")
         say.line("  cookies are written without `Secure` because the demo runs on plain http")
         await stop.wait()
         say.line("cookieguard demo: stopping")
