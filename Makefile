@@ -72,6 +72,8 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	@if ! command -v wrk >/dev/null || ! { command -v nginx >/dev/null || test -x /usr/sbin/nginx; }; then \
 		apt-get update && apt-get install -y nginx wrk; fi
+	@if echo "$(BENCH_ARGS)" | grep -q -- "--count instructions" && ! command -v valgrind >/dev/null; then \
+		apt-get update && apt-get install -y valgrind; fi
 	$(PY) bench/run.py $(if $(BASE),--base $(BASE)) $(BENCH_ARGS)
 
 # A real browser against the Next.js examples, Amplify (examples/nextjs-amplify/README.md) and

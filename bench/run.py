@@ -906,9 +906,129 @@ def ab_phase(
             log("A/B profiles recorded in bench/out/profile-ab-*.txt")
         base_proc.stop()
         head_proc.stop()
+        if args.count == "instructions":
+            result["instructions"] = ab_instructions(bench, base, args, pool, up_port, session_cookie, log)
         return result
     finally:
         base.remove()
+
+
+# Instructions per request: what the process executes, counted by valgrind (callgrind), which
+# does not depend on what else the box runs. CPU time on a shared 2-core box moves by ±20 % between
+# same-vs-same runs; the instruction count of a fixed request loop moves by well under 1 %.
+COUNT_MIXES = {
+    "plain": ("/app/page", False, 8),
+    "session": ("/app/page", True, 8),
+    "static": ("/static/app.js", True, 8),
+    "c1": ("/app/page", True, 1),
+}
+
+
+async def fixed_requests(url: str, cookie: str | None, total: int, connections: int) -> int:
+    """`total` GETs over `connections` keep-alive connections; the number answered 200."""
+    headers = {"Cookie": cookie} if cookie else {}
+    ok = 0
+    left = total
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def worker() -> None:
+            nonlocal left, ok
+            while left > 0:
+                left -= 1
+                async with http.get(url, headers=headers) as r:
+                    await r.read()
+                    ok += r.status == 200
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    return ok
+
+
+def _callgrind(pid: int, flag: str, url: str) -> None:
+    """`callgrind_control FLAG PID`. Valgrind takes the command when the process next runs
+    code, so requests keep coming (one at a time, at most a handful) until it is taken."""
+    proc = subprocess.Popen(["callgrind_control", flag, str(pid)], stdout=subprocess.DEVNULL)
+    while proc.poll() is None:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url, timeout=30).read()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.5)
+
+
+def _dumped_instructions(out_prefix: Path, pid: int) -> int:
+    dumps = sorted(out_prefix.parent.glob(f"{out_prefix.name}.{pid}.*"), key=lambda p: p.stat().st_mtime)
+    text = dumps[-1].read_text()
+    m = re.search(r"(?m)^(?:summary|totals): (\d+)", text)
+    if m is None:
+        raise RuntimeError(f"no instruction total in {dumps[-1]}")
+    return int(m.group(1))
+
+
+def count_instructions(
+    bench: Bench,
+    name: str,
+    argv: Sequence[str],
+    port: int,
+    session_cookie: str,
+    requests: int,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """Instructions per request of the process `argv` starts (listening on `port`), run under
+    callgrind, over a fixed loop of `requests` requests per mix after a warm-up of a fifth as
+    many. A fixed loop instead of a duration: the count is then the code's, not the box's."""
+    out_prefix = bench.workdir / f"callgrind-{name}"
+    vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_prefix}.%p"]
+    proc = bench.start(f"callgrind-{name}", [*vg, *argv], **kwargs)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", proc, timeout_s=300)
+        ping = f"http://127.0.0.1:{port}/static/ping"
+        _callgrind(proc.pid, "--instr=on", ping)
+        result: dict[str, float] = {}
+        for mix, (path, with_cookie, connections) in COUNT_MIXES.items():
+            url = f"http://127.0.0.1:{port}{path}"
+            cookie = session_cookie if with_cookie else None
+            asyncio.run(fixed_requests(url, cookie, max(requests // 5, connections), connections))
+            _callgrind(proc.pid, "--zero", ping)
+            ok = asyncio.run(fixed_requests(url, cookie, requests, connections))
+            _callgrind(proc.pid, "--dump", ping)
+            if ok != requests:
+                raise RuntimeError(f"{name} {mix}: {requests - ok} of {requests} requests failed")
+            result[mix] = _dumped_instructions(out_prefix, proc.pid) / requests
+        return result
+    finally:
+        proc.stop()
+
+
+def ab_instructions(
+    bench: Bench,
+    base: BaseCheckout,
+    args: argparse.Namespace,
+    pool: dict[str, str],
+    up_port: int,
+    session_cookie: str,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, float]]:
+    """Instructions per request of base, head and the bare proxy, one after the other (the count
+    does not depend on the box's load, so they need not share rounds)."""
+    counts: dict[str, dict[str, float]] = {}
+    for name in ("base", "head", "bare"):
+        port = free_port()
+        if name == "bare":
+            argv = [PY, "bench/bare_proxy.py", str(port), f"http://127.0.0.1:{up_port}", "uvloop"]
+            kwargs: dict[str, Any] = {}
+        else:
+            conf = cookieguard_conf(bench.workdir, f"count-{name}", port, up_port, pool, limits=False)
+            python = base.python if name == "base" else PY
+            argv = [python, "-m", "cookieguard", "run", "--config", str(conf)]
+            kwargs = {"cwd": base.path, "env": base_env(base.path)} if name == "base" else {}
+        counts[name] = count_instructions(
+            bench, name, argv, port, session_cookie, args.count_requests, **kwargs
+        )
+        log(
+            f"instructions per request, {name}: "
+            + ", ".join(f"{m} {v:,.0f}" for m, v in counts[name].items())
+        )
+    return counts
 
 
 def print_ab(ab: dict[str, Any]) -> None:
@@ -955,11 +1075,40 @@ def print_ab(ab: dict[str, Any]) -> None:
         print(f"profile ab-{name} (py-spy, self time): bench/out/profile-ab-{name}.txt")
         for frame, share in frames or ():
             print(f"  {share:5.1f}%  {frame}")
+    counts = ab.get("instructions")
+    if counts:
+        print()
+        print("instructions per request (callgrind, a fixed loop of requests; 8 connections, c1: 1)")
+        columns = (
+            ("base", 10),
+            ("head", 10),
+            ("head/base", 9),
+            ("bare", 10),
+            ("x bare: base", 12),
+            ("head", 5),
+        )
+        print(f"{'mix':<8} " + " ".join(name.rjust(width) for name, width in columns))
+        for mix in COUNT_MIXES:
+            b, h, bare = (counts[n].get(mix) for n in ("base", "head", "bare"))
+            cells = [
+                _f(b).rjust(10),
+                _f(h).rjust(10),
+                _f(ratio(h, b), 3).rjust(9),
+                _f(bare).rjust(10),
+                _f(ratio(b, bare), 2).rjust(12),
+                _f(ratio(h, bare), 2).rjust(5),
+            ]
+            print(f"{mix:<8} " + " ".join(cells))
     figures = [
         f"{mix}_cpu_ratio={_f(ratio(cpu(by, 'head'), cpu(by, 'base')), 3)}" for mix, by in ab["mixes"].items()
     ]
     session = ab["mixes"].get("session", {})
     figures.append(f"session_head_x_bare={_f(ratio(cpu(session, 'head'), cpu(session, 'bare')), 3)}")
+    if counts:
+        figures += [
+            f"{mix}_instr_ratio={_f(ratio(counts['head'].get(mix), counts['base'].get(mix)), 3)}"
+            for mix in COUNT_MIXES
+        ]
     print(f"bench-ab: base={ab['sha'][:12]} " + " ".join(figures))
 
 
@@ -997,6 +1146,16 @@ def main() -> int:
         default=None,
         metavar="REV",
         help="also run this git revision's cookieguard in the same rounds as the working tree (A/B)",
+    )
+    parser.add_argument(
+        "--count",
+        choices=("cpu", "instructions"),
+        default="cpu",
+        help="with --base: 'instructions' also counts instructions per request of base, head and the "
+        "bare proxy under valgrind (load-independent; needs valgrind)",
+    )
+    parser.add_argument(
+        "--count-requests", type=int, default=1000, help="requests per mix for --count instructions"
     )
     parser.add_argument("--only", default="", help="comma list of the phases to run; the others are skipped")
     args = parser.parse_args()

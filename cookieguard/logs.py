@@ -7,6 +7,7 @@ value may ever reach a log line, whatever a caller passed by mistake.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import sys
@@ -49,6 +50,43 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> 
     return event_dict
 
 
+# The fields every log line of one request carries (its route; the session once one is refreshed):
+# one dict per request, set when the request starts and reset when it ends. A new dict each time,
+# so nothing bound during one request can be read by the next, even on the same connection (whose
+# requests aiohttp handles in one task, one context). One ContextVar instead of structlog's one per
+# key: binding and clearing those walked the whole context on every request.
+_REQUEST: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "cookieguard_request", default=None
+)
+
+
+def bind_request(**fields: Any) -> contextvars.Token[dict[str, Any] | None]:
+    """Start a request's log context; hand the token to `end_request` when the request ends."""
+    return _REQUEST.set(fields)
+
+
+def end_request(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    _REQUEST.reset(token)
+
+
+def annotate_request(**fields: Any) -> None:
+    """Add fields to the log context of the request in progress (none: nothing to add to)."""
+    context = _REQUEST.get()
+    if context is not None:
+        context.update(fields)
+
+
+def merge_request(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: the request's fields, under whatever the call itself passed."""
+    context = _REQUEST.get()
+    if context:
+        for key, value in context.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -61,7 +99,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            merge_request,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

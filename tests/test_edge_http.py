@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -275,16 +276,37 @@ async def test_server_header_is_cookieguard_on_own_and_proxied_answers(
     app = web.Application()
     app.router.add_get("/branded", branded)
     upstream = await aiohttp_server(app)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # nothing listens there once the block ends
     proxy = cookieguard_process(
         base_config(
-            str(upstream.make_url("")), routes=[{"match": "/branded", "upstream": str(upstream.make_url(""))}]
+            str(upstream.make_url("")),
+            routes=[
+                {"match": "/branded", "upstream": str(upstream.make_url(""))},
+                {"match": "/down", "upstream": f"http://127.0.0.1:{closed}"},
+            ],
         )
     )
     async with aiohttp.ClientSession() as s:
-        for path, status in (("/branded", 200), ("/nowhere", 404), ("/.cookieguard/healthz", 200)):
-            async with s.get(proxy.url + path) as resp:
-                assert resp.status == status
-                assert resp.headers.getall("Server") == ["cookieguard"], path
+        for method, path, status in (
+            ("GET", "/branded", 200),
+            ("HEAD", "/branded", 200),
+            ("GET", "/nowhere", 404),
+            ("GET", "/down", 502),
+            ("GET", "/.cookieguard/healthz", 200),
+            ("GET", "/.cookieguard/metrics", 200),
+            ("POST", "/.cookieguard/healthz", 405),
+            ("GET", "/.cookieguard/nothing", 404),
+        ):
+            async with s.request(method, proxy.url + path) as resp:
+                assert resp.status == status, (method, path)
+                assert resp.headers.getall("Server") == ["cookieguard"], (method, path)
+    bad_target = await raw_exchange(
+        proxy.port or 0, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert status_of(bad_target) == 404  # aiohttp's router: no route takes a target without a path
+    assert bad_target.count(b"\r\nServer: ") == 1 and b"\r\nServer: cookieguard\r\n" in bad_target
 
 
 # -- forwarding headers -----------------------------------------------------------------------

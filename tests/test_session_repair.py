@@ -93,6 +93,46 @@ async def test_every_response_carries_fresh_tokens_and_the_app_saw_them(
     assert len(event["session"]) == 12 and event["new_exp"] > event["old_exp"]
 
 
+async def test_log_context_is_per_request_on_a_kept_alive_connection(
+    aiohttp_server: Any, cookieguard_process: Start, expiring_user: CognitoUser
+) -> None:
+    """Every log line of a request carries its own route, and the session a refresh named stays
+    with that request: the next request on the same connection (one task in aiohttp) logs
+    neither."""
+    app = await start_buggy_app(aiohttp_server)
+    guard = cookieguard_process(
+        guard_config(expiring_user.pool, str(app.make_url("")), logging={"level": "info", "access_log": True})
+    )
+    opened: list[object] = []
+
+    async def on_open(*args: object) -> None:
+        opened.append(args)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_open)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), trace_configs=[trace]) as s:
+        for path, headers in (
+            ("/page", {"Cookie": amplify_cookie_header(expiring_user)}),
+            ("/static/app.js", {}),
+            ("/page", {}),
+        ):
+            async with s.get(f"{guard.url}{path}", headers=headers) as resp:
+                assert resp.status == 200
+                await resp.read()
+    assert len(opened) == 1, "the three requests did not share one connection"
+    await asyncio.to_thread(guard.wait_for_event, "access", 5, lambda _: len(guard.events("access")) == 3)
+    refresh = guard.events("token_refresh")
+    access = guard.events("access")
+    assert [(e["path"], e["route"]) for e in access] == [
+        ("/page", "/"),
+        ("/static/app.js", "/static/"),
+        ("/page", "/"),
+    ]
+    assert len(refresh) == 1 and refresh[0]["route"] == "/"
+    assert access[0]["session"] == refresh[0]["session"]
+    assert "session" not in access[1] and "session" not in access[2]
+
+
 async def test_a_fresh_token_is_forwarded_untouched(
     aiohttp_server: Any,
     cookieguard_process: Start,

@@ -129,6 +129,45 @@ async def test_keep_alive_connections_are_reused(aiohttp_server: Any, client: Up
     assert len(peers) == 3 and len(set(peers)) == 1, "one TCP connection for three requests"
 
 
+async def test_answers_of_every_framing_follow_each_other_on_one_connection(
+    aiohttp_server: Any, client: UpstreamClient
+) -> None:
+    """One connection's parser carries each answer's end into the next answer's start: chunked
+    after Content-Length, an empty 204 and 304, a HEAD's headers (whose body the parser would still
+    wait for), none may leave anything behind for the answer after it."""
+    peers: set[Any] = set()
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        kind = request.query["kind"]
+        if kind == "chunked":
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for part in (b"one ", b"two"):
+                await response.write(part)
+            await response.write_eof()
+            return response
+        if kind in ("204", "304"):
+            return web.Response(status=int(kind))
+        return web.Response(body=f"length {kind}".encode())
+
+    origin = await serve_root(aiohttp_server, page)
+    for method, kind, expected in [
+        ("GET", "a", b"length a"),
+        ("GET", "chunked", b"one two"),
+        ("HEAD", "b", b""),
+        ("GET", "chunked", b"one two"),
+        ("GET", "204", b""),
+        ("GET", "c", b"length c"),
+        ("GET", "304", b""),
+        ("GET", "d", b"length d"),
+    ]:
+        status, _headers, body = await asyncio.wait_for(fetch(client, origin, method, f"/?kind={kind}"), 3)
+        assert (status, body) == (int(kind) if kind.isdigit() else 200, expected), (method, kind)
+    assert len(peers) == 1, "one TCP connection for every answer"
+
+
 async def test_early_hints_are_skipped_and_the_final_answer_is_relayed(
     raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient
 ) -> None:

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 from prometheus_client import Counter
-from structlog.contextvars import bind_contextvars, clear_contextvars
 from yarl import URL
 
 from cookieguard.config import Config, Route
@@ -38,7 +37,7 @@ from cookieguard.edge.upstream import (
     UpstreamTimeout,
 )
 from cookieguard.edge.websocket import forward_websocket, is_websocket
-from cookieguard.logs import get_logger
+from cookieguard.logs import bind_request, end_request, get_logger
 from cookieguard.metrics import Metrics
 from cookieguard.session.layouts import Session
 from cookieguard.session.merge import NOTHING, merge_answer
@@ -77,7 +76,7 @@ class Proxy:
         started = time.perf_counter() if self.access_log else 0.0
         target = parse_target(request.raw_path)
         route = self.router.match(target.path) if target is not None else None
-        bind_contextvars(route=route.match if route else None)  # every log line of this request
+        context = bind_request(route=route.match if route else None)  # every log line of this request
         try:
             if target is None:
                 response: web.StreamResponse = web.Response(
@@ -91,9 +90,12 @@ class Proxy:
                 plan: Plan = UNCHANGED
                 judged: Judged | None = None
                 repair = self.repair
-                if route.refresh and repair is not None:
+                cookie_header = request.headers.get("Cookie", "")
+                # No Cookie header, no session: nothing to read or plan (the plan would say
+                # `no_session` and forward unchanged, after a coroutine and a clock read).
+                if cookie_header and route.refresh and repair is not None:
                     # Read the session and plan; a fresh session costs a cached read and a cached verdict.
-                    plan, judged = await repair.plan(request.headers.get("Cookie", ""))
+                    plan, judged = await repair.plan(cookie_header)
                     if isinstance(plan, Refresh):
                         address = self.client_address(request)  # only a due session pays for it
                         result = await repair.refresh(plan, address)
@@ -118,9 +120,9 @@ class Proxy:
                 )
             return response
         finally:
-            # aiohttp runs each request in a task of its own, whose context ends with it; other
-            # callers (tests, an embedding app) get the same clean slate.
-            clear_contextvars()
+            # aiohttp handles a kept-alive connection's requests in one task: the next request
+            # on it must not carry this one's fields.
+            end_request(context)
 
     def _count_request(self, route: str, status: int) -> None:
         # prometheus-client's labels() costs a lock and a few allocations per call; the children
@@ -136,13 +138,13 @@ class Proxy:
         as a proxied request's would be, logged under the endpoint's own path."""
         if self.repair is None:
             return SessionCheck(authenticated=False, reason=CheckReason.NO_PROVIDER)
-        bind_contextvars(route=self._session_route)
+        context = bind_request(route=self._session_route)
         try:
             return await self.repair.check(
                 request.headers.get("Cookie", ""), functools.partial(self.client_address, request)
             )
         finally:
-            clear_contextvars()
+            end_request(context)
 
     def client_address(self, request: web.Request) -> str:
         return client_address(

@@ -13,10 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from structlog.contextvars import bind_contextvars
-
 from cookieguard.config import Config
-from cookieguard.logs import get_logger
+from cookieguard.logs import annotate_request, get_logger
 from cookieguard.metrics import Metrics
 from cookieguard.session.layouts import Layout, Session, SessionReader
 from cookieguard.session.limits import Claimant, LogThrottle
@@ -123,7 +121,7 @@ class SessionRepair:
         return plan, Judged(cookie_header, session, verdicts, now)
 
     async def refresh(self, plan: Refresh, address: str) -> RefreshResult:
-        bind_contextvars(session=session_id(plan.refresh_token))
+        annotate_request(session=session_id(plan.refresh_token))
         await self._pacer.turn()
         return await self.auth.refresher.refresh(
             plan.refresh_token,
