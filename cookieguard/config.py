@@ -93,13 +93,6 @@ def same_site(value: Any) -> str:
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
 
 
-def cookie_name(value: Any) -> str:
-    s = nonempty_string(value)
-    if not _TOKEN_CHARS.match(s):
-        raise ValueError(f"not a valid cookie name: {s!r}")
-    return s
-
-
 def cookie_path(value: Any) -> str:
     s = string(value)
     if not s.startswith("/") or any(c in s for c in ";\r\n"):
@@ -201,11 +194,14 @@ class CookieAttributes:
 
 @dataclass(frozen=True)
 class CookiesConfig:
-    # Read by the loader against the layout registry (cookieguard.session.layouts.LAYOUTS).
+    # Read by the loader against the layout registry (cookieguard.session.layouts.LAYOUTS); each
+    # layout reads its own keys of this section (its `config` record, layouts/<name>.py).
     layout: str = key(
         "layout",
         string,
-        "`amplify` (Amplify v6 cookie names), `named` or `supabase` (`@supabase/ssr`'s session cookie)",
+        "`amplify` (Amplify v6 cookie names), `authjs` (Auth.js's encrypted session cookie, "
+        "[providers/authjs.md](providers/authjs.md)), `named` or `supabase` (`@supabase/ssr`'s "
+        "session cookie)",
         default="amplify",
     )
     attributes: CookieAttributes = section_key("attributes", CookieAttributes)
@@ -223,7 +219,8 @@ class RefreshConfig:
         "on_rejected",
         member_of(OnRejected),
         " or ".join(", ".join(f"`{v}`" for v in OnRejected).rsplit(", ", 1))
-        + " ([docs/behaviour.md §3](behaviour.md#3-refresh-outcomes))",
+        + " ([docs/behaviour.md §3](behaviour.md#3-refresh-outcomes)); `flag` only with a layout "
+        "that carries it out",
         default=OnRejected.CLEAR,
     )
     login_url: str = key("login_url", login_url, "same-site path for `on_rejected: login`", default="/login")
