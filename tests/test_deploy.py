@@ -19,7 +19,7 @@ import yaml
 
 from cookieguard.loader import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, parse_config
 from cookieguard.ops.healthcheck import parse_timeout
-from cookieguard.session.layouts.named import CookieNames
+from cookieguard.session.layouts.named import NamedCookies
 from tests.support.proxy_process import ROOT, CookieguardProcess, run_cli
 
 DEPLOY = ROOT / "deploy"
@@ -270,8 +270,9 @@ def test_the_traefik_example_is_the_tested_configuration() -> None:
     forward_auth = load_all(here / "traefik-dynamic.yaml")[0]["http"]["middlewares"]["cookieguard"][
         "forwardAuth"
     ]
-    names = config.cookies.layout_config
-    assert isinstance(names, CookieNames)
+    own = config.cookies.layout_config
+    assert isinstance(own, NamedCookies)
+    names = own.names
     assert forward_auth == {
         "address": f"http://cookieguard:{config.listen_port}{config.admin_prefix}/forward-auth",
         "authResponseHeaders": ["Cookie"],
