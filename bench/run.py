@@ -1140,7 +1140,7 @@ def print_ab(ab: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-PHASES = ("matrix", "latency", "storm", "spray", "storm-defaults", "rss")
+PHASES = ("matrix", "latency", "storm", "spray", "storm-defaults", "forward-auth", "rss")
 
 
 def main() -> int:
@@ -1379,6 +1379,9 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
     cg.stop()
     ngx.stop()
 
+    if "forward-auth" not in skip:
+        results["forward_auth"] = forward_auth_mix(bench, nginx, args, pool, session_cookie, up_port, log)
+
     if "rss" not in skip:
         rss_port = free_port()
         rss_pool = {**pool, "user_pool_id": "us-east-1_BenchRss1"}
@@ -1426,6 +1429,107 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
     idp_proc.stop()
     results["took_s"] = time.monotonic() - started
     return results
+
+
+FORWARD_AUTH_NGINX = """
+  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 10000000; }}
+  upstream guard {{ server 127.0.0.1:{guard}; keepalive 64; keepalive_requests 10000000; }}
+  map $cg_cookie $cg_upstream_cookie {{ "" $http_cookie; default $cg_cookie; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location = /_cookieguard {{
+      internal;
+      proxy_pass http://guard/.cookieguard/forward-auth;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_buffer_size 64k;
+      proxy_buffers 4 64k;
+    }}
+    location / {{
+      auth_request /_cookieguard;
+      auth_request_set $cg_cookie $upstream_http_cookie;
+      auth_request_set $cg_set_cookie_0 $upstream_http_x_cookieguard_set_cookie_0;
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Cookie $cg_upstream_cookie;
+      add_header Set-Cookie $cg_set_cookie_0 always;
+    }}
+  }}
+"""
+
+
+def forward_auth_mix(
+    bench: Bench,
+    nginx: str,
+    args: argparse.Namespace,
+    pool: dict[str, str],
+    session_cookie: str,
+    up_port: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Forward-auth (docs/forward-auth/): what cookieguard's CPU costs per request when it answers
+    an ingress instead of proxying. One cookieguard with `forward_auth` on, session cookies (the
+    `session` mix's), measured interleaved:
+
+    - `proxied`: the request through cookieguard to the upstream (session work + forwarding);
+    - `answer`: `<admin_prefix>/forward-auth` asked directly, as nginx's auth subrequest asks it;
+    - `proxied-static`, `answer-static`: the same on a `refresh: false` route (no session work),
+      so `proxied - proxied-static` is a proxied request's session work and `answer -
+      answer-static` the forward-auth answer's;
+    - `nginx+answer`: through nginx's `auth_request` (nginx.md's configuration) to the upstream:
+      cookieguard's CPU per request the browser made, and the req/s of the whole path.
+    """
+    wd = bench.workdir
+    port, ngx_port = free_port(), free_port()
+    conf = cookieguard_conf(wd, "cookieguard-fa", port, up_port, pool, args.idp_timeout)
+    with conf.open("a") as f:
+        f.write("forward_auth:\n  enabled: true\n  ingress: nginx\n")
+    guard = bench.start("cookieguard-fa", [PY, "-m", "cookieguard", "run", "--config", str(conf)])
+    wait_http(f"http://127.0.0.1:{port}/", guard)
+    ngx_conf = nginx_conf(wd, "fa", FORWARD_AUTH_NGINX.format(port=ngx_port, upstream=up_port, guard=port))
+    ngx = bench.start("nginx-fa", [nginx, "-p", str(wd), "-c", str(ngx_conf)])
+    wait_http(f"http://127.0.0.1:{ngx_port}/", ngx)
+    scripts = {}
+    for name, path in (("page", "/app/page"), ("static", "/static/app.js")):
+        scripts[name] = wd / f"forward-auth-{name}.lua"
+        scripts[name].write_text(
+            f'wrk.headers["X-Original-URI"] = "{path}"\nwrk.headers["X-Original-Method"] = "GET"\n'
+        )
+    answer = f"http://127.0.0.1:{port}/.cookieguard/forward-auth"
+    mixes: dict[str, tuple[str, Path | None]] = {
+        "proxied": (f"http://127.0.0.1:{port}/app/page", None),
+        "proxied-static": (f"http://127.0.0.1:{port}/static/app.js", None),
+        "answer": (answer, scripts["page"]),
+        "answer-static": (answer, scripts["static"]),
+        "nginx+answer": (f"http://127.0.0.1:{ngx_port}/app/page", None),
+    }
+    for url, lua in mixes.values():  # warm-up: connections, the JWKS fetch, the token caches
+        wrk(url, args.connections, 1, session_cookie, None, lua)
+    runs: dict[str, list[Run]] = {}
+    for rnd in range(args.rounds):
+        for mix, (url, lua) in mixes.items():
+            runs.setdefault(mix, []).append(
+                wrk(url, args.connections, args.duration, session_cookie, guard.pid, lua)
+            )
+        log(f"forward-auth round {rnd + 1}/{args.rounds} done")
+    ngx.stop()
+    guard.stop()
+    return {
+        mix: {
+            "rps": med([r.rps for r in rs]),
+            "cpu_us": med([r.cpu_us for r in rs]),
+            "p50_ms": med([r.p50_ms for r in rs]),
+            "p99_ms": med([r.p99_ms for r in rs]),
+            "errors": sum(r.errors for r in rs),
+            "cpu_us_rounds": [round(r.cpu_us or 0) for r in rs],
+        }
+        for mix, rs in runs.items()
+    }
 
 
 def machine() -> dict[str, str]:
@@ -1547,6 +1651,20 @@ def print_report(res: dict[str, Any]) -> None:
             f"{d['fresh_cg_p99_storm_ms']:.1f} ms; through nginx in the same storm "
             f"{d['fresh_ngx_p99_base_ms']:.2f} -> {d['fresh_ngx_p99_storm_ms']:.2f} ms"
         )
+    if "forward_auth" in res:
+        fa = res["forward_auth"]
+        print()
+        print("forward-auth, session cookies (cookieguard's CPU)   req/s  cpu µs/req  p50 ms  errors")
+        for mix, r in res["forward_auth"].items():
+            cpu, p50 = _f(r["cpu_us"]), _f(r["p50_ms"], 2)
+            print(f"  {mix:<48} {_f(r['rps']):>6} {cpu:>11} {p50:>7} {r['errors']:>7}")
+        cpu_of = {mix: r["cpu_us"] or 0.0 for mix, r in fa.items()}
+        if {"proxied", "proxied-static", "answer", "answer-static"} <= set(cpu_of):
+            print(
+                f"  session work, µs/req: proxied {cpu_of['proxied'] - cpu_of['proxied-static']:.0f}, "
+                f"forward-auth answer {cpu_of['answer'] - cpu_of['answer-static']:.0f}; "
+                f"answer/proxied CPU {_f(ratio(cpu_of['answer'], cpu_of['proxied']), 2)}"
+            )
     if "rss" in res:
         r = res["rss"]
         print(

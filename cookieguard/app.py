@@ -15,6 +15,7 @@ from aiohttp import web
 
 from cookieguard.config import Config
 from cookieguard.edge.admin import ADMIN_KEY, Admin, ReadinessCheck, add_routes
+from cookieguard.edge.forward_auth import ForwardAuth
 from cookieguard.edge.listener import SERVER, ClientLimits, listen
 from cookieguard.edge.proxy import Auth, Proxy
 from cookieguard.edge.upstream import UpstreamClient
@@ -39,7 +40,8 @@ PROXY_KEY = web.AppKey("proxy", Proxy)
 # Served only on `admin_listen` (docs/operations.md "Endpoints"): readyz and metrics describe the
 # deployment (store state, traffic, refresh outcomes, the Python version) and have no business on
 # a public listener. healthz says nothing but "ok" and stays on both, for a load balancer that
-# checks the public port; the session endpoint stays on the main listener, browsers call it.
+# checks the public port; the session endpoint stays on the main listener, browsers call it, and
+# so does forward-auth, which the ingress calls where it would otherwise proxy to.
 ADMIN_ONLY = ("readyz", "metrics")
 
 
@@ -149,10 +151,18 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
         async with open_services(config, clock) as services:
             proxy = Proxy(config, services.upstream, services.websockets, services.metrics, services.auth)
             app[PROXY_KEY] = proxy
+            forward_auth = None
+            if config.forward_auth.enabled:
+                # The proxy's own session repair, router and counters: the same single-flight,
+                # store, budgets, logs and metrics as a proxied request (docs/forward-auth/).
+                forward_auth = ForwardAuth(
+                    config, proxy.repair, proxy.router, proxy.client_address, proxy.count_request
+                ).handle
             app[ADMIN_KEY] = Admin(
                 services.metrics,
                 services.readiness,
                 check_session=proxy.check_session,
+                forward_auth=forward_auth,
             )
             yield
 
@@ -171,7 +181,7 @@ def build_admin_app(admin: Admin, config: Config) -> web.Application:
     app = web.Application()
     app.on_response_prepare.append(_server_header)
     app[ADMIN_KEY] = admin
-    add_routes(app, config.admin_prefix, hidden=("session",))
+    add_routes(app, config.admin_prefix, hidden=("session", "forward-auth"))
     return app
 
 

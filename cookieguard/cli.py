@@ -213,7 +213,10 @@ def _check(path_arg: str | None) -> int:
     if config is None:
         return EXIT_CONFIG
     print(f"config ok: {config.source}")
-    print(f"listen: {config.listen}   admin: {config.admin_prefix}/{{healthz,readyz,metrics,session}}")
+    endpoints = "healthz,readyz,metrics,session" + (",forward-auth" if config.forward_auth.enabled else "")
+    print(f"listen: {config.listen}   admin: {config.admin_prefix}/{{{endpoints}}}")
+    if config.forward_auth.enabled:
+        print(f"forward-auth: on, for {config.forward_auth.ingress}")
     if config.provider is None:
         print("provider: none (plain reverse proxy, no token refresh)")
     else:
@@ -247,6 +250,13 @@ def config_warnings(config: Config) -> list[str]:
         )
     if config.provider is not None and not config.verify.signature:
         warnings.append("verify.signature is false: token claims are trusted without checking signatures")
+    if config.forward_auth.enabled and not config.limits.trusted_proxies:
+        # Every request arrives from the ingress: without its X-Forwarded-For, the abuse limits
+        # would budget all clients as one address (docs/forward-auth/).
+        warnings.append(
+            "forward_auth is enabled but limits.trusted_proxies is empty: the abuse limits will "
+            "count every client as the ingress's address (list the ingress's address there)"
+        )
     return warnings
 
 

@@ -93,13 +93,6 @@ def same_site(value: Any) -> str:
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
 
 
-def cookie_name(value: Any) -> str:
-    s = nonempty_string(value)
-    if not _TOKEN_CHARS.match(s):
-        raise ValueError(f"not a valid cookie name: {s!r}")
-    return s
-
-
 def cookie_path(value: Any) -> str:
     s = string(value)
     if not s.startswith("/") or any(c in s for c in ";\r\n"):
@@ -201,11 +194,14 @@ class CookieAttributes:
 
 @dataclass(frozen=True)
 class CookiesConfig:
-    # Read by the loader against the layout registry (cookieguard.session.layouts.LAYOUTS).
+    # Read by the loader against the layout registry (cookieguard.session.layouts.LAYOUTS); each
+    # layout reads its own keys of this section (its `config` record, layouts/<name>.py).
     layout: str = key(
         "layout",
         string,
-        "`amplify` (Amplify v6 cookie names), `named` or `supabase` (`@supabase/ssr`'s session cookie)",
+        "`amplify` (Amplify v6 cookie names), `authjs` (Auth.js's encrypted session cookie, "
+        "[providers/authjs.md](providers/authjs.md)), `named` or `supabase` (`@supabase/ssr`'s "
+        "session cookie)",
         default="amplify",
     )
     attributes: CookieAttributes = section_key("attributes", CookieAttributes)
@@ -223,7 +219,8 @@ class RefreshConfig:
         "on_rejected",
         member_of(OnRejected),
         " or ".join(", ".join(f"`{v}`" for v in OnRejected).rsplit(", ", 1))
-        + " ([docs/behaviour.md §3](behaviour.md#3-refresh-outcomes))",
+        + " ([docs/behaviour.md §3](behaviour.md#3-refresh-outcomes)); `flag` only with a layout "
+        "that carries it out",
         default=OnRejected.CLEAR,
     )
     login_url: str = key("login_url", login_url, "same-site path for `on_rejected: login`", default="/login")
@@ -281,7 +278,12 @@ class Route:
         "path prefix (`/api/`) or `regex:<pattern>`; first match wins",
         shown="required",
     )
-    upstream: str = key("upstream", http_url, "upstream for this route", shown="top-level `upstream`")
+    upstream: str = key(
+        "upstream",
+        http_url,
+        "upstream for this route (not needed with `forward_auth.enabled`: the ingress forwards)",
+        shown="top-level `upstream`",
+    )
     refresh: bool = key("refresh", boolean, "`false` skips all session work (static assets)", default=True)
     preserve_host: bool = key(
         "preserve_host", boolean, "forward the client's `Host`; `false` sends the upstream's", default=True
@@ -475,6 +477,30 @@ class MetricsConfig:
     enabled: bool = key("enabled", boolean, "serve `metrics`", default=True)
 
 
+# The ingresses forward-auth mode answers; each puts the original request in headers of its own
+# (docs/forward-auth/README.md).
+INGRESSES = ("traefik", "nginx", "envoy")
+
+
+@dataclass(frozen=True)
+class ForwardAuthConfig:
+    """Forward-auth mode: `<admin_prefix>/forward-auth` answers an ingress (docs/forward-auth/README.md)."""
+
+    enabled: bool = key(
+        "enabled",
+        boolean,
+        "serve `<admin_prefix>/forward-auth` for an ingress that asks before it forwards "
+        "([Forward-auth mode](forward-auth/README.md))",
+        default=False,
+    )
+    ingress: str = key(
+        "ingress",
+        one_of(*INGRESSES),
+        "`traefik`, `nginx` or `envoy`: which headers carry the original request",
+        default="traefik",
+    )
+
+
 DEFAULT_LISTEN: tuple[str, int] = ("0.0.0.0", 8080)
 DEFAULT_ADMIN_PREFIX = "/.cookieguard"
 
@@ -495,7 +521,7 @@ class Config:
     admin_prefix: str = key(
         "admin_prefix",
         admin_path,
-        "where `healthz`, `readyz`, `metrics`, `session` live; never proxied",
+        "where `healthz`, `readyz`, `metrics`, `session`, `forward-auth` live; never proxied",
         shown=f"`{DEFAULT_ADMIN_PREFIX}`",
     )
     provider: ProviderConfig | None
@@ -508,6 +534,7 @@ class Config:
     logging: LoggingConfig = section_key("logging", LoggingConfig, required=True)
     metrics: MetricsConfig = section_key("metrics", MetricsConfig, required=True)
     limits: LimitsConfig = section_key("limits", LimitsConfig)
+    forward_auth: ForwardAuthConfig = section_key("forward_auth", ForwardAuthConfig)
     # The listener for healthz, readyz and metrics (docs/operations.md "Endpoints"): loopback
     # unless the operator opens it (a Prometheus scraping the pod's address needs 0.0.0.0:9090).
     # readyz and metrics describe the deployment and are never served on the public listener.

@@ -26,6 +26,7 @@ from cookieguard.config import (
     Config,
     CookieAttributes,
     CookiesConfig,
+    ForwardAuthConfig,
     LimitsConfig,
     LoggingConfig,
     MetricsConfig,
@@ -49,6 +50,7 @@ from cookieguard.schema import (
 from cookieguard.session.layouts import LAYOUTS
 from cookieguard.tokens.providers import KINDS, ProviderConfig, load_provider
 from cookieguard.tokens.providers.base import COMMON_KEYS
+from cookieguard.vocabulary import OnRejected
 
 DEFAULT_CONFIG_PATH = "config/cookieguard.yaml"
 CONFIG_ENV_VAR = "COOKIEGUARD_CONFIG"
@@ -134,7 +136,16 @@ def _build(root: Section, source: str) -> Config | None:
     admin_prefix = root.get("admin_prefix", admin_path, DEFAULT_ADMIN_PREFIX)
     provider = _build_provider(root)
     cookies = _build_cookies(root, provider)
-    refresh = read_record(root.section("refresh"), RefreshConfig)
+    refresh_section = root.section("refresh")
+    refresh = read_record(refresh_section, RefreshConfig)
+    policies = LAYOUTS[cookies.layout].rejected_policies
+    if refresh.on_rejected not in (OnRejected.CLEAR, OnRejected.PASS, OnRejected.LOGIN, *policies):
+        # A policy a layout carries out itself (layouts/<name>.py: rejected_policies).
+        owners = " or ".join(n for n, o in LAYOUTS.items() if refresh.on_rejected in o.rejected_policies)
+        refresh_section.error(
+            "on_rejected",
+            f"{refresh.on_rejected} is only valid with layout {owners} (not with layout {cookies.layout})",
+        )
     verify_section = root.section("verify")
     verify = read_record(verify_section, VerifyConfig)
     if verify.audience is not None and provider is not None and provider.audience_unused:
@@ -143,7 +154,8 @@ def _build(root: Section, source: str) -> Config | None:
             "audience", f"only valid with provider.kind {' or '.join(checked)} ({provider.audience_unused})"
         )
     store = read_record(root.section("store"), StoreConfig)
-    routes = _build_routes(root, upstream)
+    forward_auth = read_record(root.section("forward_auth"), ForwardAuthConfig)
+    routes = _build_routes(root, upstream, upstream_required=not forward_auth.enabled)
     timeouts = read_record(root.section("timeouts"), TimeoutsConfig)
     limits = read_record(root.section("limits"), LimitsConfig)
     admin_listen = root.get("admin_listen", listen_address, Config.admin_listen)
@@ -166,6 +178,7 @@ def _build(root: Section, source: str) -> Config | None:
         logging=read_record(root.section("logging"), LoggingConfig),
         metrics=read_record(root.section("metrics"), MetricsConfig),
         limits=limits,
+        forward_auth=forward_auth,
         admin_listen=admin_listen,
         source=source,
     )
@@ -186,13 +199,13 @@ def _build_cookies(root: Section, provider: ProviderConfig | None) -> CookiesCon
     # The layout reads its own keys (layouts/<name>.py); another layout's key is a mistake.
     own = LAYOUTS[layout].config.load(s, provider)
     for other in LAYOUTS.values():
-        for key in other.config.yaml_keys:
-            if key in s.seen or key in LAYOUTS[layout].config.yaml_keys:
+        for name in other.config.yaml_keys:
+            if name in s.seen or name in LAYOUTS[layout].config.yaml_keys:
                 continue
-            s.seen.add(key)
-            if s.has(key):
-                owners = " or ".join(n for n, o in LAYOUTS.items() if key in o.config.yaml_keys)
-                s.error(key, f"only valid with layout {owners} (not with layout {layout})")
+            s.seen.add(name)
+            if s.has(name):
+                owners = " or ".join(n for n, o in LAYOUTS.items() if name in o.config.yaml_keys)
+                s.error(name, f"only valid with layout {owners} (not with layout {layout})")
     a = s.section("attributes")
     attributes = read_record(a, CookieAttributes, CookieAttributes(**LAYOUTS[layout].attribute_defaults))
     if attributes.same_site == "None" and not attributes.secure:
@@ -211,7 +224,9 @@ def _build_cookies(root: Section, provider: ProviderConfig | None) -> CookiesCon
     return config
 
 
-def _build_routes(root: Section, default_upstream: str | None) -> tuple[Route, ...]:
+def _build_routes(
+    root: Section, default_upstream: str | None, *, upstream_required: bool
+) -> tuple[Route, ...]:
     root.seen.add("routes")
     raw = root.data.get("routes")
     if raw is None:
@@ -234,7 +249,8 @@ def _build_routes(root: Section, default_upstream: str | None) -> tuple[Route, .
         elif match and not match.startswith("/"):
             s.error("match", f"a path prefix must start with /, got {match!r} (or use regex:)")
         upstream = s.get("upstream", http_url, None) or default_upstream
-        if upstream is None and not s.has("upstream") and not root.has("upstream"):
+        # In forward-auth mode the ingress forwards: a route may only say what to repair.
+        if upstream_required and upstream is None and not s.has("upstream") and not root.has("upstream"):
             s.error("upstream", "no upstream for this route and no top-level upstream")
         routes.append(read_record(s, Route, match=match, upstream=upstream or "", regex=regex))
     return tuple(routes)
@@ -247,12 +263,11 @@ def _build_routes(root: Section, default_upstream: str | None) -> tuple[Route, .
 
 def config_keys() -> Iterator[str]:
     """Every YAML key path cookieguard reads: the records' declared keys, each layout's own keys
-    of `cookies`, and each provider kind's (`provider.kind`, the keys every kind has, then each
-    kind's own)."""
+    of `cookies` (declared on its `config` record), and each provider kind's (`provider.kind`,
+    the keys every kind has, then each kind's own)."""
     yield from key_paths(Config)
     for layout in LAYOUTS.values():
-        for name in layout.config.yaml_keys:
-            yield f"cookies.{name}"
+        yield from key_paths(layout.config, "cookies.")
     yield "provider.kind"
     for name in COMMON_KEYS:
         yield f"provider.{name}"

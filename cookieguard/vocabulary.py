@@ -62,6 +62,7 @@ class OnRejected(StrEnum):
     CLEAR = "clear"  # forward without the auth cookies and expire them
     PASS = "pass"  # forward as the request came
     LOGIN = "login"  # 302 to `login_url` for a navigation, else 401
+    FLAG = "flag"  # keep the cookie, set its error field (a layout that lists it in `rejected_policies`)
 
 
 @unique

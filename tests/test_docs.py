@@ -275,10 +275,12 @@ def test_the_readmes_minimal_configs_load() -> None:
     """Each YAML block of the README is a configuration `cookieguard check` accepts."""
     blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
     assert len(blocks) >= 3
-    env = {"OIDC_CLIENT_SECRET": "s", "SUPABASE_ANON_KEY": "k"}
-    kinds = set()
+    env = {"OIDC_CLIENT_SECRET": "s", "SUPABASE_ANON_KEY": "k", "AUTH_SECRET": "a"}
+    kinds, layouts = set(), set()
     for block in blocks:
         config = parse_config(block, env=env)
         kinds.add(yaml.safe_load(block)["provider"]["kind"])
+        layouts.add(config.cookies.layout)
         assert config.provider is not None
     assert kinds == {"cognito", "oidc", "supabase"}
+    assert layouts == {"amplify", "named", "supabase", "authjs"}

@@ -73,6 +73,9 @@ async def clients_cut(proxy: CookieguardProcess, reason: str) -> float:
     return float(found.group(1))
 
 
+RESET = b"<reset>"
+
+
 async def test_trickled_heads_are_closed_by_the_header_deadline_while_normal_requests_are_served(
     aiohttp_server: Any, cookieguard_process: Start
 ) -> None:
@@ -91,6 +94,12 @@ async def test_trickled_heads_are_closed_by_the_header_deadline_while_normal_req
                 writer.write(bytes([byte]))
                 try:
                     got = await asyncio.wait_for(reader.read(), 1.0)  # b"" or an answer: closed
+                    break
+                except ConnectionResetError:
+                    # The 408 went out and the socket closed while this client was still writing:
+                    # the kernel answered the next byte with a reset, which may discard the 408
+                    # before it is read (TCP, not cookieguard; the metric below counts the cut).
+                    got = RESET
                     break
                 except TimeoutError:
                     if time.monotonic() - started > 5:
@@ -116,8 +125,9 @@ async def test_trickled_heads_are_closed_by_the_header_deadline_while_normal_req
     assert max(latencies) < 2.0, sorted(latencies)[-5:]
     for elapsed, answer in results:
         assert elapsed < 4.0  # 1 s deadline, generous slack for a loaded machine
-        assert status_of(answer) == 408
+        assert answer is RESET or status_of(answer) == 408
         assert b"/trickle" not in answer and b"app.example" not in answer
+    assert sum(answer is not RESET for _, answer in results) >= 100  # most read their 408
     assert await clients_cut(proxy, "header_timeout") == 200  # what an operator sees
 
 

@@ -36,7 +36,7 @@ CLI_VERBS = {"run", "check", "keygen", "healthcheck", "explain", "demo"}
 # cookieguard.loader.config_keys); docs/configuration.md must document exactly these.
 CONFIG_KEYS = set(config_keys())
 
-ENDPOINTS = {"healthz", "readyz", "metrics", "session"}
+ENDPOINTS = {"healthz", "readyz", "metrics", "session", "forward-auth"}
 
 LOG_EVENTS = {
     "access", "bad_request", "client_timeout", "config_loaded", "config_warning", "draining",
@@ -81,14 +81,15 @@ def _section(page: str, heading: str) -> str:
 
 
 def _first_column(section: str) -> set[str]:
-    return {m.group(1) for m in re.finditer(r"^\| `([a-z_.\[\]]+)`", section, re.MULTILINE)}
+    return {m.group(1) for m in re.finditer(r"^\| `([a-z_.\[\]-]+)`", section, re.MULTILINE)}
 
 
 def test_the_configuration_reference_documents_exactly_the_config_keys() -> None:
     assert _first_column(_section(CONFIGURATION, "Configuration reference")) == CONFIG_KEYS
-    assert (
-        len(CONFIG_KEYS) == 68
-    )  # main's 63 and issue 22's timeouts.client_body, routes[].client_body, timeouts.websocket_idle, limits.request_buffer, limits.max_cookie_size
+    # main's 63, issue 22's timeouts.client_body, routes[].client_body, timeouts.websocket_idle,
+    # limits.request_buffer, limits.max_cookie_size, forward_auth.enabled, forward_auth.ingress,
+    # and the authjs layout's 10
+    assert len(CONFIG_KEYS) == 80
 
 
 def test_the_reference_table_is_the_records_own() -> None:
@@ -97,7 +98,13 @@ def test_the_reference_table_is_the_records_own() -> None:
     and the layouts' own rows are written by hand beside them (each kind documents its keys)."""
     section = _section(CONFIGURATION, "Configuration reference")
     rows = re.findall(r"^\| `[a-z_.\[\]]+` \|.*$", section, re.MULTILINE)
-    own = tuple(f"| `cookies.{name}`" for layout in LAYOUTS.values() for name in layout.config.yaml_keys)
+    # A layout's key and the keys nested under it (`cookies.authjs.version`).
+    own = tuple(
+        f"| `cookies.{name}{end}"
+        for layout in LAYOUTS.values()
+        for name in layout.config.yaml_keys
+        for end in ("`", ".")
+    )
     assert [row for row in rows if not row.startswith(("| `provider.", *own))] == reference()
 
 
@@ -164,13 +171,13 @@ def test_every_documented_key_is_read_by_the_loader(key: str) -> None:
 async def test_admin_endpoints(aiohttp_client: Any) -> None:
     config = parse_config("upstream: http://127.0.0.1:9\nprovider: {kind: oidc, token_endpoint: "
                           "'http://127.0.0.1:9/token', client_id: c, client_auth: none}\n"
-                          "cookies: {layout: named}\n", env={})  # fmt: skip
+                          "cookies: {layout: named}\nforward_auth: {enabled: true}\n", env={})  # fmt: skip
     client = await aiohttp_client(build_app(config))
     admin = await aiohttp_client(build_admin_app(client.app[ADMIN_KEY], config))
     for endpoint in ENDPOINTS:
         # readyz and metrics only on the admin listener; healthz on both; session on the main one
         on = admin if endpoint in ("readyz", "metrics") else client
-        async with on.get(f"/.cookieguard/{endpoint}") as resp:
+        async with on.get(f"/.cookieguard/{endpoint}", headers={"X-Forwarded-Uri": "/"}) as resp:
             assert resp.status in (200, 503), (endpoint, resp.status)
     async with client.get("/.cookieguard/nothing-here") as resp:
         assert resp.status == 404

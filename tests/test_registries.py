@@ -27,7 +27,7 @@ def documented(key: str) -> set[str]:
 
 def test_the_registered_kinds_and_layouts_are_the_documented_ones() -> None:
     assert set(KINDS) == documented("provider.kind") == {"cognito", "oidc", "supabase"}
-    assert set(LAYOUTS) == documented("cookies.layout") == {"amplify", "named", "supabase"}
+    assert set(LAYOUTS) == documented("cookies.layout") == {"amplify", "authjs", "named", "supabase"}
     for name, kind in KINDS.items():
         assert issubclass(kind, ProviderConfig) and kind.kind == name
     assert all(issubclass(layout, Layout) for layout in LAYOUTS.values())

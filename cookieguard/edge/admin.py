@@ -1,4 +1,5 @@
-"""Admin endpoints under `admin_prefix`: healthz, readyz, metrics, session. Never proxied upstream."""
+"""Admin endpoints under `admin_prefix`: healthz, readyz, metrics, session, forward-auth. Never
+proxied upstream."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from cookieguard.vocabulary import CheckReason
 ReadinessCheck = Callable[[], Awaitable[dict[str, str] | None]]
 # Session repair for the session endpoint: the proxy's `check_session`.
 SessionChecker = Callable[[web.Request], Awaitable[SessionCheck]]
+# The forward-auth answer (cookieguard.edge.forward_auth); None when forward_auth is off.
+ForwardAuthHandler = Callable[[web.Request], Awaitable[web.Response]]
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -26,11 +29,13 @@ class Admin:
         checks: Mapping[str, ReadinessCheck] | None = None,
         *,
         check_session: SessionChecker | None = None,
+        forward_auth: ForwardAuthHandler | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
         self.checks: dict[str, ReadinessCheck] = dict(checks or {})
         self.check_session = check_session
+        self._forward_auth = forward_auth
         self.clock = clock
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -77,6 +82,12 @@ class Admin:
             response.headers.add("Set-Cookie", header)
         return response
 
+    async def forward_auth(self, request: web.Request) -> web.Response:
+        """An ingress asks before it forwards (docs/forward-auth/); 404 when forward_auth is off."""
+        if self._forward_auth is None:
+            return await _not_found(request)
+        return await self._forward_auth(request)
+
 
 def session_report(check: SessionCheck, now_s: float) -> dict[str, object]:
     """The session endpoint's JSON (docs/operations.md "Session endpoint"), `reason` a short code,
@@ -101,6 +112,8 @@ _ENDPOINTS: dict[str, tuple[str, str]] = {
     "readyz": ("readyz", "GET, HEAD"),
     "metrics": ("metrics_endpoint", "GET"),
     "session": ("session", "GET"),
+    # Any method: Envoy's ext_authz asks with the original request's.
+    "forward-auth": ("forward_auth", "*"),
 }
 
 
@@ -110,10 +123,16 @@ def add_routes(app: web.Application, prefix: str, *, hidden: Iterable[str] = ())
     are fixed before the application starts, the `Admin` is built when it does."""
     endpoints = {name: spec for name, spec in _ENDPOINTS.items() if name not in set(hidden)}
     for name, (method, allowed) in endpoints.items():
-        app.router.add_get(f"{prefix}/{name}", _served_by(method), allow_head="HEAD" in allowed)
+        if allowed == "*":
+            # Envoy's ext_authz appends the original path to the endpoint's.
+            app.router.add_route("*", f"{prefix}/{name}", _served_by(method))
+            app.router.add_route("*", f"{prefix}/{name}/{{tail:.*}}", _served_by(method))
+        else:
+            app.router.add_get(f"{prefix}/{name}", _served_by(method), allow_head="HEAD" in allowed)
     # Nothing under the prefix is ever proxied: other methods get 405, other paths 404.
     for name, (_, allowed) in endpoints.items():
-        app.router.add_route("*", f"{prefix}/{name}", _method_not_allowed(allowed))
+        if allowed != "*":
+            app.router.add_route("*", f"{prefix}/{name}", _method_not_allowed(allowed))
     app.router.add_route("*", prefix + "/{tail:.*}", _not_found)
 
 

@@ -109,7 +109,7 @@ class Proxy:
                     # forward, merge, respond
                     response = await self.forward(request, route, plan, target, judged)
             if route is not None:
-                self._count_request(route.match, response.status)
+                self.count_request(route.match, response.status)
             if self.access_log:
                 self.log.info(
                     "access",
@@ -124,7 +124,7 @@ class Proxy:
             # on it must not carry this one's fields.
             end_request(context)
 
-    def _count_request(self, route: str, status: int) -> None:
+    def count_request(self, route: str, status: int) -> None:
         # prometheus-client's labels() costs a lock and a few allocations per call; the children
         # are few (routes x statuses seen), so look each up once.
         counter = self._requests_counters.get((route, status))

@@ -218,6 +218,9 @@ def _proof_line(session: Session, verdicts: Verdicts, policy: Policy, config: Co
     assert isinstance(proof, Proof), "every token's verdict is given"
     if proof.reason == "not_verified":
         return "proven: no (verify.signature is false: every refresh is budgeted as unproven)"
+    if proof.proven and proof.kind is None:
+        # The layout vouches for it: a cookie sealed with the app's secret (docs/providers/authjs.md).
+        return f"proven: yes (the session cookie decrypts with the app's secret; subject {proof.subject})"
     if proof.proven:
         return (
             f"proven: unknown (the {proof.kind} token names this client and subject {proof.subject}; "

@@ -46,7 +46,9 @@ class Policy:
 
     layout: Layout
     before_expiry_s: float
-    on_rejected: OnRejected  # docs/behaviour.md §3
+    on_rejected: (
+        OnRejected  # docs/behaviour.md §3 (`flag`: only a layout that lists it in `rejected_policies`)
+    )
     login_url: str
     attributes: CookieAttributes = field(repr=False)
     signature_verified: bool  # verify.signature: without it nothing is proven
@@ -354,6 +356,12 @@ def _after_refresh(
     if result.outcome is not Outcome.REJECTED or policy.on_rejected is OnRejected.PASS:
         # IdP trouble never signs a user out: forward as the request came.
         return Forward(ForwardReason(result.outcome), outcome=result.outcome)
+    if policy.on_rejected is OnRejected.FLAG:
+        # The app sees its own error field in this very request and signs the user out itself.
+        header, flagged = layout.flag_rejected(parse_cookie_header(cookie_header), session, policy.attributes)
+        return Forward(
+            ForwardReason.REJECTED, cookie_header=header, set_cookies=tuple(flagged), outcome=result.outcome
+        )
     clear = tuple(layout.clear_cookies(session, policy.attributes))
     if policy.on_rejected is OnRejected.LOGIN:
         if is_navigation:
@@ -376,6 +384,10 @@ def judge_access(session: Session, verdicts: Verdicts) -> AccessState | Check:
         return CHECK_ACCESS
     if verdict.status is TokenStatus.INVALID:
         return INVALID
+    if session.expires_at is not None:
+        # The session's own record of the expiry, as the app reads it (the token may be opaque).
+        claims = verdict.claims
+        return AccessState("ok", claims.iat if claims is not None else None, session.expires_at)
     if verdict.status is TokenStatus.OPAQUE:
         seen = verdicts.opaque_lifetime
         return OPAQUE_UNSEEN if seen is None else AccessState("ok", seen.issued_at, seen.expires_at)
@@ -389,6 +401,8 @@ def prove(
 ) -> Proof | Check:
     """Is the session proven? An UNKNOWN verdict (JWKS unreachable) proves nothing, unless
     `assume_signed` (`cookieguard explain`, which checks no signature: would it be proven?)."""
+    if session.sealed_subject is not None:
+        return Proof(session.sealed_subject, session.user)
     if not policy.signature_verified:
         return NOT_VERIFIED
     reason = "no_token"

@@ -159,3 +159,17 @@ def amplify_cookie_header(user: CognitoUser, **tokens: str | None) -> str:
     values.update(tokens)
     cookies = amplify_cookies(user.pool.client_id, user.username, **values)
     return "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+
+def made_up_session(pool: PoolInfo) -> str:
+    """What an attacker sends: a made-up username and refresh token, no other token."""
+    from tests.support.apps import amplify_cookies
+
+    cookies = amplify_cookies(
+        pool.client_id,
+        f"mallory-{uuid.uuid4().hex[:6]}",
+        access_token=None,
+        id_token=None,
+        refresh_token="eyJjdHkiOiJKV1QiLCJlbmMiOiJBMjU2R0NNIn0." + uuid.uuid4().hex,
+    )
+    return "; ".join(f"{k}={v}" for k, v in cookies.items())

@@ -119,6 +119,22 @@ class CookieguardProcess:
             with self._cond:
                 self._cond.wait(timeout=min(remaining, 0.2))
 
+    def events_once(
+        self,
+        name: str,
+        count: int = 1,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        timeout_s: float = 10.0,
+    ) -> list[dict[str, Any]]:
+        """The `name` events, once at least `count` of them (matching `where`) have been read: the
+        process writes a line before it answers, but the reader thread may not have it yet."""
+
+        def enough(_: dict[str, Any]) -> bool:
+            return sum(1 for e in self.events(name) if where is None or where(e)) >= count
+
+        self.wait_for_event(name, timeout_s, enough)
+        return self.events(name)
+
     def _pending(self) -> bool:
         return False
 

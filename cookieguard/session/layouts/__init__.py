@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cookieguard.session.layouts.amplify import AmplifyLayout
+from cookieguard.session.layouts.authjs import AuthjsLayout
 from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, Session, SessionReader
 from cookieguard.session.layouts.named import NamedLayout
 from cookieguard.session.layouts.supabase import SupabaseLayout
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LAYOUTS",
     "AmplifyLayout",
+    "AuthjsLayout",
     "Chunks",
     "FreshTokens",
     "Layout",
@@ -32,6 +34,7 @@ __all__ = [
 
 LAYOUTS: dict[str, type[Layout]] = {
     "amplify": AmplifyLayout,
+    "authjs": AuthjsLayout,
     "named": NamedLayout,
     "supabase": SupabaseLayout,
 }

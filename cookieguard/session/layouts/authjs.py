@@ -7,26 +7,38 @@ any of several secrets can decrypt while the first one encrypts. A value longer 
 split into `<name>.0`, `<name>.1`, ...; readers join every cookie whose name starts with the session
 name, ordered by the number after its last dot, exactly as the libraries' `SessionStore` does.
 
-Pure: no I/O, no clock (callers pass `now_s`), no logging. Bad input of any kind is "not a
-session" (None), never an exception.
+The codec is pure: no I/O, no clock (callers pass `now_s`), no logging. Bad input of any kind
+is "not a session" (None), never an exception. `AuthjsLayout` at the end is the `authjs` cookie
+layout (docs/providers/authjs.md) built on it; its only state is a wall clock (a cookie past its
+JWT's `exp` is no session, as for the library) and a memo of the cookie it wrote per refresh.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeGuard
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from joserfc import jwe
-from joserfc.errors import JoseError
-from joserfc.jwe import JWERegistry
-from joserfc.jwk import OctKey, thumbprint
+from cookieguard.cookies import SetCookie, format_cookie_header, is_valid_cookie_name, select_cookies
+from cookieguard.lru import LRU
+from cookieguard.schema import cookie_name as _cookie_name
+from cookieguard.schema import key, nonempty_string, one_of, read_record, section_key
+from cookieguard.session.layouts.base import FreshTokens, Layout, LayoutConfig, Pairs, Session, When
+from cookieguard.tokens.claims import decode_claims
+
+if TYPE_CHECKING:
+    from joserfc.jwe import JWERegistry
+    from joserfc.jwk import OctKey
+
+    from cookieguard.config import CookieAttributes, CookiesConfig
+    from cookieguard.schema import Section
+    from cookieguard.tokens.providers.base import ProviderConfig
 
 Version = Literal[4, 5]
 ENC_CBC = "A256CBC-HS512"  # what v5 writes
@@ -40,8 +52,15 @@ CHUNK_SIZE: Mapping[int, int] = {5: 3936, 4: 3933}
 SECURE_PREFIX = "__Secure-"
 SESSION_COOKIE: Mapping[int, str] = {5: "authjs.session-token", 4: "next-auth.session-token"}
 
-# jose accepts header parameters it does not know; so does the reader here.
-_REGISTRY = JWERegistry(algorithms=["dir", *ENCS], strict_check_header=False)
+
+# The JOSE library (joserfc, on `cryptography`) is imported when a key is first derived, not with
+# the module: the layouts package is imported by the pure plan, which imports nothing of crypto.
+@functools.cache
+def _registry() -> JWERegistry:
+    from joserfc.jwe import JWERegistry
+
+    # jose accepts header parameters it does not know; so does the reader here.
+    return JWERegistry(algorithms=["dir", *ENCS], strict_check_header=False)
 
 
 def default_cookie_name(version: Version) -> str:
@@ -60,6 +79,9 @@ def derive_key(version: Version, secret: str, cookie_name: str, enc: str) -> byt
         salt, info = cookie_name.encode(), f"Auth.js Generated Encryption Key ({cookie_name})".encode()
     else:
         salt, info = b"", b"NextAuth.js Generated Encryption Key"
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     # An empty salt is HKDF's default (HashLen zero bytes), as @panva/hkdf does with "".
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES[enc], salt=salt or None, info=info).derive(
         secret.encode()
@@ -69,6 +91,8 @@ def derive_key(version: Version, secret: str, cookie_name: str, enc: str) -> byt
 def key_id(key: bytes) -> str:
     """v5's `kid`: the RFC 7638 thumbprint of `key` as an `oct` JWK, hashed with SHA-512 for a
     64-byte key and SHA-256 for a 32-byte one (the library's `sha${key.byteLength << 3}`)."""
+    from joserfc.jwk import OctKey, thumbprint
+
     digest: Literal["sha256", "sha512"] = "sha512" if len(key) == 64 else "sha256"
     return thumbprint(OctKey.import_key(key).as_dict(), digest)
 
@@ -95,6 +119,8 @@ class Keys:
     def _keys(self, cookie_name: str, enc: str) -> list[tuple[str, OctKey]]:
         found = self._derived.get((cookie_name, enc))
         if found is None:
+            from joserfc.jwk import OctKey
+
             found = []
             for secret in self.secrets:
                 key = derive_key(self.version, secret, cookie_name, enc)
@@ -130,6 +156,8 @@ def decrypt(keys: Keys, token: str, cookie_name: str, now_s: float) -> Jwt | Non
     """The session in `token` (the joined cookie value), or None when it is not one: malformed,
     made with another secret or for another cookie name, not JSON claims, or expired past the
     15 s tolerance (jose's rule: `exp <= now - 15` is expired; `nbf > now + 15` not yet valid)."""
+    from joserfc.errors import JoseError
+
     try:
         return _decrypt(keys, token, cookie_name, now_s)
     except (JoseError, ValueError, TypeError, KeyError, UnicodeError, OverflowError, RecursionError):
@@ -149,7 +177,9 @@ def _decrypt(keys: Keys, token: str, cookie_name: str, now_s: float) -> Jwt | No
     key = keys.decrypting(cookie_name, enc, kid)
     if key is None:
         return None
-    plaintext = jwe.decrypt_compact(token, key, registry=_REGISTRY).plaintext
+    from joserfc import jwe
+
+    plaintext = jwe.decrypt_compact(token, key, registry=_registry()).plaintext
     if plaintext is None:
         return None
     claims = _json_object(plaintext)
@@ -178,7 +208,9 @@ def encrypt(keys: Keys, claims: Mapping[str, Any], cookie_name: str, enc: str) -
     header: dict[str, str] = {"alg": "dir", "enc": enc}
     if keys.version == 5:
         header["kid"] = kid
-    return jwe.encrypt_compact(header, _json_bytes(claims), key, registry=_REGISTRY)
+    from joserfc import jwe
+
+    return jwe.encrypt_compact(header, _json_bytes(claims), key, registry=_registry())
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -337,18 +369,53 @@ def write_session(keys: Keys, session: AuthjsSession, claims: Mapping[str, Any])
 # -- the token fields the app's jwt callback keeps ------------------------------------------------
 
 
+def _unit(value: Any) -> Literal["s", "ms"]:
+    return "ms" if one_of("s", "ms")(value) == "ms" else "s"
+
+
 @dataclass(frozen=True)
 class TokenFields:
     """Where the app's `jwt` callback keeps the provider's tokens (the refresh guide's names by
-    default; the v4 tutorial's are `accessToken`, `refreshToken`, `accessTokenExpires` in ms)."""
+    default; the v4 tutorial's are `accessToken`, `refreshToken`, `accessTokenExpires` in ms).
+    `cookies.authjs.fields` in the configuration."""
 
-    access_token: str = "access_token"
-    refresh_token: str = "refresh_token"
-    expires_at: str = "expires_at"
-    expires_at_unit: Literal["s", "ms"] = "s"
-    id_token: str | None = None
-    error: str = "error"
-    error_value: str = "RefreshTokenError"
+    access_token: str = key(
+        "access_token",
+        nonempty_string,
+        "where the app's `jwt` callback keeps the access token (v4 tutorial: `accessToken`)",
+        default="access_token",
+    )
+    refresh_token: str = key(
+        "refresh_token",
+        nonempty_string,
+        "where it keeps the refresh token (v4 tutorial: `refreshToken`)",
+        default="refresh_token",
+    )
+    expires_at: str = key(
+        "expires_at",
+        nonempty_string,
+        "where it keeps the access token's expiry, which decides when to refresh (v4 tutorial: "
+        "`accessTokenExpires`)",
+        default="expires_at",
+    )
+    expires_at_unit: Literal["s", "ms"] = key(
+        "expires_at_unit", _unit, "`s` or `ms` (v4 tutorial's `accessTokenExpires`: `ms`)", default="s"
+    )
+    id_token: str | None = key(
+        "id_token", nonempty_string, "the field holding an id token, when the app keeps one", default=None
+    )
+    error: str = key(
+        "error",
+        nonempty_string,
+        "the field `on_rejected: flag` sets (a session with it set is never refreshed again)",
+        default="error",
+    )
+    error_value: str = key(
+        "error_value",
+        nonempty_string,
+        "what `on_rejected: flag` writes there (v4 tutorials check `RefreshAccessTokenError`)",
+        default="RefreshTokenError",
+    )
 
 
 @dataclass(frozen=True)
@@ -512,3 +579,259 @@ def _v8_sort(items: list[str], compare: Callable[[str, str], float]) -> list[str
         work[left + 1 : start + 1] = work[left:start]
         work[left] = pivot
     return work
+
+
+# -- the layout ----------------------------------------------------------------------------------
+
+
+def _version(value: Any) -> Version:
+    if value in (4, 5) and not isinstance(value, bool):
+        return 4 if value == 4 else 5
+    raise ValueError(f"must be 5 (@auth/core, next-auth 5) or 4 (next-auth 4), got {value!r}")
+
+
+def _secrets(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of the app's secrets (the first encrypts)")
+    secrets = tuple(nonempty_string(item) for item in value)
+    if not secrets:
+        raise ValueError("must name at least one secret (the app's AUTH_SECRET / NEXTAUTH_SECRET)")
+    return secrets
+
+
+@dataclass(frozen=True)
+class AuthjsKeys:
+    """`cookies.authjs`: the app's Auth.js version and secret(s), its session cookie's name, and
+    where its `jwt` callback keeps the provider's tokens (docs/providers/authjs.md)."""
+
+    version: Version = key(
+        "version",
+        _version,
+        "`authjs` layout only: `5` (`@auth/core`, `next-auth` 5) or `4` (`next-auth` 4)",
+        default=5,
+    )
+    secrets: tuple[str, ...] = key(
+        "secrets",
+        _secrets,
+        "the app's `AUTH_SECRET` (v4: `NEXTAUTH_SECRET`) as a list: the first encrypts, any decrypts "
+        "(v5, by `kid`); v4 takes exactly one; never printed or logged",
+        default=(),
+        shown="required for authjs",
+        repr=False,
+    )
+    cookie_name: str | None = key(
+        "cookie_name",
+        _cookie_name,
+        "the session cookie's name when the app set its own; the `__Secure-` variant is read and "
+        "written as the request had it",
+        default=None,
+        shown="`authjs.session-token` (v5), `next-auth.session-token` (v4)",
+    )
+    fields: TokenFields = section_key("fields", TokenFields)
+
+
+@dataclass(frozen=True)
+class AuthjsConfig(LayoutConfig):
+    """The authjs layout's keys of the `cookies:` section."""
+
+    yaml_keys: ClassVar[tuple[str, ...]] = ("authjs",)
+
+    authjs: AuthjsKeys = section_key("authjs", AuthjsKeys)
+
+    @property
+    def version(self) -> Version:
+        return self.authjs.version
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self.authjs.secrets
+
+    @classmethod
+    def load(cls, s: Section, provider: ProviderConfig | None) -> AuthjsConfig:
+        a = s.section("authjs")
+        keys = read_record(a, AuthjsKeys)
+        if not a.has("secrets"):
+            a.error("secrets", "required with layout authjs: the app's AUTH_SECRET (NEXTAUTH_SECRET for v4)")
+        elif keys.version == 4 and len(keys.secrets) > 1:
+            # next-auth 4 takes one secret: its JWE has no kid to pick the decrypting one by.
+            a.error("secrets", "next-auth 4 (version: 4) takes exactly one secret")
+        return cls(keys)
+
+
+class AuthjsLayout(Layout):
+    """One encrypted session cookie (chunked when long), as Auth.js writes it.
+
+    A cookie that decrypts with a configured secret is a proven session (only the app could
+    have written it: `Session.sealed_subject`); one that does not is no session at all and is
+    forwarded untouched. The session's expiry is its `expires_at` field, as the app's own `jwt`
+    callback reads it (the access token may be opaque). A session whose error field is set
+    (by the app, or by `on_rejected: flag`) is never refreshed again: it has no refresh token
+    here.
+    """
+
+    config: ClassVar[type[LayoutConfig]] = AuthjsConfig
+    # What Auth.js writes; only `cookies.attributes.domain` applies to this layout.
+    attribute_defaults: ClassVar[Mapping[str, Any]] = {"http_only": True, "same_site": "Lax", "secure": False}
+    rejected_policies: ClassVar[tuple[str, ...]] = ("flag",)
+
+    @classmethod
+    def from_config(cls, cookies: CookiesConfig, provider: ProviderConfig | None) -> AuthjsLayout:
+        own = cookies.layout_config
+        if not isinstance(own, AuthjsConfig) or not own.secrets:
+            raise ValueError("the authjs cookie layout needs cookies.authjs.secrets")
+        return cls(Keys(own.version, own.secrets), own.authjs.fields, own.authjs.cookie_name)
+
+    def __init__(
+        self,
+        keys: Keys,
+        fields: TokenFields | None = None,
+        cookie_name: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = keys
+        self.fields = fields or TokenFields()
+        self.cookie_name = cookie_name
+        self.clock = clock
+        self._names = session_names(keys.version, cookie_name)
+        # The write of each refresh, made once: a JWE has a random IV, and the upstream's Cookie
+        # and the browser's Set-Cookie must carry the same bytes (and so must every request
+        # that joined the refresh).
+        self._written: LRU[tuple[str, str, str, str | None], CookieWrites] = LRU(256)
+
+    def relevant_cookies(self, header: str) -> Pairs:
+        return select_cookies(header, self._names)
+
+    def owns(self, name: str) -> bool:
+        # The libraries read every cookie whose name starts with the session cookie's.
+        return name.startswith(self._names)
+
+    def read(self, cookies: Sequence[tuple[str, str]]) -> Session | None:
+        found = read_session(self.keys, cookies, self.clock(), self.cookie_name)
+        if found is None:
+            return None
+        claims = found.claims
+        tokens = read_tokens(claims, self.fields)
+        subject = _text(claims.get("sub")) or _text(claims.get("jti"))
+        return Session(
+            user=_text(claims.get("email")) or _text(claims.get("name")) or _text(claims.get("sub")),
+            access_token=tokens.access_token,
+            id_token=tokens.id_token,
+            refresh_token=None if tokens.error else tokens.refresh_token,
+            cookie_names=frozenset(found.cookies.cookie_names),
+            payload=found,
+            expires_at=tokens.expires_at_s,
+            sealed_subject=subject,
+        )
+
+    def _fresh_claims(self, old: AuthjsSession, tokens: FreshTokens) -> dict[str, Any]:
+        """The session's claims with the refresh's tokens; `expires_at` as the guide computes it
+        (now + `expires_in`), else the fresh access token's `exp`, else the old one."""
+        expires_at_s: float | None = None
+        if tokens.expires_in_s is not None:
+            expires_at_s = self.clock() + tokens.expires_in_s
+        else:
+            claims = decode_claims(tokens.access_token)
+            if claims is not None and claims.exp is not None:
+                expires_at_s = claims.exp
+        if expires_at_s is None:
+            expires_at_s = read_tokens(old.claims, self.fields).expires_at_s or self.clock()
+        rotated = tokens.refresh_token != read_tokens(old.claims, self.fields).refresh_token
+        return with_tokens(
+            old.claims,
+            self.fields,
+            access_token=tokens.access_token,
+            expires_at_s=expires_at_s,
+            refresh_token=tokens.refresh_token if rotated else None,
+            id_token=tokens.id_token,
+        )
+
+    def _write(self, session: Session, tokens: FreshTokens) -> CookieWrites:
+        old = _payload(session)
+        key = (old.cookies.value, tokens.access_token, tokens.refresh_token, tokens.id_token)
+        writes = self._written.get(key)
+        if writes is None:
+            writes = write_session(self.keys, old, self._fresh_claims(old, tokens))
+            self._written.put(key, writes)
+        return writes
+
+    def cookie_header(self, cookies: Sequence[tuple[str, str]], session: Session, tokens: FreshTokens) -> str:
+        return format_cookie_header(self._write(session, tokens).cookie_pairs(cookies))
+
+    def set_cookies(self, session: Session, tokens: FreshTokens, attrs: CookieAttributes) -> list[SetCookie]:
+        return _set_cookies(self._write(session, tokens), attrs)
+
+    def flag_rejected(
+        self, cookies: Sequence[tuple[str, str]], session: Session, attrs: CookieAttributes
+    ) -> tuple[str, list[SetCookie]]:
+        writes = write_session(self.keys, _payload(session), flagged(_payload(session).claims, self.fields))
+        return format_cookie_header(writes.cookie_pairs(cookies)), _set_cookies(writes, attrs)
+
+    def clear_cookies(self, session: Session, attrs: CookieAttributes) -> list[SetCookie]:
+        return [_deletion(n, attrs) for n in sorted(session.cookie_names) if is_valid_cookie_name(n)]
+
+    def describe(self, session: Session, when: When) -> list[str]:
+        """The cookie's version, `enc` and claim names, its `expires_at` and `exp`, and whether it
+        is flagged; never a claim's value beside those times."""
+        old = _payload(session)
+        claims = old.claims
+        fields = self.fields
+        names = ", ".join(sorted(claims))
+        lines = [
+            f"Auth.js v{self.keys.version} session cookie {old.cookies.name}: {old.jwt.enc}"
+            f"{', kid' if old.jwt.has_kid else ''}, decrypted with a configured secret (a proven session)",
+            f"  claims: {names}",
+        ]
+        tokens = read_tokens(claims, fields)
+        if tokens.expires_at_s is not None:
+            lines.append(
+                f"  {fields.expires_at} {when(tokens.expires_at_s, 'expires')} (the access token's expiry)"
+            )
+        else:
+            lines.append(f"  {fields.expires_at} absent: the access token's own exp decides")
+        exp = claims.get("exp")
+        if _finite_number(exp):
+            lines.append(f"  exp {when(float(exp), 'expires')} (the cookie's end)")
+        if tokens.error is not None:
+            lines.append(f"  flagged: {fields.error} is set, so the session is never refreshed again")
+        return lines
+
+
+def _payload(session: Session) -> AuthjsSession:
+    payload = session.payload
+    assert isinstance(payload, AuthjsSession), "a session this layout read"
+    return payload
+
+
+def _set_cookies(writes: CookieWrites, attrs: CookieAttributes) -> list[SetCookie]:
+    """As Auth.js writes them: HttpOnly, SameSite=Lax, Path=/, Secure exactly for `__Secure-`
+    names, Expires = the JWT's `exp`; of `cookies.attributes` only the domain. Stale pieces the
+    request carried are deleted."""
+    deletions = [_deletion(name, attrs) for name in writes.delete if is_valid_cookie_name(name)]
+    return deletions + [
+        SetCookie(
+            name=name,
+            value=value,
+            path="/",
+            domain=attrs.domain,
+            max_age_s=attrs.max_age_s,
+            secure=writes.secure,
+            http_only=True,
+            same_site="Lax",
+            expires_at=writes.expires_at_s,
+        )
+        for name, value in writes.set
+    ]
+
+
+def _deletion(name: str, attrs: CookieAttributes) -> SetCookie:
+    # A browser refuses any `__Secure-` cookie, deletions included, without Secure.
+    return SetCookie(
+        name=name,
+        value="",
+        path="/",
+        domain=attrs.domain,
+        max_age_s=0,
+        secure=name.startswith(SECURE_PREFIX),
+        http_only=True,
+        same_site="Lax",
+    )

@@ -48,6 +48,12 @@ class Session:
     refresh_context: Mapping[str, str] = field(default_factory=lambda: NO_CONTEXT, repr=False)
     cookie_names: frozenset[str] = frozenset()
     payload: Any = field(default=None, repr=False)
+    # When the access token expires as the session itself records it (a layout whose app keeps
+    # an `expires_at` beside the token, which may be opaque); None: the token's own `exp` decides.
+    expires_at: float | None = None
+    # The subject of a session only the app could have written (a cookie sealed with the app's
+    # secret): proven without a token check (docs/security.md "Abuse limits"). None for most layouts.
+    sealed_subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,9 @@ class Layout(ABC):
     # `cookies.attributes` defaults of this layout where they differ from CookieAttributes' own
     # (field name -> value): what the app's own cookie library writes.
     attribute_defaults: ClassVar[Mapping[str, Any]] = {}
+    # `refresh.on_rejected` policies this layout carries out beside clear | pass | login
+    # (each by a method of its own: `flag` by `flag_rejected`).
+    rejected_policies: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod
@@ -143,6 +152,14 @@ class Layout(ABC):
         """What `explain` prints about the session beside its cookie names and tokens (never a
         token or a cookie value): what the layout keeps that is not a token."""
         return []
+
+    def flag_rejected(
+        self, cookies: Sequence[tuple[str, str]], session: Session, attrs: CookieAttributes
+    ) -> tuple[str, list[SetCookie]]:
+        """`on_rejected: flag` (for a layout that lists it in `rejected_policies`): the outgoing
+        `Cookie` header and the Set-Cookies of the session marked as over, its tokens kept, so the
+        app's own code signs the user out."""
+        raise NotImplementedError(f"{type(self).__name__} does not flag rejected sessions")
 
     def stripped_cookie_header(self, cookies: Sequence[tuple[str, str]], session: Session) -> str:
         """The outgoing `Cookie` header without any of the session's auth cookies."""

@@ -19,7 +19,7 @@ from cookieguard.cookies import (
     percent_decode,
     select_cookies,
 )
-from cookieguard.schema import cookie_name
+from cookieguard.schema import cookie_name, key, read_record, section_key
 from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, LayoutConfig, Pairs, Session
 
 if TYPE_CHECKING:
@@ -29,28 +29,33 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class CookieNames(LayoutConfig):
+class CookieNames:
     """`cookies.names`: the cookies the app keeps its tokens in."""
+
+    access_token: str = key("access_token", cookie_name, "", default="access_token")
+    refresh_token: str = key("refresh_token", cookie_name, "", default="refresh_token")
+    id_token: str | None = key("id_token", cookie_name, "", default=None)
+
+
+@dataclass(frozen=True)
+class NamedCookies(LayoutConfig):
+    """The named layout's keys of the `cookies:` section."""
 
     yaml_keys: ClassVar[tuple[str, ...]] = ("names",)
 
-    access_token: str = "access_token"
-    refresh_token: str = "refresh_token"
-    id_token: str | None = None
+    names: CookieNames = section_key(
+        "names",
+        CookieNames,
+        "`named` layout only: `{access_token, refresh_token, id_token}` cookie names",
+        shown="`access_token`, `refresh_token`, no id token",
+    )
 
     @classmethod
-    def load(cls, s: Section, provider: ProviderConfig | None) -> CookieNames:
+    def load(cls, s: Section, provider: ProviderConfig | None) -> NamedCookies:
         if not s.has("names"):
             s.seen.add("names")
             return cls()
-        n = s.section("names")
-        names = cls(
-            access_token=n.get("access_token", cookie_name, cls.access_token),
-            refresh_token=n.get("refresh_token", cookie_name, cls.refresh_token),
-            id_token=n.get("id_token", cookie_name, cls.id_token),
-        )
-        n.finish()
-        return names
+        return cls(read_record(s.section("names"), CookieNames))
 
 
 class NamedLayout(Layout):
@@ -62,12 +67,12 @@ class NamedLayout(Layout):
     A plain `<name>` with a value wins over chunks; chunks are read contiguously from `.0`.
     """
 
-    config: ClassVar[type[LayoutConfig]] = CookieNames
+    config: ClassVar[type[LayoutConfig]] = NamedCookies
 
     @classmethod
     def from_config(cls, cookies: CookiesConfig, provider: ProviderConfig | None) -> NamedLayout:
-        names = cookies.layout_config
-        return cls(names if isinstance(names, CookieNames) else CookieNames())
+        own = cookies.layout_config
+        return cls(own.names if isinstance(own, NamedCookies) else CookieNames())
 
     def __init__(self, names: CookieNames, max_cookie_bytes: int = MAX_COOKIE_BYTES) -> None:
         self.names = names

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from cookieguard.cookies import SetCookie, encode_uri_component, format_cookie_header, select_cookies
-from cookieguard.schema import cookie_name
+from cookieguard.schema import cookie_name, key
 from cookieguard.session.layouts.base import Chunks, FreshTokens, Layout, LayoutConfig, Pairs, Session, When
 from cookieguard.tokens.claims import decode_claims
 
@@ -254,16 +254,23 @@ class SupabaseCookie(LayoutConfig):
 
     yaml_keys: ClassVar[tuple[str, ...]] = ("storage_key",)
 
-    storage_key: str | None = None
+    storage_key: str | None = key(
+        "storage_key",
+        cookie_name,
+        "`supabase` layout only: the cookie name, when the app set its own `storageKey` / "
+        "`cookieOptions.name`",
+        default=None,
+        shown="`sb-<ref>-auth-token` (`ref`: first label of `provider.url`'s host)",
+    )
 
     @classmethod
     def load(cls, s: Section, provider: ProviderConfig | None) -> SupabaseCookie:
-        key = s.get("storage_key", cookie_name, cls.storage_key)
-        if key is None and provider is None:
+        name = s.get("storage_key", cookie_name, cls.storage_key)
+        if name is None and provider is None:
             s.error(
                 "storage_key", "required with layout supabase when there is no provider (it names the cookie)"
             )
-        return cls(key)
+        return cls(name)
 
 
 class SupabaseLayout(Layout):

@@ -1,12 +1,15 @@
 """A real browser, the real Next.js + next-auth 4 app, the real oidc-provider: the refresh race the
-Auth.js refresh-token-rotation guide admits, measured directly (no cookieguard).
+Auth.js refresh-token-rotation guide admits, measured directly, and the same app through
+cookieguard (`cookies.layout: authjs`), which keeps the user signed in.
 
 What runs, all on loopback and ephemeral ports, each stopped by its own PID:
 - the IdP: tests/oidc_provider (panva's oidc-provider) with rotating refresh tokens, reuse
   detection that revokes the grant, ACCESS_TOKEN_TTL_S access tokens, and a confidential client
   that the browser signs in with by authorization code (the server signs in "alice" at once);
 - the app: `next start -H localhost` of the example's production build (`make e2e` builds it);
-- the browser: Debian's Chromium, headless, a fresh profile, driven by `browser.mjs`.
+- the browser: Debian's Chromium, headless, a fresh profile, driven by `browser.mjs`;
+- cookieguard (second test only): `cookieguard run` in front of the app, `provider.kind: oidc`,
+  `cookies.layout: authjs` (version 4, the app's secret, the guide's field names).
 
 The browser signs in, then, expiry after expiry, waits for the access token to expire in real time
 and follows the dashboard's links: /go (the middleware refreshes and answers with a redirect that
@@ -29,6 +32,7 @@ import pytest
 from cookieguard.session.layouts.authjs import Keys, TokenFields, read_session, read_tokens
 from tests.support.e2e import BrowserDriver, free_port, next_start
 from tests.support.oidc_idp import OidcIdp, start_oidc_idp
+from tests.support.proxy_process import CookieguardProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -191,3 +195,81 @@ def test_directly_the_guide_s_app_loses_the_session_within_a_few_expiries(
     assert "RefreshTokenError" in page["text"] or "Not signed in" in page["text"], page
     assert stats["invalid_grant"] >= 1, stats
     assert stats["refresh_requests"] > lost_at, stats  # more than one refresh per expiry
+
+
+# -- through cookieguard ------------------------------------------------------------------------
+
+
+def test_through_cookieguard_signed_in_across_every_expiry_one_refresh_each(
+    idp: OidcIdp, next_app: str, browser: Browser
+) -> None:
+    # The agreed configuration for a next-auth 4 app with the guide's jwt callback.
+    config = {
+        "listen": "127.0.0.1:0",
+        "upstream": next_app,
+        "provider": {
+            "kind": "oidc",
+            "issuer": idp.issuer,
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+        },
+        "cookies": {"layout": "authjs", "authjs": {"version": 4, "secrets": [SECRET]}},
+        # Below the tokens' 10 s, so a fresh token is not due at once; an expired one always is.
+        "refresh": {"before_expiry": "3s", "on_rejected": "flag"},
+        "routes": [{"match": "/_next/static/", "refresh": False}, {"match": "/"}],
+    }
+    proxy = CookieguardProcess(config).start()
+    # localhost, the host the app's cookies are set for (cookies are per host, not per port).
+    base = f"http://localhost:{proxy.port}"
+    transcript = Transcript("authjs-through-cookieguard", idp)
+    transcript.note(f"2) through cookieguard: Chromium -> cookieguard ({base}) -> Next.js ({next_app})")
+    idp.reset()
+    per_expiry: list[int] = []
+    try:
+        transcript.step("open the sign-in page", browser.command("goto", url=base + "/sign-in"))
+        page = transcript.step("sign in (authorization code at the IdP)", browser.command("sign_in"))
+        assert signed_in(page), page
+        # Back through cookieguard (next-auth's callback URL is the app's own, NEXTAUTH_URL).
+        page = transcript.step(
+            "the dashboard through cookieguard", browser.command("goto", url=base + "/dashboard")
+        )
+        assert signed_in(page), page
+        for expiry in range(1, EXPIRIES + 1):
+            before = browser.session_claims()
+            assert before is not None
+            _wait_for_expiry(browser, transcript)
+            calls_before = idp.stats()["refresh_requests"]
+            selector, link = LINKS[(expiry - 1) % 2]
+            page = transcript.step(
+                f"expiry {expiry}: follow the link to {link}", browser.command("click", selector=selector)
+            )
+            per_expiry.append(idp.stats()["refresh_requests"] - calls_before)
+            assert signed_in(page), page
+            after = browser.session_claims()
+            assert after is not None and "error" not in after, after
+            assert after["refresh_token"] != before["refresh_token"], "the rotated refresh token was lost"
+            assert after["expires_at"] > before["expires_at"]
+            # The claims cookieguard does not own are kept (exp too: it decides the cookie's life).
+            assert {
+                k: v
+                for k, v in after.items()
+                if k not in ("access_token", "refresh_token", "expires_at", "iat", "exp", "jti")
+            } == {
+                k: v
+                for k, v in before.items()
+                if k not in ("access_token", "refresh_token", "expires_at", "iat", "exp", "jti")
+            }
+        browser.command("screenshot", path=str(OUTPUT / "authjs-through-cookieguard.png"))
+    finally:
+        transcript.note(f"IdP refresh calls per expiry: {per_expiry}")
+        transcript.write()
+        proxy.close()
+        (OUTPUT / "cookieguard-authjs.log").write_text(proxy.output() + "\n")
+
+    stats = idp.stats()
+    assert per_expiry == [1] * EXPIRIES, per_expiry
+    assert (stats["refresh_requests"], stats["invalid_grant"], stats["grants_revoked"]) == (EXPIRIES, 0, 0), (
+        stats
+    )
+    outcomes = [event["outcome"] for event in proxy.events("token_refresh")]
+    assert outcomes.count("refreshed") == EXPIRIES and "rejected" not in outcomes, outcomes
