@@ -305,7 +305,7 @@ async def test_server_header_is_cookieguard_on_own_and_proxied_answers(
             ("GET", "/nowhere", 404),
             ("GET", "/down", 502),
             ("GET", "/.cookieguard/healthz", 200),
-            ("GET", "/.cookieguard/metrics", 200),
+            ("GET", "/.cookieguard/metrics", 404),  # served on admin_listen only
             ("POST", "/.cookieguard/healthz", 405),
             ("GET", "/.cookieguard/nothing", 404),
         ):
