@@ -261,14 +261,17 @@ def cookieguard_conf(
     idp_timeout: str | None = None,
     verify: bool = True,
     limits: bool = True,
+    admin_listen: bool = True,
 ) -> Path:
     path = workdir / f"{name}.yaml"
     # Without `limits` (the A/B phase): a base revision older than that section rejects the key.
     limits_yaml = LIMITS_YAML if limits else ""
+    # Without `admin_listen`: a base revision from before the admin listener rejects the key (it
+    # serves the admin endpoints on the main listener instead).
+    admin_yaml = "admin_listen: 127.0.0.1:0\n" if admin_listen else ""
     path.write_text(
         f"""listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:0
-upstream: http://127.0.0.1:{upstream_port}
+{admin_yaml}upstream: http://127.0.0.1:{upstream_port}
 provider:
   kind: cognito
   user_pool_id: {pool["user_pool_id"]}
@@ -775,6 +778,15 @@ class BaseCheckout:
     path: Path
     python: str
 
+    @property
+    def knows_admin_listen(self) -> bool:
+        """Whether this revision reads the `admin_listen` key (older ones reject it)."""
+        found = subprocess.run(
+            ["git", "-C", str(ROOT), "grep", "-q", "admin_listen", self.sha, "--", "cookieguard"],
+            capture_output=True,
+        )
+        return found.returncode == 0
+
     def remove(self) -> None:
         git = ["git", "-C", str(ROOT)]
         subprocess.run([*git, "worktree", "remove", "--force", str(self.path)], capture_output=True)
@@ -875,7 +887,15 @@ def ab_phase(
     base = check_out_base(args.base, bench.workdir)
     try:
         base_port, head_port = free_port(), free_port()
-        conf = cookieguard_conf(bench.workdir, "ab-base", base_port, up_port, pool, limits=False)
+        conf = cookieguard_conf(
+            bench.workdir,
+            "ab-base",
+            base_port,
+            up_port,
+            pool,
+            limits=False,
+            admin_listen=base.knows_admin_listen,
+        )
         base_proc = start_base(bench, base, conf)
         conf = cookieguard_conf(bench.workdir, "ab-head", head_port, up_port, pool, limits=False)
         head_proc = bench.start("cookieguard-head", [PY, "-m", "cookieguard", "run", "--config", str(conf)])
@@ -1017,7 +1037,10 @@ def ab_instructions(
             argv = [PY, "bench/bare_proxy.py", str(port), f"http://127.0.0.1:{up_port}", "uvloop"]
             kwargs: dict[str, Any] = {}
         else:
-            conf = cookieguard_conf(bench.workdir, f"count-{name}", port, up_port, pool, limits=False)
+            admin_listen = base.knows_admin_listen if name == "base" else True
+            conf = cookieguard_conf(
+                bench.workdir, f"count-{name}", port, up_port, pool, limits=False, admin_listen=admin_listen
+            )
             python = base.python if name == "base" else PY
             argv = [python, "-m", "cookieguard", "run", "--config", str(conf)]
             kwargs = {"cwd": base.path, "env": base_env(base.path)} if name == "base" else {}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from cookieguard.config import Config
 from cookieguard.logs import annotate_request, get_logger
+from cookieguard.lru import LRU
 from cookieguard.metrics import Metrics
 from cookieguard.session.layouts import Layout, Session, SessionReader
 from cookieguard.session.limits import Claimant, LogThrottle
@@ -35,7 +36,7 @@ from cookieguard.session.plan import (
 )
 from cookieguard.session.refresh import Refresher
 from cookieguard.session.result import RefreshResult
-from cookieguard.tokens.claims import ClaimsReader, TokenKind, session_id
+from cookieguard.tokens.claims import MAX_TOKEN_CHARS, ClaimsReader, TokenKind, session_id, token_key
 from cookieguard.tokens.verifier import TokenCheck, TokenStatus, TokenVerifier
 from cookieguard.vocabulary import Outcome
 
@@ -91,6 +92,23 @@ class Judged:
     now_s: float
 
 
+class _Read:
+    """One Cookie header's session as read, the key of its access token's verdict (None: the
+    plan will not ask for it first), and the verdicts record last built from that verdict
+    (reused while the verifier returns the same one)."""
+
+    __slots__ = ("access_key", "session", "verdicts")
+
+    def __init__(self, session: Session | None, access_key: bytes | None) -> None:
+        self.session = session
+        self.access_key = access_key
+        self.verdicts = NO_VERDICTS
+
+
+NOT_READ = _Read(None, None)
+READS_KEPT = 512  # SessionReader's default size
+
+
 class SessionRepair:
     def __init__(self, config: Config, auth: Auth, metrics: Metrics) -> None:
         self.auth = auth
@@ -99,14 +117,26 @@ class SessionRepair:
         self._opaque_allowed = config.provider is not None and config.provider.opaque_access_tokens
         self._pacer = Pacer(PACE_PER_TURN)
         self.log = get_logger()
+        # Per Cookie header: the session and its access token's cache key (as many as the
+        # session reader keeps).
+        self._reads: LRU[str, _Read] = LRU(READS_KEPT)
 
     async def plan(self, cookie_header: str) -> tuple[Plan, Judged]:
         """Read the session and plan, gathering the verdicts the plan asks for."""
         auth = self.auth
-        session = auth.sessions.read(cookie_header) if cookie_header else None
+        read = self._read(cookie_header) if cookie_header else NOT_READ
+        session = read.session
         now = auth.wall_clock()
         verdicts = NO_VERDICTS
         verifier = auth.verifier
+        if read.access_key is not None and verifier is not None:
+            # The verdict the plan asks for first, looked up by the key computed with the read:
+            # a fresh session then costs one cached read, one cached verdict and one pass.
+            verdict = verifier.peek_key(read.access_key, "access")
+            if verdict is not None and verdict.status is not TokenStatus.OPAQUE:
+                if read.verdicts.access is not verdict:
+                    read.verdicts = NO_VERDICTS.with_verdict("access", verdict, None)
+                verdicts = read.verdicts
         plan = plan_session(session, verdicts, now, self.policy)
         while isinstance(plan, Check):
             assert session is not None
@@ -119,6 +149,24 @@ class SessionRepair:
                 verdicts = await self._gather(verdicts, plan.kind, token)
             plan = plan_session(session, verdicts, now, self.policy)
         return plan, Judged(cookie_header, session, verdicts, now)
+
+    def _read(self, cookie_header: str) -> _Read:
+        read = self._reads.get(cookie_header)
+        if read is None:
+            session = self.auth.sessions.read(cookie_header)
+            access_key = None
+            # The plan asks for the access token's verdict first whenever the session has one and
+            # a refresh token (judge_access); a token too long for the verifier's cache has no key.
+            if (
+                session is not None
+                and session.refresh_token
+                and session.access_token
+                and len(session.access_token) <= MAX_TOKEN_CHARS
+            ):
+                access_key = token_key(session.access_token)
+            read = _Read(session, access_key)
+            self._reads.put(cookie_header, read)
+        return read
 
     async def refresh(self, plan: Refresh, address: str) -> RefreshResult:
         annotate_request(session=session_id(plan.refresh_token))

@@ -166,6 +166,10 @@ class TokenVerifier:
             return None
         return self._cached(token_key(token), kind)
 
+    def peek_key(self, key: bytes, kind: TokenKind) -> TokenCheck | None:
+        """`peek` by the token's `token_key`, for a caller that keeps the key with the token."""
+        return self._results[kind].get(key)
+
     def _cached(self, key: bytes, kind: TokenKind) -> TokenCheck | None:
         return self._results[kind].get(key)
 
