@@ -11,6 +11,7 @@ import contextvars
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -88,6 +89,18 @@ def merge_request(
 
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def log_access(log: Any, method: str, path: str | None, status: int, started: float) -> None:
+    """The `access` line of one request (`logging.access_log`), for the proxy and forward-auth:
+    the path without its query, never a header."""
+    log.info(
+        "access",
+        method=method,
+        path=path,
+        status=status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
 
 
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from cookieguard.config import Config, Route
 from cookieguard.edge.routing import Router, Target, parse_target
-from cookieguard.logs import bind_request, end_request, get_logger
+from cookieguard.logs import bind_request, end_request, get_logger, log_access
 from cookieguard.session.plan import Answer, Forward, Plan, Refresh
 from cookieguard.session.repair import SessionRepair
 from cookieguard.vocabulary import ForwardReason
@@ -102,13 +102,7 @@ class ForwardAuth:
             if route is not None:
                 self.count_request(route.match, response.status)
             if self.access_log:
-                self.log.info(
-                    "access",
-                    method=original.method,
-                    path=original.target.path,
-                    status=response.status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
+                log_access(self.log, original.method, original.target.path, response.status, started)
             return response
         finally:
             end_request(context)

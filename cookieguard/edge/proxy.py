@@ -37,7 +37,7 @@ from cookieguard.edge.upstream import (
     UpstreamTimeout,
 )
 from cookieguard.edge.websocket import forward_websocket, is_websocket
-from cookieguard.logs import bind_request, end_request, get_logger
+from cookieguard.logs import bind_request, end_request, get_logger, log_access
 from cookieguard.metrics import Metrics
 from cookieguard.session.layouts import Session
 from cookieguard.session.merge import NOTHING, merge_answer
@@ -116,12 +116,12 @@ class Proxy:
             if route is not None:
                 self.count_request(route.match, response.status)
             if self.access_log:
-                self.log.info(
-                    "access",
-                    method=request.method,
-                    path=target.path if target is not None else None,
-                    status=response.status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                log_access(
+                    self.log,
+                    request.method,
+                    target.path if target is not None else None,
+                    response.status,
+                    started,
                 )
             return response
         finally:
