@@ -133,6 +133,17 @@ async def app(aiohttp_server: Any) -> TestServer:
     return await start_buggy_app(aiohttp_server)
 
 
+async def refreshed_on_redirect(url: str, name: str, old: str) -> tuple[str, str]:
+    """GET /redirect with the session cookie `name`: the 302 must carry the refreshed cookie,
+    returned as (value, attributes)."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{url}/redirect", headers={"Cookie": f"{name}={old}"}, allow_redirects=False) as resp,
+    ):
+        assert resp.status == 302
+        return cookies_set(resp.headers.getall("Set-Cookie", []))[name]
+
+
 async def test_one_refresh_for_30_requests_and_every_answer_carries_the_cookie_the_upstream_saw(
     oidc_idp: OidcIdp,
     minted: dict[str, Any],
@@ -217,12 +228,7 @@ async def test_v4_with_millisecond_expiry_works_by_configuration_only(
     old = await library_cookie(4, name, claims)
     known_secrets.add(old)
     guard = cookieguard_process(guard_config(oidc_idp, str(app.make_url("")), version=4))
-    async with (
-        aiohttp.ClientSession() as s,
-        s.get(f"{guard.url}/redirect", headers={"Cookie": f"{name}={old}"}, allow_redirects=False) as resp,
-    ):
-        assert resp.status == 302
-        fresh, attributes = cookies_set(resp.headers.getall("Set-Cookie", []))[name]
+    fresh, attributes = await refreshed_on_redirect(guard.url, name, old)
     known_secrets.add(fresh)
     assert oidc_idp.stats()["refresh_requests"] == 1
     assert "Secure" in [p.strip() for p in attributes.split(";")]  # a __Secure- name
@@ -487,12 +493,7 @@ async def test_cognito_refreshes_an_authjs_session_by_configuration_only(
     )
     guard = cookieguard_process(config)
     calls = cognito_idp.refresh_calls
-    async with (
-        aiohttp.ClientSession() as s,
-        s.get(f"{guard.url}/redirect", headers={"Cookie": f"{V5}={old}"}, allow_redirects=False) as resp,
-    ):
-        assert resp.status == 302
-        fresh, _ = cookies_set(resp.headers.getall("Set-Cookie", []))[V5]
+    fresh, _ = await refreshed_on_redirect(guard.url, V5, old)
     known_secrets.add(fresh)
     assert cognito_idp.refresh_calls == calls + 1
     assert value_in(seen_by(app)[0]["cookie"], V5) == fresh
