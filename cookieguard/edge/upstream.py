@@ -782,13 +782,15 @@ def _head(
         lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {content_length}")
     elif content_length == 0:
         lines.append("Content-Length: 0")
-    lines += ("", "")
-    text = "\r\n".join(lines)
-    # One count each instead of a scan per header: a CR or LF inside a name or value would split
-    # the request (aiohttp's parser rejects them from clients; this guards what we built).
-    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+    # A CR or LF inside a name or value would split the request (aiohttp's parser rejects them
+    # from clients; this guards what we built). Searched for in the lines joined without their
+    # separators: `in` finds one character with memchr, where `str.count` walks every character
+    # (~40,000 instructions for the 4 KB head of a request with a session cookie).
+    joined = "".join(lines)
+    if "\n" in joined or "\r" in joined:
         raise UpstreamError("invalid_header")
-    return text.encode("utf-8", "surrogateescape")
+    lines += ("", "")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 async def _send_body(conn: _Connection, body: BodySource, *, chunked: bool) -> None:
