@@ -157,7 +157,7 @@ def build_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.
                 # The proxy's own session repair, router and counters: the same single-flight,
                 # store, budgets, logs and metrics as a proxied request (docs/forward-auth/).
                 forward_auth = ForwardAuth(
-                    config, proxy.repair, proxy.router, proxy.client_address, proxy.count_request
+                    config, proxy.repair, proxy.router, proxy.client_address, services.metrics.count_request
                 ).handle
             app[ADMIN_KEY] = Admin(
                 services.metrics,

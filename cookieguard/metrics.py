@@ -6,6 +6,10 @@ and the refresh outcome, all of bounded cardinality.
 
 from __future__ import annotations
 
+import bisect
+import time
+from collections.abc import Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -15,7 +19,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from cookieguard.vocabulary import Outcome
 
@@ -49,16 +56,9 @@ class Metrics:
             "cookieguard_refresh_duration_seconds",
             "Time spent calling the identity provider to refresh tokens.",
         )
-        self.requests_total = Counter(
-            "cookieguard_requests_total",
-            "Proxied requests, by route and response status.",
-            ["route", "status"],
-            registry=self.registry,
-        )
-        self.upstream_duration = self._latency(
-            "cookieguard_upstream_duration_seconds",
-            "Time until the upstream's response headers arrived.",
-        )
+        # The two series every proxied request moves (count_request, upstream_answered).
+        self._per_request = PerRequest(_LATENCY_BUCKETS)
+        self.registry.register(self._per_request)
         self.idp_calls_in_flight = Gauge(
             "cookieguard_idp_calls_in_flight",
             "Refresh calls to the identity provider running right now.",
@@ -124,6 +124,14 @@ class Metrics:
         """A seconds histogram with the shared latency buckets, in this instance's registry."""
         return Histogram(name, documentation, buckets=_LATENCY_BUCKETS, registry=self.registry)
 
+    def count_request(self, route: str, status: int) -> None:
+        """One answered request on `route` (cookieguard_requests_total)."""
+        self._per_request.count(route, status)
+
+    def upstream_answered(self, seconds: float) -> None:
+        """The upstream's answer headers arrived after `seconds` (cookieguard_upstream_duration_seconds)."""
+        self._per_request.observe(seconds)
+
     def client_cut(self, reason: str) -> None:
         """A client was answered 408 or 503 and closed (one of CLIENT_CUT_REASONS)."""
         self.clients_cut.labels(reason=reason).inc()
@@ -136,3 +144,60 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PerRequest(Collector):
+    """cookieguard_requests_total and cookieguard_upstream_duration_seconds, counted in plain
+    integers and rendered when scraped.
+
+    prometheus-client's Counter and Histogram take a lock and walk the buckets in Python on every
+    update: ~17,000 instructions per proxied request for these two, 4.7 % of a request with no
+    cookies (bench/README.md). Everything here runs on the event loop, the scrape included, so
+    no lock is needed; the exposition is the same series and labels (without `_created` for the
+    histogram, which prometheus-client's own histogram family does not carry).
+    """
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self._bounds = buckets
+        self._buckets = [0] * (len(buckets) + 1)  # the last: above every bound (+Inf)
+        # The `le` labels as prometheus-client writes them ("0.005", "1.0", "+Inf").
+        self._le: list[str] = [floatToGoString(b) for b in (*buckets, float("inf"))]  # type: ignore[no-untyped-call]
+        self._sum = 0.0
+        self._requests: dict[tuple[str, int], int] = {}
+        self._created: dict[tuple[str, int], float] = {}
+
+    def count(self, route: str, status: int) -> None:
+        key = (route, status)
+        requests = self._requests
+        count = requests.get(key)
+        if count is None:
+            self._created[key] = time.time()
+            requests[key] = 1
+        else:
+            requests[key] = count + 1
+
+    def observe(self, seconds: float) -> None:
+        # Prometheus buckets are upper bounds, inclusive: the first bound >= seconds.
+        self._buckets[bisect.bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "cookieguard_requests_total",
+            "Proxied requests, by route and response status.",
+            labels=["route", "status"],
+        )
+        for (route, status), count in self._requests.items():
+            requests.add_metric([route, str(status)], count, created=self._created[(route, status)])
+        yield requests
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for le, count in zip(self._le, self._buckets, strict=True):
+            cumulative += count
+            buckets.append((le, cumulative))
+        yield HistogramMetricFamily(
+            "cookieguard_upstream_duration_seconds",
+            "Time until the upstream's response headers arrived.",
+            buckets=buckets,
+            sum_value=self._sum,
+        )

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import Counter
 from yarl import URL
 
 from cookieguard.config import Config, Route
@@ -68,7 +67,6 @@ class Proxy:
         self.metrics = metrics
         self.log = get_logger()
         self.access_log = config.logging.access_log
-        self._requests_counters: dict[tuple[str, int], Counter] = {}
         self._origins = {r.match: Origin.parse(r.upstream) for r in config.routes if r.upstream}
         self._read_timeouts = {r.match: r.timeout_s or config.timeouts.upstream_read_s for r in config.routes}
         # Answers larger than limits.response_buffer still being sent, per client address: each
@@ -114,7 +112,7 @@ class Proxy:
                     # forward, merge, respond
                     response = await self.forward(request, route, plan, target, judged)
             if route is not None:
-                self.count_request(route.match, response.status)
+                self.metrics.count_request(route.match, response.status)
             if self.access_log:
                 log_access(
                     self.log,
@@ -128,15 +126,6 @@ class Proxy:
             # aiohttp handles a kept-alive connection's requests in one task: the next request
             # on it must not carry this one's fields.
             end_request(context)
-
-    def count_request(self, route: str, status: int) -> None:
-        # prometheus-client's labels() costs a lock and a few allocations per call; the children
-        # are few (routes x statuses seen), so look each up once.
-        counter = self._requests_counters.get((route, status))
-        if counter is None:
-            counter = self.metrics.requests_total.labels(route=route, status=str(status))
-            self._requests_counters[(route, status)] = counter
-        counter.inc()
 
     async def check_session(self, request: web.Request) -> SessionCheck:
         """The session endpoint's report (docs/operations.md "Session endpoint"): the session repaired exactly
@@ -242,7 +231,7 @@ class Proxy:
             if body is not None and body.source.stalled:
                 return await self._client_body_timeout(request, route)
             return self._upstream_error(route, 502, exc.reason, started)
-        self.metrics.upstream_duration.observe(time.perf_counter() - started)
+        self.metrics.upstream_answered(time.perf_counter() - started)
         try:
             return await self._relay(request, upstream, plan.set_cookies, judged)
         finally:
