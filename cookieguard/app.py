@@ -16,7 +16,7 @@ from aiohttp import web
 from cookieguard.config import Config
 from cookieguard.edge.admin import ADMIN_KEY, Admin, ReadinessCheck, add_routes
 from cookieguard.edge.forward_auth import ForwardAuth
-from cookieguard.edge.listener import SERVER, ClientLimits, listen
+from cookieguard.edge.listener import SERVER, ClientLimits, front_door, listen
 from cookieguard.edge.proxy import Auth, Proxy
 from cookieguard.edge.upstream import UpstreamClient
 from cookieguard.logs import get_logger
@@ -203,6 +203,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         handler_cancellation=True,  # a client that goes away cancels its upstream request
     )
     await runner.setup()
+    # Proxied requests go straight to the proxy; the router sees only what may be an endpoint.
+    front_door(runner, app[PROXY_KEY].handle, config.admin_prefix)
     handler_kwargs = {
         "access_log": None,
         "keepalive_timeout": config.timeouts.keepalive_s,

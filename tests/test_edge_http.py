@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess
@@ -317,6 +318,55 @@ async def test_server_header_is_cookieguard_on_own_and_proxied_answers(
     )
     assert status_of(bad_target) == 404  # aiohttp's router: no route takes a target without a path
     assert bad_target.count(b"\r\nServer: ") == 1 and b"\r\nServer: cookieguard\r\n" in bad_target
+
+
+# Where each target goes (edge/listener.py front_door): proxied requests skip aiohttp's router,
+# so every target the router reads as an endpoint (it matches the percent-decoded path) must
+# still reach the endpoint, and everything else the upstream. The answers were recorded from
+# main before the front door existed; they are the router's.
+ROUTED_TARGETS = (
+    ("/.cookieguard/healthz", "endpoint"),
+    ("/%2Ecookieguard/healthz", "endpoint"),
+    ("/%2ecookieguard/healthz", "endpoint"),
+    ("/.cookieguard/%68ealthz", "endpoint"),
+    ("/.cookieguard/healthz?a=%20", "endpoint"),
+    ("/.cookieguard/healthz/", "no endpoint"),
+    ("/.cookieguard//healthz", "no endpoint"),
+    ("/.cookieguard/", "no endpoint"),
+    ("/.Cookieguard/healthz", "upstream"),
+    ("/.cookieguard", "upstream"),
+    ("/x/../.cookieguard/healthz", "upstream"),
+    ("//.cookieguard/healthz", "upstream"),
+    ("/app?x=%2F", "upstream"),
+    ("/app%2Fx", "upstream"),
+    ("/a/./b", "upstream"),
+    ("/.well-known/x", "upstream"),
+    ("/app", "upstream"),
+)
+
+
+async def test_every_target_reaches_what_the_router_would_send_it_to(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    upstream = await start_upstream(aiohttp_server)
+    proxy = cookieguard_process(base_config(str(upstream.make_url(""))))
+    went = []
+    async with aiohttp.ClientSession() as s:
+        for target, _ in ROUTED_TARGETS:
+            async with s.get(URL(proxy.url + target, encoded=True)) as resp:
+                body = await resp.text()
+            assert resp.headers.getall("Server") == ["cookieguard"], target
+            if resp.status == 200 and body == "ok\n":
+                went.append((target, "endpoint"))
+            elif resp.status == 404 and "no such endpoint" in body:
+                went.append((target, "no endpoint"))
+            else:
+                assert resp.status == 200 and '"raw_path"' in body, (target, resp.status, body)
+                went.append((target, "upstream"))
+        # Expect: 100-continue is aiohttp's application's to answer: the body then follows.
+        async with s.post(proxy.url + "/app", data=b"x" * 10, expect100=True) as resp:
+            assert resp.status == 200 and (await resp.json())["body_len"] == 10
+    assert went == list(ROUTED_TARGETS)
 
 
 # -- forwarding headers -----------------------------------------------------------------------
