@@ -4,8 +4,8 @@ The HTTP client is the largest cost of a Python reverse proxy: aiohttp's `Client
 of a bare aiohttp pass-through's CPU per request on the bench (bench/README.md). This client does
 only what a reverse proxy needs: write the request head in one send, stream the request body,
 parse the answer with llhttp (through httptools, the parser uvicorn uses) and hand body chunks to
-the relay as they arrive. Its read timeout is the longest silence, checked by one timer per
-request. WebSocket upgrades still go through aiohttp's client (proxy.forward_websocket).
+the relay as they arrive. Its read timeout is the longest silence, checked for every request in
+flight by one timer every `SILENCE_CHECK_S` (a timeout fires up to that much late). WebSocket upgrades still go through aiohttp's client (proxy.forward_websocket).
 
 A connection goes back to the pool only after a complete answer the upstream agreed to keep
 alive, that ended exactly where its framing said, with nothing after it; anything else (an error,
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import ssl
 from collections import deque
@@ -55,6 +56,10 @@ IDLE_TIMEOUT_S = 4.0
 # Upstream reading pauses while this much of an answer waits for a slow client
 # (`limits.response_buffer`'s default); it resumes below a quarter of that.
 RESPONSE_BUFFER = 1024 * 1024
+# How often the requests in flight are checked for an upstream silent past its read timeout: one
+# timer for all of them, running only while there are any. A timer armed and cancelled per
+# request cost ~11,000 instructions of a ~360,000-instruction request (uvloop's timer handles).
+SILENCE_CHECK_S = 0.1
 _BYTES = "surrogateescape"  # header bytes that are not UTF-8 pass through unchanged
 
 
@@ -134,6 +139,7 @@ class _Connection(asyncio.Protocol):
         # A view of the socket to look into before reuse (asyncio's and uvloop's transports
         # offer none): made once per connection, detached (never closing the fd) when it goes.
         self._peek: socket.socket | None = None
+        self._poll: select.poll | None = None  # readable (bytes or the upstream's close) without a read
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
         self.poisoned = False  # bytes after an answer's end: closed, never reused
@@ -162,7 +168,6 @@ class _Connection(asyncio.Protocol):
         self.read_paused = False
         self.read_timeout = 0.0
         self.last_activity = 0.0
-        self.watchdog: asyncio.TimerHandle | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.body_task: asyncio.Task[None] | None = None
         self.reader: UpstreamResponse | None = None  # takes the buffered answer when it is whole
@@ -176,6 +181,8 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 self._peek = socket.socket(fileno=sock.fileno())
+                self._poll = select.poll()
+                self._poll.register(sock.fileno(), select.POLLIN)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget_peek()
@@ -323,19 +330,18 @@ class _Connection(asyncio.Protocol):
         self.head_only = head_only
         self.read_timeout = read_timeout
         self.last_activity = self.loop.time()
-        self.watchdog = self.loop.call_at(self.last_activity + read_timeout, self._check_silence)
 
-    def _check_silence(self) -> None:
-        if not self.in_flight or self.complete:
-            return
-        now = self.loop.time()
+    def check_silence(self, now: float) -> bool:
+        """Fail the request once the upstream has been silent for its read timeout; True while
+        the request still waits for its answer."""
+        if not self.in_flight or self.complete or self.lost:
+            return False
         if self.read_paused:
             self.last_activity = now  # the client is slow, not the upstream
-        deadline = self.last_activity + self.read_timeout
-        if now >= deadline:
+        elif now - self.last_activity >= self.read_timeout:
             self._fail(UpstreamTimeout("timeout"))
-        else:
-            self.watchdog = self.loop.call_at(deadline, self._check_silence)
+            return False
+        return True
 
     async def drain(self) -> None:
         if self._write_paused and not self.lost:
@@ -373,8 +379,6 @@ class _Connection(asyncio.Protocol):
 
     def finish(self) -> bool:
         """End the request; True when the connection can carry another one."""
-        if self.watchdog is not None:
-            self.watchdog.cancel()
         body_task = self.body_task
         reusable = (
             self.complete
@@ -400,8 +404,12 @@ class _Connection(asyncio.Protocol):
     def stale(self) -> bool:
         """Right before reuse: has the upstream sent anything (or closed) since its last answer
         that the event loop has not delivered yet? Such bytes would be read as the next answer."""
-        peek = self._peek
-        if peek is None:
+        peek, poll = self._peek, self._poll
+        if peek is None or poll is None:
+            return False
+        # One poll(2) with no timeout: an empty list is the clean connection, without the
+        # BlockingIOError a non-blocking recv raises (and Python builds) when nothing is there.
+        if not poll.poll(0):
             return False
         try:
             data = peek.recv(1, _PEEK)
@@ -417,6 +425,7 @@ class _Connection(asyncio.Protocol):
 
     def _forget_peek(self) -> None:
         peek, self._peek = self._peek, None
+        self._poll = None
         if peek is not None:
             peek.detach()  # the transport owns the fd
 
@@ -530,6 +539,7 @@ class UpstreamClient:
         self.max_connections = max_connections
         self._pools: dict[tuple[str, int, bool], _Pool] = {}
         self._busy: set[_Connection] = set()
+        self._silence_check: asyncio.TimerHandle | None = None
         self._tls: ssl.SSLContext | None = None
 
     async def request(
@@ -552,6 +562,8 @@ class UpstreamClient:
         while True:
             conn, reused = await self._acquire(origin, key, fresh)
             conn.arm(read_timeout_s, method == "HEAD")
+            if self._silence_check is None:
+                self._silence_check = conn.loop.call_later(SILENCE_CHECK_S, self._check_silence, conn.loop)
             conn.write(head)
             if body is not None:
                 conn.body_task = asyncio.ensure_future(_send_body(conn, body, chunked=content_length is None))
@@ -585,6 +597,13 @@ class UpstreamClient:
                 self._release(key, conn)  # cancelled (the client went away): the connection is closed
                 raise
             return UpstreamResponse(conn, self, key)
+
+    def _check_silence(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        waiting = False
+        for conn in list(self._busy):  # a failed request's connection leaves the set
+            waiting = conn.check_silence(now) or waiting
+        self._silence_check = loop.call_later(SILENCE_CHECK_S, self._check_silence, loop) if waiting else None
 
     async def _acquire(
         self, origin: Origin, key: tuple[str, int, bool], fresh: bool
@@ -744,6 +763,9 @@ class UpstreamClient:
             self._closed(pool)
 
     async def close(self) -> None:
+        if self._silence_check is not None:
+            self._silence_check.cancel()
+            self._silence_check = None
         for pool in self._pools.values():
             while pool.idle:
                 pool.idle.pop().close()
