@@ -63,6 +63,7 @@ _SPOOFABLE = frozenset(
         "x-rewrite-url",
     }
 )
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 _HOP, _COOKIE, _HOST, _FORWARDED = "hop", "cookie", "host", "forwarded"
 _KIND = {
     **dict.fromkeys(HOP_BY_HOP | _SPOOFABLE, _HOP),
@@ -187,33 +188,39 @@ _SHARED_CACHE = frozenset(
 
 
 def response_headers(
-    upstream: Iterable[tuple[str, str]], set_cookies: list[str], *, private: bool = False
+    upstream: list[tuple[str, str]],
+    connection: list[str],
+    set_cookies: list[str],
+    *,
+    private: bool = False,
 ) -> list[tuple[str, str]]:
-    """The upstream's response headers minus hop-by-hop ones; Set-Cookie replaced by the merge.
+    """The upstream's end-to-end response headers (edge/upstream.py leaves out the hop-by-hop
+    ones) minus those its `Connection` values name; Set-Cookie replaced by the merge.
 
     When `set_cookies` is non-empty it already holds the upstream's own Set-Cookie headers (the
     merge keeps them, byte for byte); each stays a header of its own, never joined. When the
     answer is `private` (it carries tokens), every caching directive for shared caches goes: the
-    caller sets `Cache-Control: private, no-store` in their place.
+    caller sets `Cache-Control: private, no-store` in their place. An answer with none of these
+    (nearly every one) is relayed with the upstream's list as it is.
     """
+    # `keep-alive` and `close`, what nearly every upstream sends, name nothing that is still here.
+    named = (
+        _connection_tokens(connection) - HOP_BY_HOP - {"close"}
+        if connection and (len(connection) > 1 or connection[0].strip().lower() not in _PLAIN_CONNECTION)
+        else None
+    )
+    if not (set_cookies or private or named):
+        return upstream
     headers: list[tuple[str, str]] = []
-    connection: list[str] = []
     for name, value in upstream:
         lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == "connection":
-                connection.append(value)
-            continue
         if set_cookies and lname == "set-cookie":
             continue
         if private and (lname in _SHARED_CACHE or lname.endswith("cdn-cache-control")):
             continue
+        if named and lname in named:
+            continue
         headers.append((name, value))
-    # Rare: headers the upstream named as connection-specific go too. `keep-alive` and `close`,
-    # what nearly every upstream sends, name nothing that is still here.
-    named = _connection_tokens(connection) - HOP_BY_HOP - {"close"} if connection else None
-    if named:
-        headers = [(name, value) for name, value in headers if name.lower() not in named]
     if set_cookies:
         headers.extend([("Set-Cookie", value) for value in set_cookies])
     return headers

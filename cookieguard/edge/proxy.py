@@ -277,7 +277,9 @@ class Proxy:
                     theirs, ours, session, auth.layout, self.config.cookies.attributes, auth.wall_clock()
                 )
         response.headers.extend(
-            response_headers(upstream.headers, merged.set_cookies, private=merged.private)
+            response_headers(
+                upstream.headers, upstream.connection, merged.set_cookies, private=merged.private
+            )
         )
         if merged.private:
             # docs/behaviour.md §4: no shared cache may store a response that carries tokens.

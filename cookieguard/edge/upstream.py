@@ -5,7 +5,8 @@ of a bare aiohttp pass-through's CPU per request on the bench (bench/README.md).
 only what a reverse proxy needs: write the request head in one send, stream the request body,
 parse the answer with llhttp (through httptools, the parser uvicorn uses) and hand body chunks to
 the relay as they arrive. Its read timeout is the longest silence, checked for every request in
-flight by one timer every `SILENCE_CHECK_S` (a timeout fires up to that much late). WebSocket upgrades still go through aiohttp's client (proxy.forward_websocket).
+flight by one timer every `SILENCE_CHECK_S` (a timeout fires up to that much late). WebSocket
+upgrades still go through aiohttp's client (proxy.forward_websocket).
 
 A connection goes back to the pool only after a complete answer the upstream agreed to keep
 alive, that ended exactly where its framing said, with nothing after it; anything else (an error,
@@ -61,6 +62,13 @@ RESPONSE_BUFFER = 1024 * 1024
 # request cost ~11,000 instructions of a ~360,000-instruction request (uvloop's timer handles).
 SILENCE_CHECK_S = 0.1
 _BYTES = "surrogateescape"  # header bytes that are not UTF-8 pass through unchanged
+# RFC 9110 section 7.6.1: connection-specific fields, never relayed (edge/headers.py HOP_BY_HOP).
+# Left out of an answer's headers as it is parsed; `Connection`'s values are kept apart for the
+# names they list.
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization"}
+    | {b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
 
 
 class UpstreamError(Exception):
@@ -153,8 +161,9 @@ class _Connection(asyncio.Protocol):
         self.head_only = False  # HEAD: the answer ends with its headers
         self.status = 0
         self.reason = ""
-        self.headers: list[tuple[str, str]] = []
+        self.headers: list[tuple[str, str]] = []  # end to end: no hop-by-hop field
         self.set_cookies: list[str] = []  # the Set-Cookie values among `headers`, in order
+        self.connection: list[str] = []  # the Connection header's values
         self.head_done = False
         self.complete = False
         self.ended = False  # the answer is over for its parser: any further byte poisons the connection
@@ -247,6 +256,10 @@ class _Connection(asyncio.Protocol):
         if lname == b"content-length" or (lname == b"transfer-encoding" and b"chunked" in value.lower()):
             self.framed = True
         text = value.decode("utf-8", _BYTES)
+        if lname in _HOP_BY_HOP:
+            if lname == b"connection":
+                self.connection.append(text)
+            return
         self.headers.append((name.decode("utf-8", _BYTES), text))
         if lname == b"set-cookie":  # picked out here, where the name is lowercased already
             self.set_cookies.append(text)
@@ -259,6 +272,7 @@ class _Connection(asyncio.Protocol):
             self.interim = True
             self.headers = []
             self.set_cookies = []
+            self.connection = []
             self.framed = False
             return
         self.status = status
@@ -443,12 +457,23 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """The upstream's answer: status, reason and headers at once, the body chunk by chunk."""
 
-    __slots__ = ("_client", "_conn", "_key", "_rest", "headers", "reason", "set_cookies", "status")
+    __slots__ = (
+        "_client",
+        "_conn",
+        "_key",
+        "_rest",
+        "connection",
+        "headers",
+        "reason",
+        "set_cookies",
+        "status",
+    )
 
     def __init__(self, conn: _Connection, client: UpstreamClient, key: tuple[str, int, bool]) -> None:
         self.status = conn.status
         self.reason = conn.reason
-        self.headers = conn.headers
+        self.headers = conn.headers  # end to end: hop-by-hop fields are left out
+        self.connection = conn.connection  # the Connection header's values, for the names they list
         self.set_cookies = conn.set_cookies  # the Set-Cookie values among `headers`
         self._conn: _Connection | None = conn
         self._client = client
