@@ -19,7 +19,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cookieguard.edge.upstream import Origin, UpstreamBusy, UpstreamClient, UpstreamError, UpstreamTimeout
+from cookieguard.edge.upstream import (
+    WHOLE_BODY,
+    Origin,
+    UpstreamBusy,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -825,3 +833,49 @@ async def test_bytes_arriving_while_idle_are_counted(
         assert caught == ["idle"]
     finally:
         await client.close()
+
+
+async def whole_answer_in(response: UpstreamResponse) -> None:
+    """Until the answer's last byte is buffered (woken by the connection's parser)."""
+    conn = response._conn
+    while conn is not None and not conn.complete:
+        await conn.wait()
+
+
+async def test_a_whole_small_answer_is_taken_in_one_piece_and_a_large_one_chunk_by_chunk(
+    aiohttp_server: Any, client: UpstreamClient
+) -> None:
+    """The relay writes a small answer with its head in one write (`take_whole`); an answer
+    larger than WHOLE_BODY is read as it came, and nothing of it is lost either way. The
+    answers also carry hop-by-hop fields, which never reach `headers`."""
+    sizes = {"/small": 1024, "/large": WHOLE_BODY + 1}
+
+    async def page(request: web.Request) -> web.Response:
+        body = bytes(n % 251 for n in range(sizes[request.path]))
+        return web.Response(body=body, headers={"Keep-Alive": "timeout=5", "X-App": "1"})
+
+    app = web.Application()
+    app.router.add_get("/{name}", page)
+    server = await aiohttp_server(app)
+    origin = Origin.parse(str(server.make_url("")))
+    for path, size in sizes.items():
+        response = await client.request(
+            origin, "GET", path, [], body=None, content_length=None, read_timeout_s=5.0
+        )
+        try:
+            await asyncio.wait_for(whole_answer_in(response), 5)
+            whole = response.take_whole()
+            if path == "/small":
+                assert whole == bytes(n % 251 for n in range(size))
+                assert not response.held()  # its connection went back when it was taken
+                assert await response.read() == b""
+            else:
+                assert whole is None
+                body = b""
+                while chunk := await response.read():
+                    body += chunk
+                assert body == bytes(n % 251 for n in range(size))
+            names = [name.lower() for name, _ in response.headers]
+            assert "x-app" in names and "keep-alive" not in names and "connection" not in names
+        finally:
+            response.release()

@@ -287,6 +287,11 @@ class Proxy:
         share: _Share | None = None  # made only for an answer still on its connection after a chunk
         try:
             await response.prepare(request)
+            body = upstream.take_whole()
+            if body is not None:
+                # The whole answer is in (most are): head and body go out in one write.
+                await response.write_eof(body)
+                return response
             if not upstream.ready():
                 # Nothing of the body is here yet (a slow app, an event stream): the client gets
                 # the head now, not when the first chunk comes.

@@ -61,6 +61,9 @@ RESPONSE_BUFFER = 1024 * 1024
 # timer for all of them, running only while there are any. A timer armed and cancelled per
 # request cost ~11,000 instructions of a ~360,000-instruction request (uvloop's timer handles).
 SILENCE_CHECK_S = 0.1
+# An answer complete in the buffer up to this size is handed to the relay in one piece (one write
+# to the client with its head); a larger one is read chunk by chunk, without a joined copy.
+WHOLE_BODY = 64 * 1024
 _BYTES = "surrogateescape"  # header bytes that are not UTF-8 pass through unchanged
 # RFC 9110 section 7.6.1: connection-specific fields, never relayed (edge/headers.py HOP_BY_HOP).
 # Left out of an answer's headers as it is parsed; `Connection`'s values are kept apart for the
@@ -495,6 +498,25 @@ class UpstreamResponse:
                     self.detach()  # the whole answer is here: the connection is free already
                 return chunk
             await conn.wait()
+
+    def take_whole(self) -> bytes | None:
+        """The whole body if all of it is here (the answer is complete) and at most `WHOLE_BODY`
+        bytes, its connection released; else None, and nothing is taken (read it with `read`)."""
+        conn = self._conn
+        if conn is None:
+            rest = self._rest
+            if not rest:
+                return b""
+            if sum(map(len, rest)) > WHOLE_BODY:
+                return None
+            self._rest = None
+            return b"".join(rest)
+        if not conn.complete or conn.buffered > WHOLE_BODY:
+            return None
+        chunks = conn.hand_over_body()
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.detach()
+        return body
 
     def ready(self) -> bool:
         """True when `read` would not wait: a chunk is in, or the body is over (or broken)."""
