@@ -106,7 +106,7 @@ async def open_services(config: Config, clock: Callable[[], float]) -> AsyncIter
             stack.push_async_callback(store.close)
             readiness["store"] = store.readiness
             provider = make_provider(config.provider, idp)
-            claims = ClaimsReader()
+            claims = ClaimsReader(user_claims=config.provider.user_claims)
             verifier = None
             if config.verify.signature:
                 verifier = TokenVerifier(

@@ -460,7 +460,8 @@ class LimitsConfig:
         size,
         "a request body up to this size is read whole (under `client_body_idle` and `client_body`) "
         "before an upstream connection is taken, so slow senders hold none of the app's connections; "
-        "a larger body streams. Memory: up to this much per request with a body in flight",
+        "a larger body streams, counted against `upstream_connections_per_address` while it does. "
+        "Memory: up to this much per request with a body in flight",
         default=1024 * 1024,
         show=size_text,
     )
@@ -477,10 +478,11 @@ class LimitsConfig:
     upstream_connections_per_address: int | None = key(
         "upstream_connections_per_address",
         positive_int,
-        "upstream connections one client address may hold with answers larger than "
-        "`response_buffer` still being sent; one more such answer cuts its client (`client_timeout`, "
-        "`phase: write`, `reason: address_share`). Behind a load balancer, set `trusted_proxies` "
-        "so addresses are the clients'",
+        "upstream connections one client address may hold streaming: request bodies larger than "
+        "`request_buffer` still being received, answers larger than `response_buffer` still being "
+        "sent. One more such upload is answered `503` and closed (`client_timeout`, `phase: body`, "
+        "`reason: address_share`); one more such answer cuts its client (`phase: write`). Behind a "
+        "load balancer, set `trusted_proxies` so addresses are the clients'",
         default=None,
         shown="half of `upstream_connections`",
     )

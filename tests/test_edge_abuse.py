@@ -197,15 +197,21 @@ async def test_a_cookie_over_limits_max_cookie_size_is_refused_before_the_app_ca
 
 
 async def _trickle(
-    port: int, length: int, every_s: float, done: asyncio.Event, sent: list[int] | None = None
+    port: int,
+    length: int,
+    every_s: float,
+    done: asyncio.Event,
+    sent: list[int] | None = None,
+    head_start: int = 0,
 ) -> bytes:
-    """A POST whose body comes one byte every `every_s` until `done` or cookieguard answers;
-    `sent` gets one entry per byte written."""
+    """A POST whose body's first `head_start` bytes come at once, then one byte every `every_s`
+    until `done` or cookieguard answers; `sent` gets one entry per byte trickled."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length)
+        writer.write(b"x" * head_start)
         answer = asyncio.ensure_future(reader.read())
-        for _ in range(length):
+        for _ in range(length - head_start):
             await asyncio.wait([answer], timeout=every_s)
             if answer.done() or done.is_set():
                 break
@@ -284,6 +290,62 @@ async def test_slow_small_bodies_hold_no_upstream_connection(
         await asyncio.gather(*senders, return_exceptions=True)
 
 
+async def test_slow_large_uploads_from_one_address_leave_the_pool_to_others(
+    aiohttp_server: Any, cookieguard_process: Start
+) -> None:
+    """A body larger than `limits.request_buffer` streams to the app (cookieguard buffers no
+    body to disk, unlike nginx's `proxy_request_buffering`) and holds its upstream connection
+    while the client sends. Four such bodies trickled from 127.0.0.1 filled
+    `upstream_connections: 4`, and a client from 127.0.0.2 got 503 `pool_full`. They now count
+    against their address's share (half the pool): two stream to the app, the other two are
+    answered 503 and closed (`client_timeout`, `phase: body`, `reason: address_share`), the
+    client from 127.0.0.2 keeps getting answers within a second, and a fast large upload still
+    reaches the app whole, from either address once the slow ones are gone."""
+    seen: list[web.Request] = []
+    upstream = await start_upstream(aiohttp_server, seen)
+    proxy = cookieguard_process(
+        base_config(
+            str(upstream.make_url("")),
+            limits={"upstream_connections": 4, "request_buffer": "64KB"},
+            timeouts={"upstream_connect": "1s", "client_body_idle": "5s", "client_body": "60s"},
+        )
+    )
+    done = asyncio.Event()
+    sent: list[int] = []
+    over = 64 * 1024 + 100  # past request_buffer: these bodies stream
+    senders = [
+        asyncio.ensure_future(_trickle(proxy.port, over + 1000, 0.3, done, sent, head_start=over))
+        for _ in range(4)
+    ]
+    large = b"y" * (3 * MB)
+    try:
+        await _until(lambda: len(sent) >= 4 * 3)  # each sender is trickling past its head start
+        await _answers_fast(proxy.url, "127.0.0.2")
+        refused = [sender for sender in senders if sender.done()]
+        assert len(refused) == 2 and all(status_of(sender.result()) == 503 for sender in refused)
+        assert _cuts(proxy, "address_share", phase="body") == 2
+        assert sum(r.path == "/upload" for r in seen) == 2  # the two within the share stream on
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with (
+            aiohttp.ClientSession(connector=connector) as s,
+            s.post(f"{proxy.url}/big", data=large) as resp,
+        ):
+            assert resp.status == 200 and (await resp.json())["body_len"] == len(large)
+        assert sum(not sender.done() for sender in senders) == 2
+    finally:
+        done.set()
+        await asyncio.gather(*senders, return_exceptions=True)
+    # The slow uploads' clients are gone: cookieguard closed their upstream connections (the
+    # app sees that) and gave back their address's share.
+    await _until(lambda: all(r.transport is None for r in seen if r.path == "/upload"))
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):  # more than the share, one after another
+            async with s.post(f"{proxy.url}/big", data=large) as resp:
+                assert resp.status == 200 and (await resp.json())["body_len"] == len(large)
+    async with aiohttp.ClientSession() as s, s.get(f"{proxy.admin_url}/.cookieguard/metrics") as resp:
+        assert 'cookieguard_clients_cut_total{reason="address_share"} 2.0' in await resp.text()
+
+
 # -- slow readers ---------------------------------------------------------------------------------
 
 BLOB = b"x" * (50 * 1024 * 1024)
@@ -349,11 +411,11 @@ async def _answers_fast(url: str, local: str, count: int = 10) -> None:
             assert time.monotonic() - started < 1.0
 
 
-def _cuts(proxy: CookieguardProcess, reason: str) -> int:
+def _cuts(proxy: CookieguardProcess, reason: str, phase: str = "write") -> int:
     return sum(
         1
         for e in proxy.events("client_timeout")
-        if e.get("phase") == "write" and e.get("reason", "write_timeout") == reason
+        if e.get("phase") == phase and e.get("reason", "write_timeout") == reason
     )
 
 

@@ -79,7 +79,7 @@ def test_expired_token_is_refreshed() -> None:
     assert "expires  2027-01-15 06:00:00 UTC (expired 2 h ago)" in out
     assert "issued   2027-01-15 05:00:00 UTC (issued 3 h ago)" in out
     assert "verdict: REFRESH: the access token expired 2 h ago" in out
-    assert "sub=0f1e-sub username=jane@example.com client_id=" + CID in out
+    assert "sub=0f1e-sub user=jane@example.com client_id=" + CID in out  # Cognito's `username`
     assert "offline (no IdP call, no signature check" in out
     assert f"session {session_id('opaque-refresh-' + 'r' * 40)}" in out
 
@@ -139,8 +139,10 @@ cookies: {layout: named, names: {access_token: at, refresh_token: rt}}
 """,
         env={},
     )
-    out = run(f"at={jwt(sub='u1', exp=NOW - 5, iat=NOW - 305)}; rt=opaque-refresh-{'r' * 40}", cfg)
+    names = {"username": "mallory", "preferred_username": "bob", "email": "bob@example.test"}
+    out = run(f"at={jwt(sub='u1', exp=NOW - 5, iat=NOW - 305, **names)}; rt=opaque-refresh-{'r' * 40}", cfg)
     assert "  at  (" in out and "  rt  (" in out
+    assert "access token: JWT, " in out and "sub=u1 user=bob" in out  # OIDC's claims, not Cognito's
     assert "verdict: REFRESH: the access token expired 5 s ago" in out
 
 
@@ -148,6 +150,7 @@ def test_client_id_from_the_cookie_names_when_the_config_has_none() -> None:
     cfg = parse_config("upstream: http://127.0.0.1:3000\n", env={})
     out = run(header(access_token=access(NOW - 60)), cfg)
     assert f"client id: {CID} (from the cookie names" in out and "verdict: REFRESH" in out
+    assert "sub=0f1e-sub user=jane@example.com" in out  # no provider: any kind's claims name the user
 
 
 @pytest.mark.parametrize(
@@ -286,6 +289,7 @@ def test_supabase_layout() -> None:
         "iss": f"{url}/auth/v1",
         "aud": "authenticated",
         "sub": "u-1",
+        "email": "jane@example.com",
         "exp": NOW + 120,
         "iat": NOW - 3480,
     }
@@ -305,7 +309,7 @@ def test_supabase_layout() -> None:
     assert "  sb-abcdefghijklmnop-auth-token.0  (3180 chars)" in out and "auth-token.1  (" in out
     assert "session JSON fields: expires_at, expires_in, token_type, user" in out
     assert "expires_at 2027-01-15 08:02:00 UTC (expires in 2 min)" in out
-    assert "sub=u-1" in out and "aud=authenticated" in out
+    assert "sub=u-1 user=jane@example.com aud=authenticated" in out  # GoTrue's `email`
     assert "verdict: REFRESH: the access token expires in 2 min, within the 5 min refresh window" in out
     wrong = jwt(**(claims | {"aud": "anon"}))
     out = run(

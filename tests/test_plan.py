@@ -38,11 +38,15 @@ from cookieguard.session.plan import (
     SessionCheck,
     Verdicts,
     plan_session,
+    refreshed_user,
     session_check,
 )
 from cookieguard.session.result import RefreshResult
 from cookieguard.tokens.claims import TokenCheck, TokenKind, TokenStatus, decode_claims
 from cookieguard.tokens.providers.base import TokenSet
+from cookieguard.tokens.providers.cognito import CognitoConfig
+from cookieguard.tokens.providers.oidc import OidcConfig
+from cookieguard.tokens.providers.supabase import SupabaseConfig
 from cookieguard.vocabulary import DueReason, ForwardReason, OnRejected, Outcome
 from tests.support.apps import amplify_cookies
 from tests.support.proxy_process import ROOT
@@ -54,6 +58,8 @@ NOW = 1_800_000_000.0
 CID = "3n4b5urk1ft4fl3mg5e62d9ado"
 USER = "jane@example.com"
 SUB = "0f1e-sub"
+# The tokens here are Cognito's: its claims name the user, whatever the layout.
+USER_CLAIMS = CognitoConfig.user_claims
 REFRESH_TOKEN = "opaque-refresh-" + "r" * 40
 SB_KEY = "sb-abcdefghijklmnop-auth-token"
 LOGIN = "/login?next=here"
@@ -119,11 +125,11 @@ LAYOUTS: dict[str, Callable[..., tuple[Layout, str]]] = {
 
 
 def valid(token: str) -> TokenCheck:
-    return TokenCheck(TokenStatus.VALID, decode_claims(token), "ok")
+    return TokenCheck(TokenStatus.VALID, decode_claims(token, USER_CLAIMS), "ok")
 
 
 def unknown(token: str) -> TokenCheck:
-    return TokenCheck(TokenStatus.UNKNOWN, decode_claims(token), "jwks_unavailable")
+    return TokenCheck(TokenStatus.UNKNOWN, decode_claims(token, USER_CLAIMS), "jwks_unavailable")
 
 
 INVALID = TokenCheck(TokenStatus.INVALID, reason="bad_signature")
@@ -139,6 +145,7 @@ def policy(layout: Layout, on_rejected: str = "clear", *, signature: bool = True
         login_url=LOGIN,
         attributes=attrs,
         signature_verified=signature,
+        user_claims=USER_CLAIMS,
     )
 
 
@@ -498,7 +505,7 @@ def test_unproven_when_nothing_verifies() -> None:
 def test_unproven_without_signature_checks_reports_the_cookies_user() -> None:
     token = access_token(NOW - 60, sub="someone-else", username="mallory")
     book = playbook("amplify", token, id_=id_token(), signature=False)
-    book >> Verdict("access", TokenCheck(TokenStatus.VALID, decode_claims(token), "unverified"))
+    book >> Verdict("access", TokenCheck(TokenStatus.VALID, decode_claims(token, USER_CLAIMS), "unverified"))
     assert book << like(Refresh, proof=Proof(reason="not_verified"), context={"username": USER})
     book >> Result(result_for(FAILED)) << like(Forward)
     assert book and book.report().user == USER
@@ -544,6 +551,32 @@ def test_fresh_opaque_token_lifetime_is_remembered() -> None:
     assert book >> Result(fresh) << like(Forward, opaque_lifetime=Lifetime(NOW, NOW + 600), reason=REFRESHED)
     report = book.report()
     assert (report.reason, report.expires_at) == ("refreshed", NOW + 600)
+
+
+@pytest.mark.parametrize(
+    ("user_claims", "user"),
+    [(OidcConfig.user_claims, "bob"), (SupabaseConfig.user_claims, "bob@example.test"), ((), "u-7")],
+    ids=["oidc", "supabase", "none"],
+)
+def test_the_fresh_tokens_name_the_user_by_the_providers_claims(
+    user_claims: tuple[str, ...], user: str
+) -> None:
+    """After a refresh the report and the log line name the user the IdP's fresh tokens name,
+    read with the provider's claims (`Policy.user_claims`): here an id token beside an opaque
+    access token, with OIDC's claims, GoTrue's, and a Cognito-style `username` no one asked for."""
+    book = playbook("named", OPAQUE_ACCESS)
+    book.policy = dataclasses.replace(book.policy, user_claims=user_claims)
+    book >> Verdict("access", OPAQUE, Lifetime(NOW - 3600, NOW - 1)) << like(Refresh)
+    claims = {"preferred_username": "bob", "email": "bob@example.test", "username": "mallory"}
+    fresh_id = jwt(sub="u-7", aud=CID, exp=NOW + 3600, iat=NOW, **claims)
+    fresh = RefreshResult(
+        REFRESHED, TokenSet("opaque-fresh-" + "f" * 30, id_token=fresh_id, expires_in_s=600)
+    )
+    assert book >> Result(fresh) << like(Forward, reason=REFRESHED)
+    assert book.report().user == user
+    refresh, forward = book.plans
+    assert isinstance(refresh, Refresh) and refresh.proof.user is None and book.session is not None
+    assert refreshed_user(refresh.proof, book.session, forward, user_claims) == user
 
 
 def test_verdicts_given_up_front_need_no_check() -> None:

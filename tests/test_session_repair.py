@@ -20,6 +20,7 @@ import pytest
 from cookieguard.ops.demo.emulator import CognitoEmulator, PoolInfo
 from cookieguard.session.layouts import AmplifyLayout
 from cookieguard.tokens.claims import decode_claims
+from cookieguard.tokens.providers.cognito import CognitoConfig
 from tests.support.apps import RESPONSE_KINDS, cookie_value, seen_by, set_cookie_values, start_buggy_app
 from tests.support.cognito_idp import CognitoUser, amplify_cookie_header, cognito_guard_config
 from tests.support.no_secrets import KnownSecrets
@@ -69,8 +70,8 @@ async def test_every_response_carries_fresh_tokens_and_the_app_saw_them(
     new_access = unquote(written[access_name])
     known_secrets.add(new_access)
     assert new_access != expiring_user.access_token
-    claims = decode_claims(new_access)
-    assert claims is not None and claims.exp is not None and claims.username == expiring_user.username
+    claims = decode_claims(new_access, CognitoConfig.user_claims)
+    assert claims is not None and claims.exp is not None and claims.user == expiring_user.username
     assert set(written) >= {
         access_name,
         layout.cookie_name(expiring_user.username, "idToken"),

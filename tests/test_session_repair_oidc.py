@@ -187,6 +187,46 @@ async def test_opaque_access_tokens_use_expires_in_from_the_token_response(
     assert oidc_idp.stats()["refresh_requests"] == 1
 
 
+@pytest.mark.parametrize(
+    ("handle", "user"),
+    [("alice", "alice"), (None, "f81d4fae@example.test")],
+    ids=["preferred_username", "email"],
+)
+async def test_the_reported_user_is_the_oidc_providers_own_claim(
+    aiohttp_server: Any,
+    cookieguard_process: Start,
+    oidc_idp: OidcIdp,
+    known_secrets: KnownSecrets,
+    handle: str | None,
+    user: str,
+) -> None:
+    """An OIDC id token names its user by `preferred_username` (Keycloak's, with the `profile`
+    scope) and `email`: the refresh's log line and the session endpoint report the former when
+    the token carries it, else the latter, not the opaque `sub`."""
+    oidc_idp.reset()
+    minted = oidc_idp.mint("f81d4fae", resource=False, preferred_username=handle)
+    known_secrets.add(minted["refresh_token"], minted["access_token"], minted["id_token"])
+    app = await start_buggy_app(aiohttp_server)
+    config = guard_config(oidc_idp, str(app.make_url("")))
+    config["verify"] = {"signature": True}  # opaque access tokens: the id token proves the session
+    guard = cookieguard_process(config)
+    async with aiohttp.ClientSession() as s:
+        cookie = f"idt={minted['id_token']}; rt={minted['refresh_token']}"
+        async with s.get(f"{guard.url}/page", headers={"Cookie": cookie}) as resp:
+            written = set_cookie_values(resp.headers.getall("Set-Cookie", []))
+        known_secrets.add(written["at"], written["rt"], written["idt"])
+        # The fresh (opaque) access token, whose lifetime the proxy saw: nothing to refresh, and
+        # the minted id token proves the session. (A refresh's id token has no profile claims:
+        # oidc-provider, as OIDC Core 5.4 has it, leaves them to userinfo when an access token
+        # comes with it.)
+        fresh = f"at={written['at']}; idt={minted['id_token']}; rt={written['rt']}"
+        async with s.get(f"{guard.url}/.cookieguard/session", headers={"Cookie": fresh}) as resp:
+            body = await resp.json()
+    (event,) = guard.events_once("token_refresh", 1, lambda e: e["outcome"] == "refreshed")
+    assert event["outcome"] == "refreshed" and event["user"] == user and event["proven"] is True
+    assert body["authenticated"] is True and body["refreshed"] is False and body["user"] == user
+
+
 async def test_a_forged_access_token_is_no_session_and_is_never_refreshed(
     oidc_idp: OidcIdp, session: dict[str, Any], proxied: tuple[TestServer, CookieguardProcess]
 ) -> None:

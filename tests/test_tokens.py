@@ -37,6 +37,7 @@ from cookieguard.tokens.claims import (
 from cookieguard.tokens.providers import ProviderConfig, RefreshUnavailable
 from cookieguard.tokens.providers.cognito import CognitoConfig
 from cookieguard.tokens.providers.oidc import OidcConfig
+from cookieguard.tokens.providers.supabase import SupabaseConfig
 from cookieguard.tokens.verifier import TokenStatus, TokenVerifier, parse_jwks
 
 NOW = 1_750_000_000.0
@@ -139,12 +140,12 @@ def oidc_claims(**overrides: Any) -> dict[str, Any]:
 
 
 def test_decode_claims_of_a_cognito_access_token() -> None:
-    claims = decode_claims(sign(cognito_access()))
+    claims = decode_claims(sign(cognito_access()), COGNITO.user_claims)
     assert claims == Claims(
         exp=NOW + 3600,
         iat=NOW - 100,
         sub="aaaa-bbbb",
-        username="alice@example.com",
+        user="alice@example.com",
         client_id=CLIENT_ID,
         iss=COGNITO_ISS,
         token_use="access",
@@ -155,14 +156,38 @@ def test_decode_claims_of_a_cognito_access_token() -> None:
 
 
 def test_decode_claims_of_an_id_token_takes_cognito_username_and_normalises_aud() -> None:
-    claims = decode_claims(sign(cognito_id()))
+    claims = decode_claims(sign(cognito_id(email="alice.mail@example.com")), COGNITO.user_claims)
     assert claims is not None
-    assert claims.username == "alice@example.com"
+    assert claims.user == "alice@example.com"  # `cognito:username`, not the email
     assert claims.aud == (CLIENT_ID,)
-    listed = decode_claims(sign(oidc_claims(aud=["api", 7, "web-app"], preferred_username="bob")))
+    listed = decode_claims(
+        sign(oidc_claims(aud=["api", 7, "web-app"], preferred_username="bob")), OIDC.user_claims
+    )
     assert listed is not None
     assert listed.aud == ("api", "web-app")
-    assert listed.username == "bob"
+    assert listed.user == "bob"
+
+
+@pytest.mark.parametrize(
+    ("provider", "user"),
+    [
+        (CognitoConfig, "carol"),
+        (OidcConfig, "bob"),
+        (SupabaseConfig, "bob@example.test"),
+    ],
+    ids=lambda value: getattr(value, "kind", value),
+)
+def test_the_user_is_the_first_of_the_providers_own_claims(provider: type[ProviderConfig], user: str) -> None:
+    """One token carrying every kind's claims: each provider reads its own, in its order."""
+    every = {"username": "carol", "preferred_username": "bob", "email": "bob@example.test"}
+    token = sign(oidc_claims(**every))
+    assert (claims := decode_claims(token, provider.user_claims)) is not None and claims.user == user
+    assert ClaimsReader(user_claims=provider.user_claims).read(token) == claims
+    # Without a chain nothing names the user (the plan then reports `sub`); an ill-typed claim
+    # is skipped for the next one.
+    assert (bare := decode_claims(token)) is not None and bare.user is None
+    assert (odd := decode_claims(sign(oidc_claims(preferred_username=7, email="e@x")), OIDC.user_claims))
+    assert odd.user == "e@x"
 
 
 def test_decode_claims_ignores_ill_typed_claims() -> None:
@@ -376,11 +401,25 @@ async def test_valid_cognito_access_and_id_tokens(make_verifier: MakeVerifier, j
     access = await verifier.check(sign(cognito_access()), kind="access")
     assert access.status is TokenStatus.VALID
     assert access.is_valid and access.reason == "ok"
-    assert access.claims is not None and access.claims.username == "alice@example.com"
-    identity = await verifier.check(sign(cognito_id()), kind="id")
+    assert access.claims is not None and access.claims.user == "alice@example.com"
+    identity = await verifier.check(sign(cognito_id(email="alice.mail@example.com")), kind="id")
     assert identity.status is TokenStatus.VALID
     assert identity.claims is not None and identity.claims.aud == (CLIENT_ID,)
+    assert identity.claims.user == "alice@example.com"  # `cognito:username`, not the email
     assert jwks.fetches == 1  # fetched lazily, once, for both
+
+
+async def test_the_verifier_reads_the_user_with_its_providers_claims(make_verifier: MakeVerifier) -> None:
+    """The verified payload's user is the provider's (OIDC: `preferred_username` before
+    `email`; a `username` claim is Cognito's, not OIDC's), and a shared reader must read the same."""
+    verifier = make_verifier(OIDC)
+    claims = oidc_claims(
+        aud="web-app", username="mallory", preferred_username="bob", email="bob@example.test"
+    )
+    check = await verifier.check(sign(claims), kind="id")
+    assert check.status is TokenStatus.VALID and check.claims is not None and check.claims.user == "bob"
+    with pytest.raises(ValueError, match="user_claims"):
+        make_verifier(OIDC, claims=ClaimsReader(user_claims=COGNITO.user_claims))
 
 
 async def test_jwks_is_fetched_only_when_first_needed(make_verifier: MakeVerifier, jwks: Jwks) -> None:
@@ -790,7 +829,7 @@ async def test_without_signature_checks_claims_come_from_decode_claims(
     forged = sign(cognito_access(client_id="whatever"), key=ATTACKER_KEY)
     result = await verifier.check(forged, kind="access")
     assert result.status is TokenStatus.VALID and result.reason == "unverified"
-    assert result.claims == decode_claims(forged)
+    assert result.claims == decode_claims(forged, COGNITO.user_claims)
     assert (await verifier.check("garbage", kind="access")).reason == "not_a_jwt"
     assert jwks.fetches == 0 and verifier.signature_checks == 0
 
@@ -821,7 +860,7 @@ def _big_none_token(n: int, size: int = 16_000) -> str:
 
 
 async def test_alg_none_tokens_never_grow_the_caches(make_verifier: MakeVerifier, jwks: Jwks) -> None:
-    reader = ClaimsReader()
+    reader = ClaimsReader(user_claims=COGNITO.user_claims)
     verifier = make_verifier(claims=reader)
     for n in range(1_000):
         token = _big_none_token(n)

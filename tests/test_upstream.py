@@ -760,22 +760,25 @@ async def test_a_request_that_gives_up_waiting_leaves_the_pool_whole(aiohttp_ser
         await http.close()
 
 
-async def test_late_bytes_already_in_the_socket_are_caught_right_before_reuse_and_counted() -> None:
-    """The app writes a stray message after its answer and it reaches cookieguard's socket while
-    the event loop is busy (here: blocked on purpose), so no callback has seen it when the next
-    request takes the connection. A look at the socket right before sending catches it: the
-    connection is closed, counted, and the request goes out on a new one. The upstream runs in a
-    thread so it can write while the loop is blocked."""
-    caught: list[str] = []
-    client = UpstreamClient(connect_timeout_s=2.0, on_late_bytes=caught.append)
-    listener = socket.create_server(("127.0.0.1", 0))
-    stray_sent, send_stray = threading.Event(), threading.Event()
-    connections: list[int] = []
+class StrayAfterFirstAnswer:
+    """A raw upstream in a thread of its own, so it can write while the test holds cookieguard's
+    event loop: it answers every request `OK`, and after the first answer on its first
+    connection waits for `send_stray`, writes a stray message and sets `stray_sent`. No real app
+    does this on purpose; this is the bug cookieguard must contain. `connections` counts the
+    connections it accepted."""
 
-    def serve() -> None:
-        while len(connections) < 2:
-            conn, _ = listener.accept()
-            connections.append(len(connections))
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.origin = Origin.parse(f"http://127.0.0.1:{self.listener.getsockname()[1]}")
+        self.send_stray, self.stray_sent = threading.Event(), threading.Event()
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, args=(2,), daemon=True)
+        self._thread.start()
+
+    def _serve(self, connections: int) -> None:
+        while self.connections < connections:
+            conn, _ = self.listener.accept()
+            self.connections += 1
             with conn, contextlib.suppress(ConnectionError):  # cookieguard resets a stale one
                 buffered = b""
                 for n in range(3):
@@ -786,27 +789,80 @@ async def test_late_bytes_already_in_the_socket_are_caught_right_before_reuse_an
                         buffered += data
                     if b"\r\n\r\n" not in buffered:
                         break
-                    buffered = buffered.split(b"\r\n\r\n", 1)[1]
+                    head, buffered = buffered.split(b"\r\n\r\n", 1)
+                    length = (
+                        int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0] or 0)
+                        if (b"content-length:" in head.lower())
+                        else 0
+                    )
+                    while len(buffered) < length and (data := conn.recv(65536)):
+                        buffered += data
+                    buffered = buffered[length:]
                     conn.sendall(OK)
-                    if len(connections) == 1 and n == 0:
-                        send_stray.wait(5)
+                    if self.connections == 1 and n == 0:
+                        self.send_stray.wait(5)
                         conn.sendall(PLANTED)
-                        stray_sent.set()
+                        self.stray_sent.set()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    origin = Origin.parse(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    def stray_in_socket(self) -> None:
+        """Send the stray message and wait (blocking the event loop) until it is written."""
+        self.send_stray.set()
+        assert self.stray_sent.wait(5)
+
+    def close(self) -> None:
+        self.send_stray.set()
+        self.listener.close()
+        self._thread.join(5)
+
+
+async def test_late_bytes_already_in_the_socket_are_caught_right_before_reuse_and_counted() -> None:
+    """The app writes a stray message after its answer and it reaches cookieguard's socket while
+    the event loop is busy (here: blocked on purpose), so no callback has seen it when the next
+    request takes the connection. A look at the socket right before sending catches it: the
+    connection is closed, counted, and the request goes out on a new one."""
+    caught: list[str] = []
+    client = UpstreamClient(connect_timeout_s=2.0, on_late_bytes=caught.append)
+    upstream = StrayAfterFirstAnswer()
     try:
-        assert (await fetch(client, origin))[2] == b"ok"
-        send_stray.set()
-        assert stray_sent.wait(5)  # blocks the loop: the stray bytes wait in the socket
-        status, headers, body = await fetch(client, origin)
+        assert (await fetch(client, upstream.origin))[2] == b"ok"
+        upstream.stray_in_socket()  # blocks the loop: the stray bytes wait in the socket
+        status, headers, body = await fetch(client, upstream.origin)
         assert (status, body) == (200, b"ok") and not planted(headers)
-        assert caught == ["before_reuse"] and len(connections) == 2
+        assert caught == ["before_reuse"] and upstream.connections == 2
     finally:
         await client.close()
-        listener.close()
-        thread.join(5)
+        upstream.close()
+
+
+async def test_a_connection_handed_to_a_waiting_request_is_checked_like_one_from_the_pool() -> None:
+    """At the cap (`limits.upstream_connections`), a released connection goes straight to the
+    request waiting for one, never through the pool. The app's stray message after the answer
+    reaches the socket before the waiting request (a POST, so never retried) sends: it was
+    counted as `idle` and the connection closed, yet the waiting request still took it and
+    failed with a 502 (`closed_before_answer`). It now gets the same check as a connection from
+    the pool, and goes out on a new one."""
+    caught: list[str] = []
+    client = UpstreamClient(connect_timeout_s=5.0, max_connections=1, on_late_bytes=caught.append)
+    upstream = StrayAfterFirstAnswer()
+    try:
+        first = await client.request(
+            upstream.origin, "GET", "/", [], body=None, content_length=None, read_timeout_s=5
+        )
+        waiting = asyncio.ensure_future(
+            fetch(client, upstream.origin, "POST", body=Body(b"abc"), content_length=3)
+        )
+        pool = client._pools[(upstream.origin.host, upstream.origin.port, upstream.origin.tls)]
+        await poll(lambda: len(pool.waiters) == 1)
+        assert await first.read() == b"ok"  # whole: the connection is handed to the POST now
+        upstream.stray_in_socket()  # blocks the loop: the stray bytes wait in the socket
+        status, headers, body = await waiting
+        assert (status, body) == (200, b"ok") and not planted(headers)
+        assert caught in (["idle"], ["before_reuse"]) and upstream.connections == 2
+        first.release()
+        assert pool.count == 1
+    finally:
+        await client.close()
+        upstream.close()
 
 
 async def test_bytes_arriving_while_idle_are_counted(
@@ -879,3 +935,67 @@ async def test_a_whole_small_answer_is_taken_in_one_piece_and_a_large_one_chunk_
             assert "x-app" in names and "keep-alive" not in names and "connection" not in names
         finally:
             response.release()
+
+
+@pytest.mark.parametrize("caught", ["idle", "after_answer"])
+async def test_late_bytes_through_cookieguard_run_are_logged_counted_and_never_answer_the_next_request(
+    raw_upstream: Callable[[Handler], Awaitable[Origin]], cookieguard_process: Any, caught: str
+) -> None:
+    """What an operator and a user see when the app writes after its answer, end to end through
+    `cookieguard run`: an `upstream_error` line with `error: late_bytes`, the count on the admin
+    listener, and the next request on the same client connection answered cleanly by the app on
+    a new upstream connection, never with the stray message (`Set-Cookie: planted=1`).
+
+    No real app writes after its answer on purpose (a handler that writes a second response is
+    the bug), so a raw upstream plays it: the stray message comes right behind the end of the
+    answer, in the same write, once the head is relayed (`after_answer`), or once the connection
+    is back in cookieguard's pool (`idle`). Bytes that land in the socket between the event loop's last look and the
+    reuse (`before_reuse`, the check right before sending) happen only under load, when a turn
+    of the loop is long; that case needs the loop held and is tested on the client itself above
+    (test_late_bytes_already_in_the_socket_are_caught_right_before_reuse_and_counted)."""
+    stray = asyncio.Event()  # the moment the app writes its stray message
+
+    async def script(conn: int, n: int, writer: asyncio.StreamWriter) -> None:
+        if conn == 0 and n == 0:
+            # After the answer's last byte (after_answer), or on its own once the answer is out.
+            end = OK[-1:] if caught == "after_answer" else b""
+            writer.write(OK[: len(OK) - len(end)])
+            await writer.drain()
+            await stray.wait()
+            writer.write(end + PLANTED)
+        else:
+            writer.write(OK)
+        await writer.drain()
+
+    upstream = Misbehaving(script)
+    origin = await raw_upstream(upstream)
+    guard = cookieguard_process({"upstream": f"http://127.0.0.1:{origin.port}"})
+    connector = aiohttp.TCPConnector(limit=1)  # both requests on one client connection
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(f"{guard.url}/first") as response:
+            assert response.status == 200
+            if caught == "after_answer":
+                stray.set()  # the head is out; the rest of the body comes with the stray message
+            assert await response.read() == b"ok"  # the answer itself stands
+        # The answer was whole before its body went out: its upstream connection is in the pool.
+        stray.set()
+        await asyncio.wait_for(upstream.closed[0].wait(), 5)  # cookieguard closed it
+        async with session.get(f"{guard.url}/second") as response:
+            assert (response.status, await response.read()) == (200, b"ok")
+            assert "Set-Cookie" not in response.headers
+        assert upstream.connections == 2
+        [event] = await asyncio.to_thread(
+            guard.events_once, "upstream_error", where=lambda e: e.get("error") == "late_bytes"
+        )
+        assert event["phase"] == caught and event["level"] == "warning"
+        async with session.get(f"{guard.admin_url}/.cookieguard/metrics") as response:
+            metrics = await response.text()
+    assert f'cookieguard_upstream_late_bytes_total{{caught="{caught}"}} 1.0' in metrics
+    assert (
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("cookieguard_upstream_late_bytes_total{")
+        )
+        == 1.0
+    )

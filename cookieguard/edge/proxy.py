@@ -212,35 +212,47 @@ class Proxy:
                 return await self._client_body_timeout(request, route)
             if body.complete:
                 content_length = body.size  # read whole: framed with its length, chunked or not
+        share: _Share | None = None
+        if body is not None and not body.complete:
+            # A body larger than request_buffer streams, holding its upstream connection while
+            # the client sends: it counts against its address's share like a large answer.
+            share = _Share(self, request)
+            if not share.claim("body"):
+                # Nothing is sent yet: a 503, as nginx's limit_conn answers (docs/proxy.md).
+                refused = web.Response(status=503, text="cookieguard: too many uploads from this address\n")
+                return await self._close_after(request, refused)
         started = time.perf_counter()
         try:
-            upstream = await self.upstream.request(
-                origin,
-                request.method,
-                target.forward,  # the path the route matched, in the client's encoding, and the query
-                headers,
-                body=body,
-                content_length=content_length,
-                read_timeout_s=self._read_timeouts[route.match],
-            )
-        except UpstreamTimeout as exc:
-            return self._upstream_error(route, 504, exc.reason, started)
-        except UpstreamBusy as exc:
-            return self._upstream_error(route, 503, exc.reason, started)
-        except UpstreamError as exc:
-            if body is not None and body.source.stalled:
-                return await self._client_body_timeout(request, route)
-            return self._upstream_error(route, 502, exc.reason, started)
-        self.metrics.upstream_answered(time.perf_counter() - started)
-        try:
-            return await self._relay(request, upstream, plan.set_cookies, judged)
+            try:
+                upstream = await self.upstream.request(
+                    origin,
+                    request.method,
+                    target.forward,  # the path the route matched, in the client's encoding, and the query
+                    headers,
+                    body=body,
+                    content_length=content_length,
+                    read_timeout_s=self._read_timeouts[route.match],
+                )
+            except UpstreamTimeout as exc:
+                return self._upstream_error(route, 504, exc.reason, started)
+            except UpstreamBusy as exc:
+                return self._upstream_error(route, 503, exc.reason, started)
+            except UpstreamError as exc:
+                if body is not None and body.source.stalled:
+                    return await self._client_body_timeout(request, route)
+                return self._upstream_error(route, 502, exc.reason, started)
+            self.metrics.upstream_answered(time.perf_counter() - started)
+            try:
+                return await self._relay(request, upstream, plan.set_cookies, judged, share)
+            finally:
+                upstream.release()
         finally:
-            upstream.release()
+            if share is not None:
+                share.end()
 
     async def _client_body_timeout(self, request: web.Request, route: Route) -> web.StreamResponse:
         # The upstream request was aborted with its connection (upstream.py closes a connection
-        # whose request body failed). The client's connection is closed as soon as the 408 is
-        # out: aiohttp would otherwise linger, reading the rest of a body that is not coming.
+        # whose request body failed); the client's is closed as soon as the 408 is out.
         self.metrics.client_cut("body_timeout")
         self.log.info(
             "client_timeout",
@@ -249,7 +261,14 @@ class Proxy:
             body_timeout_s=route.client_body_s or self.config.timeouts.client_body_s,
             client=request.remote,
         )
-        response = web.Response(status=408, text="cookieguard: request body timed out\n")
+        return await self._close_after(
+            request, web.Response(status=408, text="cookieguard: request body timed out\n")
+        )
+
+    @staticmethod
+    async def _close_after(request: web.Request, response: web.Response) -> web.Response:
+        """Send `response` to a client whose body was not read to its end, and close: aiohttp
+        would otherwise linger, reading the rest of a body that is not wanted (or not coming)."""
         response.force_close()
         try:
             await response.prepare(request)
@@ -265,7 +284,10 @@ class Proxy:
         upstream: UpstreamResponse,
         ours: tuple[SetCookie, ...],
         judged: Judged | None,
+        share: _Share | None = None,
     ) -> web.StreamResponse:
+        """`share`: a streaming upload's claim on its address's share, held while the answer
+        still holds the upstream connection."""
         response = _RelayedResponse(status=upstream.status, reason=upstream.reason or None)
         merged = NOTHING
         auth = self.auth
@@ -284,7 +306,7 @@ class Proxy:
         if merged.private:
             # docs/behaviour.md §4: no shared cache may store a response that carries tokens.
             response.headers["Cache-Control"] = "private, no-store"
-        share: _Share | None = None  # made only for an answer still on its connection after a chunk
+        # Otherwise made only for an answer still on its connection after a chunk.
         try:
             await response.prepare(request)
             body = upstream.take_whole()
@@ -298,11 +320,14 @@ class Proxy:
                 await response.write(b"")
             while chunk := await upstream.read():
                 await response.write(chunk)
-                if share is None and upstream.held():
-                    # More is coming on the connection: should the answer outgrow the buffer, it
-                    # counts against its client's share (the fast path never gets here).
-                    share = _Share(self, request)
-                    upstream.watch(share.outgrown)
+                if share is None:
+                    if upstream.held():
+                        # More is coming on the connection: should the answer outgrow the buffer,
+                        # it counts against its client's share (the fast path never gets here).
+                        share = _Share(self, request)
+                        upstream.watch(share.outgrown)
+                elif not upstream.held():
+                    share.end()  # the rest is buffered: the connection is back in the pool
             await response.write_eof()
         except UpstreamError as exc:
             # The status line is gone already: the only honest signal left is to break the
@@ -337,9 +362,12 @@ class Proxy:
 
 
 class _Share:
-    """One answer's claim on its client address's share of the upstream pool
-    (`limits.upstream_connections_per_address`), taken when the answer outgrows
-    `limits.response_buffer` and so holds its connection until the client takes the rest."""
+    """One request's claim on its client address's share of the upstream pool
+    (`limits.upstream_connections_per_address`): taken by a request body larger than
+    `limits.request_buffer` before its connection is (it streams while the client sends), or
+    by an answer when it outgrows `limits.response_buffer` (it holds its connection until the
+    client takes the rest). Held until the connection is released or the answer is whole in
+    the buffer."""
 
     __slots__ = ("_address", "_proxy", "_request")
 
@@ -348,21 +376,29 @@ class _Share:
         self._request = request
         self._address: str | None = None
 
-    def outgrown(self) -> None:
-        # Past the share, the client is cut, so slow readers from one address cannot take the
-        # connections another address needs.
-        proxy, transport = self._proxy, self._request.transport
-        if self._address is not None or transport is None:
-            return
+    def claim(self, phase: str) -> bool:
+        """Count the request against its address's share; False (logged and counted) when the
+        share is full: the caller refuses the upload or cuts the answer's client."""
+        proxy = self._proxy
         address = proxy.client_address(self._request)
         held = proxy._streaming.get(address, 0)
         if held >= proxy._share:
             proxy.metrics.client_cut("address_share")
-            proxy.log.info("client_timeout", phase="write", reason="address_share", client=address)
-            transport.abort()  # the relay is cancelled; its upstream connection is closed
-            return
+            proxy.log.info("client_timeout", phase=phase, reason="address_share", client=address)
+            return False
         proxy._streaming[address] = held + 1
         self._address = address
+        return True
+
+    def outgrown(self) -> None:
+        # Past the share, the client is cut (its head is out already: nothing else to say), so
+        # slow readers from one address cannot take the connections another address needs.
+        # An upload's answer is counted already.
+        transport = self._request.transport
+        if self._address is not None or transport is None:
+            return
+        if not self.claim("write"):
+            transport.abort()  # the relay is cancelled; its upstream connection is closed
 
     def end(self) -> None:
         address, self._address = self._address, None

@@ -676,7 +676,12 @@ class UpstreamClient:
             else:
                 handed = await self._wait_for_connection(pool, loop)
                 if handed is not None:
-                    return handed, True
+                    if not handed.lost and not handed.stale():
+                        return handed, True
+                    # Checked like one from the pool: stray bytes since its answer (or a close)
+                    # arrived on the way here. Its slot opens a new one.
+                    self._busy.discard(handed)
+                    handed.close()
                 pool.count -= 1  # the slot handed over is taken again just below
         pool.count += 1
         try:

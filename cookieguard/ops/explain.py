@@ -5,8 +5,8 @@ tokens' payloads and checked against the configuration (issuer, client, token us
 is the proxy's own (cookieguard.session.plan, the same refresh window) except for the signature.
 
 It never prints a token or a cookie value: only cookie names, lengths and a few claims (`sub`,
-`username`, `client_id`, `token_use`, `iss`, `iat`, `exp`), and the session id (the first 12 hex
-digits of sha256 of the refresh token, as in the logs).
+the user the provider's `user_claims` name, `client_id`, `token_use`, `iss`, `iat`, `exp`), and
+the session id (the first 12 hex digits of sha256 of the refresh token, as in the logs).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from cookieguard.tokens.claims import (
     expectations_for,
     session_id,
 )
+from cookieguard.tokens.providers import user_claims_of
 from cookieguard.vocabulary import DueReason, ForwardReason
 
 _HEADER_PREFIX = re.compile(r"^\s*cookie\s*:\s*", re.IGNORECASE)
@@ -104,9 +105,11 @@ def explain(
     if session.clock_drift_ms:
         out.append(f"clock drift (server - browser): {session.clock_drift_ms} ms")
 
-    access = decode_claims(session.access_token) if session.access_token else None
+    user_claims = user_claims_of(config.provider)
+    access = decode_claims(session.access_token, user_claims) if session.access_token else None
     out += _token_lines("access token", session.access_token, access, now_s, tz)
-    out += _token_lines("id token", session.id_token, decode_claims(session.id_token or ""), now_s, tz)
+    id_claims = decode_claims(session.id_token or "", user_claims)
+    out += _token_lines("id token", session.id_token, id_claims, now_s, tz)
     if session.refresh_token:
         out.append(
             f"refresh token: {len(session.refresh_token)} chars, session {session_id(session.refresh_token)}"
@@ -246,7 +249,7 @@ def _token_lines(
         f"{key}={value}"
         for key, value in (
             ("sub", claims.sub),
-            ("username", claims.username),
+            ("user", claims.user),
             ("client_id", claims.client_id),
             ("aud", ",".join(claims.aud) or None),
             ("token_use", claims.token_use),

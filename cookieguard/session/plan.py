@@ -52,6 +52,9 @@ class Policy:
     login_url: str
     attributes: CookieAttributes = field(repr=False)
     signature_verified: bool  # verify.signature: without it nothing is proven
+    # The claims that name the user, the provider's (ProviderConfig.user_claims): read from the
+    # IdP's fresh tokens, as the verifier reads them from the request's.
+    user_claims: tuple[str, ...]
     # Carry the due window on a fresh session's Forward too (`cookieguard explain` prints it).
     # The proxy does not read it there, and its hottest path then allocates nothing.
     keep_due: bool = False
@@ -65,6 +68,7 @@ class Policy:
             login_url=config.refresh.login_url,
             attributes=config.cookies.attributes,
             signature_verified=config.verify.signature,
+            user_claims=config.provider.user_claims if config.provider is not None else (),
         )
 
 
@@ -329,7 +333,7 @@ def _after_refresh(
     layout = policy.layout
     if result.tokens is not None:
         tokens = result.tokens
-        claims = decode_claims(tokens.access_token)
+        claims = decode_claims(tokens.access_token, policy.user_claims)
         fresh = FreshTokens(
             access_token=tokens.access_token,
             id_token=tokens.id_token or session.id_token,
@@ -425,9 +429,9 @@ def prove(
 
 
 def reported_user(claims: Claims) -> str | None:
-    """The user a verified token names: Cognito's `username` (access) / `cognito:username` (id),
-    else OIDC's `preferred_username` (tokens.claims_from picks them in that order), else `sub`."""
-    return claims.username or claims.sub
+    """The user a verified token names: the first of its provider's `user_claims` it carries
+    (tokens.claims_from picks it), else `sub`."""
+    return claims.user or claims.sub
 
 
 def user_of(proof: Proof, session: Session) -> str | None:
@@ -439,24 +443,25 @@ def user_of(proof: Proof, session: Session) -> str | None:
     return session.user if proof is NOT_VERIFIED else None
 
 
-def refreshed_user(proof: Proof, session: Session, plan: Plan) -> str | None:
+def refreshed_user(proof: Proof, session: Session, plan: Plan, user_claims: tuple[str, ...]) -> str | None:
     """The user a refresh is logged under: the one a verified token names; else the one the
     IdP's fresh tokens name (they came from the IdP itself); the cookies' name only when nothing
     can be verified."""
     if proof.user is not None:
         return proof.user
     if isinstance(plan, Forward) and plan.fresh is not None:
-        user = fresh_user(plan.fresh, plan.fresh_claims)
+        user = fresh_user(plan.fresh, plan.fresh_claims, user_claims)
         if user is not None:
             return user
     return session.user if proof is NOT_VERIFIED else None
 
 
-def fresh_user(fresh: FreshTokens, access_claims: Claims | None) -> str | None:
-    """The user the IdP's fresh tokens name: the access token's, else the id token's."""
+def fresh_user(fresh: FreshTokens, access_claims: Claims | None, user_claims: tuple[str, ...]) -> str | None:
+    """The user the IdP's fresh tokens name: the access token's (`access_claims`, read with
+    `user_claims`), else the id token's."""
     user = reported_user(access_claims) if access_claims is not None else None
     if user is None and fresh.id_token:
-        id_claims = decode_claims(fresh.id_token)
+        id_claims = decode_claims(fresh.id_token, user_claims)
         user = reported_user(id_claims) if id_claims is not None else None
     return user
 
@@ -499,7 +504,11 @@ def session_check(
     else:
         assert isinstance(plan, Forward)
         access = _fresh_access(plan)
-        user = session.user if not policy.signature_verified else fresh_user(fresh, plan.fresh_claims)
+        user = (
+            session.user
+            if not policy.signature_verified
+            else fresh_user(fresh, plan.fresh_claims, policy.user_claims)
+        )
         clock_drift_ms = fresh.clock_drift_ms
     outcome = plan.outcome
     if outcome is Outcome.REJECTED and policy.on_rejected is not OnRejected.PASS:

@@ -266,7 +266,7 @@ class SessionRepair:
         log(
             "token_refresh",
             outcome=result.outcome,
-            user=refreshed_user(proof, session, plan),
+            user=refreshed_user(proof, session, plan, self.policy.user_claims),
             proven=proof.proven,
             **extra,
             old_exp=int(refresh.old_expires_at) if refresh.old_expires_at else None,

@@ -4,8 +4,10 @@
 raises. A `ClaimsReader` memoises it per token, because the proxy sees the same few thousand
 tokens over and over and the fast path must cost one lookup, not base64 + JSON; one is made at
 start-up and handed to whoever reads claims (the proxy, the verifier), never shared through the
-module. `check_claims` judges verified claims against what the configured client expects;
-signatures are cookieguard.tokens.verifier's job.
+module. Which claims name the user is the provider's to say (`ProviderConfig.user_claims`): the
+reader and the verifier are given that chain, and nothing here names an IdP's claims.
+`check_claims` judges verified claims against what the configured client expects; signatures are
+cookieguard.tokens.verifier's job.
 
 No token ever appears in a log line, an exception message or a repr from this module.
 """
@@ -38,8 +40,8 @@ CLAIMS_CACHE_SIZE: Final = 10_000
 # process). A browser keeps at most ~4 KB per cookie, and real tokens are far below this: Cognito
 # access tokens ~1 KB, id tokens ~1-3 KB with groups; larger ones are decoded, not remembered.
 MAX_CACHED_TOKEN_CHARS: Final = 8_192
-# The strings a cached Claims holds (sub, username, iss, aud...) in all: ~300 for a Cognito
-# token (OIDC Core 5.7 caps `sub` at 255 ASCII characters, Cognito usernames at 128).
+# The strings a cached Claims holds (sub, user, iss, aud...) in all: ~300 for a Cognito token
+# (OIDC Core 5.7 caps `sub` at 255 ASCII characters; Cognito's user names are at most 128).
 MAX_CACHED_CLAIM_CHARS: Final = 2_048
 
 # Tolerated clock difference with the IdP for `nbf`/`iat`. Generous on purpose: rejecting a token
@@ -63,7 +65,7 @@ class Claims:
     iat: float | None = None
     nbf: float | None = None
     sub: str | None = None
-    username: str | None = None  # `username` (Cognito access), `cognito:username` (Cognito id)
+    user: str | None = None  # the first of the provider's `user_claims` the token carries
     client_id: str | None = None  # Cognito access tokens name their client here, not in `aud`
     aud: tuple[str, ...] = ()  # always a tuple: `"x"` and `["x"]` mean the same (RFC 7519 4.1.3)
     azp: str | None = None
@@ -75,11 +77,11 @@ class Claims:
     typ: str | None = None  # e.g. "at+jwt" for RFC 9068 access tokens
 
 
-def decode_claims(token: str) -> Claims | None:
+def decode_claims(token: str, user_claims: tuple[str, ...] = ()) -> Claims | None:
     """Decode a JWT's header and payload without verifying it; None for anything not a JWT.
 
     Never raises: cookies are attacker-controlled, and a bad one must mean "no session", not 500.
-    Uncached; the proxy reads through a `ClaimsReader`.
+    Uncached; the proxy reads through a `ClaimsReader`. `user_claims`: see `claims_from`.
     """
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
         return None
@@ -90,7 +92,7 @@ def decode_claims(token: str) -> Claims | None:
     payload = _decode_json_segment(parts[1]) if header is not None else None
     if payload is None or header is None:
         return None
-    return claims_from(payload, header)
+    return claims_from(payload, header, user_claims)
 
 
 def _decode_json_segment(segment: str) -> dict[str, Any] | None:
@@ -103,15 +105,16 @@ def _decode_json_segment(segment: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def claims_from(payload: dict[str, Any], header: dict[str, Any]) -> Claims:
-    """Pick the claims we use out of a decoded payload and header, ignoring ill-typed values."""
-    username = _string(payload.get("username"))
-    if username is None:
-        username = _string(payload.get("cognito:username"))
-    if username is None:
-        username = _string(payload.get("preferred_username"))
-    if username is None:  # Supabase (GoTrue) names its user by email only
-        username = _string(payload.get("email"))
+def claims_from(payload: dict[str, Any], header: dict[str, Any], user_claims: tuple[str, ...] = ()) -> Claims:
+    """Pick the claims we use out of a decoded payload and header, ignoring ill-typed values.
+
+    `user` is the first of `user_claims` (the provider's) whose value is a string.
+    """
+    user = None
+    for name in user_claims:
+        user = _string(payload.get(name))
+        if user is not None:
+            break
     aud = payload.get("aud")
     if isinstance(aud, str):
         auds: tuple[str, ...] = (_shared(aud) or aud,)
@@ -124,7 +127,7 @@ def claims_from(payload: dict[str, Any], header: dict[str, Any]) -> Claims:
         iat=_number(payload.get("iat")),
         nbf=_number(payload.get("nbf")),
         sub=_string(payload.get("sub")),
-        username=username,
+        user=user,
         client_id=_shared(payload.get("client_id")),
         aud=auds,
         azp=_shared(payload.get("azp")),
@@ -177,7 +180,7 @@ def is_cacheable(token: str, claims: Claims | None) -> bool:
         return False
     strings = (
         claims.sub,
-        claims.username,
+        claims.user,
         claims.client_id,
         claims.azp,
         claims.iss,
@@ -194,13 +197,15 @@ class ClaimsReader:
 
     This is the fast path's one JWT decode. It holds only what `decode_claims` derives from the
     string itself (no clock, no keys), so one reader can serve the proxy and the verifier; only
-    tokens `is_cacheable` allows are remembered.
+    tokens `is_cacheable` allows are remembered. `user_claims` is the provider's chain
+    (`ProviderConfig.user_claims`): one reader serves one provider, so it is not in the key.
     """
 
-    __slots__ = ("_memo",)
+    __slots__ = ("_memo", "user_claims")
 
-    def __init__(self, size: int = CLAIMS_CACHE_SIZE) -> None:
+    def __init__(self, size: int = CLAIMS_CACHE_SIZE, *, user_claims: tuple[str, ...] = ()) -> None:
         self._memo: LRU[bytes, Claims | None] = LRU(size)
+        self.user_claims = user_claims
 
     def __len__(self) -> int:
         return len(self._memo)
@@ -211,7 +216,7 @@ class ClaimsReader:
         key = token_key(token)
         claims = self._memo.get(key, MISSING)
         if claims is MISSING:
-            claims = decode_claims(token)
+            claims = decode_claims(token, self.user_claims)
             if is_cacheable(token, claims):
                 self._memo.put(key, claims)
         return claims

@@ -115,8 +115,11 @@ class TokenVerifier:
         self.provider = provider
         self.verify = verify
         self._session = session
-        # The proxy's reader when given (one memo per process, made at start-up), else its own.
-        self._claims = claims if claims is not None else ClaimsReader()
+        # The proxy's reader when given (one memo per process, made at start-up), else its own;
+        # either reads the user from this provider's claims.
+        if claims is not None and claims.user_claims != provider.user_claims:
+            raise ValueError("the claims reader must read the provider's user_claims")
+        self._claims = claims if claims is not None else ClaimsReader(user_claims=provider.user_claims)
         self._clock = clock
         self._refetch_interval_s = refetch_interval_s
         self._retry_after_failure_s = retry_after_failure_s
@@ -229,7 +232,7 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
             return TokenCheck(TokenStatus.INVALID, reason="malformed")
         # Judge the payload PyJWT verified, not our own decoding of the same bytes.
-        verified = claims_from(decoded["payload"], decoded["header"])
+        verified = claims_from(decoded["payload"], decoded["header"], self.provider.user_claims)
         problem = check_claims(verified, self._expect[kind], self._clock())
         if problem is not None:
             return TokenCheck(TokenStatus.INVALID, reason=problem)

@@ -89,6 +89,9 @@ await new Promise((resolve) => { server.listen(port, '127.0.0.1', resolve); });
 const actualPort = server.address().port;
 const issuer = `http://127.0.0.1:${actualPort}`;
 
+// Accounts minted with a `preferred_username` (OIDC Core 5.1's `profile` claim).
+const handles = new Map();
+
 const provider = new Provider(issuer, {
   clients: CLIENTS,
   jwks: { keys: [signingKey()] },
@@ -97,12 +100,13 @@ const provider = new Provider(issuer, {
     return {
       accountId: sub,
       async claims() {
-        return { sub, email: `${sub}@example.test`, email_verified: true };
+        const handle = handles.get(sub);
+        return { sub, email: `${sub}@example.test`, email_verified: true, ...(handle ? { preferred_username: handle } : {}) };
       },
     };
   },
-  claims: { openid: ['sub'], email: ['email', 'email_verified'] },
-  scopes: ['openid', 'offline_access', 'email', API_SCOPE],
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['preferred_username'] },
+  scopes: ['openid', 'offline_access', 'email', 'profile', API_SCOPE],
   rotateRefreshToken: true,
   async issueRefreshToken() { return true; },
   ttl: {
@@ -162,14 +166,18 @@ function sendJson(res, status, body) {
 
 // Creates what a browser login would leave behind: a Grant and a RefreshToken in the
 // provider's own models (plus an access token and an id token), without any interaction.
-async function mint({ account_id: accountId = 'alice', client_id: clientId = 'cookieguard-basic', resource = false }) {
+// `preferred_username`: the account has one (as Keycloak's users do) and the grant has the
+// `profile` scope, so the id tokens, this one and every refreshed one, carry it beside `email`.
+async function mint({ account_id: accountId = 'alice', client_id: clientId = 'cookieguard-basic', resource = false, preferred_username: handle = null }) {
   const client = await provider.Client.find(clientId);
   if (!client) throw new Error('unknown client_id');
+  if (handle) handles.set(accountId, handle);
   const resourceIndicator = resource === true ? API_RESOURCE : (resource || undefined);
-  const scope = resourceIndicator ? `openid offline_access email ${API_SCOPE}` : 'openid offline_access email';
+  const oidcScope = handle ? 'openid offline_access email profile' : 'openid offline_access email';
+  const scope = resourceIndicator ? `${oidcScope} ${API_SCOPE}` : oidcScope;
 
   const grant = new provider.Grant({ accountId, clientId });
-  grant.addOIDCScope('openid offline_access email');
+  grant.addOIDCScope(oidcScope);
   if (resourceIndicator) grant.addResourceScope(resourceIndicator, API_SCOPE);
   const grantId = await grant.save();
 
@@ -191,8 +199,9 @@ async function mint({ account_id: accountId = 'alice', client_id: clientId = 'co
   }
   const accessTokenValue = await accessToken.save();
 
-  const idToken = new provider.IdToken({ sub: accountId, email: `${accountId}@example.test`, auth_time: authTime }, { client });
-  idToken.scope = 'openid email';
+  const idClaims = { sub: accountId, email: `${accountId}@example.test`, auth_time: authTime };
+  const idToken = new provider.IdToken(handle ? { ...idClaims, preferred_username: handle } : idClaims, { client });
+  idToken.scope = handle ? 'openid email profile' : 'openid email';
   const idTokenValue = await idToken.issue({ use: 'idtoken' });
 
   return {

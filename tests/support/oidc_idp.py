@@ -74,18 +74,26 @@ class OidcIdp:
         return replace(config, **overrides)
 
     def mint(
-        self, account_id: str = "alice", *, client_auth: str = "client_secret_basic", resource: bool = False
+        self,
+        account_id: str = "alice",
+        *,
+        client_auth: str = "client_secret_basic",
+        resource: bool = False,
+        preferred_username: str | None = None,
     ) -> dict[str, Any]:
         """A new session: {refresh_token, access_token, id_token, expires_in, grant_id}.
 
         `resource=True` binds the grant to the API resource, so its access tokens are JWTs
-        (`typ: at+jwt`, `aud` = api_resource); otherwise they are opaque.
+        (`typ: at+jwt`, `aud` = api_resource); otherwise they are opaque. With
+        `preferred_username` the grant has the `profile` scope: its id tokens carry that claim
+        beside `email` (`<account_id>@example.test`), as Keycloak's do.
         """
-        return self._call(
-            "POST",
-            "/test/mint",
-            {"account_id": account_id, "client_id": self.client(client_auth).client_id, "resource": resource},
-        )
+        body = {
+            "account_id": account_id,
+            "client_id": self.client(client_auth).client_id,
+            "resource": resource,
+        }
+        return self._call("POST", "/test/mint", {**body, "preferred_username": preferred_username})
 
     def stats(self) -> dict[str, Any]:
         """Token endpoint counters since the last reset: token_requests, refresh_requests,

@@ -31,6 +31,7 @@ __all__ = [
     "TokenSet",
     "load_provider",
     "make_provider",
+    "user_claims_of",
 ]
 
 KINDS: dict[str, type[ProviderConfig]] = {
@@ -61,3 +62,11 @@ def load_provider(s: Section) -> ProviderConfig | None:
 
 def make_provider(config: ProviderConfig, session: aiohttp.ClientSession) -> Provider:
     return config.make_provider(session)
+
+
+def user_claims_of(config: ProviderConfig | None) -> tuple[str, ...]:
+    """The claims that name the user in the tokens of `config`'s kind; with no provider
+    configured (`cookieguard explain` on a laptop), every kind's, in the order of `KINDS`."""
+    if config is not None:
+        return config.user_claims
+    return tuple(dict.fromkeys(name for record in KINDS.values() for name in record.user_claims))

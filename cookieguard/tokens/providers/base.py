@@ -132,6 +132,9 @@ class ProviderConfig(ABC):
     # Whether `client_id` and `client_secret` are keys of this kind (Supabase has neither: the
     # project is named by its URL and the app by its anon key).
     uses_client: ClassVar[bool] = True
+    # The claims that name the user, first present wins (then `sub`): the `user` of the logs and
+    # the session endpoint. Each kind names its own IdP's claims (docs/operations.md "Logs").
+    user_claims: ClassVar[tuple[str, ...]] = ()
 
     client_id: str
     client_secret: str | None = field(default=None, repr=False)

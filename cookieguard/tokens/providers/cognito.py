@@ -77,6 +77,8 @@ class CognitoConfig(ProviderConfig):
     kind: ClassVar[str] = "cognito"
     yaml_keys: ClassVar[tuple[str, ...]] = ("user_pool_id", "api", "endpoint")
     audience_unused: ClassVar[str | None] = "Cognito tokens are checked against client_id"
+    # Cognito's own username: `username` in access tokens, `cognito:username` in id tokens.
+    user_claims: ClassVar[tuple[str, ...]] = ("username", "cognito:username")
 
     user_pool_id: str  # <region>_<id>, checked by the loader
     api: str = APIS[0]

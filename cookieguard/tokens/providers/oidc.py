@@ -64,6 +64,9 @@ class OidcConfig(ProviderConfig):
     kind: ClassVar[str] = "oidc"
     yaml_keys: ClassVar[tuple[str, ...]] = ("issuer", "token_endpoint", "client_auth")
     opaque_access_tokens: ClassVar[bool] = True
+    # OIDC Core 5.1's standard claims: Keycloak, Okta and oidc-provider (with the profile scope)
+    # issue `preferred_username`; Auth0 and Google only `email`.
+    user_claims: ClassVar[tuple[str, ...]] = ("preferred_username", "email")
 
     issuer: str | None = None  # discovery finds token_endpoint and jwks_uri from it
     token_endpoint: str | None = None

@@ -81,6 +81,8 @@ class SupabaseConfig(base.ProviderConfig):
     kind: ClassVar[str] = "supabase"
     yaml_keys: ClassVar[tuple[str, ...]] = ("url", "anon_key", "jwt_secret")
     uses_client: ClassVar[bool] = False
+    # GoTrue names its user by `email` only (empty when the user has none: then `sub`).
+    user_claims: ClassVar[tuple[str, ...]] = ("email",)
 
     url: str
     anon_key: str = field(repr=False)
