@@ -261,14 +261,18 @@ def cookieguard_conf(
     idp_timeout: str | None = None,
     verify: bool = True,
     limits: bool = True,
-    admin_listen: bool = True,
+    admin_listen: bool | int = True,
+    refresh_wait: str | None = None,
 ) -> Path:
     path = workdir / f"{name}.yaml"
     # Without `limits` (the A/B phase): a base revision older than that section rejects the key.
     limits_yaml = LIMITS_YAML if limits else ""
+    if refresh_wait is not None:  # the storm at the defaults but for the wait (--storm-refresh-wait)
+        limits_yaml = f"limits:\n  refresh_wait: {refresh_wait}\n"
     # Without `admin_listen`: a base revision from before the admin listener rejects the key (it
     # serves the admin endpoints on the main listener instead).
-    admin_yaml = "admin_listen: 127.0.0.1:0\n" if admin_listen else ""
+    admin_port = admin_listen if admin_listen is not True else 0  # an int: that port
+    admin_yaml = f"admin_listen: 127.0.0.1:{admin_port}\n" if admin_listen is not False else ""
     path.write_text(
         f"""listen: 127.0.0.1:{port}
 {admin_yaml}upstream: http://127.0.0.1:{upstream_port}
@@ -594,6 +598,7 @@ def storm_at_defaults(
     fresh_cookies: list[str],
     expired_cookie: Callable[[dict[str, str]], str],
     window_s: float,
+    refresh_wait: str | None = None,
 ) -> dict[str, Any]:
     """docs/security.md "Abuse limits", a mass expiry: 1,000 distinct users whose access tokens expired
     arrive within 2 s at a cookieguard with the DEFAULT limits (50 IdP calls per second, a queue
@@ -601,10 +606,20 @@ def storm_at_defaults(
     requests forwarded without fresh tokens (they reached the app with the expired one), the
     storm requests' time to answer (the wait for the ceiling plus one IdP call), and fresh
     sessions' p99 (wrk) through cookieguard and through nginx, both during the first `window_s`
-    of the storm against the same load without it."""
+    of the storm against the same load without it. `refresh_wait`: that one limit changed."""
     wd = bench.workdir
     port = free_port()
-    conf = cookieguard_conf(wd, "cookieguard-defaults", port, up_port, pool, limits=False)
+    admin_port = free_port()  # its metrics are read after the storm (on admin_listen only)
+    conf = cookieguard_conf(
+        wd,
+        "cookieguard-defaults",
+        port,
+        up_port,
+        pool,
+        limits=False,
+        admin_listen=admin_port,
+        refresh_wait=refresh_wait,
+    )
     cg = bench.start("cookieguard-defaults", [PY, "-m", "cookieguard", "run", "--config", str(conf)])
     base_url = f"http://127.0.0.1:{port}"
     wait_http(f"{base_url}/", cg)
@@ -634,7 +649,7 @@ def storm_at_defaults(
     per_second = [0] * (int(at[-1] - at[0]) + 1 if at else 0)
     for a in at:
         per_second[int(a - at[0])] += 1
-    with urllib.request.urlopen(f"{base_url}/.cookieguard/metrics", timeout=10) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/.cookieguard/metrics", timeout=10) as r:
         metrics = r.read().decode()
     limited = {
         m.group(1): int(float(m.group(2)))
@@ -668,6 +683,7 @@ def storm_at_defaults(
 
     waits = [s for s, fresh in answers if fresh]
     return {
+        "refresh_wait": refresh_wait or "10s (the default)",
         "sessions": len(cookies),
         "minted_s": minted_s,
         "storm_s": storm_s,
@@ -1180,6 +1196,11 @@ def main() -> int:
     parser.add_argument(
         "--count-requests", type=int, default=1000, help="requests per mix for --count instructions"
     )
+    parser.add_argument(
+        "--storm-refresh-wait",
+        default=None,
+        help="storm-defaults phase: this limits.refresh_wait instead of the default (e.g. 25s)",
+    )
     parser.add_argument("--only", default="", help="comma list of the phases to run; the others are skipped")
     args = parser.parse_args()
     if args.skip is None:
@@ -1373,7 +1394,15 @@ def run(bench: Bench, nginx: str, args: argparse.Namespace, skip: set[str]) -> d
     if "storm-defaults" not in skip:
         # A cookieguard of its own, with the default limits; the one above stays idle.
         results["storm_defaults"] = storm_at_defaults(
-            bench, ask, pool, up_port, ngx_port, [cookie_of(s) for s in fresh[1:]], cookie_of, args.duration
+            bench,
+            ask,
+            pool,
+            up_port,
+            ngx_port,
+            [cookie_of(s) for s in fresh[1:]],
+            cookie_of,
+            args.duration,
+            args.storm_refresh_wait,
         )
         log(f"storm at the default limits done: {results['storm_defaults']}")
     cg.stop()
@@ -1632,7 +1661,8 @@ def print_report(res: dict[str, Any]) -> None:
         d = res["storm_defaults"]
         print()
         print(
-            f"storm at the default limits: {d['sessions']:,} expired sessions within 2 s -> "
+            f"storm at the default limits (refresh_wait {d.get('refresh_wait', '10s')}): "
+            f"{d['sessions']:,} expired sessions within 2 s -> "
             f"{d['idp_calls']} IdP calls (at most {max(d['idp_calls_per_second'], default=0)} in one "
             f"second at the IdP), {d['not_refreshed']} forwarded without fresh tokens "
             f"{d['limited'] or ''}, took {d['storm_s']:.1f}s"
