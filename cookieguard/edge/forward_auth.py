@@ -115,10 +115,9 @@ class ForwardAuth:
         if route is not None and route.refresh and repair is not None and cookie_header:
             plan, judged = await repair.plan(cookie_header)
             if isinstance(plan, Refresh):
-                address = self.client_address(request)  # only a due session pays for it
-                result = await repair.refresh(plan, address)
-                # Never a redirect: nginx's auth_request turns a 3xx into a 500 (docs/forward-auth/).
-                plan = repair.plan_after(judged, plan, result, address, is_navigation=False)
+                # Only a due session pays for its address. Never a redirect: nginx's
+                # auth_request turns a 3xx into a 500 (docs/forward-auth/).
+                plan = await repair.refresh(judged, plan, self.client_address(request), is_navigation=False)
         return answer(plan, cookie_header)
 
 

@@ -100,10 +100,12 @@ class Proxy:
                     # Read the session and plan; a fresh session costs a cached read and a cached verdict.
                     plan, judged = await repair.plan(cookie_header)
                     if isinstance(plan, Refresh):
-                        address = self.client_address(request)  # only a due session pays for it
-                        result = await repair.refresh(plan, address)
-                        plan = repair.plan_after(
-                            judged, plan, result, address, is_navigation=is_navigation(request.headers)
+                        # Only a due session pays for its address.
+                        plan = await repair.refresh(
+                            judged,
+                            plan,
+                            self.client_address(request),
+                            is_navigation=is_navigation(request.headers),
                         )
                 if isinstance(plan, Answer):
                     response = _answer(plan)

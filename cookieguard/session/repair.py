@@ -168,20 +168,17 @@ class SessionRepair:
             self._reads.put(cookie_header, read)
         return read
 
-    async def refresh(self, plan: Refresh, address: str) -> RefreshResult:
-        annotate_request(session=session_id(plan.refresh_token))
+    async def refresh(self, judged: Judged, refresh: Refresh, address: str, *, is_navigation: bool) -> Plan:
+        """Refresh as planned (single-flight, the budgets), then the plan again with the result;
+        the refresh is logged and counted."""
+        annotate_request(session=session_id(refresh.refresh_token))
         await self._pacer.turn()
-        return await self.auth.refresher.refresh(
-            plan.refresh_token,
-            context=plan.context,
-            claimant=Claimant(address, plan.proof.subject),
-            urgent=plan.urgent,
+        result = await self.auth.refresher.refresh(
+            refresh.refresh_token,
+            context=refresh.context,
+            claimant=Claimant(address, refresh.proof.subject),
+            urgent=refresh.urgent,
         )
-
-    def plan_after(
-        self, judged: Judged, refresh: Refresh, result: RefreshResult, address: str, *, is_navigation: bool
-    ) -> Plan:
-        """The plan again, now with the refresh's result; the refresh is logged and counted."""
         plan = plan_session(
             judged.session,
             judged.verdicts,
@@ -208,10 +205,9 @@ class SessionRepair:
         """
         plan, judged = await self.plan(cookie_header)
         if isinstance(plan, Refresh):
-            client = address()  # off the fast path: only a session that is due pays for its address
-            result = await self.refresh(plan, client)
-            # Never a redirect from here: the answer is always the JSON report.
-            plan = self.plan_after(judged, plan, result, client, is_navigation=False)
+            # Off the fast path: only a session that is due pays for its address. Never a
+            # redirect from here: the answer is always the JSON report.
+            plan = await self.refresh(judged, plan, address(), is_navigation=False)
         assert isinstance(plan, Forward | Answer)
         session, verdicts = judged.session, judged.verdicts
         report = session_check(session, verdicts, plan, judged.now_s, self.policy)
