@@ -552,11 +552,12 @@ async def test_a_stray_message_before_the_answer_is_what_no_proxy_can_tell_apart
     assert (status, body) == (200, b"ok") and not planted(headers) and upstream.connections == 2
 
 
-async def test_bytes_arriving_while_the_connection_is_idle_close_it_before_reuse(
-    raw_upstream: Callable[[Handler], Awaitable[Origin]], client: UpstreamClient
+async def test_bytes_arriving_while_the_connection_is_idle_close_it_before_reuse_and_are_counted(
+    raw_upstream: Callable[[Handler], Awaitable[Origin]],
 ) -> None:
+    caught: list[str] = []
+    client = UpstreamClient(connect_timeout_s=2.0, on_late_bytes=caught.append)
     answered = asyncio.Event()
-    stray_sent = asyncio.Event()
 
     async def script(conn: int, n: int, writer: asyncio.StreamWriter) -> None:
         writer.write(OK)
@@ -565,15 +566,18 @@ async def test_bytes_arriving_while_the_connection_is_idle_close_it_before_reuse
             await answered.wait()
             writer.write(PLANTED)
             await writer.drain()
-            stray_sent.set()
 
     upstream = Misbehaving(script)
     origin = await raw_upstream(upstream)
-    assert (await fetch(client, origin))[2] == b"ok"
-    answered.set()  # the connection is back in the pool
-    await asyncio.wait_for(upstream.closed[0].wait(), 3)
-    status, headers, body = await fetch(client, origin)
-    assert (status, body) == (200, b"ok") and not planted(headers) and upstream.connections == 2
+    try:
+        assert (await fetch(client, origin))[2] == b"ok"
+        answered.set()  # the connection is back in the pool
+        await asyncio.wait_for(upstream.closed[0].wait(), 3)
+        assert caught == ["idle"]
+        status, headers, body = await fetch(client, origin)
+        assert (status, body) == (200, b"ok") and not planted(headers) and upstream.connections == 2
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize("late", [False, True])
@@ -863,32 +867,6 @@ async def test_a_connection_handed_to_a_waiting_request_is_checked_like_one_from
     finally:
         await client.close()
         upstream.close()
-
-
-async def test_bytes_arriving_while_idle_are_counted(
-    raw_upstream: Callable[[Handler], Awaitable[Origin]],
-) -> None:
-    caught: list[str] = []
-    client = UpstreamClient(connect_timeout_s=2.0, on_late_bytes=caught.append)
-    answered = asyncio.Event()
-
-    async def script(conn: int, n: int, writer: asyncio.StreamWriter) -> None:
-        writer.write(OK)
-        await writer.drain()
-        if conn == 0:
-            await answered.wait()
-            writer.write(PLANTED)
-            await writer.drain()
-
-    upstream = Misbehaving(script)
-    origin = await raw_upstream(upstream)
-    try:
-        assert (await fetch(client, origin))[2] == b"ok"
-        answered.set()
-        await asyncio.wait_for(upstream.closed[0].wait(), 3)
-        assert caught == ["idle"]
-    finally:
-        await client.close()
 
 
 async def whole_answer_in(response: UpstreamResponse) -> None:
