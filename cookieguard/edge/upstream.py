@@ -46,6 +46,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from cookieguard.edge.headers import HOP_BY_HOP
+
 # RFC 9110 section 9.2.2. Retried only without a body, and only when the upstream sent nothing.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Connections per origin, in use and idle (`limits.upstream_connections`'s default).
@@ -65,13 +67,9 @@ SILENCE_CHECK_S = 0.1
 # to the client with its head); a larger one is read chunk by chunk, without a joined copy.
 WHOLE_BODY = 64 * 1024
 _BYTES = "surrogateescape"  # header bytes that are not UTF-8 pass through unchanged
-# RFC 9110 section 7.6.1: connection-specific fields, never relayed (edge/headers.py HOP_BY_HOP).
-# Left out of an answer's headers as it is parsed; `Connection`'s values are kept apart for the
-# names they list.
-_HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization"}
-    | {b"te", b"trailer", b"transfer-encoding", b"upgrade"}
-)
+# Connection-specific fields, never relayed: left out of an answer's headers as it is parsed
+# (llhttp hands the names over as bytes); `Connection`'s values are kept apart for the names they list.
+_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 
 
 class UpstreamError(Exception):
@@ -459,8 +457,11 @@ class _Connection(asyncio.Protocol):
         return reusable
 
     def stale(self) -> bool:
-        """Right before reuse: has the upstream sent anything (or closed) since its last answer
-        that the event loop has not delivered yet? Such bytes would be read as the next answer."""
+        """Right before reuse: is the connection gone, or has the upstream sent anything (or
+        closed) since its last answer that the event loop has not delivered yet? Such bytes
+        would be read as the next answer."""
+        if self.lost:
+            return True
         peek, poll = self._peek, self._poll
         if peek is None or poll is None:
             return False
@@ -704,7 +705,7 @@ class UpstreamClient:
         if not fresh:
             while pool.idle:
                 conn = pool.idle.pop()
-                if not conn.lost and not conn.stale():
+                if not conn.stale():
                     self._busy.add(conn)
                     return conn, True
                 conn.close()
@@ -716,7 +717,7 @@ class UpstreamClient:
             else:
                 handed = await self._wait_for_connection(pool, loop)
                 if handed is not None:
-                    if not handed.lost and not handed.stale():
+                    if not handed.stale():
                         return handed, True
                     # Checked like one from the pool: stray bytes since its answer (or a close)
                     # arrived on the way here. Its slot opens a new one.
