@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -17,11 +18,16 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import CookieguardProcess
 from tests.test_edge_http import raw_exchange, read_response, status_of
 from tests.test_proxy import base_config, header, start_upstream
 
 Start = Callable[..., CookieguardProcess]
+# The slow and non-reading clients below send a session-shaped cookie; the tests whose
+# `client_timeout` lines they cause register its value, so the leak check proves no such line
+# quotes it.
+SESSION_VALUE = secrets.token_urlsafe(32)
 
 
 # -- request trailers -----------------------------------------------------------------------------
@@ -208,7 +214,10 @@ async def _trickle(
     until `done` or cookieguard answers; `sent` gets one entry per byte trickled."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length)
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nCookie: sid=%s\r\nContent-Length: %d\r\n\r\n"
+            % (SESSION_VALUE.encode(), length)
+        )
         writer.write(b"x" * head_start)
         answer = asyncio.ensure_future(reader.read())
         for _ in range(length - head_start):
@@ -224,10 +233,11 @@ async def _trickle(
 
 
 async def test_a_body_trickled_under_the_idle_limit_is_cut_by_timeouts_client_body(
-    aiohttp_server: Any, cookieguard_process: Start
+    aiohttp_server: Any, cookieguard_process: Start, known_secrets: KnownSecrets
 ) -> None:
     """One byte every 0.3 s never trips a 1 s idle limit; without a deadline for the whole body
     it was still open at 12 s. routes[].client_body gives an upload route longer."""
+    known_secrets.add(SESSION_VALUE)
     upstream = await start_upstream(aiohttp_server)
     proxy = cookieguard_process(
         base_config(
@@ -291,7 +301,7 @@ async def test_slow_small_bodies_hold_no_upstream_connection(
 
 
 async def test_slow_large_uploads_from_one_address_leave_the_pool_to_others(
-    aiohttp_server: Any, cookieguard_process: Start
+    aiohttp_server: Any, cookieguard_process: Start, known_secrets: KnownSecrets
 ) -> None:
     """A body larger than `limits.request_buffer` streams to the app (cookieguard buffers no
     body to disk, unlike nginx's `proxy_request_buffering`) and holds its upstream connection
@@ -301,6 +311,7 @@ async def test_slow_large_uploads_from_one_address_leave_the_pool_to_others(
     answered 503 and closed (`client_timeout`, `phase: body`, `reason: address_share`), the
     client from 127.0.0.2 keeps getting answers within a second, and a fast large upload still
     reaches the app whole, from either address once the slow ones are gone."""
+    known_secrets.add(SESSION_VALUE)
     seen: list[web.Request] = []
     upstream = await start_upstream(aiohttp_server, seen)
     proxy = cookieguard_process(
@@ -388,7 +399,7 @@ async def _non_reader(port: int, path: str) -> tuple[asyncio.StreamReader, async
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nCookie: sid={SESSION_VALUE}\r\n\r\n".encode())
     return reader, writer
 
 
@@ -446,12 +457,13 @@ async def test_answers_that_fit_limits_response_buffer_free_the_upstream_while_t
 
 
 async def test_non_readers_of_large_answers_from_one_address_leave_the_pool_to_others(
-    aiohttp_server: Any, cookieguard_process: Start
+    aiohttp_server: Any, cookieguard_process: Start, known_secrets: KnownSecrets
 ) -> None:
     """Five clients from one address never read a 50 MB answer (past `limits.response_buffer`,
     so each holds its upstream connection): at most half of `upstream_connections` go to them,
     the rest are cut (`reason: address_share`), and a client from another address keeps
     getting answers within a second."""
+    known_secrets.add(SESSION_VALUE)
     app = BigAnswers()
     upstream = await app.start(aiohttp_server)
     proxy = cookieguard_process(
@@ -473,10 +485,11 @@ async def test_non_readers_of_large_answers_from_one_address_leave_the_pool_to_o
 
 
 async def test_a_client_that_stops_reading_is_cut_after_timeouts_client_write(
-    aiohttp_server: Any, cookieguard_process: Start
+    aiohttp_server: Any, cookieguard_process: Start, known_secrets: KnownSecrets
 ) -> None:
     """A client that accepts no byte of a 50 MB answer for `timeouts.client_write` is cut, and
     the one upstream connection its answer held (`upstream_connections: 1`) is free again."""
+    known_secrets.add(SESSION_VALUE)
     app = BigAnswers()
     upstream = await app.start(aiohttp_server)
     proxy = cookieguard_process(

@@ -4,6 +4,9 @@ real ingresses in front of it are tests/test_forward_auth_ingresses.py."""
 
 from __future__ import annotations
 
+import io
+import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from tests.support.cognito_idp import (
     cognito_guard_config,
     made_up_session,
 )
+from tests.support.no_secrets import KnownSecrets
 from tests.support.proxy_process import run_cli
 
 ENDPOINT = "/.cookieguard/forward-auth"
@@ -91,12 +95,22 @@ async def test_a_dead_session_with_on_rejected_login_is_answered_401_with_the_cl
 
 
 async def test_a_refreshed_answer_carries_each_cookie_twice_and_the_fresh_cookie_header(
-    aiohttp_client: Any, cognito_idp: CognitoEmulator, expiring_user: CognitoUser
+    aiohttp_client: Any,
+    cognito_idp: CognitoEmulator,
+    expiring_user: CognitoUser,
+    known_secrets: KnownSecrets,
+    no_secrets_in_logs: io.StringIO,
 ) -> None:
-    config = guard_config(expiring_user.pool)
+    """Its `token_refresh` and `access` lines quote no token, cookie value or query (the leak
+    check runs over them: the refresh token and a secret in the original URI's query are
+    registered)."""
+    code = secrets.token_urlsafe(24)
+    known_secrets.add(expiring_user.refresh_token, code)
+    config = guard_config(expiring_user.pool, logging={"level": "debug", "access_log": True})
     client = await aiohttp_client(build_app(config))
     header = amplify_cookie_header(expiring_user)
-    async with client.get(ENDPOINT, headers={"Cookie": header, "X-Original-URI": "/page"}) as resp:
+    original = {"Cookie": header, "X-Original-URI": f"/page?code={code}"}
+    async with client.get(ENDPOINT, headers=original) as resp:
         assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
         set_cookies = resp.headers.getall("Set-Cookie")
         assert [resp.headers[f"X-Cookieguard-Set-Cookie-{i}"] for i in range(len(set_cookies))] == set_cookies
@@ -108,6 +122,9 @@ async def test_a_refreshed_answer_carries_each_cookie_twice_and_the_fresh_cookie
     async with admin.get("/.cookieguard/metrics") as resp:
         metrics = await resp.text()
     assert 'cookieguard_requests_total{route="/",status="200"} 1.0' in metrics
+    events = [json.loads(line) for line in no_secrets_in_logs.getvalue().splitlines()]
+    assert [e["path"] for e in events if e.get("event") == "access"] == ["/page"]
+    assert [e["outcome"] for e in events if e.get("event") == "token_refresh"] == ["refreshed"]
 
 
 async def test_without_a_provider_the_answer_repeats_the_cookie_header(aiohttp_client: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,6 +29,7 @@ from cookieguard.edge.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from tests.support.no_secrets import KnownSecrets
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -917,7 +919,10 @@ async def test_a_whole_small_answer_is_taken_in_one_piece_and_a_large_one_chunk_
 
 @pytest.mark.parametrize("caught", ["idle", "after_answer"])
 async def test_late_bytes_through_cookieguard_run_are_logged_counted_and_never_answer_the_next_request(
-    raw_upstream: Callable[[Handler], Awaitable[Origin]], cookieguard_process: Any, caught: str
+    raw_upstream: Callable[[Handler], Awaitable[Origin]],
+    cookieguard_process: Any,
+    caught: str,
+    known_secrets: KnownSecrets,
 ) -> None:
     """What an operator and a user see when the app writes after its answer, end to end through
     `cookieguard run`: an `upstream_error` line with `error: late_bytes`, the count on the admin
@@ -932,6 +937,8 @@ async def test_late_bytes_through_cookieguard_run_are_logged_counted_and_never_a
     of the loop is long; that case needs the loop held and is tested on the client itself above
     (test_late_bytes_already_in_the_socket_are_caught_right_before_reuse_and_counted)."""
     stray = asyncio.Event()  # the moment the app writes its stray message
+    session_value = secrets.token_urlsafe(32)  # a session-shaped cookie no log line may quote
+    known_secrets.add(session_value)
 
     async def script(conn: int, n: int, writer: asyncio.StreamWriter) -> None:
         if conn == 0 and n == 0:
@@ -949,7 +956,8 @@ async def test_late_bytes_through_cookieguard_run_are_logged_counted_and_never_a
     origin = await raw_upstream(upstream)
     guard = cookieguard_process({"upstream": f"http://127.0.0.1:{origin.port}"})
     connector = aiohttp.TCPConnector(limit=1)  # both requests on one client connection
-    async with aiohttp.ClientSession(connector=connector) as session:
+    cookies = {"Cookie": f"sid={session_value}"}
+    async with aiohttp.ClientSession(connector=connector, headers=cookies) as session:
         async with session.get(f"{guard.url}/first") as response:
             assert response.status == 200
             if caught == "after_answer":
